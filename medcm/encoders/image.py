@@ -1,0 +1,120 @@
+"""The image tower: a MONAI network trunk without its classifier, plus a projection head.
+
+This is the only module that builds MONAI networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medcm.config import IMAGE_ARCHS, ImageEncoderConfig
+
+
+def projection_head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
+    """A projection into the shared space.
+
+    Args:
+        in_dim: feature size of the tower.
+        out_dim: size of the shared space.
+        kind: "mlp" (ConVIRT: Linear-GELU-Linear) or "linear" (CLIP).
+    """
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
+    raise ValueError(f"projection: got {kind!r}, expected 'mlp' or 'linear'")
+
+
+class _DenseNetTrunk(nn.Module):
+    """MONAI DenseNet `features` followed by its classifier's ReLU and pooling, without the linear layer."""
+
+    def __init__(self, densenet: nn.Module) -> None:
+        super().__init__()
+        self.features = densenet.features
+        self.pool = nn.Sequential(densenet.class_layers.relu, densenet.class_layers.pool, densenet.class_layers.flatten)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x))
+
+
+class _ViTTrunk(nn.Module):
+    """MONAI ViT without its classification token; the patch tokens are mean-pooled."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.vit(x)
+        return tokens.mean(dim=1)
+
+
+def build_trunk(config: ImageEncoderConfig, image_size: int) -> nn.Module:
+    """Build a MONAI trunk that maps `[B, C, H, W]` to pooled features `[B, F]`.
+
+    Args:
+        config: architecture and channels.
+        image_size: input side in pixels (the ViT needs it to size its position embedding).
+
+    Raises:
+        ValueError: unknown architecture.
+    """
+    from monai.networks import nets  # heavy import kept out of module import time
+
+    dims, channels = config.spatial_dims, config.in_channels
+    if config.arch.startswith("resnet") and config.arch in IMAGE_ARCHS:
+        factory = getattr(nets, config.arch)
+        # conv1_t_stride=2 matches torchvision's ResNet stem; MONAI's default of 1 is ~4x slower in 2D.
+        return factory(spatial_dims=dims, n_input_channels=channels, conv1_t_stride=2, feed_forward=False)
+    if config.arch in ("densenet121", "densenet169"):
+        factory = {"densenet121": nets.DenseNet121, "densenet169": nets.DenseNet169}[config.arch]
+        return _DenseNetTrunk(factory(spatial_dims=dims, in_channels=channels, out_channels=1))
+    if config.arch == "vit":
+        vit = nets.ViT(
+            in_channels=channels,
+            img_size=image_size,
+            patch_size=config.vit_patch_size,
+            spatial_dims=dims,
+            classification=False,
+            hidden_size=384,
+            mlp_dim=1536,
+            num_layers=6,
+            num_heads=6,
+        )
+        return _ViTTrunk(vit)
+    raise ValueError(f"image arch: got {config.arch!r}, expected one of {IMAGE_ARCHS}")
+
+
+class ImageEncoder(nn.Module):
+    """Trunk + projection: `[B, 1, H, W]` images to `[B, embed_dim]` (not normalised).
+
+    Attributes:
+        trunk: the MONAI feature extractor.
+        feature_dim: size of the trunk's pooled features (the multi-task head reads these).
+        proj: the projection head.
+    """
+
+    def __init__(self, config: ImageEncoderConfig, embed_dim: int, projection: str, image_size: int) -> None:
+        super().__init__()
+        self.trunk = build_trunk(config, image_size)
+        self.feature_dim = _probe_feature_dim(self.trunk, config, image_size)
+        self.proj = projection_head(self.feature_dim, embed_dim, projection)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features `[B, feature_dim]` of images `[B, C, H, W]`."""
+        return self.trunk(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(images))
+
+
+def _probe_feature_dim(trunk: nn.Module, config: ImageEncoderConfig, image_size: int) -> int:
+    """Run one tiny forward pass to read the trunk's output size instead of hard-coding it per arch."""
+    shape = (2, config.in_channels) + (image_size,) * config.spatial_dims
+    was_training = trunk.training
+    trunk.eval()
+    with torch.no_grad():
+        dim = int(trunk(torch.zeros(shape)).shape[-1])
+    trunk.train(was_training)
+    return dim

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics (and, later, draft metrics and baselines)."""

@@ -1,0 +1,279 @@
+"""The training loop (`medcm train`): contrastive alignment of images and reports.
+
+Nothing in the library imports this module. A run folder holds two checkpoints:
+`OUT/best` (best validation mean recall) and `OUT/last` (the latest epoch, with optimizer and
+trainer state for `--resume`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medcm.align import AlignmentLoss, DualEncoder, positive_mask
+from medcm.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from medcm.config import AuxHeadConfig, MedcmConfig, validate_config
+from medcm.data import ManifestRecord, PairedImageDataset, records_to_pairs
+from medcm.eval.retrieval import case_retrieval_metrics, mean_recall
+from medcm.preprocess import augment_batch, normalize
+
+log = logging.getLogger(__name__)
+
+BEST, LAST = "best", "last"
+
+
+@dataclass
+class TrainResult:
+    """Where the checkpoints went and what each epoch measured."""
+
+    best_dir: Path
+    last_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_metrics(self) -> dict[str, Any]:
+        scored = [h for h in self.history if "score" in h]
+        return max(scored, key=lambda h: h["score"]) if scored else {}
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """CUDA when present, else CPU; `requested` ("cpu", "cuda", "cuda:1") overrides."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available; use 'cpu'")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def with_aux_classes(config: MedcmConfig, labels: list[Any]) -> MedcmConfig:
+    """Fill the multi-task head's classes from the training labels when the config leaves them empty."""
+    head = config.model.aux_head
+    if head is None or head.classes:
+        return config
+    found: set[str] = set()
+    for label in labels:
+        if label is not None:
+            found.update(map(str, label) if head.multi_label else [str(label)])
+    if len(found) < 2 and not head.multi_label:
+        raise ValueError(f"aux_head.field {head.field!r}: found {sorted(found)} in the training data, expected at least 2 classes")
+    new_head = dataclasses.replace(head, classes=tuple(sorted(found)))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, aux_head=new_head))
+
+
+def aux_targets(head: AuxHeadConfig | None, labels: list[Any]) -> torch.Tensor | None:
+    """Class indices `[B]` (-1 when unlabelled) or multi-hot `[B, K]` for the multi-task head."""
+    if head is None:
+        return None
+    index = {name: i for i, name in enumerate(head.classes)}
+    if head.multi_label:
+        targets = torch.zeros(len(labels), len(index))
+        for row, label in enumerate(labels):
+            for name in label or []:
+                if str(name) in index:
+                    targets[row, index[str(name)]] = 1.0
+        return targets
+    return torch.tensor([index.get(str(label), -1) if label is not None else -1 for label in labels])
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warm-up then cosine decay to zero, as a `LambdaLR` multiplier."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: DualEncoder, config: MedcmConfig) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases, norms and the temperature; a lower rate for the transformer."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr = config.train.text_lr if name.startswith("text.backbone.") else config.train.lr
+        decay = 0.0 if param.ndim < 2 else config.train.weight_decay
+        groups.setdefault((lr, decay), []).append(param)
+    param_groups = [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+    return torch.optim.AdamW(param_groups)
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: DualEncoder, dataset: PairedImageDataset, config: MedcmConfig, device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Case-level image→report and report→image Recall@1/5/10 on a validation set."""
+    model.eval()
+    image_emb = []
+    for start in range(0, len(dataset), 64):
+        batch = dataset.images[start : start + 64].to(device).float() / 255.0
+        with _autocast(device):
+            image_emb.append(model.encode_image(normalize(batch, config.preprocess)).float())
+    cases = list(dict.fromkeys(p.case_id for p in dataset.pairs))
+    text_of_case = {p.case_id: p.text for p in dataset.pairs}
+    texts = [text_of_case[c] for c in cases]
+    text_emb = torch.cat([model.encode_text(texts[s : s + 64]).float() for s in range(0, len(texts), 64)])
+    image_cases = [p.case_id for p in dataset.pairs]
+    return case_retrieval_metrics(torch.cat(image_emb).cpu(), image_cases, text_emb.cpu(), cases)
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA only: on CPU it is slower than float32 for these convolutions.
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train(
+    config: MedcmConfig,
+    train_records: list[ManifestRecord],
+    val_records: list[ManifestRecord],
+    out_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a dual encoder and write `out_dir/best` and `out_dir/last`.
+
+    Args:
+        config: model, preprocessing and loop settings (a named config or a custom one).
+        train_records: cases to train on.
+        val_records: cases for per-epoch retrieval metrics; empty means no validation (best = last).
+        out_dir: the run folder.
+        resume: a run folder or its `last` checkpoint to continue from.
+        device: overrides the automatic choice.
+        progress: show progress bars.
+
+    Returns:
+        The checkpoint folders and the per-epoch history.
+    """
+    validate_config(config)
+    seed_everything(config.train.seed)
+    device = select_device(device)
+    out_dir = Path(out_dir)
+    head_field = config.model.aux_head.field if config.model.aux_head else None
+    train_pairs = records_to_pairs(train_records, head_field)
+    config = with_aux_classes(config, [p.label for p in train_pairs])
+    train_set = PairedImageDataset(train_pairs, config.preprocess, progress=progress)
+    val_set = PairedImageDataset(records_to_pairs(val_records), config.preprocess, progress=progress) if val_records else None
+    if len(train_set) < 2:
+        raise ValueError(f"need at least 2 readable training images, got {len(train_set)}")
+
+    model = DualEncoder(config.model, config.preprocess.image_size).to(device)
+    model.text.warm_cache([p.text for p in train_set.pairs] + ([p.text for p in val_set.pairs] if val_set else []), progress)
+    batch_size = min(config.train.batch_size, len(train_set))
+    steps_per_epoch = len(train_set) // batch_size
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.train.warmup_steps, config.train.epochs * steps_per_epoch)
+    )
+    loss_fn = AlignmentLoss(
+        config.model.losses,
+        config.model.aux_head.weight if config.model.aux_head else 0.0,
+        config.model.aux_head.multi_label if config.model.aux_head else False,
+    )
+    state = {"epoch": 0, "step": 0, "best_score": -1.0, "history": []}
+    if resume is not None:
+        state = _resume(Path(resume), model, optimizer, scheduler, config)
+
+    result = TrainResult(best_dir=out_dir / BEST, last_dir=out_dir / LAST, history=state["history"])
+    for epoch in range(state["epoch"], config.train.epochs):
+        summary = _train_epoch(model, train_set, loss_fn, optimizer, scheduler, config, device, epoch, batch_size, progress)
+        state["step"] += steps_per_epoch
+        summary.update(epoch=epoch + 1, step=state["step"])
+        if val_set is not None:
+            metrics = evaluate_retrieval(model, val_set, config, device)
+            summary.update(metrics, score=mean_recall(metrics))
+        else:
+            summary["score"] = float(epoch)  # without validation the latest epoch counts as best
+        state["history"].append(summary)
+        state["epoch"] = epoch + 1
+        _log_epoch(summary, progress)
+        if summary["score"] > state["best_score"]:
+            state["best_score"] = summary["score"]
+            save_checkpoint(result.best_dir, model, config, metrics=summary)
+        save_checkpoint(result.last_dir, model, config, metrics=summary, trainer_state=state,
+                        optimizer_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+    return result
+
+
+def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, epoch, batch_size, progress):
+    model.train()
+    # Per-epoch seeds make shuffling and augmentation identical whether or not the run was resumed.
+    order = torch.Generator().manual_seed(config.train.seed * 1000 + epoch)
+    augment_rng = torch.Generator().manual_seed(config.train.seed * 1000 + epoch + 1)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=order,
+                        num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+    totals: dict[str, float] = {}
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", leave=False)
+    for images, indices in loader:
+        pairs = [dataset.pairs[i] for i in indices.tolist()]
+        images = images.to(device, non_blocking=True)
+        if config.train.augment:
+            images = augment_batch(images, augment_rng)
+        with _autocast(device):
+            out = model(normalize(images, config.preprocess), [p.text for p in pairs])
+        targets = aux_targets(config.model.aux_head, [p.label for p in pairs])
+        loss = loss_fn(out, positive_mask([p.case_id for p in pairs]), targets.to(device) if targets is not None else None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        for name, value in {"loss": float(loss.total.detach()), **loss.parts}.items():
+            totals[name] = totals.get(name, 0.0) + value
+        if progress:
+            loader.set_postfix(loss=f"{float(loss.total):.3f}", temp=f"{1 / float(out.logit_scale):.3f}")
+    steps = max(1, len(dataset) // batch_size)
+    return {f"train_{k}": v / steps for k, v in totals.items()}
+
+
+def _resume(folder: Path, model, optimizer, scheduler, config: MedcmConfig) -> dict[str, Any]:
+    if (folder / LAST).is_dir():
+        folder = folder / LAST
+    state, opt_state = load_trainer_state(folder)
+    loaded = load_checkpoint(folder)
+    if loaded.config.model != config.model or loaded.config.preprocess != config.preprocess:
+        raise ValueError(f"{folder}: cannot resume, its model/preprocessing config differs from this run's")
+    model.load_state_dict(loaded.model.state_dict())
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scheduler.load_state_dict(opt_state["scheduler"])
+    log.info("resumed from %s at epoch %d", folder, state["epoch"])
+    return state
+
+
+def _log_epoch(summary: dict[str, Any], progress: bool) -> None:
+    parts = [f"epoch {summary['epoch']}", f"loss {summary.get('train_loss', float('nan')):.4f}"]
+    for direction in ("image_to_text", "text_to_image"):
+        if direction in summary:
+            recalls = " ".join(f"{k} {v:.3f}" for k, v in summary[direction].items() if k.startswith("R@"))
+            parts.append(f"{direction}: {recalls}")
+    line = " | ".join(parts)
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
+    else:
+        log.info(line)
