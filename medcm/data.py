@@ -172,10 +172,17 @@ class Pair:
 
 
 def records_to_pairs(records: list[ManifestRecord], label_field: str | None = None) -> list[Pair]:
-    """One pair per image; the text is the report's training text (`medcm.text`)."""
+    """One pair per image; the text is the report's training text (`medcm.text`).
+
+    Cases whose report yields no training text are skipped with a warning.
+    """
     pairs = []
     for record in records:
         text = report_text_for_training(record.report)
+        if not text:
+            # e.g. a report holding only an indication: pairing an image with "cough" teaches nothing.
+            log.warning("skipping case %s: its report has no findings or impression text", record.case_id)
+            continue
         label = record.meta.get(label_field) if label_field else None
         pairs.extend(Pair(image, text, record.case_id, label) for image in record.images)
     return pairs

@@ -244,7 +244,7 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
         for name, value in {"loss": float(loss.total.detach()), **loss.parts}.items():
             totals[name] = totals.get(name, 0.0) + value
         if progress:
-            loader.set_postfix(loss=f"{float(loss.total):.3f}", temp=f"{1 / float(out.logit_scale):.3f}")
+            loader.set_postfix(loss=f"{float(loss.total.detach()):.3f}", temp=f"{1 / float(out.logit_scale.detach()):.4f}")
     steps = max(1, len(dataset) // batch_size)
     return {f"train_{k}": v / steps for k, v in totals.items()}
 
