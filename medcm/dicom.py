@@ -41,10 +41,8 @@ _NOT_DICOM_SUFFIXES = frozenset(
      ".log", ".ini", ".yaml", ".yml", ".png", ".jpg", ".jpeg", ".gif"}
 )
 _HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL"})
-_SOP_CLASSES = {  # storage classes for write_image; anything else is Secondary Capture
-    "CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1",
-    "CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4",
-}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # single-frame SC: a valid IOD with few requirements
+_MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 _MAX_ZIP_MEMBER = 2**31  # bytes; refuse larger members rather than exhaust memory
 
 
@@ -559,49 +557,65 @@ def _instance_key(image: DicomImage) -> tuple[bool, int, str]:
 
 def write_image(path: str | os.PathLike, pixels: np.ndarray, *, patient_id: str = "ANON", modality: str = "OT",
                 study_description: str = "", body_part: str = "", monochrome1: bool = False) -> Path:
-    """Write greyscale [H, W] or [F, H, W] pixels in [0, 1] as a 16-bit DICOM file.
+    """Write greyscale [H, W] or [F, H, W] pixels in [0, 1] as a 16-bit Secondary Capture DICOM file.
 
-    The file carries a window spanning the full 16-bit range, so ``read_instance``
-    returns the input to within 1e-5, whichever photometric is chosen.
+    The object validates with dicom3tools' dciodvfy. It carries a window spanning the full 16-bit
+    range, so ``read_instance`` returns the input to within 1e-5, whichever photometric is chosen.
 
     Args:
         path: Destination file; parent folders are created.
         pixels: Display values in [0, 1].
         patient_id: PatientID.
-        modality: Modality; CR, DX, CT and MR get their SOP class, others Secondary Capture.
+        modality: Modality recorded in the series (the SOP class stays Secondary Capture).
         study_description: StudyDescription.
         body_part: BodyPartExamined.
-        monochrome1: Store inverted, as MONOCHROME1 (exercises the reader's inversion).
+        monochrome1: Store inverted, as MONOCHROME1 (single-frame only; exercises the reader's inversion).
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: If ``pixels`` is not 2-D/3-D or has values outside [0, 1] (NaN included).
+        ValueError: If ``pixels`` is not 2-D/3-D, has values outside [0, 1] (NaN included), or is
+            multi-frame with ``monochrome1``.
     """
     arr = np.asarray(pixels, dtype=np.float64)
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise ValueError(f"{path}: got pixels of shape {arr.shape}, expected [H, W] or [F, H, W]")
     if not (np.all(arr >= 0) and np.all(arr <= 1)):  # also rejects NaN
         raise ValueError(f"{path}: got pixel values in [{np.nanmin(arr)}, {np.nanmax(arr)}], expected [0, 1]")
-    stored = np.rint((1.0 - arr if monochrome1 else arr) * 65535).astype(np.uint16)
-    ds = pydicom.Dataset()
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = _SOP_CLASSES.get(modality.upper(), "1.2.840.10008.5.1.4.1.1.7")
-    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.PatientID, ds.Modality, ds.StudyDescription = patient_id, modality, study_description
-    if body_part:
-        ds.BodyPartExamined = body_part
+    if arr.ndim == 3 and monochrome1:
+        raise ValueError(f"{path}: multi-frame Secondary Capture allows MONOCHROME2 only; pass monochrome1=False")
+    ds = _secondary_capture_dataset(arr.ndim == 3, patient_id, modality, study_description, body_part)
     if arr.ndim == 3:
         ds.NumberOfFrames = arr.shape[0]
     ds.Rows, ds.Columns = arr.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.WindowCenter, ds.WindowWidth = 32768, 65536  # LINEAR: stored 0 -> 0.0, 65535 -> 1.0
-    ds.PixelData = stored.tobytes()
+    ds.PixelData = np.rint((1.0 - arr if monochrome1 else arr) * 65535).astype(np.uint16).tobytes()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out
+
+
+def _secondary_capture_dataset(multiframe: bool, patient_id: str, modality: str, study_description: str,
+                               body_part: str) -> pydicom.Dataset:
+    """Patient, study, series and SC equipment modules, with empty Type 2 attributes where unknown."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = _MULTIFRAME_WORD_SC if multiframe else _SECONDARY_CAPTURE
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", patient_id, "", ""
+    ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", "", "", ""
+    ds.StudyDescription, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = study_description, modality, 1, 1
+    ds.ConversionType, ds.PatientOrientation, ds.BurnedInAnnotation, ds.Laterality = "WSD", "", "NO", ""
+    if body_part:
+        ds.BodyPartExamined = body_part
+    if multiframe:  # Multi-frame SC: frames are indexed by frame number alone
+        ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
+        ds.FrameTime = 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType, ds.PresentationLUTShape = 0, 1, "US", "IDENTITY"
+    return ds

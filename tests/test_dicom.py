@@ -228,15 +228,18 @@ def test_plane_and_metadata(tmp_path: Path, orientation: list[float], plane: str
     assert (meta.sop_class_uid, meta.patient_id, meta.frames) == (SOP_CLASS["CT"], "P1", 1)
 
 
-@pytest.mark.parametrize("monochrome1", [False, True])
-def test_write_image_roundtrip(tmp_path: Path, monochrome1: bool) -> None:
-    pixels = np.random.default_rng(2).random((2, 9, 7))
+@pytest.mark.parametrize("shape, monochrome1", [((9, 7), False), ((9, 7), True), ((2, 9, 7), False)])
+def test_write_image_roundtrip(tmp_path: Path, shape: tuple[int, ...], monochrome1: bool) -> None:
+    pixels = np.random.default_rng(2).random(shape)
     path = write_image(tmp_path / "sub" / "w.dcm", pixels, modality="DX", patient_id="S1",
                        monochrome1=monochrome1)
     img = read_instance(path)
     assert img.meta.photometric == ("MONOCHROME1" if monochrome1 else "MONOCHROME2")
-    assert (img.meta.modality, img.meta.patient_id, img.meta.frames) == ("DX", "S1", 2)
-    assert_allclose(img.pixels, pixels, atol=1e-5)
+    frames = shape[0] if len(shape) == 3 else 1
+    assert (img.meta.modality, img.meta.patient_id, img.meta.frames) == ("DX", "S1", frames)
+    assert_allclose(img.pixels, pixels.reshape(frames, 9, 7), atol=1e-5)
+    with pytest.raises(ValueError, match="MONOCHROME2 only"):
+        write_image(tmp_path / "bad.dcm", np.zeros((2, 4, 4)), monochrome1=True)
     with pytest.raises(ValueError, match=r"expected \[0, 1\]"):
         write_image(tmp_path / "bad.dcm", pixels + 0.5)
     with pytest.raises(ValueError, match="expected \\[H, W\\]"):
