@@ -161,6 +161,8 @@ class AlignmentLoss(nn.Module):
     def forward(
         self, out: DualOutput, positives: torch.Tensor | None = None, aux_targets: torch.Tensor | None = None
     ) -> LossOutput:
+        # Similarities in float32 even under bf16 autocast: logits scaled by up to 100 need the precision.
+        out = DualOutput(out.image.float(), out.text.float(), out.logit_scale.float(), out.aux_logits)
         parts: dict[str, torch.Tensor] = {}
         if "infonce" in self.weights:
             parts["infonce"] = infonce_loss(out.image, out.text, out.logit_scale, positives)
