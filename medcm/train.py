@@ -169,13 +169,7 @@ def train(
     seed_everything(config.train.seed)
     device = select_device(device)
     out_dir = Path(out_dir)
-    head_field = config.model.aux_head.field if config.model.aux_head else None
-    train_pairs = records_to_pairs(train_records, head_field)
-    config = with_aux_classes(config, [p.label for p in train_pairs])
-    train_set = PairedImageDataset(train_pairs, config.preprocess, progress=progress)
-    val_set = PairedImageDataset(records_to_pairs(val_records), config.preprocess, progress=progress) if val_records else None
-    if len(train_set) < 2:
-        raise ValueError(f"need at least 2 readable training images, got {len(train_set)}")
+    config, train_set, val_set = _datasets(config, train_records, val_records, progress)
 
     model = DualEncoder(config.model, config.preprocess.image_size).to(device)
     model.text.warm_cache([p.text for p in train_set.pairs] + ([p.text for p in val_set.pairs] if val_set else []), progress)
@@ -213,6 +207,23 @@ def train(
         save_checkpoint(result.last_dir, model, config, metrics=summary, trainer_state=state,
                         optimizer_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
     return result
+
+
+def _datasets(
+    config: MedcmConfig, train_records: list[ManifestRecord], val_records: list[ManifestRecord], progress: bool
+) -> tuple[MedcmConfig, PairedImageDataset, PairedImageDataset | None]:
+    """Decode the images once; fill the multi-task head's classes from the training labels."""
+    head_field = config.model.aux_head.field if config.model.aux_head else None
+    train_pairs = records_to_pairs(train_records, head_field)
+    if not train_pairs:
+        raise ValueError(f"none of the {len(train_records)} training cases has a report with findings or impression text")
+    config = with_aux_classes(config, [p.label for p in train_pairs])
+    train_set = PairedImageDataset(train_pairs, config.preprocess, progress=progress)
+    val_pairs = records_to_pairs(val_records)
+    val_set = PairedImageDataset(val_pairs, config.preprocess, progress=progress) if val_pairs else None
+    if len(train_set) < 2:
+        raise ValueError(f"need at least 2 readable training images, got {len(train_set)}")
+    return config, train_set, val_set
 
 
 def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, epoch, batch_size, progress):
