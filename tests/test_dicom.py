@@ -286,6 +286,17 @@ def test_bundled_lossy_files_decode(name: str) -> None:
 # ------------------------------------------------------------------ real sample files
 
 
+@pytest.mark.parametrize("name", ["CT_chest_jpegll__notZaki_CT_JPEG70.dcm", "CR_chest_1955x1841_j2k__pydicom-data_RG1_J2KI.dcm"])
+def test_declared_decoders_agree_on_compressed_samples(shared_data: Path, name: str) -> None:
+    """Both declared decoder stacks (pylibjpeg plugins and python-gdcm) are installed and agree."""
+    from pydicom.pixels import pixel_array
+
+    ds = pydicom.dcmread(shared_data / "dicom-samples" / name)
+    by_pylibjpeg = pixel_array(ds, decoding_plugin="pylibjpeg")
+    by_gdcm = pixel_array(ds, decoding_plugin="gdcm")
+    np.testing.assert_array_equal(by_pylibjpeg, by_gdcm)
+
+
 @pytest.fixture(scope="module")
 def samples(shared_data: Path) -> dict[str, DicomImage]:
     """The six real files in ../shared/data/dicom-samples (skipped where that folder is absent)."""
