@@ -14,6 +14,7 @@ half-written checkpoint where a good one was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,12 +40,18 @@ _FROZEN_PREFIX = "text.backbone."
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model (in eval mode), its config and what was recorded with it."""
+    """A loaded checkpoint: the model (in eval mode), its config and what was recorded with it.
+
+    Attributes:
+        model_id: "<config name>-<first 12 hex of the weights' sha256>": stored embeddings are keyed by
+            it, so a retrained model never mixes its vectors with an older model's.
+    """
 
     model: DualEncoder
     config: MedcmConfig
     metrics: dict[str, Any]
     path: Path
+    model_id: str
 
 
 def _weights_to_save(model: DualEncoder) -> dict[str, torch.Tensor]:
@@ -157,7 +164,16 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
             f"{weights_path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.to(device).eval()
-    return Checkpoint(model=model, config=config, metrics=info.get("metrics", {}), path=folder)
+    model_id = f"{config.name}-{_file_sha256(weights_path)[:12]}"
+    return Checkpoint(model=model, config=config, metrics=info.get("metrics", {}), path=folder, model_id=model_id)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_text_fingerprint(model: DualEncoder, info: dict[str, Any], folder: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -64,6 +66,143 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_url(value: str) -> str:
+    """A SQLAlchemy URL as given, or a plain file path as a SQLite URL."""
+    return value if "://" in value else f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+def _open_engine(args: argparse.Namespace, need_model: bool = True):
+    # The command line is a composition root: it alone wires the library to the case store.
+    from db.store import CaseStore
+
+    from medcm.engine import Engine
+
+    checkpoint = getattr(args, "checkpoint", None)
+    if need_model and not checkpoint:
+        raise ValueError("--checkpoint CKPT_DIR is required (a folder written by medcm train)")
+    return Engine(CaseStore(_db_url(args.db)), checkpoint=checkpoint, device=getattr(args, "device", None))
+
+
+def _read_report_option(path: str | None) -> tuple[dict[str, str], str | None]:
+    """--report: a .jsonl manifest of {"study_uid", "report"} lines, or one text file for every study."""
+    if path is None:
+        return {}, None
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: report file not found")
+    if file.suffix.lower() != ".jsonl":
+        return {}, file.read_text(encoding="utf-8")
+    reports = {}
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            reports[str(item["study_uid"])] = str(item["report"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{file}:{number}: expected {{\"study_uid\": ..., \"report\": ...}} ({err})") from err
+    return reports, None
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="store DICOM studies (and their reports) in the case store")
+    p.add_argument("paths", nargs="+", help="DICOM files, folders or .zip archives")
+    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    p.add_argument("--checkpoint", help="model to embed images and reports with (omit to store without embeddings)")
+    p.add_argument("--report", help="a report text file for the study, or a .jsonl manifest of study_uid/report lines "
+                   "(default: a report.txt beside each study's files)")
+    p.add_argument("--user", default="cli", help="name recorded in the audit trail")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.set_defaults(handler=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    reports, default_report = _read_report_option(args.report)
+    engine = _open_engine(args, need_model=False)
+    result = engine.ingest(args.paths, reports, default_report, user=args.user)
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    print(f"stored {result.added_instances} new instance(s) in {len(result.studies)} study(ies); "
+          f"{result.skipped_instances} already stored; {result.added_reports} report(s); "
+          f"{result.added_embeddings} embedding(s); {len(result.errors)} file(s) failed")
+    return 1 if result.errors else 0
+
+
+def _add_query_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    p.add_argument("--checkpoint", required=True, help="the model the store was embedded with")
+    p.add_argument("--modality", help="only cases of this modality (e.g. CT)")
+    p.add_argument("--body-part", help="only cases of this body part (e.g. CHEST)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="find similar cases for a DICOM study, or images matching a phrase")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="a DICOM file, folder or zip: find similar cases")
+    what.add_argument("--text", help='a phrase such as "pleural effusion": find matching images')
+    p.add_argument("--mode", choices=["reports", "images"], default="reports",
+                   help="with --image: similar cases by their reports (default) or by their images")
+    p.add_argument("-k", type=int, default=5, help="number of results (default: 5)")
+    _add_query_options(p)
+    p.set_defaults(handler=_run_search)
+
+
+def _query_images(engine, path: str) -> list:
+    from medcm.engine import read_images
+
+    images, errors = read_images([path])
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if not images:
+        raise ValueError(f"{path}: no readable DICOM image to search with")
+    return images
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    engine = _open_engine(args)
+    filters = {"modality": args.modality, "body_part": args.body_part}
+    if args.text:
+        results = engine.search_text(args.text, args.k, filters)
+    elif args.mode == "images":
+        results = engine.similar_images(_query_images(engine, args.image), args.k, filters)
+    else:
+        results = engine.similar_cases(_query_images(engine, args.image), args.k, filters)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+        return 0
+    for rank, result in enumerate(results, start=1):
+        line = f"{rank}. study {result.study_uid}  score {result.score:.3f}  {result.modality} {result.body_part}".rstrip()
+        print(line)
+        if getattr(result, "report", ""):
+            print("   " + " ".join(result.report.split())[:300])
+    if not results:
+        print("no matching cases in the store")
+    return 0
+
+
+def _add_draft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("draft", help="draft findings for a DICOM study from similar cases (unverified)")
+    p.add_argument("dicom_path", help="a DICOM file, folder or zip")
+    _add_query_options(p)
+    p.set_defaults(handler=_run_draft)
+
+
+def _run_draft(args: argparse.Namespace) -> int:
+    engine = _open_engine(args)
+    draft = engine.draft(_query_images(engine, args.dicom_path), {"modality": args.modality, "body_part": args.body_part})
+    if args.json:
+        print(json.dumps(dataclasses.asdict(draft), indent=2))
+        return 0
+    print("DRAFT — UNVERIFIED: to be reviewed, edited and signed by a clinician.")
+    print(draft.text() or "(no draft: the store has no similar case with a report)")
+    for sentence in draft.sentences:
+        sources = ", ".join(f"{s.case_id} ({s.sentence_score:.2f})" for s in sentence.sources)
+        print(f"  [{sentence.section}] {sentence.text} <- {sources}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="medcm", description="medcm: similar cases and draft findings for DICOM studies.")
@@ -71,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_synth(sub)
+    _add_ingest(sub)
+    _add_search(sub)
+    _add_draft(sub)
     return parser
 
 

@@ -11,7 +11,10 @@ report failures as `DicomReadError` values alongside the images that did read.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import logging
 import math
 import os
 import posixpath
@@ -93,6 +96,7 @@ class InstanceMeta:
     photometric: str
     bits_stored: int
     transfer_syntax: str
+    content_sha256: str = ""  # sha256 of the file's bytes: tells a re-sent copy from a changed file
 
 
 # eq=False: comparing/hashing numpy arrays field-wise is ambiguous, so identity it is.
@@ -147,11 +151,17 @@ def read_instance(source: str | os.PathLike | bytes, name: str | None = None) ->
 
 
 def _read(source: str | os.PathLike | bytes, label: str, folder: str) -> DicomImage:
+    if not isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            source = Path(source).read_bytes()  # read once: parsed and hashed from the same bytes
+        except OSError as exc:
+            raise DicomReadError(label, f"cannot read file: {exc}") from exc
+    digest = hashlib.sha256(source).hexdigest()
     ds = _load(source, label)
     try:
         _check_pixel_data(ds, label)
         pixels = to_display(ds, _decode(ds, label))
-        meta = _meta(ds, label, folder, pixels.shape[0])
+        meta = _meta(ds, label, folder, pixels.shape[0], digest)
     except DicomReadError:
         raise
     except Exception as exc:  # malformed attribute values surface lazily in pydicom
@@ -189,8 +199,8 @@ def _force_read(source: str | os.PathLike | bytes, label: str, first: Exception)
     # force=True "reads" almost any bytes, so only keep results that look like an image.
     reason = "not a DICOM file (no DICM header, and no image data parsed without one)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns about every garbage element
+        with warnings.catch_warnings(), _quiet_pydicom_log():
+            warnings.simplefilter("ignore")  # pydicom warns (and logs) about every garbage element
             ds = pydicom.dcmread(_open(source), force=True)
             for _ in ds:  # converts every raw element; garbage fails here
                 pass
@@ -200,6 +210,17 @@ def _force_read(source: str | os.PathLike | bytes, label: str, first: Exception)
     if not ok:
         raise DicomReadError(label, reason) from first
     return ds
+
+
+@contextlib.contextmanager
+def _quiet_pydicom_log() -> Iterator[None]:
+    logger = logging.getLogger("pydicom")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _expected_bytes(ds: pydicom.Dataset) -> int:
@@ -290,7 +311,7 @@ def _plane(ds: pydicom.Dataset) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
-def _meta(ds: pydicom.Dataset, label: str, folder: str, frames: int) -> InstanceMeta:
+def _meta(ds: pydicom.Dataset, label: str, folder: str, frames: int, content_sha256: str) -> InstanceMeta:
     date, number = _text(ds, "StudyDate"), _floats(ds.get("InstanceNumber"))
     return InstanceMeta(
         path=label,
@@ -314,6 +335,7 @@ def _meta(ds: pydicom.Dataset, label: str, folder: str, frames: int) -> Instance
         photometric=_text(ds, "PhotometricInterpretation"),
         bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        content_sha256=content_sha256,
     )
 
 

@@ -112,7 +112,9 @@ def make_cases(n_cases: int, seed: int = 0, image_size: int = 128) -> list[Synth
 def write_dataset(out_dir: str | Path, n_train: int = 660, n_dev: int = 99, seed: int = 0, image_size: int = 128) -> Path:
     """Write synthetic cases as DICOM files plus a `manifest.jsonl` with `train` and `dev` splits.
 
-    Half of the images are stored MONOCHROME1 (inverted), so the reading pipeline is exercised too.
+    Each case gets a folder `cases/<case_id>/` holding `image.dcm` and `report.txt`, the layout
+    `medcm ingest` reads reports from. Half of the images are stored MONOCHROME1 (inverted), so the
+    reading pipeline is exercised too.
 
     Returns:
         The manifest's path.
@@ -120,23 +122,24 @@ def write_dataset(out_dir: str | Path, n_train: int = 660, n_dev: int = 99, seed
     from medcm.dicom import write_image
 
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     splits = [("train", make_cases(n_train, seed, image_size)), ("dev", make_cases(n_dev, seed + 1, image_size))]
     for split, cases in splits:
         for i, case in enumerate(cases):
             case_id = f"{split}-{i:05d}"
-            relative = f"images/{case_id}.dcm"
+            folder = out_dir / "cases" / case_id
             write_image(
-                out_dir / relative,
+                folder / "image.dcm",
                 case.pixels,
                 patient_id=f"SYNTH{i % 97:03d}",
                 modality="DX",
                 study_description="Synthetic shapes radiograph",
+                body_part="CHEST",
                 monochrome1=bool(i % 2),
             )
-            lines.append({"image": relative, "report": case.report, "case_id": case_id, "split": split,
-                          "meta": {"label": case.label}})
+            (folder / "report.txt").write_text(case.report + "\n", encoding="utf-8")
+            lines.append({"image": f"cases/{case_id}/image.dcm", "report": case.report, "case_id": case_id,
+                          "split": split, "meta": {"label": case.label}})
     manifest = out_dir / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return manifest

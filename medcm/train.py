@@ -10,12 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -25,6 +23,7 @@ from medcm.config import AuxHeadConfig, MedcmConfig, validate_config
 from medcm.data import ManifestRecord, PairedImageDataset, records_to_pairs
 from medcm.eval.retrieval import case_retrieval_metrics, mean_recall
 from medcm.preprocess import augment_batch, normalize
+from medcm.runtime import seed_everything, select_device
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +42,6 @@ class TrainResult:
     def best_metrics(self) -> dict[str, Any]:
         scored = [h for h in self.history if "score" in h]
         return max(scored, key=lambda h: h["score"]) if scored else {}
-
-
-def select_device(requested: str | None = None) -> torch.device:
-    """CUDA when present, else CPU; `requested` ("cpu", "cuda", "cuda:1") overrides."""
-    if requested:
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available; use 'cpu'")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def with_aux_classes(config: MedcmConfig, labels: list[Any]) -> MedcmConfig:

@@ -23,7 +23,8 @@ from medcm.config import get_config
 from medcm.data import PairedImageDataset, read_manifest, records_to_pairs
 from medcm.preprocess import normalize
 from medcm.synthetic import write_dataset
-from medcm.train import _train_epoch, seed_everything
+from medcm.runtime import seed_everything
+from medcm.train import _train_epoch
 
 
 def _rate(count: int, seconds: float) -> str:

@@ -47,3 +47,44 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return DualEncoder(tiny_config.model, tiny_config.preprocess.image_size).eval()
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(tmp_path_factory):
+    """Synthetic shapes cases at 64 px: 20 training cases per class, one dev case per class."""
+    from medcm.synthetic import CLASSES, write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synth"), n_train=20 * len(CLASSES), n_dev=len(CLASSES), image_size=64)
+
+
+def small_model_config(arch: str = "resnet10", epochs: int = 1, batch_size: int = 8, **model_changes):
+    """cpu-small with a small trunk at 64 px: what the training and engine tests train."""
+    import dataclasses
+
+    from medcm.config import get_config
+
+    base = get_config("cpu-small")
+    return dataclasses.replace(
+        base,
+        name="test",
+        model=dataclasses.replace(base.model, image=dataclasses.replace(base.model.image, arch=arch), embed_dim=64, **model_changes),
+        preprocess=dataclasses.replace(base.preprocess, image_size=64),
+        train=dataclasses.replace(base.train, epochs=epochs, batch_size=batch_size, warmup_steps=20),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_manifest, tmp_path_factory):
+    """A model trained for a few hundred steps on the synthetic cases (about half a minute on 2 cores)."""
+    from medcm.data import read_manifest, split_records
+    from medcm.train import train
+
+    train_records, dev_records = split_records(read_manifest(synthetic_manifest), "train", "dev", 0.0, 0)
+    return train(small_model_config(epochs=15, batch_size=32), train_records, dev_records,
+                 tmp_path_factory.mktemp("run"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    """The `small_model_config` factory, for tests that train their own small models."""
+    return small_model_config

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -11,27 +10,10 @@ import pytest
 import torch
 
 from medcm.checkpoint import load_checkpoint, read_checkpoint_info
-from medcm.config import AuxHeadConfig, get_config
+from medcm.config import AuxHeadConfig
 from medcm.data import PairedImageDataset, read_manifest, records_to_pairs, split_records
 from medcm.synthetic import CLASSES, write_dataset
 from medcm.train import evaluate_retrieval, lr_lambda, train
-
-
-def _config(arch="resnet10", epochs=1, batch_size=8, **model_changes):
-    base = get_config("cpu-small")
-    return dataclasses.replace(
-        base,
-        name="test",
-        model=dataclasses.replace(base.model, image=dataclasses.replace(base.model.image, arch=arch), embed_dim=64, **model_changes),
-        preprocess=dataclasses.replace(base.preprocess, image_size=64),
-        train=dataclasses.replace(base.train, epochs=epochs, batch_size=batch_size, warmup_steps=20),
-    )
-
-
-@pytest.fixture(scope="module")
-def synthetic_manifest(tmp_path_factory):
-    # 20 training cases per class, one held-out case per class (33 classes: chance R@1 = 3 %).
-    return write_dataset(tmp_path_factory.mktemp("synth"), n_train=20 * len(CLASSES), n_dev=len(CLASSES), image_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +22,14 @@ def small_manifest(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_training_learns_held_out_retrieval_far_above_chance(synthetic_manifest, tmp_path):
-    train_records, dev_records = split_records(read_manifest(synthetic_manifest), "train", "dev", 0.0, 0)
-    result = train(_config(epochs=15, batch_size=32), train_records, dev_records, tmp_path / "run", progress=False)
+def test_training_learns_held_out_retrieval_far_above_chance(synthetic_manifest, trained_run):
+    _, dev_records = split_records(read_manifest(synthetic_manifest), "train", "dev", 0.0, 0)
+    result = trained_run
     assert result.history[-1]["step"] == 15 * (660 // 32)  # a few hundred steps
     assert result.history[-1]["train_loss"] < 0.5 * result.history[0]["train_loss"]
 
     # Re-measure on the held-out cases with the reloaded best checkpoint, independently of the loop.
-    best = load_checkpoint(tmp_path / "run")
+    best = load_checkpoint(result.best_dir.parent)
     held_out = PairedImageDataset(records_to_pairs(dev_records), best.config.preprocess)
     metrics = evaluate_retrieval(best.model, held_out, best.config, torch.device("cpu"))
     chance = 1 / len(CLASSES)
@@ -56,11 +38,11 @@ def test_training_learns_held_out_retrieval_far_above_chance(synthetic_manifest,
     assert metrics["image_to_text"]["R@10"] >= 0.7, metrics
 
 
-def test_resumed_run_equals_uninterrupted_run(small_manifest, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(small_manifest, tmp_path, small_config):
     train_records, dev_records = split_records(read_manifest(small_manifest), "train", "dev", 0.0, 0)
-    straight = train(_config(epochs=2), train_records, dev_records, tmp_path / "straight", progress=False)
-    train(_config(epochs=1), train_records, dev_records, tmp_path / "resumed", progress=False)
-    resumed = train(_config(epochs=2), train_records, dev_records, tmp_path / "resumed", resume=tmp_path / "resumed", progress=False)
+    straight = train(small_config(epochs=2), train_records, dev_records, tmp_path / "straight", progress=False)
+    train(small_config(epochs=1), train_records, dev_records, tmp_path / "resumed", progress=False)
+    resumed = train(small_config(epochs=2), train_records, dev_records, tmp_path / "resumed", resume=tmp_path / "resumed", progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     a = load_checkpoint(straight.last_dir).model.state_dict()
     b = load_checkpoint(resumed.last_dir).model.state_dict()
@@ -69,17 +51,17 @@ def test_resumed_run_equals_uninterrupted_run(small_manifest, tmp_path):
     assert straight.history[-1]["image_to_text"] == resumed.history[-1]["image_to_text"]
 
 
-def test_resume_refuses_a_different_model(small_manifest, tmp_path):
+def test_resume_refuses_a_different_model(small_manifest, tmp_path, small_config):
     train_records, dev_records = split_records(read_manifest(small_manifest), "train", "dev", 0.0, 0)
-    train(_config(epochs=1), train_records, dev_records, tmp_path / "run", progress=False)
+    train(small_config(epochs=1), train_records, dev_records, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="differs"):
-        train(_config(arch="resnet18", epochs=2), train_records, dev_records, tmp_path / "run", resume=tmp_path / "run", progress=False)
+        train(small_config(arch="resnet18", epochs=2), train_records, dev_records, tmp_path / "run", resume=tmp_path / "run", progress=False)
 
 
-def test_multitask_head_is_trained_and_saved_with_its_classes(small_manifest, tmp_path):
+def test_multitask_head_is_trained_and_saved_with_its_classes(small_manifest, tmp_path, small_config):
     records = read_manifest(small_manifest)
     train_records, dev_records = split_records(records, "train", "dev", 0.0, 0)
-    config = _config(epochs=1, aux_head=AuxHeadConfig(field="label", weight=0.5))
+    config = small_config(epochs=1, aux_head=AuxHeadConfig(field="label", weight=0.5))
     result = train(config, train_records, dev_records, tmp_path / "run", progress=False)
     assert result.history[0]["train_aux"] > 0
     saved = read_checkpoint_info(result.best_dir)["config"]["model"]["aux_head"]
@@ -89,9 +71,9 @@ def test_multitask_head_is_trained_and_saved_with_its_classes(small_manifest, tm
 
 
 @pytest.mark.parametrize("losses", [{"mse": 1.0}, {"kl": 0.5, "infonce": 1.0}])
-def test_alternative_losses_train(small_manifest, tmp_path, losses):
+def test_alternative_losses_train(small_manifest, tmp_path, losses, small_config):
     train_records, dev_records = split_records(read_manifest(small_manifest), "train", "dev", 0.0, 0)
-    result = train(_config(epochs=1, losses=losses), train_records, dev_records, tmp_path / "run", progress=False)
+    result = train(small_config(epochs=1, losses=losses), train_records, dev_records, tmp_path / "run", progress=False)
     assert set(losses) <= {k.removeprefix("train_") for k in result.history[0]}
 
 

@@ -76,7 +76,9 @@ class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig, embed_dim: int, projection: str) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar on every start is noise on stderr
         self.config = config
         self.model_dir = resolve_text_model_path(config.model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)

@@ -1,0 +1,417 @@
+"""Retrieval-based drafting (after CXR-RePaiR): a draft report from similar cases' sentences.
+
+1. FINDINGS and IMPRESSION sentences of the ``top_k_cases`` best cases are collected (a report
+   with neither header gives its header-less text as FINDINGS); each distinct sentence is
+   embedded once and ``similarity = cosine(query, sentence)``.
+2. Same-section, same-polarity sentences with one :func:`~medcm.text.sentence_key` or an
+   embedding cosine >= ``duplicate_threshold`` merge, keeping every source.
+3. ``score = max similarity over sources + support_weight * support``; ``support`` (0..1) is
+   the sources' share of the retrieval-score mass (case weight ``max(case score, 0)``), so
+   a sentence every retrieved case wrote gets the full bonus: consensus is evidence.
+4. Of two sentences with opposite claims about one finding, the one with less ``evidence =
+   sum over sources of max(similarity, 0) + support_weight * support`` is dropped.
+5. Per section the best sentences within ``relative_margin`` of the best and above
+   ``min_score`` are kept (at most ``max_findings`` / ``max_impression``), in the order the
+   sources wrote them (mean relative position). A draft is always ``verified=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from medcm.text import (SECTION_ALIASES, is_negated, normalize_for_metrics, section_order,
+                        sentence_key, split_sections, split_sentences)
+
+__all__ = ["SourceCase", "Provenance", "DraftSentence", "DroppedSentence", "Draft",
+           "DraftConfig", "draft_findings"]
+
+_DRAFT_SECTIONS = ("FINDINGS", "IMPRESSION")
+
+# Words that carry no finding identity: function words, "seen"-type verbs, negation cues,
+# quantity/size/degree modifiers and units. What remains names the finding and its site.
+_IGNORED = frozenset("""a an the is are was were be been being there this that these those it its
+of in on at to for with within by from as and or nor but has have had which who also again appear
+appears seen noted identified present demonstrated visualized visualised appreciated detected
+observed evident evidence shown suggest finding findings no not none without cannot never neither
+absent absence free negative denies denied ruled out rules isnt arent wasnt werent doesnt dont
+didnt hasnt havent small smaller tiny trace minimal minimally mild mildly moderate moderately large
+larger severe severely marked markedly massive extensive slight slightly subtle minor significant
+significantly substantial appreciable definite definitive obvious gross focal very cm mm ml size
+sized amount""".split())
+# Site words: "No pleural effusion." and "Small right basilar pleural effusion." still clash.
+_LOCATION = frozenset("""left right bilateral bilaterally unilateral upper lower middle mid lobe
+lobes base bases basilar basal apex apices apical lingula lingular perihilar hilar retrocardiac
+lateral medial anterior posterior superior inferior proximal distal""".split())
+# Clause cuts: punctuation, scope terminators, and just before a mid-sentence "no"/"without"
+# so "Lungs are clear without consolidation." asserts {lungs, clear}, denies {consolidation}.
+_CLAUSE = re.compile(r"([,;:]|\b(?:but|however|although|though|whereas|except)\b"
+                     r"|(?=\b(?:no|without)\b))", re.I)
+_SCOPE_END = frozenset({"but", "however", "although", "though", "whereas", "except"})
+_PHRASE = re.compile(r"\b(?:and|or|nor)\b", re.I)
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """A retrieved past case; ``score`` is its retrieval cosine to the query."""
+    case_id: str
+    score: float
+    report: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """One source of a draft sentence: the case and the sentence as written there."""
+    case_id: str
+    case_score: float
+    sentence_score: float  # cosine(query, this source sentence)
+    original: str
+
+
+@dataclass(frozen=True)
+class DraftSentence:
+    """A drafted sentence; ``sources`` best first (by sentence_score, then case_score)."""
+    text: str
+    section: str  # "FINDINGS" or "IMPRESSION"
+    score: float  # the final score used for selection
+    sources: tuple[Provenance, ...]
+
+
+@dataclass(frozen=True)
+class DroppedSentence:
+    """A candidate left out of the draft, with the reason."""
+    text: str
+    reason: str
+    sources: tuple[Provenance, ...]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A draft report: sentences in report order, what was dropped, the cases read."""
+    sentences: tuple[DraftSentence, ...]
+    dropped: tuple[DroppedSentence, ...]
+    source_cases: tuple[str, ...]
+    verified: bool = False
+
+    def section_text(self, section: str) -> str:
+        """The sentences of one section (name or alias, any case) joined by spaces."""
+        name = " ".join(section.upper().split())
+        name = SECTION_ALIASES.get(name, name)
+        return " ".join(s.text for s in self.sentences if s.section == name)
+
+    def text(self) -> str:
+        """``"FINDINGS: s1 s2\\nIMPRESSION: s3"``; empty sections omitted, ``""`` if none."""
+        parts = ((name, self.section_text(name)) for name in section_order)
+        return "\n".join(f"{name}: {body}" for name, body in parts if body)
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    """Drafting knobs.
+
+    Attributes:
+        top_k_cases: only this many best-scoring cases are read.
+        max_findings: most FINDINGS sentences in a draft.
+        max_impression: most IMPRESSION sentences in a draft.
+        duplicate_threshold: embedding cosine from which two sentences are one.
+        support_weight: weight of cross-case support (0..1) added to the similarity.
+        relative_margin: per section, keep scores >= best - relative_margin * |best|.
+        min_score: absolute floor on the score (model-dependent; calibrate per model).
+        max_extra_terms: a finding mentioned with more than this many extra content words
+            (site words not counted) is a different statement, not a contradiction.
+    """
+    top_k_cases: int = 5
+    max_findings: int = 6
+    max_impression: int = 2
+    duplicate_threshold: float = 0.92
+    support_weight: float = 0.1
+    relative_margin: float = 0.25
+    min_score: float = 0.0
+    max_extra_terms: int = 2
+
+    def __post_init__(self) -> None:
+        checks = {"top_k_cases": self.top_k_cases >= 1, "max_findings": self.max_findings >= 0,
+                  "max_impression": self.max_impression >= 0,
+                  "max_extra_terms": self.max_extra_terms >= 0,
+                  "duplicate_threshold": -1.0 < self.duplicate_threshold <= 1.0,
+                  "support_weight": 0.0 <= self.support_weight < math.inf,
+                  "relative_margin": 0.0 <= self.relative_margin < math.inf,
+                  "min_score": math.isfinite(self.min_score)}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"DraftConfig.{name} out of range: {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One sentence occurrence in one source case."""
+    case: SourceCase
+    weight: float  # the case's share of the support mass
+    section: str
+    position: float  # relative position in its section, (i + 0.5) / n
+    text: str
+    key: str
+    order: int  # first-seen order, the last tie-break
+
+
+@dataclass
+class _Group:
+    """Merged duplicates; the fields after ``units`` are filled by :func:`_summarise`."""
+    section: str
+    negated: bool
+    units: list[_Unit]
+    text: str = ""
+    score: float = 0.0
+    evidence: float = 0.0
+    position: float = 0.0
+    first: int = 0
+    sources: tuple[Provenance, ...] = ()
+    claims: tuple[frozenset[str], tuple[frozenset[str], ...]] = (frozenset(), ())
+
+
+def _case_sentences(report: str) -> dict[str, list[str]]:
+    """FINDINGS (plus unknown ALL-CAPS subsections after it) and IMPRESSION sentences.
+
+    Without either, header-less text and unknown sections are FINDINGS; known other sections
+    (INDICATION, TECHNIQUE, COMPARISON...) never count.
+    """
+    sections = split_sections(report).sections
+    known = set(SECTION_ALIASES.values())
+    has_main = any(name in _DRAFT_SECTIONS for name, _ in sections)
+    out: dict[str, list[str]] = {name: [] for name in _DRAFT_SECTIONS}
+    current: str | None = None
+    for name, body in sections:
+        if name in _DRAFT_SECTIONS:
+            current = name
+        elif name in known or (has_main and current != "FINDINGS"):
+            current = None  # a preamble before FINDINGS is usually the exam title
+        elif not has_main:
+            current = "FINDINGS"
+        if current is not None:
+            out[current].extend(split_sentences(body))
+    return out
+
+
+def _top_cases(cases: Sequence[SourceCase], k: int) -> list[SourceCase]:
+    cases = list(cases)  # also accepts a one-shot iterable
+    for case in cases:
+        if not isinstance(case, SourceCase):
+            raise TypeError(f"cases must hold SourceCase, got {type(case).__name__}")
+        if not math.isfinite(case.score):
+            raise ValueError(f"case {case.case_id!r} has a non-finite score {case.score}")
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return sorted(cases, key=lambda c: -c.score)[:k]  # stable: ties keep the caller's order
+
+
+def _extract_units(cases: list[SourceCase]) -> list[_Unit]:
+    mass = [max(c.score, 0.0) for c in cases]
+    # With no positive case score there is no ranking information: count cases equally.
+    weights = [m / sum(mass) for m in mass] if sum(mass) > 0 else [1 / len(cases)] * len(cases)
+    units: list[_Unit] = []
+    for case, weight in zip(cases, weights):
+        for section, sentences in _case_sentences(case.report).items():
+            keyed = [(s, k) for s in sentences if (k := sentence_key(s))]
+            for i, (text, key) in enumerate(keyed):
+                pos = (i + 0.5) / len(keyed)
+                units.append(_Unit(case, weight, section, pos, text, key, len(units)))
+    return units
+
+
+def _check_query(query: np.ndarray) -> np.ndarray:
+    q = np.asarray(query, dtype=np.float64)
+    if q.ndim != 1 or q.size == 0:
+        raise ValueError(f"query must have shape [D] with D > 0, got {tuple(q.shape)}")
+    norm = float(np.linalg.norm(q))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ValueError(f"query must be finite and non-zero, got norm {norm}")
+    return q / norm
+
+
+def _embed(units: list[_Unit], embed_sentences: Callable[[list[str]], np.ndarray],
+           dim: int) -> tuple[dict[str, int], np.ndarray]:
+    """Embeds one text per sentence key in a single call: ``(key -> row, [K, D])``."""
+    texts: dict[str, str] = {}
+    for u in units:
+        texts.setdefault(u.key, u.text)  # the first wording of each key
+    emb = np.asarray(embed_sentences(list(texts.values())), dtype=np.float64)
+    if emb.shape != (len(texts), dim):
+        raise ValueError(f"embed_sentences returned shape {tuple(emb.shape)} for "
+                         f"{len(texts)} sentences, expected ({len(texts)}, {dim})")
+    if not np.isfinite(emb).all():
+        raise ValueError("embed_sentences returned non-finite values")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)  # cheap insurance for cosines
+    return {key: i for i, key in enumerate(texts)}, emb / np.where(norms > 0, norms, 1.0)
+
+
+def _cluster(units: list[_Unit], row: dict[str, int], emb: np.ndarray, sims: np.ndarray,
+             threshold: float) -> list[_Group]:
+    """Leader clustering, best-scoring first, within a section and a polarity.
+
+    Polarity must match because text encoders place "No effusion." next to "Effusion.".
+    """
+    exact: dict[tuple[str, str], list[_Unit]] = {}
+    for u in units:
+        exact.setdefault((u.section, u.key), []).append(u)
+    leaders: list[tuple[int, _Group]] = []
+    for (section, key), members in sorted(exact.items(), key=lambda kv: -sims[row[kv[0][1]]]):
+        negated, r = is_negated(members[0].text), row[key]
+        matches = [(float(emb[lr] @ emb[r]), g) for lr, g in leaders
+                   if g.section == section and g.negated == negated]
+        best = max(matches, key=lambda m: m[0], default=(-math.inf, None))
+        if best[1] is not None and best[0] >= threshold:
+            best[1].units.extend(members)
+        else:
+            leaders.append((r, _Group(section, negated, list(members))))
+    return [g for _, g in leaders]
+
+
+def _summarise(group: _Group, row: dict[str, int], sims: np.ndarray, weight: float) -> None:
+    """Fills text, sources, score, evidence, position and claims of a group."""
+    best: dict[str, tuple[float, _Unit]] = {}  # per case, its best-matching occurrence
+    for u in sorted(group.units, key=lambda u: u.order):
+        s = float(sims[row[u.key]])
+        if u.case.case_id not in best or s > best[u.case.case_id][0]:
+            best[u.case.case_id] = (s, u)
+    group.sources = tuple(sorted(
+        (Provenance(u.case.case_id, float(u.case.score), s, u.text) for s, u in best.values()),
+        key=lambda p: (-p.sentence_score, -p.case_score)))
+    support = sum(u.weight for _, u in best.values())
+    group.score = group.sources[0].sentence_score + weight * support
+    group.evidence = sum(max(p.sentence_score, 0.0) for p in group.sources) + weight * support
+    group.position = float(np.mean([u.position for u in group.units]))
+    group.first = min(u.order for u in group.units)
+    # The wording most cases used, then the most query-like, then the first seen.
+    wordings: dict[str, list[float]] = {}
+    for s, u in best.values():
+        wordings.setdefault(u.text, []).append(s)
+    group.text = max(wordings, key=lambda t: (len(wordings[t]), max(wordings[t])))
+    group.claims = _claims(group.text)
+
+
+def _terms(text: str) -> frozenset[str]:
+    words = normalize_for_metrics(text).split()
+    return frozenset(w for w in words if w not in _IGNORED and any(c.isalpha() for c in w))
+
+
+def _claims(text: str) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
+    """``(terms asserted present, term sets asserted absent)`` of a sentence.
+
+    Clauses are cut at ",;:", "but"/"however"... and before "no"/"without"; a negated
+    clause's scope runs forward until "but"/"however"..., and it denies each of its
+    "and"/"or" phrases: "Small effusion and no pneumothorax or consolidation." asserts
+    {effusion}, denies {pneumothorax} and {consolidation}. Whether a clause is negated is
+    decided by :func:`medcm.text.is_negated` (so "no change" denies nothing).
+    """
+    if not is_negated(text):
+        return _terms(text), ()
+    parts = _CLAUSE.split(text)
+    present: set[str] = set()
+    absent: list[frozenset[str]] = []
+    in_scope = False
+    for i in range(0, len(parts), 2):
+        clause = parts[i]
+        if i and parts[i - 1].strip().lower() in _SCOPE_END:
+            in_scope = False
+        in_scope = in_scope or is_negated(clause)
+        if in_scope:
+            absent.extend(t for t in map(_terms, _PHRASE.split(clause)) if t)
+        else:
+            present |= _terms(clause)
+    return frozenset(present), tuple(absent)
+
+
+def _contradicts(a: _Group, b: _Group, max_extra: int) -> bool:
+    """One asserts what the other denies: one term set contains the other, give or take at
+    most ``max_extra`` non-site words (more means a different statement)."""
+    def same(x: frozenset[str], y: frozenset[str]) -> bool:
+        small, large = sorted((x, y), key=len)
+        return bool(small) and small <= large and len(large - small - _LOCATION) <= max_extra
+
+    (a_pos, a_neg), (b_pos, b_neg) = a.claims, b.claims
+    return any(same(a_pos, n) for n in b_neg) or any(same(b_pos, n) for n in a_neg)
+
+
+def _resolve_contradictions(groups: list[_Group], config: DraftConfig,
+                            ) -> tuple[list[_Group], list[DroppedSentence]]:
+    """Keeps groups strongest-evidence first; one clashing with a kept group is dropped."""
+    kept: list[_Group] = []
+    dropped: list[DroppedSentence] = []  # the order drops happen in
+    for g in sorted(groups, key=lambda g: (-g.evidence, -g.score, g.first)):
+        rival = next((k for k in kept if _contradicts(k, g, config.max_extra_terms)), None)
+        if rival is None:
+            kept.append(g)
+        else:
+            dropped.append(DroppedSentence(
+                g.text, f"contradicts '{rival.text}' (weaker evidence)", g.sources))
+    return kept, dropped
+
+
+def _select(groups: list[_Group], config: DraftConfig,
+            ) -> tuple[list[_Group], list[DroppedSentence]]:
+    """Per section, greedily by score within the margin, above the floor, up to the limit."""
+    chosen: list[_Group] = []
+    dropped: list[DroppedSentence] = []
+    for section in _DRAFT_SECTIONS:
+        limit = config.max_findings if section == "FINDINGS" else config.max_impression
+        ranked = sorted((g for g in groups if g.section == section),
+                        key=lambda g: (-g.score, g.first))
+        best = ranked[0].score if ranked else 0.0
+        cutoff, taken = best - config.relative_margin * abs(best), 0
+        for g in ranked:
+            if g.score < config.min_score:
+                reason = f"below threshold: score {g.score:.3f} < min_score {config.min_score:.3f}"
+            elif g.score < cutoff:
+                reason = (f"below threshold: score {g.score:.3f} outside the relative margin "
+                          f"of the best {best:.3f}")
+            elif taken >= limit:
+                reason = f"over limit: max_{section.lower()}={limit}"
+            else:
+                chosen.append(g)
+                taken += 1
+                continue
+            dropped.append(DroppedSentence(g.text, reason, g.sources))
+    return chosen, dropped
+
+
+def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
+                   embed_sentences: Callable[[list[str]], np.ndarray],
+                   config: DraftConfig = DraftConfig()) -> Draft:
+    """Drafts FINDINGS/IMPRESSION from the reports of retrieved cases (see module doc).
+
+    Args:
+        query: ``[D]`` image embedding in the shared image-text space (normalised here).
+        cases: retrieved cases in any order; the ``config.top_k_cases`` best by score are used.
+        embed_sentences: maps ``n`` sentences to ``[n, D]`` L2-normalised text embeddings;
+            called at most once, with one text per distinct :func:`sentence_key`.
+        config: selection weights and limits.
+
+    Returns:
+        An unverified :class:`Draft`; empty (not an error) when there is nothing to use.
+
+    Raises:
+        ValueError: ``query`` is not a finite non-zero ``[D]`` vector, the embedder's
+            output is not ``[n, D]`` and finite, or case ids repeat / scores are not finite.
+        TypeError: an element of ``cases`` is not a :class:`SourceCase`.
+    """
+    q = _check_query(query)
+    used = _top_cases(cases, config.top_k_cases)
+    case_ids = tuple(c.case_id for c in used)
+    units = _extract_units(used) if used else []
+    if not units:
+        return Draft((), (), case_ids)
+    row, emb = _embed(units, embed_sentences, q.shape[0])
+    sims = emb @ q  # [K] cosine of each distinct sentence with the query
+    groups = _cluster(units, row, emb, sims, config.duplicate_threshold)
+    for g in groups:
+        _summarise(g, row, sims, config.support_weight)
+    kept, contradicted = _resolve_contradictions(groups, config)
+    chosen, unselected = _select(kept, config)
+    chosen.sort(key=lambda g: (section_order.index(g.section), g.position, -g.score, g.first))
+    sentences = tuple(DraftSentence(g.text, g.section, g.score, g.sources) for g in chosen)
+    return Draft(sentences, tuple(contradicted + unselected), case_ids)

@@ -1,0 +1,373 @@
+"""The facade the UI and the command line share: one checkpoint, one case store, its vector indexes.
+
+The engine reads DICOM, embeds images and reports with the checkpoint's model, writes cases to the
+store and answers the three questions the assistant asks of its memory: which past cases are similar
+(image → reports), which past images look alike (image → images), and which images match a phrase
+(text → images). It also drafts findings from the similar cases and signs reports.
+
+The library does not import the case store: the engine takes any object with the store's methods
+(`CaseStoreLike`); the command line and the UI pass `db.store.CaseStore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from medcm.checkpoint import Checkpoint, load_checkpoint
+from medcm.dicom import DicomImage, DicomReadError, iter_dicom
+from medcm.draft import Draft, DraftConfig, SourceCase, draft_findings
+from medcm.index import Hit, VectorIndex
+from medcm.preprocess import prepare_image, resize_and_pad, select_frame
+from medcm.records import EmbeddingRecord, ReportRecord, instance_record
+from medcm.runtime import select_device
+from medcm.text import report_text_for_training, split_sections
+
+log = logging.getLogger(__name__)
+
+IMAGE, REPORT = "image", "report"
+PREVIEW_SIZE = 256
+_BATCH = 32
+
+
+class CaseStoreLike(Protocol):
+    """The part of `db.store.CaseStore` the engine uses."""
+
+    url: str
+
+    def ingest(self, instances: list, reports: list = ..., embeddings: list = ..., user: str = ...) -> Any: ...
+    def sign_report(self, study_uid: str, text: str, sections: list, signer: str) -> Any: ...
+    def save_draft(self, study_uid: str, text: str, sections: list, author: str, source: str = ...) -> Any: ...
+    def latest_report(self, study_uid: str, signed_only: bool = ...) -> Any: ...
+    def embedding_matrix(self, kind: str, model_id: str) -> Any: ...
+    def count_embeddings(self, kind: str, model_id: str) -> int: ...
+    def add_embeddings(self, embeddings: list) -> int: ...
+    def log_event(self, kind: str, user: str, study_uid: str | None = ..., detail: dict | None = ...) -> None: ...
+
+
+@dataclass(frozen=True)
+class SimilarCase:
+    """A past case similar to the query, with the report the similarity was measured against."""
+
+    study_uid: str
+    score: float
+    report: str
+    modality: str
+    body_part: str
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """A stored image matching a query (the best-scoring image of its study)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    score: float
+    modality: str
+    body_part: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest stored and which files failed (each error names its file)."""
+
+    studies: tuple[str, ...]
+    added_instances: int
+    skipped_instances: int
+    added_reports: int
+    added_embeddings: int
+    errors: tuple[DicomReadError, ...] = field(default_factory=tuple)
+
+
+def render_preview(pixels: np.ndarray, size: int = PREVIEW_SIZE) -> bytes:
+    """A PNG thumbnail of the middle frame (longer side `size` px, aspect kept, no padding)."""
+    from PIL import Image
+
+    frame = select_frame(pixels, "middle")
+    square = resize_and_pad(frame, size)[0].numpy()
+    height, width = frame.shape
+    scale = size / max(height, width)
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (size - h) // 2, (size - w) // 2
+    crop = (square[top : top + h, left : left + w] * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(crop).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def read_images(paths: Iterable[str | Path]) -> tuple[list[DicomImage], list[DicomReadError]]:
+    """Every readable image under `paths` (files, folders, zips) and an error per unreadable file."""
+    images, errors = [], []
+    for path in paths:
+        for item in iter_dicom(path):
+            (errors if isinstance(item, DicomReadError) else images).append(item)
+    return images, errors
+
+
+class Engine:
+    """Loads a checkpoint and a store once; embeds, stores, searches, drafts and signs.
+
+    Args:
+        store: the case store (`db.store.CaseStore` or anything with its methods).
+        checkpoint: a checkpoint or run folder; None allows ingest without embeddings only.
+        index_dir: where vector indexes persist; default: beside a SQLite database file
+            (`cases.db` → `cases.db.index/`), otherwise in memory (rebuilt from the store at start).
+        device: "cpu", "cuda"...; default CUDA when present.
+        draft_config: drafting settings.
+    """
+
+    def __init__(
+        self,
+        store: CaseStoreLike,
+        checkpoint: str | Path | None = None,
+        index_dir: str | Path | None = None,
+        device: str | None = None,
+        draft_config: DraftConfig = DraftConfig(),
+    ) -> None:
+        self.store = store
+        self.device = select_device(device)
+        self.checkpoint: Checkpoint | None = load_checkpoint(checkpoint, self.device) if checkpoint else None
+        self.index_dir = Path(index_dir) if index_dir else _default_index_dir(store.url)
+        self.draft_config = draft_config
+        self._indexes: dict[str, VectorIndex] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self._require_checkpoint().model_id
+
+    def _require_checkpoint(self) -> Checkpoint:
+        if self.checkpoint is None:
+            raise ValueError("this needs a model: pass --checkpoint CKPT_DIR (a folder written by medcm train)")
+        return self.checkpoint
+
+    # ----------------------------------------------------------------- embedding
+    @torch.no_grad()
+    def embed_images(self, images: list[DicomImage]) -> np.ndarray:
+        """L2-normalised image embeddings `[N, D]`, preprocessed as the checkpoint was trained."""
+        ckpt = self._require_checkpoint()
+        out = []
+        for start in range(0, len(images), _BATCH):
+            batch = torch.stack([prepare_image(im.pixels, ckpt.config.preprocess) for im in images[start : start + _BATCH]])
+            out.append(ckpt.model.encode_image(batch.to(self.device)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, ckpt.config.model.embed_dim), np.float32)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised text embeddings `[N, D]`."""
+        ckpt = self._require_checkpoint()
+        out = [ckpt.model.encode_text(texts[s : s + 64]).float().cpu() for s in range(0, len(texts), 64)]
+        return torch.cat(out).numpy() if out else np.zeros((0, ckpt.config.model.embed_dim), np.float32)
+
+    def study_embedding(self, images: list[DicomImage]) -> np.ndarray:
+        """One query vector `[D]` for a study: the normalised mean of its image embeddings."""
+        if not images:
+            raise ValueError("no readable DICOM image to search with")
+        mean = self.embed_images(images).mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+    # -------------------------------------------------------------------- ingest
+    def ingest(
+        self,
+        paths: Iterable[str | Path],
+        reports: Mapping[str, str] | None = None,
+        default_report: str | None = None,
+        user: str = "system",
+    ) -> IngestResult:
+        """Read DICOM under `paths` and store it, with previews, reports and (given a model) embeddings.
+
+        Everything readable is written in one store transaction; unreadable files are returned as
+        errors and written nowhere.
+
+        Args:
+            paths: files, folders or zips.
+            reports: study UID → report text, e.g. from a manifest.
+            default_report: report for studies not in `reports` (e.g. `--report FILE` for one study).
+                Without either, a `report.txt` in the folder of a study's first file is used.
+            user: recorded in the audit trail.
+        """
+        images, errors = read_images(paths)
+        images, missing_uid = _with_instance_uids(images)
+        errors += missing_uid
+        texts = _study_reports(images, reports or {}, default_report)
+        report_records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in texts.items()]
+        embeddings = self._ingest_embeddings(images, texts) if self.checkpoint else []
+        instances = [instance_record(image, render_preview(image.pixels)) for image in images]
+        summary = self.store.ingest(instances, report_records, embeddings, user=user) if images else None
+        self._indexes.clear()  # the store changed: reload or rebuild on the next search
+        studies = tuple(dict.fromkeys(image.meta.study_uid for image in images))
+        return IngestResult(
+            studies=studies,
+            added_instances=summary.added_instances if summary else 0,
+            skipped_instances=summary.skipped_instances if summary else 0,
+            added_reports=summary.added_reports if summary else 0,
+            added_embeddings=summary.added_embeddings if summary else 0,
+            errors=tuple(errors),
+        )
+
+    def _ingest_embeddings(self, images: list[DicomImage], texts: Mapping[str, str]) -> list[EmbeddingRecord]:
+        model_id = self.model_id
+        records = [
+            EmbeddingRecord(IMAGE, image.meta.sop_instance_uid, model_id, vector)
+            for image, vector in zip(images, self.embed_images(images))
+        ]
+        uids = list(texts)
+        vectors = self.embed_texts([report_text_for_training(texts[uid]) or texts[uid] for uid in uids])
+        records += [EmbeddingRecord(REPORT, uid, model_id, vector) for uid, vector in zip(uids, vectors)]
+        return records
+
+    # ------------------------------------------------------------------- indexes
+    def index(self, kind: str) -> VectorIndex:
+        """The vector index of `kind` ("image" or "report") for this model, loaded or rebuilt from the store."""
+        if kind not in self._indexes:
+            self._indexes[kind] = self._load_or_rebuild(kind)
+        return self._indexes[kind]
+
+    def _index_folder(self, kind: str) -> Path | None:
+        if self.index_dir is None:
+            return None
+        return self.index_dir / f"{kind}-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.model_id)}"
+
+    def _load_or_rebuild(self, kind: str) -> VectorIndex:
+        folder = self._index_folder(kind)
+        stored = self.store.count_embeddings(kind, self.model_id)
+        if folder is not None and folder.is_dir():
+            try:
+                index = VectorIndex.load(folder)
+                if len(index) == stored and index.model_id == self.model_id:
+                    return index
+            except (ValueError, FileNotFoundError) as err:
+                log.warning("rebuilding index %s: %s", folder, err)
+        return self.rebuild_index(kind)
+
+    def rebuild_index(self, kind: str) -> VectorIndex:
+        """Rebuild one index from the store's embeddings and persist it (the store is the truth)."""
+        matrix = self.store.embedding_matrix(kind, self.model_id)
+        dim = self._require_checkpoint().config.model.embed_dim
+        if matrix.keys:
+            index = VectorIndex.build(list(matrix.keys), matrix.vectors, list(matrix.meta), self.model_id)
+        else:
+            index = VectorIndex(dim, self.model_id)
+        folder = self._index_folder(kind)
+        if folder is not None:
+            index.save(folder)
+        self._indexes[kind] = index
+        return index
+
+    # ------------------------------------------------------------------- queries
+    def similar_cases(
+        self, images: list[DicomImage], k: int = 5, filters: Mapping[str, str] | None = None
+    ) -> list[SimilarCase]:
+        """Past studies whose reports best match the query study (image → reports), best first.
+
+        The query's own study is left out, so a stored study never retrieves itself.
+        """
+        query = self.study_embedding(images)
+        own = {image.meta.study_uid for image in images}
+        hits = self.index(REPORT).search(query, k=k, filters=_clean_filters(filters), exclude=own)
+        return [self._similar_case(hit) for hit in hits]
+
+    def _similar_case(self, hit: Hit) -> SimilarCase:
+        report = self.store.latest_report(hit.key)
+        return SimilarCase(
+            study_uid=hit.key,
+            score=hit.score,
+            report=report.text if report else "",
+            modality=hit.meta.get("modality", ""),
+            body_part=hit.meta.get("body_part", ""),
+        )
+
+    def similar_images(
+        self, images: list[DicomImage], k: int = 5, filters: Mapping[str, str] | None = None
+    ) -> list[ImageMatch]:
+        """Stored images most like the query study (image → images), one per study, best first."""
+        query = self.study_embedding(images)
+        own = {image.meta.study_uid for image in images}
+        hits = self.index(IMAGE).search(query, k=k + len(own), filters=_clean_filters(filters), group_by="study_uid")
+        return [_image_match(hit) for hit in hits if hit.meta.get("study_uid") not in own][:k]
+
+    def search_text(self, query: str, k: int = 5, filters: Mapping[str, str] | None = None) -> list[ImageMatch]:
+        """Stored images matching a phrase such as "pleural effusion" (text → images), one per study."""
+        if not query.strip():
+            raise ValueError("text search: the query is empty")
+        vector = self.embed_texts([query])[0]
+        hits = self.index(IMAGE).search(vector, k=k, filters=_clean_filters(filters), group_by="study_uid")
+        return [_image_match(hit) for hit in hits]
+
+    # ---------------------------------------------------------- draft and sign
+    def draft(self, images: list[DicomImage], filters: Mapping[str, str] | None = None) -> Draft:
+        """Draft findings for the query study from its most similar cases' reports (always unverified)."""
+        cases = self.similar_cases(images, k=self.draft_config.top_k_cases, filters=filters)
+        sources = [SourceCase(case.study_uid, case.score, case.report) for case in cases if case.report]
+        return draft_findings(self.study_embedding(images), sources, self.embed_texts, self.draft_config)
+
+    def sign(self, study_uid: str, text: str, signer: str) -> Any:
+        """Sign the final report of a stored study; the signed case joins the retrieval pool at once."""
+        report = self.store.sign_report(study_uid, text, list(split_sections(text).sections), signer)
+        if self.checkpoint is not None:
+            vector = self.embed_texts([report_text_for_training(text) or text])[0]
+            self.store.add_embeddings([EmbeddingRecord(REPORT, study_uid, self.model_id, vector)])
+            self._indexes.pop(REPORT, None)
+        return report
+
+
+def _default_index_dir(url: str) -> Path | None:
+    """`sqlite:///x/cases.db` → `x/cases.db.index`; other databases keep indexes in memory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url[len(prefix):] not in ("", ":memory:"):
+        return Path(url[len(prefix):] + ".index")
+    return None
+
+
+def _clean_filters(filters: Mapping[str, str] | None) -> dict[str, str] | None:
+    cleaned = {key: value for key, value in (filters or {}).items() if value}
+    return cleaned or None
+
+
+def _image_match(hit: Hit) -> ImageMatch:
+    return ImageMatch(
+        sop_instance_uid=hit.key,
+        study_uid=hit.meta.get("study_uid", ""),
+        score=hit.score,
+        modality=hit.meta.get("modality", ""),
+        body_part=hit.meta.get("body_part", ""),
+    )
+
+
+def _with_instance_uids(images: list[DicomImage]) -> tuple[list[DicomImage], list[DicomReadError]]:
+    """Images that can be stored (they have a SOPInstanceUID) and an error for each one that cannot."""
+    kept, errors = [], []
+    for image in images:
+        if image.meta.sop_instance_uid:
+            kept.append(image)
+        else:
+            errors.append(DicomReadError(image.meta.path, "no SOPInstanceUID: cannot store an instance without one"))
+    return kept, errors
+
+
+def _study_reports(images: list[DicomImage], reports: Mapping[str, str], default: str | None) -> dict[str, str]:
+    """Report text per study: given explicitly, else the default, else a report.txt beside its first file."""
+    texts: dict[str, str] = {}
+    for image in images:
+        uid = image.meta.study_uid
+        if uid in texts:
+            continue
+        text = reports.get(uid) or default or _report_beside(image.meta.path)
+        if text and text.strip():
+            texts[uid] = text
+    return texts
+
+
+def _report_beside(path: str) -> str | None:
+    if ".zip:" in path:
+        return None
+    candidate = Path(path).parent / "report.txt"
+    return candidate.read_text(encoding="utf-8") if candidate.is_file() else None

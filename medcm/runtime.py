@@ -1,0 +1,29 @@
+"""Process-level helpers shared by training and inference: device choice and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """CUDA when present, else CPU; `requested` ("cpu", "cuda", "cuda:1") overrides.
+
+    Raises:
+        ValueError: CUDA was requested but is not available.
+    """
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available; use 'cpu'")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

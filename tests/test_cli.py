@@ -1,0 +1,81 @@
+"""`medcm ingest`, `medcm search` and `medcm draft` end to end on synthetic DICOM, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def medcm(*args):
+    return subprocess.run([sys.executable, "-m", "medcm", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def archive(synthetic_manifest, tmp_path_factory):
+    """Eight cases with their report.txt, plus one file that is not DICOM."""
+    folder = tmp_path_factory.mktemp("archive")
+    for i in range(8):
+        shutil.copytree(synthetic_manifest.parent / "cases" / f"train-{i:05d}", folder / f"case{i}")
+    (folder / "case0" / "notes.dcm").write_text("this is not a DICOM file")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ingested(archive, trained_run, tmp_path_factory):
+    db = tmp_path_factory.mktemp("db") / "cases.db"
+    done = medcm("ingest", archive, "--db", db, "--checkpoint", trained_run.best_dir.parent)
+    return db, done
+
+
+def test_ingest_stores_good_files_and_reports_bad_ones_in_one_line(ingested, archive):
+    _, done = ingested
+    assert done.returncode == 1  # something failed
+    bad = archive / "case0" / "notes.dcm"
+    assert done.stderr.splitlines() == [f"error: {bad}: not a DICOM file (no DICM header, and no image data parsed without one)"]
+    assert "Traceback" not in done.stderr
+    assert done.stdout.startswith("stored 8 new instance(s) in 8 study(ies); 0 already stored; 8 report(s); 16 embedding(s); 1 file(s) failed")
+
+
+def test_reingest_of_good_files_succeeds_and_skips(ingested, archive, trained_run):
+    db, _ = ingested
+    done = medcm("ingest", archive / "case1", archive / "case2", "--db", db, "--checkpoint", trained_run.best_dir.parent)
+    assert done.returncode == 0, done.stderr
+    assert "stored 0 new instance(s) in 2 study(ies); 2 already stored" in done.stdout
+
+
+def test_search_by_image_and_text_as_json(ingested, archive, trained_run):
+    db, _ = ingested
+    ckpt = trained_run.best_dir.parent
+    by_image = medcm("search", "--image", archive / "case3" / "image.dcm", "--db", db, "--checkpoint", ckpt, "-k", 3, "--json")
+    assert by_image.returncode == 0, by_image.stderr
+    cases = json.loads(by_image.stdout)
+    assert len(cases) == 3 and {"study_uid", "score", "report", "modality", "body_part"} <= set(cases[0])
+    by_text = medcm("search", "--text", "small round lesion", "--db", db, "--checkpoint", ckpt, "-k", 2, "--json")
+    assert by_text.returncode == 0, by_text.stderr
+    assert [set(hit) >= {"sop_instance_uid", "study_uid", "score"} for hit in json.loads(by_text.stdout)] == [True, True]
+
+
+def test_draft_prints_an_unverified_draft_with_sources(ingested, synthetic_manifest, trained_run):
+    db, _ = ingested
+    query = synthetic_manifest.parent / "cases" / "dev-00005" / "image.dcm"
+    done = medcm("draft", query, "--db", db, "--checkpoint", trained_run.best_dir.parent)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "DRAFT — UNVERIFIED: to be reviewed, edited and signed by a clinician."
+    assert lines[1].startswith("FINDINGS:")
+    assert any(" <- " in line for line in lines[2:])
+
+
+def test_query_commands_need_a_checkpoint_and_a_readable_image(ingested, tmp_path, trained_run):
+    db, _ = ingested
+    missing = medcm("search", "--text", "effusion", "--db", db)
+    assert missing.returncode == 2 and "--checkpoint" in missing.stderr
+    junk = tmp_path / "junk.dcm"
+    junk.write_text("junk")
+    done = medcm("draft", junk, "--db", db, "--checkpoint", trained_run.best_dir.parent)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"error: {junk}: no readable DICOM image to search with"

@@ -1,0 +1,135 @@
+"""The engine end to end: ingest synthetic DICOM, search, draft and sign, against a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from db.store import CaseStore
+from medcm.engine import Engine, read_images, render_preview
+
+N_POOL = 132  # 4 training cases per class
+
+
+@pytest.fixture(scope="module")
+def labels(synthetic_manifest):
+    """case folder name → class label, and the dev (query) case folders."""
+    lines = [json.loads(line) for line in synthetic_manifest.read_text().splitlines()]
+    return {line["case_id"]: line["meta"]["label"] for line in lines}
+
+
+@pytest.fixture(scope="module")
+def pool(synthetic_manifest, tmp_path_factory):
+    """A folder holding the first N_POOL training cases (each: image.dcm + report.txt)."""
+    folder = tmp_path_factory.mktemp("pool")
+    for i in range(N_POOL):
+        shutil.copytree(synthetic_manifest.parent / "cases" / f"train-{i:05d}", folder / f"train-{i:05d}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(pool, trained_run, tmp_path_factory):
+    store = CaseStore(f"sqlite:///{tmp_path_factory.mktemp('db') / 'cases.db'}")
+    engine = Engine(store, checkpoint=trained_run.best_dir.parent, device="cpu")
+    result = engine.ingest([pool], user="tester")
+    assert (result.added_instances, result.added_reports, result.errors) == (N_POOL, N_POOL, ())
+    assert result.added_embeddings == 2 * N_POOL
+    return engine
+
+
+def _study_labels(engine, pool, labels):
+    images, _ = read_images([pool])
+    return {image.meta.study_uid: labels[image.meta.path.split("/")[-2]] for image in images}
+
+
+def _query(synthetic_manifest, case_id):
+    images, errors = read_images([synthetic_manifest.parent / "cases" / case_id / "image.dcm"])
+    assert not errors
+    return images
+
+
+def test_reingest_is_idempotent(engine, pool):
+    again = engine.ingest([pool])
+    assert (again.added_instances, again.skipped_instances, again.added_reports) == (0, N_POOL, 0)
+
+
+def test_bad_files_are_reported_and_good_ones_stored(engine, tmp_path, synthetic_manifest):
+    shutil.copy(synthetic_manifest.parent / "cases" / "dev-00000" / "image.dcm", tmp_path / "good.dcm")
+    (tmp_path / "bad.dcm").write_bytes(b"not dicom at all")
+    result = engine.ingest([tmp_path])
+    assert result.added_instances == 1
+    assert [e.path for e in result.errors] == [str(tmp_path / "bad.dcm")]
+
+
+def test_similar_cases_share_the_query_finding(engine, pool, labels, synthetic_manifest):
+    study_label = _study_labels(engine, pool, labels)
+    dev_ids = [f"dev-{i:05d}" for i in range(0, 33, 3)]  # 11 queries from 11 classes
+    hits = 0
+    for case_id in dev_ids:
+        cases = engine.similar_cases(_query(synthetic_manifest, case_id), k=3)
+        assert len(cases) == 3 and cases[0].score >= cases[1].score >= cases[2].score
+        assert all(c.report.startswith("FINDINGS:") for c in cases)
+        hits += any(study_label[c.study_uid] == labels[case_id] for c in cases)
+    assert hits >= 6, f"{hits}/11 queries found a same-class case in the top 3 (chance: 3/33 each)"
+
+
+def test_text_search_finds_matching_images(engine, pool, labels):
+    study_label = _study_labels(engine, pool, labels)
+    matches = engine.search_text("Large round lesion, lower right.", k=5)
+    assert len(matches) == 5 and len({m.study_uid for m in matches}) == 5
+    assert sum(study_label[m.study_uid] == "large circle lower right" for m in matches) >= 2
+
+
+def test_filters_restrict_results(engine, synthetic_manifest):
+    query = _query(synthetic_manifest, "dev-00001")
+    assert all(c.modality == "DX" for c in engine.similar_cases(query, k=3, filters={"modality": "dx"}))
+    assert engine.similar_cases(query, k=3, filters={"modality": "MR"}) == []
+
+
+def test_draft_is_unverified_with_provenance(engine, synthetic_manifest):
+    draft = engine.draft(_query(synthetic_manifest, "dev-00004"))  # a large circle, upper left
+    assert draft.verified is False and draft.sentences
+    stored = set(draft.source_cases)
+    for sentence in draft.sentences:
+        assert sentence.sources and {s.case_id for s in sentence.sources} <= stored
+    assert "upper left" in draft.text().lower()
+
+
+def test_signed_case_joins_the_pool_at_once(engine, synthetic_manifest, tmp_path):
+    shutil.copy(synthetic_manifest.parent / "cases" / "dev-00010" / "image.dcm", tmp_path / "new.dcm")
+    result = engine.ingest([tmp_path])  # no report.txt: stored without a report
+    study_uid = result.studies[0]
+    assert study_uid not in engine.index("report").keys
+    report = engine.sign(study_uid, "FINDINGS: Small square opacity in the lower left zone.", signer="dr.a")
+    assert (report.status, report.signed_by) == ("signed", "dr.a")
+    assert study_uid in engine.index("report").keys
+
+
+def test_index_persists_and_reloads_without_rebuild(engine, trained_run, monkeypatch):
+    engine.index("image")
+    folder = engine._index_folder("image")
+    assert (folder / "index.json").is_file()
+    fresh = Engine(engine.store, checkpoint=trained_run.best_dir.parent, device="cpu")
+    monkeypatch.setattr(fresh, "rebuild_index", lambda kind: pytest.fail("index was rebuilt instead of loaded"))
+    assert len(fresh.index("image")) == len(engine.index("image"))
+
+
+def test_preview_is_a_png_with_the_image_aspect():
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = render_preview(np.linspace(0, 1, 200 * 100, dtype=np.float32).reshape(1, 100, 200), size=64)
+    with Image.open(BytesIO(png)) as image:
+        assert (image.format, image.size, image.mode) == ("PNG", (64, 32), "L")
+
+
+def test_ingest_without_a_model_stores_no_embeddings(pool, tmp_path):
+    engine = Engine(CaseStore(f"sqlite:///{tmp_path / 'plain.db'}"))
+    result = engine.ingest([pool / "train-00000"])
+    assert (result.added_instances, result.added_reports, result.added_embeddings) == (1, 1, 0)
+    with pytest.raises(ValueError, match="--checkpoint"):
+        engine.search_text("effusion")
