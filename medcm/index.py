@@ -147,7 +147,8 @@ class VectorIndex:
             query: embedding [D].
             k: how many hits (or groups) at most.
             filters: meta field -> allowed value or values; case-insensitive equality, and a row
-                lacking the field does not match. Fields combine with AND.
+                lacking the field does not match. A comma-separated value ("CT,MR", a study with
+                two modalities) matches when any part does. Fields combine with AND.
             exclude: keys to leave out (e.g. the query study's own images).
             group_by: a meta field (e.g. "study_uid"): keep the best row per value, return the top-k
                 groups. A row lacking the field is a group of its own.
@@ -298,7 +299,9 @@ class VectorIndex:
             if not all(isinstance(v, str) for v in values):
                 raise ValueError(f"filter {field!r} has values {values!r}, expected str or a collection of str")
             codes, table = self._field_codes(field, fold=True)
-            wanted = [table[v.casefold()] for v in values if v.casefold() in table]
+            allowed_set = {v.casefold() for v in values}
+            # A comma-separated value (a study with several modalities: "CT,MR") matches on any part.
+            wanted = [code for value, code in table.items() if allowed_set & set(value.split(","))]
             hit = np.isin(codes, wanted)
             mask = hit if mask is None else mask & hit
         drop = [self._pos[key] for key in _as_keys(exclude) if key in self._pos]

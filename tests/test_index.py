@@ -308,3 +308,12 @@ def test_load_of_missing_or_incomplete_folder(tmp_path):
     (folder / "vectors.npy").write_bytes(b"\x93NUMPY\x01\x00")  # truncated header
     with pytest.raises(ValueError, match="vectors.npy"):
         VectorIndex.load(folder)
+
+
+def test_comma_separated_meta_values_match_on_any_part():
+    vectors = np.eye(3, dtype=np.float32)
+    meta = [{"modality": "CT,MR"}, {"modality": "MR"}, {"modality": "CTA"}]
+    index = VectorIndex.build(["both", "mr", "cta"], vectors, meta, "m")
+    query = np.ones(3, np.float32)
+    assert sorted(h.key for h in index.search(query, k=3, filters={"modality": "ct"})) == ["both"]
+    assert sorted(h.key for h in index.search(query, k=3, filters={"modality": "MR"})) == ["both", "mr"]
