@@ -356,6 +356,21 @@ class CaseStore:
                 )
             return s.scalar(query.where(Embedding.kind == kind, Embedding.model_id == model_id)) or 0
 
+    def embedding_stamp(self, kind: str, model_id: str) -> str:
+        """A short string that changes whenever embeddings of (kind, model_id) are added or replaced.
+
+        A vector index saved with the stamp of the rows it was built from is current while the
+        stamp matches; counting rows alone would miss a replaced vector (an amended report).
+        """
+        _rows.check_kind("embedding_stamp", kind)
+        with self._session() as s:
+            count, newest = s.execute(
+                select(func.count(Embedding.id), func.max(Embedding.created_at)).where(
+                    Embedding.kind == kind, Embedding.model_id == model_id
+                )
+            ).one()
+        return f"{count}:{newest.isoformat() if newest is not None else '-'}"
+
     def events(self, study_uid: str | None = None, kind: str | None = None, limit: int = 1000) -> list[dict]:
         """Audit events, newest first.
 

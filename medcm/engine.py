@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 IMAGE, REPORT = "image", "report"
 PREVIEW_SIZE = 256
+_STAMP_FILE = "store_stamp.txt"
 _BATCH = 32
 
 
@@ -49,7 +50,7 @@ class CaseStoreLike(Protocol):
     def save_draft(self, study_uid: str, text: str, sections: list, author: str, source: str = ...) -> Any: ...
     def latest_report(self, study_uid: str, signed_only: bool = ...) -> Any: ...
     def embedding_matrix(self, kind: str, model_id: str) -> Any: ...
-    def count_embeddings(self, kind: str, model_id: str) -> int: ...
+    def embedding_stamp(self, kind: str, model_id: str) -> str: ...
     def add_embeddings(self, embeddings: list) -> int: ...
     def log_event(self, kind: str, user: str, study_uid: str | None = ..., detail: dict | None = ...) -> None: ...
 
@@ -238,18 +239,20 @@ class Engine:
 
     def _load_or_rebuild(self, kind: str) -> VectorIndex:
         folder = self._index_folder(kind)
-        stored = self.store.count_embeddings(kind, self.model_id)
-        if folder is not None and folder.is_dir():
+        if folder is not None and (folder / _STAMP_FILE).is_file():
+            stamp = self.store.embedding_stamp(kind, self.model_id)
             try:
-                index = VectorIndex.load(folder)
-                if len(index) == stored and index.model_id == self.model_id:
-                    return index
+                if (folder / _STAMP_FILE).read_text(encoding="utf-8") == stamp:
+                    index = VectorIndex.load(folder)
+                    if index.model_id == self.model_id:
+                        return index
             except (ValueError, FileNotFoundError) as err:
                 log.warning("rebuilding index %s: %s", folder, err)
         return self.rebuild_index(kind)
 
     def rebuild_index(self, kind: str) -> VectorIndex:
         """Rebuild one index from the store's embeddings and persist it (the store is the truth)."""
+        stamp = self.store.embedding_stamp(kind, self.model_id)
         matrix = self.store.embedding_matrix(kind, self.model_id)
         dim = self._require_checkpoint().config.model.embed_dim
         if matrix.keys:
@@ -259,6 +262,8 @@ class Engine:
         folder = self._index_folder(kind)
         if folder is not None:
             index.save(folder)
+            # Written last: an index whose stamp is missing or stale is rebuilt, never trusted.
+            (folder / _STAMP_FILE).write_text(stamp, encoding="utf-8")
         self._indexes[kind] = index
         return index
 

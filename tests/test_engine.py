@@ -133,3 +133,15 @@ def test_ingest_without_a_model_stores_no_embeddings(pool, tmp_path):
     assert (result.added_instances, result.added_reports, result.added_embeddings) == (1, 1, 0)
     with pytest.raises(ValueError, match="--checkpoint"):
         engine.search_text("effusion")
+
+
+def test_amended_report_replaces_its_vector_in_the_saved_index(engine, synthetic_manifest, tmp_path):
+    shutil.copy(synthetic_manifest.parent / "cases" / "dev-00020" / "image.dcm", tmp_path / "amend.dcm")
+    study_uid = engine.ingest([tmp_path]).studies[0]
+    engine.sign(study_uid, "FINDINGS: Large triangular opacity in the upper right zone.", signer="dr.a")
+    before = engine.index("report").vectors[engine.index("report").keys.index(study_uid)].copy()
+    engine.sign(study_uid, "FINDINGS: No focal abnormality is seen.", signer="dr.b")  # an amendment: same count
+    after = engine.index("report").vectors[engine.index("report").keys.index(study_uid)]
+    assert not np.allclose(before, after)
+    expected = engine.embed_texts(["No focal abnormality is seen."])[0]
+    np.testing.assert_allclose(after, expected / np.linalg.norm(expected), atol=1e-6)

@@ -416,3 +416,15 @@ def test_a_closed_store_refuses_work(url):
         store.list_studies()
     with pytest.raises(StoreError, match="url"):
         CaseStore("not a url")
+
+
+def test_embedding_stamp_changes_on_add_and_on_replace(filled):
+    empty = filled.embedding_stamp("image", "m")
+    assert empty == "0:-"
+    filled.add_embeddings([EmbeddingInput("image", "1.1", "m", vec(1))])
+    added = filled.embedding_stamp("image", "m")
+    assert added.startswith("1:") and added != empty
+    filled.add_embeddings([EmbeddingInput("image", "1.1", "m", vec(2))])  # replaced: same count
+    replaced = filled.embedding_stamp("image", "m")
+    assert replaced.startswith("1:") and replaced != added
+    assert filled.embedding_stamp("image", "other-model") == "0:-"
