@@ -14,7 +14,17 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from db.models import REPORT_STATUSES, Embedding, Event, Instance, Patient, Report, Series, Study, utcnow
+from db.models import (
+    REPORT_STATUSES,
+    Embedding,
+    Event,
+    Instance,
+    Patient,
+    Report,
+    Series,
+    Study,
+    utcnow,
+)
 from db.records import StoreError
 
 KINDS = ("image", "report")

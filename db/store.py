@@ -22,7 +22,17 @@ from db import _rows, _views
 from db._rows import check_json, check_text, latest_report, sections_of, study_or_error
 from db._views import report_view
 from db.engine import WRITE_OPTION, make_engine, migrate
-from db.models import STUDY_STATUSES, Embedding, Event, Instance, Patient, Report, Series, Study, utcnow
+from db.models import (
+    STUDY_STATUSES,
+    Embedding,
+    Event,
+    Instance,
+    Patient,
+    Report,
+    Series,
+    Study,
+    utcnow,
+)
 from db.records import (
     EmbeddingInput,
     EmbeddingMatrix,

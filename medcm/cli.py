@@ -74,7 +74,6 @@ def _db_url(value: str) -> str:
 def _open_engine(args: argparse.Namespace, need_model: bool = True):
     # The command line is a composition root: it alone wires the library to the case store.
     from db.store import CaseStore
-
     from medcm.engine import Engine
 
     checkpoint = getattr(args, "checkpoint", None)
@@ -175,8 +174,12 @@ def _run_search(args: argparse.Namespace) -> int:
     for rank, result in enumerate(results, start=1):
         line = f"{rank}. study {result.study_uid}  score {result.score:.3f}  {result.modality} {result.body_part}".rstrip()
         print(line)
-        if getattr(result, "report", ""):
-            print("   " + " ".join(result.report.split())[:300])
+        report = getattr(result, "report", None)
+        if report is None:  # an image match: show the report of its study, if it has one
+            latest = engine.store.latest_report(result.study_uid)
+            report = latest.text if latest else ""
+        if report:
+            print("   " + " ".join(report.split())[:300])
     if not results:
         print("no matching cases in the store")
     return 0

@@ -29,8 +29,14 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.uid import UncompressedTransferSyntaxes, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UncompressedTransferSyntaxes,
+    generate_uid,
+)
 
 __all__ = [
     "DicomImage", "DicomReadError", "InstanceMeta", "ReadResult", "Series", "Study",

@@ -24,8 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medcm.text import (SECTION_ALIASES, is_negated, normalize_for_metrics, section_order,
-                        sentence_key, split_sections, split_sentences)
+from medcm.text import (
+    SECTION_ALIASES,
+    is_negated,
+    normalize_for_metrics,
+    section_order,
+    sentence_key,
+    split_sections,
+    split_sentences,
+)
 
 __all__ = ["SourceCase", "Provenance", "DraftSentence", "DroppedSentence", "Draft",
            "DraftConfig", "draft_findings"]

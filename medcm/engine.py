@@ -11,11 +11,10 @@ The library does not import the case store: the engine takes any object with the
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol

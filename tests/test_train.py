@@ -11,7 +11,12 @@ import torch
 
 from medcm.checkpoint import load_checkpoint, read_checkpoint_info
 from medcm.config import AuxHeadConfig
-from medcm.data import PairedImageDataset, read_manifest, records_to_pairs, split_records
+from medcm.data import (
+    PairedImageDataset,
+    read_manifest,
+    records_to_pairs,
+    split_records,
+)
 from medcm.synthetic import CLASSES, write_dataset
 from medcm.train import evaluate_retrieval, lr_lambda, train
 
