@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
 from datetime import timezone
 
@@ -20,7 +21,14 @@ from sqlalchemy.orm import Session
 from db import _rows
 from db.engine import alembic_config
 from db.models import Base, Report
-from db.store import CaseStore, EmbeddingInput, IngestSummary, InstanceInput, ReportInput, StoreError
+from db.store import (
+    CaseStore,
+    EmbeddingInput,
+    IngestSummary,
+    InstanceInput,
+    ReportInput,
+    StoreError,
+)
 
 TABLES = ("patients", "studies", "series", "instances", "reports", "embeddings", "events")
 STUDY_A, STUDY_B = "1.2.3.1", "1.2.3.2"
@@ -66,8 +74,28 @@ def counts(store: CaseStore) -> dict[str, int]:
 
 
 @pytest.fixture
-def url(tmp_path) -> str:
+def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'cases.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path) -> str:
+    """Each store test runs on SQLite and, where a server is given, on PostgreSQL through the same code.
+
+    CI starts one with scripts/start_test_postgres.sh and sets MEDCM_TEST_POSTGRES_URL.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store' / 'cases.db'}"
+        return
+    pg_url = os.environ.get("MEDCM_TEST_POSTGRES_URL")
+    if not pg_url:
+        pytest.skip("no PostgreSQL server: set MEDCM_TEST_POSTGRES_URL (scripts/start_test_postgres.sh starts one)")
+    yield pg_url
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:  # leave an empty database for the next test
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
 
 
 @pytest.fixture
@@ -335,7 +363,10 @@ def test_a_second_store_on_the_same_file_sees_the_data(filled, url):
     assert filled.latest_report(STUDY_B).text == "draft"
 
 
-def test_sqlite_foreign_keys_and_wal(filled, url):
+def test_sqlite_foreign_keys_and_wal(sqlite_url):
+    filled = CaseStore(sqlite_url)
+    filled.ingest(archive(), reports(), user="importer")
+    url = sqlite_url
     with filled._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
