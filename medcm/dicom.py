@@ -39,7 +39,7 @@ from pydicom.uid import (
 )
 
 __all__ = [
-    "DicomImage", "DicomReadError", "InstanceMeta", "ReadResult", "Series", "Study",
+    "WINDOW_PRESETS", "DicomImage", "DicomReadError", "InstanceMeta", "ReadResult", "Series", "Study",
     "default_window", "iter_dicom", "read_instance", "read_studies", "to_display", "write_image",
 ]
 
@@ -49,6 +49,14 @@ _NOT_DICOM_SUFFIXES = frozenset(
     {".txt", ".md", ".json", ".csv", ".xml", ".html", ".htm", ".pdf", ".py",
      ".log", ".ini", ".yaml", ".yml", ".png", ".jpg", ".jpeg", ".gif"}
 )
+# Reading windows (center, width) in HU, as PACS viewers offer them for CT.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "abdomen": (40.0, 400.0),
+}
 _HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL"})
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # single-frame SC: a valid IOD with few requirements
 _MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
@@ -135,13 +143,16 @@ class ReadResult:
     errors: tuple[DicomReadError, ...]
 
 
-def read_instance(source: str | os.PathLike | bytes, name: str | None = None) -> DicomImage:
+def read_instance(source: str | os.PathLike | bytes, name: str | None = None,
+                  window: tuple[float, float] | None = None) -> DicomImage:
     """Read one DICOM instance and run the display pipeline.
 
     Args:
         source: A file path, or the file's bytes.
         name: Name used in errors and ``meta.path``; defaults to the path, or
             ``"<bytes>"`` for in-memory data.
+        window: (center, width) in rescaled units (HU for CT) replacing the file's VOI,
+            e.g. a `WINDOW_PRESETS` entry chosen by a reader; None keeps the standard pipeline.
 
     Returns:
         The decoded image.
@@ -153,10 +164,11 @@ def read_instance(source: str | os.PathLike | bytes, name: str | None = None) ->
         label = name or "<bytes>"
     else:
         label = name or os.fspath(source)
-    return _read(source, label, os.path.dirname(label))
+    return _read(source, label, os.path.dirname(label), window)
 
 
-def _read(source: str | os.PathLike | bytes, label: str, folder: str) -> DicomImage:
+def _read(source: str | os.PathLike | bytes, label: str, folder: str,
+          window: tuple[float, float] | None = None) -> DicomImage:
     if not isinstance(source, (bytes, bytearray, memoryview)):
         try:
             source = Path(source).read_bytes()  # read once: parsed and hashed from the same bytes
@@ -166,7 +178,7 @@ def _read(source: str | os.PathLike | bytes, label: str, folder: str) -> DicomIm
     ds = _load(source, label)
     try:
         _check_pixel_data(ds, label)
-        pixels = to_display(ds, _decode(ds, label))
+        pixels = to_display(ds, _decode(ds, label), window)
         meta = _meta(ds, label, folder, pixels.shape[0], digest)
     except DicomReadError:
         raise
@@ -361,7 +373,7 @@ def default_window(modality: str, body_part: str) -> tuple[float, float] | None:
     return (40.0, 80.0) if body_part.strip().upper() in _HEAD_PARTS else (40.0, 400.0)
 
 
-def to_display(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
+def to_display(ds: pydicom.Dataset, arr: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
     """Map stored pixel values to display greyscale.
 
     Args:
@@ -369,6 +381,7 @@ def to_display(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
         arr: Stored values as returned by ``ds.pixel_array``: [H, W], [F, H, W],
             or with a trailing RGB axis. YBR data must already be RGB (pydicom's
             default).
+        window: (center, width) LINEAR window replacing the file's VOI (greyscale only).
 
     Returns:
         float32 array [F, H, W] with values in [0, 1].
@@ -388,7 +401,7 @@ def to_display(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
         return _luminance(frames, 2.0**bits - 1)
     # float32 halves memory for long multi-frame series and is exact for 16-bit data.
     values = np.asarray(apply_modality_lut(frames, ds), dtype=np.float32)
-    out = _apply_voi(ds, values)
+    out = _window(values, window[0], window[1], "LINEAR") if window else _apply_voi(ds, values)
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return out.astype(np.float32)

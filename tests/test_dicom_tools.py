@@ -65,3 +65,14 @@ def test_written_images_validate_with_dciodvfy(tmp_path, shape, monochrome1):
     report = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True)
     errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
+
+
+@pytest.mark.parametrize("preset", ["lung", "bone"])
+def test_window_presets_match_dcmtk(shared_data, tmp_path, preset):
+    from medcm.dicom import WINDOW_PRESETS
+
+    source = shared_data / "dicom-samples" / "CT_512__pydicom-data_693_UNCR.dcm"
+    center, width = WINDOW_PRESETS[preset]
+    reference = _dcm2pnm(source, tmp_path / "ref.pgm", "+Ww", str(center), str(width))
+    ours = read_instance(source, window=(center, width)).pixels[0] * 255
+    assert np.abs(ours - reference).max() <= 1.0
