@@ -206,6 +206,47 @@ def _run_draft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="open the review app in the browser")
+    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    p.add_argument("--checkpoint", required=True, help="the model the store was embedded with")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from medcm.serve import serve
+
+    print(f"medcm review app: http://{args.host}:{args.port}  (Ctrl+C stops it)")
+    serve(_db_url(args.db), args.checkpoint, args.host, args.port, device=args.device)
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="build the synthetic demo once (a few minutes), then open the review app")
+    p.add_argument("--dir", default=".medcm-demo", help="where the demo is built and cached (default: .medcm-demo)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the demo even if a cached one exists")
+    p.add_argument("--build-only", action="store_true", help="build (or check) the demo without serving it")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from medcm.serve import DEMO_NOTICE, demo_held_out, prepare_demo, serve
+
+    db_url, run = prepare_demo(args.dir, rebuild=args.rebuild)
+    if args.build_only:
+        print(f"demo ready: --db {db_url} --checkpoint {run}")
+        return 0
+    example = demo_held_out(args.dir)[0]
+    print(f"medcm demo (synthetic data): http://127.0.0.1:{args.port}  (Ctrl+C stops it)")
+    print(f"try uploading a held-out study, e.g. {example}")
+    serve(db_url, run, "127.0.0.1", args.port, demo_notice=DEMO_NOTICE.format(example=example))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="medcm", description="medcm: similar cases and draft findings for DICOM studies.")
@@ -216,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest(sub)
     _add_search(sub)
     _add_draft(sub)
+    _add_serve(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -1,0 +1,70 @@
+"""A clinician's path through the review app in a real browser: Playwright driving Debian's Chromium.
+
+Upload a DICOM study, wait for the similar cases and the draft, edit the draft, sign it, then check the
+case store. Skips where Chromium or Playwright is missing (CI installs both; Playwright never downloads
+a browser here).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medcm.engine import read_images
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is in the test extras")
+
+
+@pytest.fixture(scope="module")
+def served(synthetic_manifest, trained_run, tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from db.store import CaseStore
+    from medcm.engine import Engine
+    from ui.app import build_app
+
+    root = tmp_path_factory.mktemp("browser")
+    pool = root / "pool"
+    for i in range(24):
+        shutil.copytree(synthetic_manifest.parent / "cases" / f"train-{i:05d}", pool / f"train-{i:05d}")
+    store = CaseStore(f"sqlite:///{root / 'cases.db'}")
+    engine = Engine(store, checkpoint=trained_run.best_dir.parent, device="cpu")
+    engine.ingest([pool])
+    app = build_app(engine, store, upload_dir=root / "uploads")
+    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield app, store, root
+    app.close()
+
+
+def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
+    app, store, root = served
+    query = synthetic_manifest.parent / "cases" / "dev-00004" / "image.dcm"  # a large circle, upper left
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(app.local_url)
+            page.locator("#upload input[type=file]").set_input_files(str(query))
+            draft = page.locator("#draft-text textarea")
+            playwright_api.expect(draft).to_have_value(re.compile(r"^FINDINGS:"), timeout=120_000)
+            playwright_api.expect(page.locator("#similar-table")).to_contain_text("FINDINGS", timeout=30_000)
+            playwright_api.expect(page.locator("#draft-marker")).to_contain_text("UNVERIFIED")
+            edited = draft.input_value() + " Reviewed against prior studies."
+            draft.fill(edited)
+            page.locator("#signer input, #signer textarea").first.fill("Dr. Browser Test")
+            page.locator("#sign").click()
+            playwright_api.expect(page.locator("#signed-status")).to_contain_text("Signed", timeout=60_000)
+            page.screenshot(path=str(root / "signed.png"), full_page=True)
+        finally:
+            browser.close()
+    study_uid = read_images([query])[0][0].meta.study_uid
+    versions = store.report_versions(study_uid)
+    assert [(v.status, v.signed_by, v.text) for v in versions] == [("signed", "Dr. Browser Test", edited)]
+    assert store.get_study(study_uid).status == "signed"

@@ -1,0 +1,138 @@
+"""The scripting endpoints (`/search`, `/draft`, `/sign`, `/search_text`) as plain functions.
+
+They need no UI state: each one that takes a DICOM file saves and ingests it exactly as an upload
+in the browser does, then answers in JSON-ready dicts (see `ui.app` for the exact contract).
+The helpers `draft_study` and `sign_study` are shared with the browser handlers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from db.store import CaseStore, ReportView
+from medcm.dicom import DicomImage
+from medcm.draft import Draft
+from medcm.engine import Engine, SimilarCase
+from medcm.text import split_sections
+from ui.errors import readable_errors, user_error
+from ui.study import ingest_upload, load_study, read_study
+
+MAX_K = 50
+DRAFT_AUTHOR = "medcm-draft"
+
+
+def check_k(k: float | int | None, default: int = 5) -> int:
+    """A result count between 1 and `MAX_K` (None → `default`).
+
+    Raises:
+        gr.Error: out of range or not a whole number.
+    """
+    if k is None:
+        return default
+    if float(k) != int(k) or not 1 <= int(k) <= MAX_K:
+        raise user_error(f"k: got {k}, expected a whole number from 1 to {MAX_K}")
+    return int(k)
+
+
+def draft_study(engine: Engine, store: CaseStore, study_uid: str, images: list[DicomImage]) -> Draft:
+    """Draft findings for a study and keep the draft in the store, so the worklist shows "drafted".
+
+    The draft is saved only over nothing or over an earlier machine draft: a person's edit and a
+    signed report are never replaced (signing later adds a new version as usual).
+    """
+    draft = engine.draft(images)
+    latest = store.latest_report(study_uid)
+    text = draft.text()
+    if text and (latest is None or (latest.status == "draft" and latest.source == "draft")):
+        store.save_draft(study_uid, text, list(split_sections(text).sections), author=DRAFT_AUTHOR, source="draft")
+    return draft
+
+
+def sign_study(engine: Engine, study_uid: str | None, text: str | None, signer: str | None) -> ReportView:
+    """Sign a study's final report after checking the three inputs.
+
+    Raises:
+        gr.Error: no study, empty text or no signer (the store's own errors pass through).
+    """
+    if not (study_uid or "").strip():
+        raise user_error("no study to sign: upload a study (or give its study UID) first")
+    if not (text or "").strip():
+        raise user_error("the report is empty: write the findings before signing")
+    if not (signer or "").strip():
+        raise user_error("enter the signer's name before signing")
+    return engine.sign(study_uid.strip(), text.strip(), signer.strip())
+
+
+def case_json(case: SimilarCase) -> dict:
+    """`{study_uid, score, report, modality, body_part}`."""
+    return {"study_uid": case.study_uid, "score": float(case.score), "report": case.report,
+            "modality": case.modality, "body_part": case.body_part}
+
+
+def draft_json(study_uid: str, draft: Draft) -> dict:
+    """`{study_uid, text, verified: false, sentences: [...], source_cases: [...]}`."""
+    sentences = [
+        {"text": s.text, "section": s.section, "score": float(s.score),
+         "sources": [{"case_id": p.case_id, "case_score": float(p.case_score),
+                      "sentence_score": float(p.sentence_score)} for p in s.sources]}
+        for s in draft.sentences
+    ]
+    return {"study_uid": study_uid, "text": draft.text(), "verified": bool(draft.verified),
+            "sentences": sentences, "source_cases": list(draft.source_cases)}
+
+
+def report_json(report: ReportView) -> dict:
+    """`{report_id, study_uid, version, status, signed_by, signed_at}` (signed_at: ISO 8601, UTC)."""
+    return {"report_id": report.id, "study_uid": report.study_uid, "version": report.version,
+            "status": report.status, "signed_by": report.signed_by,
+            "signed_at": report.signed_at.isoformat() if report.signed_at else None}
+
+
+class Endpoints:
+    """The named API endpoints, bound to one engine, store and upload folder."""
+
+    def __init__(self, engine: Engine, store: CaseStore, upload_dir: Path) -> None:
+        self.engine, self.store = engine, store
+        self.upload_dir = Path(upload_dir).resolve()  # stored file locations must not depend on the cwd
+
+    def _ingest(self, dicom_file: str | None, progress: gr.Progress) -> tuple[str, list[DicomImage]]:
+        progress(0.1, desc="storing the upload")
+        study_uid, _notes = ingest_upload(self.engine, dicom_file, self.upload_dir, user="api")
+        progress(0.5, desc="reading the study")
+        return study_uid, read_study(load_study(self.store, study_uid))
+
+    @readable_errors
+    def search(self, dicom_file: str | None, k: float = 5, progress: gr.Progress = gr.Progress()) -> list[dict]:
+        """Similar past cases of a DICOM file or .zip (ingested first), best first."""
+        count = check_k(k)
+        _, images = self._ingest(dicom_file, progress)
+        progress(0.8, desc="searching similar cases")
+        return [case_json(case) for case in self.engine.similar_cases(images, k=count)]
+
+    @readable_errors
+    def draft(self, dicom_file: str | None, progress: gr.Progress = gr.Progress()) -> dict:
+        """An unverified draft of the findings of a DICOM file or .zip (ingested first)."""
+        study_uid, images = self._ingest(dicom_file, progress)
+        progress(0.7, desc="drafting from similar cases")
+        return draft_json(study_uid, draft_study(self.engine, self.store, study_uid, images))
+
+    @readable_errors
+    def sign(self, study_uid: str | None, text: str | None, signer: str | None) -> dict:
+        """Sign a stored study's final report; returns the signed version."""
+        return report_json(sign_study(self.engine, study_uid, text, signer))
+
+    @readable_errors
+    def search_text(self, query: str | None, k: float = 5) -> list[dict]:
+        """Stored studies whose images match a phrase, best first, with their latest reports."""
+        count = check_k(k)
+        if not (query or "").strip():
+            raise user_error("text search: type a phrase such as 'pleural effusion'")
+        matches = self.engine.search_text(query.strip(), k=count)
+        out = []
+        for m in matches:
+            report = self.store.latest_report(m.study_uid)
+            out.append({"study_uid": m.study_uid, "sop_instance_uid": m.sop_instance_uid, "score": float(m.score),
+                        "modality": m.modality, "body_part": m.body_part, "report": report.text if report else ""})
+        return out

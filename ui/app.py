@@ -1,0 +1,242 @@
+"""The browser review app: upload a study, compare similar cases, edit the draft findings, sign.
+
+`build_app(engine, store, upload_dir=...)` returns a `gr.Blocks`; nothing is loaded or launched at
+import. Launch it bound to the local machine, with the options of `LAUNCH_OPTIONS`::
+
+    app = build_app(engine, store, upload_dir=Path("cases.db.uploads"))
+    app.launch(server_name="127.0.0.1", **LAUNCH_OPTIONS)
+
+Scripting API (gradio_client; every other event is private to the page). Pass files with
+`gradio_client.handle_file(path)` and `Client(url, analytics_enabled=False)` (the client's
+telemetry is on by default). A refused request raises `gradio_client.exceptions.AppError` whose
+`message` is one readable line, e.g. "the report is empty: write the findings before signing".
+
+`/search` (dicom_file, k=5) -> list[dict]
+    dicom_file: a DICOM file or a .zip of a study; it is saved and ingested like a browser upload
+    (its first study joins the worklist). k: 1..50.
+    Returns the k most similar past cases, best first:
+    `[{"study_uid": str, "score": float, "report": str, "modality": str, "body_part": str}]`.
+
+`/draft` (dicom_file) -> dict
+    Ingests the file as `/search` does and drafts the findings from the 5 most similar cases.
+    Returns `{"study_uid": str, "text": str, "verified": false, "source_cases": [str],
+    "sentences": [{"text": str, "section": "FINDINGS" | "IMPRESSION", "score": float,
+    "sources": [{"case_id": str, "case_score": float, "sentence_score": float}]}]}`.
+    The draft is also saved in the store (status "drafted") unless the study already has a signed
+    report or a person's edit.
+
+`/sign` (study_uid, text, signer) -> dict
+    Signs the study's final report (a signed study gets an amendment: a new version) and adds it to
+    the retrieval pool at once. Returns `{"report_id": int, "study_uid": str, "version": int,
+    "status": "signed", "signed_by": str, "signed_at": ISO-8601 UTC str}`.
+    Empty text, an empty signer or an unknown study is refused.
+
+`/search_text` (query, k=5) -> list[dict]
+    Stored studies whose images match a phrase, best first: `[{"study_uid", "sop_instance_uid",
+    "score", "modality", "body_part", "report"}]`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from db.store import CaseStore
+from medcm.engine import Engine
+from ui.api import MAX_K, Endpoints
+from ui.handlers import COMPARE_HINT, DRAFT_MARKER, REVIEW_TAB, TOP_K, Handlers
+from ui.render import MATCH_HEADERS, PROVENANCE_HEADERS, SIMILAR_HEADERS, WORKLIST_HEADERS, table
+from ui.study import DEFAULT_PRESET, PRESETS
+
+TITLE = "medcm review"
+DISCLAIMER = ("Drafts are suggestions from similar past cases; "
+              "a clinician reviews, edits and signs every report.")
+PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+# Model and store work runs one event at a time (one engine, CPU-bound); viewing does not wait on it.
+ENGINE_QUEUE: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": 1}
+# Gradio's temporary copies (uploads, rendered images) older than a day go, checked hourly;
+# uploads themselves live on in `upload_dir`.
+DELETE_CACHE = (3600, 86400)
+# Suggested `launch()` options: no share tunnel; no run history (gradio 6 would otherwise keep every
+# call's inputs and outputs, i.e. study images and reports, in the browser's storage); no monitoring
+# or MCP endpoints; only the API link in the footer. The default theme's fonts ship with gradio, so
+# the page fetches nothing from outside the server.
+LAUNCH_OPTIONS: dict[str, Any] = {"share": False, "footer_links": ["api"], "run_history": False,
+                                  "enable_monitoring": False, "mcp_server": False}
+
+
+def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
+              demo_notice: str | None = None) -> gr.Blocks:
+    """The review app for one engine and store.
+
+    Args:
+        engine: a loaded `Engine` (with a checkpoint).
+        store: the engine's case store.
+        upload_dir: where uploads are kept as `<sha256>.dcm` / `.zip` (created when needed).
+        demo_notice: a line shown at the top, e.g. "Demo data are synthetic drawings, not patients."
+
+    Returns:
+        The app, not launched.
+    """
+    handlers = Handlers(engine, store, Path(upload_dir))
+    endpoints = Endpoints(engine, store, Path(upload_dir))
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE) as app:
+        gr.Markdown(f"# {TITLE}")
+        if demo_notice:
+            gr.Markdown(f"**⚠ {demo_notice}**", elem_id="demo-notice")
+        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Review", id=REVIEW_TAB):
+                review = _review_tab(handlers)
+                review["tabs"] = tabs
+            with gr.Tab("Worklist", id="worklist"):
+                worklist = _worklist_tab(handlers, review)
+        _api(endpoints)
+        app.load(handlers.on_worklist, None, worklist, **PRIVATE)
+    return app
+
+
+def _picture(label: str, elem_id: str, height: int = 320) -> gr.Image:
+    """A read-only PNG image panel."""
+    return gr.Image(label=label, type="pil", format="png", height=height, interactive=False, elem_id=elem_id)
+
+
+def _table(headers: list[str], label: str, elem_id: str, **kwargs: Any) -> gr.Dataframe:
+    """A read-only table whose rows can be selected."""
+    return gr.Dataframe(table([], headers), label=label, interactive=False, wrap=True, elem_id=elem_id, **kwargs)
+
+
+def _gallery(label: str, elem_id: str) -> gr.Gallery:
+    """A row of thumbnails, one per case; selecting one fires `.select`."""
+    return gr.Gallery(label=label, columns=TOP_K, height=240, format="png", allow_preview=False,
+                      interactive=False, elem_id=elem_id)
+
+
+def _review_tab(h: Handlers) -> dict[str, Any]:
+    """Upload and viewer, similar cases, draft, sign; returns the components other tabs drive."""
+    c: dict[str, Any] = {"study": gr.State(None), "cases": gr.State([]), "sentences": gr.State([])}
+    with gr.Row():
+        with gr.Column(scale=1):
+            c["files"] = gr.File(label="DICOM files or a .zip of one study", file_count="multiple", elem_id="upload")
+            c["signer"] = gr.Textbox(label="Your name (recorded when you sign)", placeholder="Dr. A. Reader",
+                                     elem_id="signer")
+            c["preset"] = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Window / level", elem_id="window-preset")
+            c["instance"] = gr.Dropdown(choices=[], label="Series / instance", visible=False, elem_id="instance")
+            c["frame"] = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="frame")
+            c["info"] = gr.Markdown(elem_id="study-info")
+        with gr.Column(scale=2):
+            c["image"] = _picture("Study", "study-image", height=512)
+    _similar_section(c)
+    _draft_section(c)
+    _wire_review(h, c)
+    return c
+
+
+def _similar_section(c: dict[str, Any]) -> None:
+    """Gallery and table of similar cases, and the side-by-side comparison."""
+    gr.Markdown(f"## Similar past cases (top {TOP_K})")
+    c["gallery"] = _gallery("Similar cases (similarity · modality · body part)", "similar-gallery")
+    c["similar"] = _table(SIMILAR_HEADERS, "Similar cases (select one to compare)", "similar-table")
+    with gr.Row(equal_height=True):
+        c["compare_query"] = _picture("This study", "compare-query")
+        c["compare_case"] = _picture("Selected past case", "compare-case")
+        c["compare_report"] = gr.Markdown(COMPARE_HINT, latex_delimiters=[], elem_id="compare-report")
+
+
+def _draft_section(c: dict[str, Any]) -> None:
+    """The unverified draft, its provenance table and source cases, and signing."""
+    gr.Markdown("## Draft findings")
+    c["marker"] = gr.Markdown(DRAFT_MARKER, elem_id="draft-marker")
+    c["redraft"] = gr.Button("Draft again", size="sm", elem_id="redraft")
+    c["draft"] = gr.Textbox(label="Report (edit before signing)", lines=8, interactive=True, elem_id="draft-text")
+    c["provenance"] = _table(PROVENANCE_HEADERS, "Where each sentence comes from (select a row to see its sources)",
+                             "provenance", column_widths=["4%", "11%", "45%", "7%", "33%"])
+    with gr.Row():
+        c["source_report"] = gr.Markdown(latex_delimiters=[], elem_id="source-report")
+        c["source_image"] = _picture("Best source case", "source-image")
+    gr.Markdown("## Sign")
+    with gr.Row():
+        c["sign"] = gr.Button("Sign report", variant="primary", elem_id="sign")
+        c["signed"] = gr.Markdown(elem_id="signed-status")
+
+
+def _wire_review(h: Handlers, c: dict[str, Any]) -> None:
+    """Upload → view → similar cases → draft (each step only after the last succeeded); viewer and picks."""
+    shown = [c["study"], c["image"], c["instance"], c["frame"], c["info"], c["compare_query"], c["compare_case"],
+             c["compare_report"], c["source_report"], c["source_image"], c["signed"]]
+    similar = ([c["study"]], [c["cases"], c["gallery"], c["similar"]])
+    draft = ([c["study"]], [c["sentences"], c["draft"], c["provenance"], c["marker"]])
+    c["shown"], c["load_similar"], c["load_draft"] = shown, similar, draft
+    c["uploaded"] = (c["files"].upload(h.on_upload, [c["files"], c["signer"], c["preset"]], shown,
+                                       **PRIVATE, **ENGINE_QUEUE)
+                     .success(h.on_similar, *similar, **PRIVATE, **ENGINE_QUEUE)
+                     .success(h.on_draft, *draft, **PRIVATE, **ENGINE_QUEUE))
+    view = [c["study"], c["preset"], c["instance"], c["frame"]]
+    c["preset"].input(h.render_view, view, c["image"], **PRIVATE)
+    c["frame"].release(h.render_view, view, c["image"], **PRIVATE)
+    c["instance"].input(h.on_instance, [c["study"], c["instance"], c["preset"]], [c["frame"], c["image"]],
+                        **PRIVATE)
+    compare = [c["compare_query"], c["compare_case"], c["compare_report"]]
+    for source in (c["gallery"], c["similar"]):
+        source.select(h.on_case_select, [c["cases"], *view], compare, **PRIVATE)
+    c["redraft"].click(h.on_draft, *draft, **PRIVATE, **ENGINE_QUEUE)
+    c["provenance"].select(h.on_source_select, [c["sentences"]], [c["source_report"], c["source_image"]],
+                           **PRIVATE)
+
+
+def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
+    """Worklist with status, opening a study for review, and text search; returns the worklist table."""
+    picked, matches = gr.State(None), gr.State([])
+    with gr.Row():
+        refresh = gr.Button("Refresh", elem_id="worklist-refresh")
+        open_button = gr.Button("Open selected study for review", elem_id="worklist-open")
+    worklist = _table(WORKLIST_HEADERS, "Studies (select one)", "worklist")
+    with gr.Row():
+        picked_image = _picture("Selected study", "worklist-image")
+        picked_report = gr.Markdown(latex_delimiters=[], elem_id="worklist-report")
+    gr.Markdown("## Text search")
+    with gr.Row():
+        query = gr.Textbox(label="Find images matching a phrase", placeholder="pleural effusion", scale=4,
+                           elem_id="text-query")
+        k = gr.Number(value=TOP_K, minimum=1, maximum=MAX_K, precision=0, label="How many", scale=1, elem_id="text-k")
+        search = gr.Button("Search", scale=1, elem_id="text-search")
+    gallery = _gallery("Matching studies (similarity · modality · body part)", "match-gallery")
+    found = _table(MATCH_HEADERS, "Matches (select one to read its report)", "match-table")
+    with gr.Row():
+        match_image = _picture("Selected match", "match-image")
+        match_report = gr.Markdown(latex_delimiters=[], elem_id="match-report")
+
+    refresh.click(h.on_worklist, None, worklist, **PRIVATE)
+    review["uploaded"].then(h.on_worklist, None, worklist, **PRIVATE)
+    worklist.select(h.on_worklist_select, None, [picked, picked_image, picked_report], **PRIVATE)
+    (open_button.click(h.open_study, [picked, review["preset"]], review["shown"], **PRIVATE)
+     .success(h.show_review, None, review["tabs"], **PRIVATE)
+     .success(h.on_similar, *review["load_similar"], **PRIVATE, **ENGINE_QUEUE)
+     .success(h.on_draft, *review["load_draft"], **PRIVATE, **ENGINE_QUEUE)
+     .then(h.on_worklist, None, worklist, **PRIVATE))
+    review["sign"].click(h.on_sign, [review["study"], review["draft"], review["signer"]],
+                         [review["signed"], worklist], **PRIVATE, **ENGINE_QUEUE)
+    for trigger in (search.click, query.submit):
+        trigger(h.on_text_search, [query, k], [matches, gallery, found], **PRIVATE, **ENGINE_QUEUE)
+    for source in (gallery, found):
+        source.select(h.on_match_select, [matches], [match_image, match_report], **PRIVATE)
+    return worklist
+
+
+def _api(endpoints: Endpoints) -> None:
+    """The named endpoints, on hidden components so they keep real file handling and validation."""
+    with gr.Column(visible=False):
+        dicom = gr.File(label="DICOM file or .zip", file_count="single", type="filepath")
+        k = gr.Number(value=TOP_K, precision=0, minimum=1, maximum=MAX_K, label="k")
+        study_uid = gr.Textbox(label="study_uid")
+        text = gr.Textbox(label="text")
+        signer = gr.Textbox(label="signer")
+        query = gr.Textbox(label="query")
+        result = gr.JSON(label="result")
+        run = {name: gr.Button(name) for name in ("search", "draft", "sign", "search_text")}
+    run["search"].click(endpoints.search, [dicom, k], result, api_name="search", **ENGINE_QUEUE)
+    run["draft"].click(endpoints.draft, [dicom], result, api_name="draft", **ENGINE_QUEUE)
+    run["sign"].click(endpoints.sign, [study_uid, text, signer], result, api_name="sign", **ENGINE_QUEUE)
+    run["search_text"].click(endpoints.search_text, [query, k], result, api_name="search_text", **ENGINE_QUEUE)

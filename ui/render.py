@@ -1,0 +1,151 @@
+"""Pure presentation: images for the viewer, rows for the tables, Markdown for the side panels."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from db.store import CaseStore, ReportView, StoreError, StudyView
+from medcm.dicom import DicomImage
+from medcm.draft import Draft, DraftSentence
+from medcm.engine import ImageMatch, SimilarCase
+
+VIEW_MAX_PX = 1024
+VIEW_MIN_PX = 512  # small images are magnified (nearest neighbour: every pixel stays a visible square)
+SIMILAR_HEADERS = ["study uid", "score", "modality", "body part", "report"]
+PROVENANCE_HEADERS = ["#", "section", "sentence", "score", "source cases (score)"]
+WORKLIST_HEADERS = ["study uid", "date", "modalities", "body parts", "status", "description"]
+MATCH_HEADERS = ["study uid", "score", "modality", "body part", "report"]
+
+
+def frame_image(image: DicomImage, frame: int = 0) -> Image.Image:
+    """One frame of a displayed DICOM image as an 8-bit greyscale picture, longer side 512–1024 px."""
+    pixels = image.pixels
+    index = min(max(int(frame), 0), pixels.shape[0] - 1)
+    grey = (np.clip(pixels[index], 0.0, 1.0) * 255).round().astype(np.uint8)
+    picture = Image.fromarray(grey)  # uint8 [H, W] → mode "L"
+    longer = max(picture.size)
+    if longer < VIEW_MIN_PX:
+        factor = VIEW_MIN_PX // longer + (VIEW_MIN_PX % longer > 0)
+        return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+    picture.thumbnail((VIEW_MAX_PX, VIEW_MAX_PX))
+    return picture
+
+
+def png_image(png: bytes | None) -> Image.Image | None:
+    """A stored PNG preview as a picture, None when there is none."""
+    if not png:
+        return None
+    with Image.open(io.BytesIO(png)) as picture:
+        picture.load()
+        return picture.copy()
+
+
+def blank(size: int = 64) -> Image.Image:
+    """A mid-grey square standing in for a missing preview (keeps gallery positions aligned)."""
+    return Image.new("L", (size, size), 128)
+
+
+def study_preview(store: CaseStore, study_uid: str) -> Image.Image | None:
+    """The preview of a study's first stored instance; None if it has none or the study is unknown."""
+    try:
+        instances = store.get_study(study_uid).instances
+        return png_image(store.preview(instances[0].sop_instance_uid)) if instances else None
+    except StoreError:
+        return None
+
+
+def table(rows: Sequence[Sequence[object]], headers: list[str]) -> pd.DataFrame:
+    """A frame for a `gr.Dataframe` (headers kept even when there are no rows)."""
+    return pd.DataFrame([list(row) for row in rows], columns=headers)
+
+
+def similar_rows(cases: Sequence[SimilarCase]) -> pd.DataFrame:
+    """study uid / score / modality / body part / report, best first."""
+    return table([(c.study_uid, round(c.score, 3), c.modality, c.body_part, c.report) for c in cases],
+                 SIMILAR_HEADERS)
+
+
+def case_caption(score: float, modality: str, body_part: str) -> str:
+    """The caption under a gallery thumbnail."""
+    return " · ".join(part for part in (f"{score:.3f}", modality, body_part) if part)
+
+
+def provenance_rows(draft: Draft) -> pd.DataFrame:
+    """One row per draft sentence: its number, section, text, score and source cases with scores."""
+    rows = [
+        (i, s.section, s.text, round(s.score, 3), ", ".join(f"{p.case_id} ({p.case_score:.3f})" for p in s.sources))
+        for i, s in enumerate(draft.sentences, start=1)
+    ]
+    return table(rows, PROVENANCE_HEADERS)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#])")
+_LIST_MARKER = re.compile(r"^(\s*)(\d+)([.)])|^(\s*)([-+])(?=\s)", re.MULTILINE)
+
+
+def escape_md(text: str) -> str:
+    """Text with its Markdown characters escaped: shown as written, never parsed as markup."""
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return _LIST_MARKER.sub(lambda m: f"{m[1]}{m[2]}\\{m[3]}" if m[2] else f"{m[4]}\\{m[5]}", text)
+
+
+def quoted(text: str) -> str:
+    """Report text as a Markdown block quote, escaped."""
+    lines = [escape_md(line) for line in (text or "").strip().splitlines()] or [""]
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in lines)
+
+
+def sources_markdown(sentence: DraftSentence, reports: dict[str, str]) -> str:
+    """The source cases of one draft sentence: what each wrote, and its whole report."""
+    parts = [f"**Sources of:** {escape_md(sentence.text)}"]
+    for p in sentence.sources:
+        parts.append(
+            f"---\n**Case {p.case_id}** (case score {p.case_score:.3f}, sentence score {p.sentence_score:.3f})\n\n"
+            f"It wrote: “{escape_md(p.original)}”\n\n{quoted(reports.get(p.case_id, '(no report)'))}"
+        )
+    return "\n\n".join(parts)
+
+
+def report_markdown(study_uid: str, report: ReportView | None, score: float | None = None) -> str:
+    """A stored case's latest report with its status line."""
+    head = f"**Case {study_uid}**" + (f" — similarity {score:.3f}" if score is not None else "")
+    if report is None:
+        return f"{head}\n\n(no report stored)"
+    status = f"{report.status} version {report.version}"
+    if report.signed_by:
+        status += f" by {escape_md(report.signed_by)}"
+    return f"{head}\n\n_{status}_\n\n{quoted(report.text)}"
+
+
+def worklist_rows(studies: Sequence[StudyView]) -> pd.DataFrame:
+    """study uid / date / modalities / body parts / status / description, newest first."""
+    rows = [
+        (s.study_uid, s.study_date, ", ".join(s.modalities), ", ".join(s.body_parts), s.status, s.description)
+        for s in studies
+    ]
+    return table(rows, WORKLIST_HEADERS)
+
+
+def match_rows(matches: Sequence[ImageMatch], reports: dict[str, str]) -> pd.DataFrame:
+    """study uid / score / modality / body part / report of text-search matches."""
+    rows = [(m.study_uid, round(m.score, 3), m.modality, m.body_part, reports.get(m.study_uid, "")) for m in matches]
+    return table(rows, MATCH_HEADERS)
+
+
+def signed_message(report: ReportView) -> str:
+    """"Signed version N by <signer> at <time>"."""
+    when = report.signed_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if report.signed_at else "an unknown time"
+    return f"Signed version {report.version} by {report.signed_by} at {when}"
+
+
+def study_markdown(study_uid: str, n_images: int, report: ReportView | None, notes: Sequence[str] = ()) -> str:
+    """The line above the viewer: which study, how many images, its report status, any warnings."""
+    status = "no report yet" if report is None else f"latest report: {report.status} version {report.version}"
+    text = f"**Study** `{study_uid}` — {n_images} image(s), {status}"
+    return text + "".join(f"\n\n⚠ {escape_md(note)}" for note in notes)

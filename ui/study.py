@@ -1,0 +1,183 @@
+"""Uploads and the study under review: content-addressed copies, ingest, and re-reading stored images.
+
+An upload is copied into the app's upload folder as `<sha256>.dcm` (or `<sha256>.zip` for an
+archive) before it is ingested, so the file locations the store records stay valid after Gradio
+cleans its own temporary files, and the same file uploaded twice is one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from db.store import CaseStore, InstanceView
+from medcm.dicom import WINDOW_PRESETS, DicomImage, DicomReadError, read_instance
+from medcm.engine import Engine, IngestResult
+from ui.errors import one_line, user_error
+
+DEFAULT_PRESET = "default"
+PRESETS: tuple[str, ...] = (DEFAULT_PRESET, *WINDOW_PRESETS)
+_ZIP_MEMBER = re.compile(r"^(?P<archive>.+?\.zip):(?P<member>.+)$", re.IGNORECASE)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One stored instance of the study under review, as the viewer needs it."""
+
+    path: str  # a file, or "archive.zip:member"
+    sop_instance_uid: str
+    series_uid: str
+    label: str  # shown in the series/instance selector
+    frames: int
+
+
+@dataclass(frozen=True)
+class ReviewStudy:
+    """The study under review (kept per session in `gr.State`): its UID and its stored images."""
+
+    study_uid: str
+    images: tuple[ImageRef, ...]
+
+
+def content_address(source: str | Path, upload_dir: Path) -> Path:
+    """Copy `source` into `upload_dir` as `<sha256>.dcm` / `<sha256>.zip` (once) and return the copy."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    suffix = ".zip" if zipfile.is_zipfile(source) else ".dcm"
+    target = upload_dir / f"{digest.hexdigest()}{suffix}"
+    if not target.is_file():
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=upload_dir, prefix=".upload-")
+        os.close(fd)
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)  # atomic: a reader never sees half a file
+    return target
+
+
+def save_uploads(files: Sequence[str | Path] | str | Path | None, upload_dir: Path) -> dict[str, str]:
+    """Content-addressed copies of the uploaded files: stored path → the name the user gave the file.
+
+    Raises:
+        gr.Error: nothing was uploaded.
+    """
+    if files is None or (not isinstance(files, (str, Path)) and not files):
+        raise user_error("no file uploaded: choose one or more DICOM files or a .zip of a study")
+    paths = [files] if isinstance(files, (str, Path)) else list(files)
+    return {str(content_address(path, upload_dir)): Path(path).name for path in paths}
+
+
+def ingest_upload(engine: Engine, files: Sequence[str | Path] | str | Path | None, upload_dir: Path,
+                  user: str) -> tuple[str, list[str]]:
+    """Save and ingest an upload; its first study joins the worklist ("new" until drafted or signed).
+
+    Returns:
+        The first study's UID and one warning line per unreadable file or extra study.
+
+    Raises:
+        gr.Error: no readable DICOM image in the upload.
+    """
+    names = save_uploads(files, upload_dir)
+    result: IngestResult = engine.ingest(list(names), user=user.strip() or "clinician")
+    notes = [_error_line(err, names) for err in result.errors]
+    if not result.studies:
+        detail = f": {notes[0]}" if notes else ""
+        raise user_error(f"no readable DICOM image in the upload{detail}")
+    if len(result.studies) > 1:
+        notes.append(f"the upload holds {len(result.studies)} studies; showing the first, all are in the worklist")
+    return result.studies[0], notes
+
+
+def _error_line(err: DicomReadError, names: dict[str, str]) -> str:
+    """`original-name: reason`, without the server's upload folder in it."""
+    path = err.path
+    for stored, name in names.items():
+        path = path.replace(stored, name)
+    return one_line(f"{path}: {err.reason}")
+
+
+def load_study(store: CaseStore, study_uid: str) -> ReviewStudy:
+    """The stored instances of a study, by series, as the viewer lists them.
+
+    Raises:
+        StoreError: unknown study.
+        gr.Error: the study has no stored instance.
+    """
+    study = store.get_study(study_uid)
+    if not study.instances:
+        raise user_error(f"study {study_uid}: no stored image to show")
+    series = list(dict.fromkeys(view.series_uid for view in study.instances))
+    return ReviewStudy(study_uid, tuple(_ref(view, series.index(view.series_uid) + 1) for view in study.instances))
+
+
+def _ref(view: InstanceView, series_number: int) -> ImageRef:
+    meta = view.metadata or {}
+    frames = int(meta.get("frames") or 1)
+    number = meta.get("instance_number")
+    what = meta.get("series_description") or view.modality or "image"
+    label = f"series {series_number} · instance {number if number is not None else '?'} · {what}"
+    if frames > 1:
+        label += f" · {frames} frames"
+    return ImageRef(view.path, view.sop_instance_uid, view.series_uid, label, frames)
+
+
+def window_of(preset: str | None) -> tuple[float, float] | None:
+    """The (center, width) of a preset name; None for "default" (the file's own VOI).
+
+    Raises:
+        gr.Error: unknown preset.
+    """
+    if not preset or preset == DEFAULT_PRESET:
+        return None
+    if preset not in WINDOW_PRESETS:
+        raise user_error(f"unknown window preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    return WINDOW_PRESETS[preset]
+
+
+def read_ref(ref: ImageRef, window: tuple[float, float] | None = None) -> DicomImage:
+    """Read one stored instance again (a file or a zip member), optionally with a reading window.
+
+    Raises:
+        DicomReadError: the file is gone or unreadable.
+    """
+    match = _ZIP_MEMBER.match(ref.path)
+    if match is None:
+        return read_instance(ref.path, window=window)
+    try:
+        with zipfile.ZipFile(match["archive"]) as archive:
+            data = archive.read(match["member"])
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        raise DicomReadError(ref.path, f"cannot read the zip member: {err}") from err
+    return read_instance(data, name=ref.path, window=window)
+
+
+def read_study(study: ReviewStudy) -> list[DicomImage]:
+    """Every readable image of the study with the standard display pipeline (as it was embedded).
+
+    Unreadable ones are skipped with a warning.
+
+    Raises:
+        gr.Error: none of its images can be read.
+    """
+    images, failed = [], []
+    for ref in study.images:
+        try:
+            images.append(read_ref(ref))
+        except DicomReadError as err:
+            failed.append(one_line(str(err)))
+    if not images:
+        raise user_error(f"study {study.study_uid}: no image can be read ({failed[0] if failed else 'none stored'})")
+    if failed:
+        gr.Warning(f"{len(failed)} image(s) of the study could not be read again: {failed[0]}")
+    return images
