@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; a domain error prints one `error:` line and exits 1."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3"):  # Gradio's self-checks log every local request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, OSError) as err:
