@@ -50,6 +50,9 @@ didnt hasnt havent small smaller tiny trace minimal minimally mild mildly modera
 larger severe severely marked markedly massive extensive slight slightly subtle minor significant
 significantly substantial appreciable definite definitive obvious gross focal very cm mm ml size
 sized amount""".split())
+# Degree words (a subset of the ignored ones): "small" and "large" effusions are alternatives.
+_DEGREE = frozenset("""small smaller tiny trace minimal mild moderate large larger severe massive extensive
+slight subtle minor substantial""".split())
 # Site words: "No pleural effusion." and "Small right basilar pleural effusion." still clash.
 _LOCATION = frozenset("""left right bilateral bilaterally unilateral upper lower middle mid lobe
 lobes base bases basilar basal apex apices apical lingula lingular perihilar hilar retrocardiac
@@ -344,18 +347,46 @@ def _contradicts(a: _Group, b: _Group, max_extra: int) -> bool:
     return any(same(a_pos, n) for n in b_neg) or any(same(b_pos, n) for n in a_neg)
 
 
+def _alternatives(a: _Group, b: _Group, max_extra: int) -> bool:
+    """The same positive finding at another site or degree ("Large left pleural effusion." vs
+    "Moderate right pleural effusion."), written by different cases: the query has one of them.
+
+    Sentences that one source case wrote together (a bilateral finding described side by side)
+    are not alternatives.
+    """
+    if a.section != b.section or a.claims[1] or b.claims[1]:
+        return False
+    if {p.case_id for p in a.sources} & {p.case_id for p in b.sources}:
+        return False
+    if _site_and_degree(a.text) == _site_and_degree(b.text):
+        return False  # same site and degree: different statements, e.g. "No change in the nodule." / "Nodule."
+    small, large = sorted((a.claims[0] - _LOCATION, b.claims[0] - _LOCATION), key=len)
+    return bool(small) and small <= large and len(large - small) <= max_extra
+
+
+def _site_and_degree(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    words = set(normalize_for_metrics(text).split())
+    return frozenset(words & _LOCATION), frozenset(words & _DEGREE)
+
+
 def _resolve_contradictions(groups: list[_Group], config: DraftConfig,
                             ) -> tuple[list[_Group], list[DroppedSentence]]:
-    """Keeps groups strongest-evidence first; one clashing with a kept group is dropped."""
+    """Keeps groups strongest-evidence first; one clashing with, or an alternative to, a kept
+    group is dropped."""
     kept: list[_Group] = []
     dropped: list[DroppedSentence] = []  # the order drops happen in
     for g in sorted(groups, key=lambda g: (-g.evidence, -g.score, g.first)):
         rival = next((k for k in kept if _contradicts(k, g, config.max_extra_terms)), None)
-        if rival is None:
-            kept.append(g)
-        else:
+        other = None if rival else next((k for k in kept if _alternatives(k, g, config.max_extra_terms)), None)
+        if rival is not None:
             dropped.append(DroppedSentence(
                 g.text, f"contradicts '{rival.text}' (weaker evidence)", g.sources))
+        elif other is not None:
+            dropped.append(DroppedSentence(
+                g.text, f"alternative to '{other.text}' (same finding, other site or degree; weaker evidence)",
+                g.sources))
+        else:
+            kept.append(g)
     return kept, dropped
 
 

@@ -362,3 +362,23 @@ def test_bad_cases_and_config() -> None:
 def test_dropped_sentence_carries_sources() -> None:
     d = DroppedSentence("x.", "below threshold", (Provenance("A", 0.9, 0.1, "x."),))
     assert d.sources[0].case_id == "A"
+
+
+def test_same_finding_at_another_site_from_another_case_is_an_alternative() -> None:
+    embed = FakeEmbedder()
+    cases = [
+        case("A", 0.9, "FINDINGS: Small right pleural effusion."),
+        case("B", 0.8, "FINDINGS: Small right pleural effusion."),
+        case("C", 0.7, "FINDINGS: Small left pleural effusion."),
+    ]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == ["Small right pleural effusion."]
+    assert [d.text for d in draft.dropped] == ["Small left pleural effusion."]
+    assert draft.dropped[0].reason.startswith("alternative to 'Small right pleural effusion.'")
+
+
+def test_sites_written_together_by_one_case_are_both_kept() -> None:
+    embed = FakeEmbedder()
+    cases = [case("A", 0.9, "FINDINGS: Small right pleural effusion. Small left pleural effusion.")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert sorted(s.text for s in draft.sentences) == ["Small left pleural effusion.", "Small right pleural effusion."]
