@@ -323,12 +323,18 @@ class Engine:
         return report
 
 
-def _default_index_dir(url: str) -> Path | None:
-    """`sqlite:///x/cases.db` → `x/cases.db.index`; other databases keep indexes in memory."""
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///path` URL; None for in-memory SQLite or another database."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and url[len(prefix):] not in ("", ":memory:"):
-        return Path(url[len(prefix):] + ".index")
+        return Path(url[len(prefix):])
     return None
+
+
+def _default_index_dir(url: str) -> Path | None:
+    """`sqlite:///x/cases.db` → `x/cases.db.index`; other databases keep indexes in memory."""
+    file = sqlite_file(url)
+    return file.with_name(file.name + ".index") if file else None
 
 
 def _clean_filters(filters: Mapping[str, str] | None) -> dict[str, str] | None:

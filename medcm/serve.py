@@ -28,11 +28,10 @@ def data_dirs(db_url: str, base: Path | None = None) -> tuple[Path, Path]:
 
     Beside a SQLite database file (`cases.db` → `cases.db.uploads/`), else under `base` or the cwd.
     """
-    prefix = "sqlite:///"
-    if db_url.startswith(prefix) and db_url[len(prefix):] not in ("", ":memory:"):
-        root = Path(db_url[len(prefix):] + ".uploads")
-    else:
-        root = (base or Path.cwd()) / "medcm-uploads"
+    from medcm.engine import sqlite_file
+
+    file = sqlite_file(db_url)
+    root = file.with_name(file.name + ".uploads") if file else (base or Path.cwd()) / "medcm-uploads"
     return root / "files", root / "gradio-tmp"
 
 
