@@ -14,7 +14,6 @@ half-written checkpoint where a good one was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ import torch
 from medcm.align import DualEncoder
 from medcm.config import MedcmConfig, config_from_dict, config_to_dict, validate_config
 from medcm.encoders.text import weights_fingerprint
+from medcm.fileio import replace_folder, sha256_of_files
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -97,16 +97,8 @@ def save_checkpoint(
         (staging / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
     if optimizer_state is not None:
         torch.save(optimizer_state, staging / OPTIMIZER_FILE)
-    _replace_folder(staging, folder)
+    replace_folder(staging, folder)
     return folder
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_checkpoint_dir(folder: str | Path) -> Path:
@@ -164,16 +156,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
             f"{weights_path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.to(device).eval()
-    model_id = f"{config.name}-{_file_sha256(weights_path)[:12]}"
+    model_id = f"{config.name}-{sha256_of_files([weights_path])[:12]}"
     return Checkpoint(model=model, config=config, metrics=info.get("metrics", {}), path=folder, model_id=model_id)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_text_fingerprint(model: DualEncoder, info: dict[str, Any], folder: Path) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medcm.fileio import replace_folder
+
 FORMAT = "medcm-index"
 FORMAT_VERSION = 1
 CHUNK_ROWS = 32_768  # rows scored at once: ~flat speed from 16k up, bounded memory
@@ -196,7 +198,7 @@ class VectorIndex:
             info = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": self.model_id,
                     "dim": self.dim, "count": self._n}
             _write_json(staging / "index.json", info)  # written last: its presence marks a complete folder
-            _replace_folder(staging, folder)
+            replace_folder(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
@@ -401,19 +403,6 @@ def _normalised_queries(queries: np.ndarray, dim: int) -> np.ndarray:
     if bad.size:
         raise ValueError(f"query {bad[0]} has norm {norms[bad[0]]}, expected finite and non-zero")
     return (q / norms[:, None]).astype(np.float32)
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    old = staging.with_name(staging.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    try:
-        staging.rename(folder)
-    except OSError:
-        if old.exists():
-            old.rename(folder)  # put the previous index back rather than leave none
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _positive(name: str, value: int) -> int:

@@ -7,7 +7,6 @@ checkpoint folder the user has on disk (e.g. a clinical BERT). Nothing is downlo
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from medcm.config import TextEncoderConfig
 from medcm.encoders.image import projection_head
+from medcm.fileio import sha256_of_files
 
 _ENCODE_BATCH = 64
 
@@ -43,13 +43,7 @@ def resolve_text_model_path(model_path: str | None) -> Path:
 
 def weights_fingerprint(folder: Path) -> str:
     """sha256 of the folder's weight files, so a checkpoint notices if its frozen text model changed."""
-    digest = hashlib.sha256()
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    for file in files:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return sha256_of_files(sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")))
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
