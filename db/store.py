@@ -325,6 +325,21 @@ class CaseStore:
             raise StoreError(f"instance {sop_instance_uid!r}: not in the store; expected a stored SOPInstanceUID")
         return uid
 
+    def instance_hashes(self, sop_instance_uids: list[str]) -> dict[str, str]:
+        """content_sha256 of those of `sop_instance_uids` already stored (unknown ones are absent).
+
+        Lets a caller skip decoding, previews and embeddings for files the store already holds.
+        """
+        found: dict[str, str] = {}
+        with self._session() as s:
+            for start in range(0, len(sop_instance_uids), 500):  # stay under SQL parameter limits
+                chunk = sop_instance_uids[start : start + 500]
+                rows = s.execute(
+                    select(Instance.sop_instance_uid, Instance.content_sha256).where(Instance.sop_instance_uid.in_(chunk))
+                )
+                found.update(dict(rows.tuples().all()))
+        return found
+
     def preview(self, sop_instance_uid: str) -> bytes | None:
         """The PNG preview of an instance, None if it was stored without one.
 

@@ -50,6 +50,8 @@ class CaseStoreLike(Protocol):
     def latest_report(self, study_uid: str, signed_only: bool = ...) -> Any: ...
     def embedding_matrix(self, kind: str, model_id: str) -> Any: ...
     def embedding_stamp(self, kind: str, model_id: str) -> str: ...
+    def instance_hashes(self, sop_instance_uids: list[str]) -> dict[str, str]: ...
+    def report_versions(self, study_uid: str) -> list: ...
     def add_embeddings(self, embeddings: list) -> int: ...
     def log_event(self, kind: str, user: str, study_uid: str | None = ..., detail: dict | None = ...) -> None: ...
 
@@ -197,21 +199,47 @@ class Engine:
         images, errors = read_images(paths)
         images, missing_uid = _with_instance_uids(images)
         errors += missing_uid
-        texts = _study_reports(images, reports or {}, default_report)
-        report_records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in texts.items()]
-        embeddings = self._ingest_embeddings(images, texts) if self.checkpoint else []
-        instances = [instance_record(image, render_preview(image.pixels)) for image in images]
-        summary = self.store.ingest(instances, report_records, embeddings, user=user) if images else None
-        self._indexes.clear()  # the store changed: reload or rebuild on the next search
         studies = tuple(dict.fromkeys(image.meta.study_uid for image in images))
+        fresh, already_stored = self._split_stored(images)
+        texts = self._new_reports(_study_reports(images, reports or {}, default_report))
+        summary = None
+        if fresh or texts:
+            records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in texts.items()]
+            embeddings = self._ingest_embeddings(fresh, texts) if self.checkpoint else []
+            instances = [instance_record(image, render_preview(image.pixels)) for image in fresh]
+            summary = self.store.ingest(instances, records, embeddings, user=user)
+            self._indexes.clear()  # the store changed: reload or rebuild on the next search
         return IngestResult(
             studies=studies,
             added_instances=summary.added_instances if summary else 0,
-            skipped_instances=summary.skipped_instances if summary else 0,
+            skipped_instances=already_stored + (summary.skipped_instances if summary else 0),
             added_reports=summary.added_reports if summary else 0,
             added_embeddings=summary.added_embeddings if summary else 0,
             errors=tuple(errors),
         )
+
+    def _split_stored(self, images: list[DicomImage]) -> tuple[list[DicomImage], int]:
+        """Images the store does not hold yet, and how many it already holds byte for byte.
+
+        Re-sending a stored file costs no preview and no embedding. A changed file under a stored
+        SOPInstanceUID stays in the list, so the store refuses it with a clear error.
+        """
+        stored = self.store.instance_hashes([image.meta.sop_instance_uid for image in images])
+        fresh = [im for im in images if stored.get(im.meta.sop_instance_uid) != im.meta.content_sha256]
+        return fresh, len(images) - len(fresh)
+
+    def _new_reports(self, texts: dict[str, str]) -> dict[str, str]:
+        """The reports the store will add: a text equal to a stored version of its study is skipped there,
+        and its embedding must not be attached to that study's newer (possibly signed) version."""
+        new = {}
+        for uid, text in texts.items():
+            try:
+                versions = self.store.report_versions(uid)
+            except ValueError:  # the study is not stored yet
+                versions = []
+            if all(version.text != text for version in versions):
+                new[uid] = text
+        return new
 
     def _ingest_embeddings(self, images: list[DicomImage], texts: Mapping[str, str]) -> list[EmbeddingRecord]:
         model_id = self.model_id

@@ -145,3 +145,16 @@ def test_amended_report_replaces_its_vector_in_the_saved_index(engine, synthetic
     assert not np.allclose(before, after)
     expected = engine.embed_texts(["No focal abnormality is seen."])[0]
     np.testing.assert_allclose(after, expected / np.linalg.norm(expected), atol=1e-6)
+
+
+def test_reingest_after_an_amendment_keeps_the_signed_reports_vector(engine, pool, monkeypatch):
+    """The archive text matches an old version, so nothing is re-embedded or re-attached."""
+    images, _ = read_images([pool / "train-00007"])
+    study_uid = images[0].meta.study_uid
+    engine.sign(study_uid, "FINDINGS: Small cross-shaped opacity in the lower right zone.", signer="dr.c")
+    signed_vector = engine.index("report").vectors[engine.index("report").keys.index(study_uid)].copy()
+    monkeypatch.setattr(engine, "embed_images", lambda images: pytest.fail("a stored file was embedded again"))
+    result = engine.ingest([pool / "train-00007"])
+    assert (result.added_instances, result.skipped_instances, result.added_reports) == (0, 1, 0)
+    now = engine.index("report").vectors[engine.index("report").keys.index(study_uid)]
+    np.testing.assert_array_equal(now, signed_vector)

@@ -459,3 +459,10 @@ def test_embedding_stamp_changes_on_add_and_on_replace(filled):
     replaced = filled.embedding_stamp("image", "m")
     assert replaced.startswith("1:") and replaced != added
     assert filled.embedding_stamp("image", "other-model") == "0:-"
+
+
+def test_instance_hashes_report_only_stored_instances(filled):
+    stored = filled.instance_hashes(["1.1", "1.2", "no-such-uid"])
+    assert set(stored) == {"1.1", "1.2"}
+    assert stored["1.1"] == filled.get_study(STUDY_A).instances[0].content_sha256
+    assert filled.instance_hashes([]) == {}
