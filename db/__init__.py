@@ -1,31 +1,10 @@
 """The case store of medcm: studies, report versions, embeddings and an audit trail in SQL.
 
 It imports nothing from `medcm`; the vector index joins on plain string ids (DICOM UIDs).
-Use `db.store.CaseStore`; the names below are re-exported from `db.store`.
+Use `db.store.CaseStore`; the public names of `db.store` are re-exported here.
 """
 
-from db.store import (
-    CaseStore,
-    EmbeddingInput,
-    EmbeddingMatrix,
-    IngestSummary,
-    InstanceInput,
-    InstanceView,
-    ReportInput,
-    ReportView,
-    StoreError,
-    StudyView,
-)
+from db import store as _store
+from db.store import *  # noqa: F403 - the re-export is the point; `__all__` below names it
 
-__all__ = [
-    "CaseStore",
-    "EmbeddingInput",
-    "EmbeddingMatrix",
-    "IngestSummary",
-    "InstanceInput",
-    "InstanceView",
-    "ReportInput",
-    "ReportView",
-    "StoreError",
-    "StudyView",
-]
+__all__ = list(_store.__all__)

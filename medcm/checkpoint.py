@@ -137,27 +137,37 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
         FileNotFoundError / ValueError: missing files, a foreign config, weights that do not fit the
             config, or a frozen text model whose weights changed since training.
     """
-    from safetensors.torch import load_file
-
     folder = resolve_checkpoint_dir(folder)
     info = read_checkpoint_info(folder)
     config = config_from_dict(MedcmConfig, info["config"])
     validate_config(config)
     model = DualEncoder(config.model, config.preprocess.image_size)
+    weights_path = load_weights(model, folder, info)
+    model.to(device).eval()
+    model_id = f"{config.name}-{sha256_of_files([weights_path])[:12]}"
+    return Checkpoint(model=model, config=config, metrics=info.get("metrics", {}), path=folder, model_id=model_id)
+
+
+def load_weights(model: DualEncoder, folder: Path, info: dict[str, Any]) -> Path:
+    """Load a checkpoint folder's weights into an already built `model` (same config); returns the weights file.
+
+    Raises:
+        FileNotFoundError / ValueError: no weights file, weights that do not fit the model, or a
+            frozen text model whose weights changed since training.
+    """
+    from safetensors.torch import load_file
+
     _check_text_fingerprint(model, info, folder)
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{folder}: checkpoint has no {WEIGHTS_FILE}")
-    state = load_file(str(weights_path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (config.model.text.freeze and k.startswith(_FROZEN_PREFIX))]
+    missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
+    missing = [k for k in missing if not (model.config.text.freeze and k.startswith(_FROZEN_PREFIX))]
     if missing or unexpected:
         raise ValueError(
             f"{weights_path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    model.to(device).eval()
-    model_id = f"{config.name}-{sha256_of_files([weights_path])[:12]}"
-    return Checkpoint(model=model, config=config, metrics=info.get("metrics", {}), path=folder, model_id=model_id)
+    return weights_path
 
 
 def _check_text_fingerprint(model: DualEncoder, info: dict[str, Any], folder: Path) -> None:

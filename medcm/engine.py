@@ -302,7 +302,11 @@ class Engine:
 
         The query's own study is left out, so a stored study never retrieves itself.
         """
-        query = self.study_embedding(images)
+        return self._similar_cases(self.study_embedding(images), images, k, filters)
+
+    def _similar_cases(
+        self, query: np.ndarray, images: list[DicomImage], k: int, filters: Mapping[str, str] | None
+    ) -> list[SimilarCase]:
         own = {image.meta.study_uid for image in images}
         hits = self.index(REPORT).search(query, k=k, filters=_clean_filters(filters), exclude=own)
         return [self._similar_case(hit) for hit in hits]
@@ -337,9 +341,10 @@ class Engine:
     # ---------------------------------------------------------- draft and sign
     def draft(self, images: list[DicomImage], filters: Mapping[str, str] | None = None) -> Draft:
         """Draft findings for the query study from its most similar cases' reports (always unverified)."""
-        cases = self.similar_cases(images, k=self.draft_config.top_k_cases, filters=filters)
+        query = self.study_embedding(images)  # one image forward pass serves retrieval and sentence scoring
+        cases = self._similar_cases(query, images, self.draft_config.top_k_cases, filters)
         sources = [SourceCase(case.study_uid, case.score, case.report) for case in cases if case.report]
-        return draft_findings(self.study_embedding(images), sources, self.embed_texts, self.draft_config)
+        return draft_findings(query, sources, self.embed_texts, self.draft_config)
 
     def sign(self, study_uid: str, text: str, signer: str) -> Any:
         """Sign the final report of a stored study; the signed case joins the retrieval pool at once."""

@@ -18,8 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from medcm.align import AlignmentLoss, DualEncoder, positive_mask
-from medcm.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
-from medcm.config import AuxHeadConfig, MedcmConfig, validate_config
+from medcm.checkpoint import (
+    load_trainer_state,
+    load_weights,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+from medcm.config import AuxHeadConfig, MedcmConfig, config_from_dict, validate_config
 from medcm.data import ManifestRecord, PairedImageDataset, records_to_pairs
 from medcm.eval.retrieval import case_retrieval_metrics, mean_recall
 from medcm.preprocess import augment_batch, normalize
@@ -246,10 +251,11 @@ def _resume(folder: Path, model, optimizer, scheduler, config: MedcmConfig) -> d
     if (folder / LAST).is_dir():
         folder = folder / LAST
     state, opt_state = load_trainer_state(folder)
-    loaded = load_checkpoint(folder)
-    if loaded.config.model != config.model or loaded.config.preprocess != config.preprocess:
+    info = read_checkpoint_info(folder)
+    saved = config_from_dict(MedcmConfig, info["config"])
+    if saved.model != config.model or saved.preprocess != config.preprocess:
         raise ValueError(f"{folder}: cannot resume, its model/preprocessing config differs from this run's")
-    model.load_state_dict(loaded.model.state_dict())
+    load_weights(model, folder, info)  # into the model already built: no second copy of the towers
     if opt_state is not None:
         optimizer.load_state_dict(opt_state["optimizer"])
         scheduler.load_state_dict(opt_state["scheduler"])
