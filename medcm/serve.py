@@ -96,6 +96,7 @@ def prepare_demo(folder: str | Path, rebuild: bool = False, progress: bool = Tru
     train(config, train_records, dev_records, run, progress=progress)
     engine = Engine(CaseStore(db_url), checkpoint=run)
     engine.ingest([folder / "archive" / "studies" / r.case_id for r in train_records], user="demo")
-    engine.index("image"), engine.index("report")  # build and save the indexes now, not at first search
+    for kind in ("image", "report"):  # build and save the indexes now, not at the first search
+        engine.index(kind)
     ready.write_text(json.dumps(DEMO_SETTINGS))  # written last: a half-built demo is rebuilt
     return db_url, run
