@@ -1,14 +1,19 @@
-"""Paired image–report data: the JSONL manifest, image loading and the training dataset.
+"""Paired image–report data: manifests (JSONL or CSV), MedPix 2.0, image loading and the training dataset.
 
-A manifest line is a JSON object:
+A JSONL manifest line is a JSON object:
     {"image": "cases/001/img1.dcm", "report": "FINDINGS: ...", "case_id": "001",
-     "split": "train", "meta": {"region": "Thorax"}}
+     "patient_id": "P1", "split": "train", "meta": {"region": "Thorax", "modality": "CT"}}
 `images` (a list) may replace `image`; relative paths are relative to the manifest's folder.
-`case_id`, `split` and `meta` are optional.
+`case_id` (alias `study_id`), `patient_id`, `split` and `meta` are optional.
+
+A CSV manifest has a header row with the same names: `image` (several paths separated by `;`),
+`report`, optional `case_id`/`study_id`, `patient_id` and `split`; every other column becomes a
+`meta` field. MedPix 2.0 folders are read by `medcm.medpix` (`read_dataset(path, "medpix")`).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -41,33 +46,114 @@ class ImageReadError(Exception):
 
 @dataclass(frozen=True)
 class ManifestRecord:
-    """One case of a manifest: its images, its report and optional ids and metadata."""
+    """One case: its images, its report and optional ids and metadata.
+
+    Attributes:
+        images: absolute image paths (DICOM, PNG or JPEG).
+        report: the case's report text.
+        case_id: the case (study) identifier.
+        split: e.g. "train" or "dev"; None when the data has no splits.
+        meta: case-level metadata, e.g. "region", "modality", "diagnosis".
+        patient_id: the patient, when known.
+        image_meta: per-image metadata parallel to `images` (e.g. "modality", "region", "caption"),
+            or empty when only case-level metadata exists.
+        mask: the name of a burned-in-text mask in `MASK_NAMES` applied when an image is loaded.
+    """
 
     images: tuple[str, ...]
     report: str
     case_id: str
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    patient_id: str | None = None
+    image_meta: tuple[dict[str, Any], ...] = ()
+    mask: str | None = None
+
+    def meta_of_image(self, index: int) -> dict[str, Any]:
+        """Case metadata overlaid with image `index`'s own."""
+        own = self.image_meta[index] if index < len(self.image_meta) else {}
+        return {**self.meta, **own}
+
+
+DATA_FORMATS = ("manifest", "medpix")
+
+
+def read_dataset(path: str | Path, data_format: str = "manifest") -> list[ManifestRecord]:
+    """Read paired data in one of `DATA_FORMATS`.
+
+    Args:
+        path: a manifest file (`.jsonl`, `.json` or `.csv`) or a MedPix 2.0 folder.
+        data_format: "manifest" or "medpix".
+
+    Raises:
+        ValueError: an unknown format, or a malformed file (the message names it).
+        FileNotFoundError: the path does not exist.
+    """
+    if data_format == "manifest":
+        return read_manifest(path)
+    if data_format == "medpix":
+        from medcm.medpix import read_medpix
+
+        return read_medpix(path)
+    raise ValueError(f"--format: got {data_format!r}, expected one of {DATA_FORMATS}")
 
 
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
-    """Read a JSONL manifest.
+    """Read a JSONL manifest, or a CSV manifest when the file name ends in `.csv`.
 
     Raises:
         FileNotFoundError: the manifest does not exist.
-        ValueError: a line is not valid JSON or lacks a field; the message names the file and line.
+        ValueError: a line is not valid JSON/CSV or lacks a field; the message names the file and line.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                records.append(_parse_manifest_line(line, path, number))
+    if path.suffix.lower() == ".csv":
+        records = _read_csv_manifest(path)
+    else:
+        records = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    records.append(_parse_manifest_line(line, path, number))
     if not records:
-        raise ValueError(f"{path}: the manifest has no records; expected one JSON object per line")
+        raise ValueError(f"{path}: the manifest has no records; expected one case per line")
+    _check_unique_cases(records, path)
     return records
+
+
+_CSV_FIELDS = ("image", "images", "report", "case_id", "study_id", "patient_id", "split")
+
+
+def _read_csv_manifest(path: Path) -> list[ManifestRecord]:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if not ({"image", "images"} & set(columns)) or "report" not in columns:
+            raise ValueError(f"{path}: CSV header {columns} lacks 'image' (or 'images') and 'report' columns")
+        records = []
+        for row in reader:
+            number = reader.line_num
+            if None in row:
+                raise ValueError(f"{path}:{number}: more values than the {len(columns)} header columns")
+            if not any((v or "").strip() for v in row.values()):
+                continue
+            item: dict[str, Any] = {k: v for k, v in row.items() if k in _CSV_FIELDS and v not in (None, "")}
+            paths = (row.get("images") or row.get("image") or "").split(";")
+            item.pop("image", None)
+            item["images"] = [p.strip() for p in paths if p.strip()]
+            item["meta"] = {k: v for k, v in row.items() if k not in _CSV_FIELDS and v not in (None, "")}
+            records.append(_record_from_item(item, path, f"{path}:{number}", number))
+    return records
+
+
+def _check_unique_cases(records: list[ManifestRecord], path: Path) -> None:
+    seen: set[str] = set()
+    for record in records:
+        if record.case_id in seen:
+            raise ValueError(f"{path}: case_id {record.case_id!r} appears on more than one line; "
+                             "expected one line per case (list several images in 'images')")
+        seen.add(record.case_id)
 
 
 def _parse_manifest_line(line: str, path: Path, number: int) -> ManifestRecord:
@@ -78,6 +164,10 @@ def _parse_manifest_line(line: str, path: Path, number: int) -> ManifestRecord:
         raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
     if not isinstance(item, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return _record_from_item(item, path, where, number)
+
+
+def _record_from_item(item: dict[str, Any], path: Path, where: str, number: int) -> ManifestRecord:
     images = item.get("images", [item["image"]] if "image" in item else None)
     if not images or not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
         raise ValueError(f"{where}: expected 'image' (a path) or 'images' (a list of paths)")
@@ -87,13 +177,14 @@ def _parse_manifest_line(line: str, path: Path, number: int) -> ManifestRecord:
     meta = item.get("meta", {})
     if not isinstance(meta, dict):
         raise ValueError(f"{where}: field 'meta' must be an object, got {type(meta).__name__}")
-    split = item.get("split")
+    split, patient = item.get("split"), item.get("patient_id")
     return ManifestRecord(
         images=tuple(str((path.parent / image).resolve()) for image in images),
         report=report,
-        case_id=str(item.get("case_id", f"line{number}")),
+        case_id=str(item.get("case_id", item.get("study_id", f"line{number}"))),
         split=str(split) if split is not None else None,
         meta=meta,
+        patient_id=str(patient) if patient not in (None, "") else None,
     )
 
 
@@ -127,22 +218,48 @@ def _unit_hash(text: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, mask: str | None = None) -> np.ndarray:
     """Read a DICOM, PNG or JPEG file as display-ready greyscale `[F, H, W]` float32 in [0, 1].
 
     DICOM goes through `medcm.dicom` (rescale → VOI → MONOCHROME1); raster images are converted to
     luminance and scaled by their bit depth.
+
+    Args:
+        path: the image file.
+        mask: a burned-in-text mask name (see `apply_mask`), applied before anything else sees the pixels.
 
     Raises:
         ImageReadError: naming the file and the reason (the cause chained).
     """
     path = Path(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return _load_raster(path)
-    try:
-        return read_instance(path).pixels
-    except DicomReadError as err:
-        raise ImageReadError(str(path), err.reason) from err
+        pixels = _load_raster(path)
+    else:
+        try:
+            pixels = read_instance(path).pixels
+        except DicomReadError as err:
+            raise ImageReadError(str(path), err.reason) from err
+    return apply_mask(pixels, mask) if mask else pixels
+
+
+MASK_NAMES = ("medpix",)
+
+
+def apply_mask(pixels: np.ndarray, name: str) -> np.ndarray:
+    """Black out a data set's burned-in text (a watermark, a footer) so no encoder learns to read it.
+
+    Args:
+        pixels: `[F, H, W]` greyscale in [0, 1]; a masked copy is returned.
+        name: one of `MASK_NAMES`.
+
+    Raises:
+        ValueError: an unknown mask name.
+    """
+    if name == "medpix":
+        from medcm.medpix import mask_medpix
+
+        return mask_medpix(pixels)
+    raise ValueError(f"mask: got {name!r}, expected one of {MASK_NAMES}")
 
 
 def _load_raster(path: Path) -> np.ndarray:
@@ -169,12 +286,14 @@ class Pair:
     text: str
     case_id: str
     label: Any = None
+    mask: str | None = None
 
 
 def records_to_pairs(records: list[ManifestRecord], label_field: str | None = None) -> list[Pair]:
     """One pair per image; the text is the report's training text (`medcm.text`).
 
-    Cases whose report yields no training text are skipped with a warning.
+    Cases whose report yields no training text are skipped with a warning. `label_field` names a
+    metadata field (the image's own, else the case's) for the multi-task head.
     """
     pairs = []
     for record in records:
@@ -183,8 +302,9 @@ def records_to_pairs(records: list[ManifestRecord], label_field: str | None = No
             # e.g. a report holding only an indication: pairing an image with "cough" teaches nothing.
             log.warning("skipping case %s: its report has no findings or impression text", record.case_id)
             continue
-        label = record.meta.get(label_field) if label_field else None
-        pairs.extend(Pair(image, text, record.case_id, label) for image in record.images)
+        for index, image in enumerate(record.images):
+            label = record.meta_of_image(index).get(label_field) if label_field else None
+            pairs.append(Pair(image, text, record.case_id, label, record.mask))
     return pairs
 
 
@@ -207,7 +327,7 @@ class PairedImageDataset(Dataset):
             iterator = tqdm(pairs, desc="decoding images", unit="img")
         for pair in iterator:
             try:
-                pixels = select_frame(load_image(pair.image), preprocess.frame)
+                pixels = select_frame(load_image(pair.image, pair.mask), preprocess.frame)
             except ImageReadError as err:
                 log.warning("skipping %s", err)
                 self.errors.append(err)
