@@ -50,7 +50,8 @@ class DualEncoder(nn.Module):
         n_classes = len(head.classes) if head is not None else 0
         if head is not None and n_classes < 2 and not head.multi_label:
             raise ValueError(f"aux_head.classes: got {head.classes}, expected at least 2 classes")
-        self.aux_head = nn.Linear(self.image.feature_dim, n_classes) if head is not None else None
+        head_in = config.embed_dim if head is not None and head.on_embedding else self.image.feature_dim
+        self.aux_head = nn.Linear(head_in, n_classes) if head is not None else None
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Embed images `[B, 1, H, W]` (preprocessed) into `[B, D]`."""
@@ -70,7 +71,10 @@ class DualEncoder(nn.Module):
         feats = self.image.features(images)
         image = F.normalize(self.image.proj(feats), dim=-1)
         text = self.encode_text(texts)
-        aux = self.aux_head(feats) if self.aux_head is not None else None
+        if self.aux_head is None:
+            aux = None
+        else:
+            aux = self.aux_head(image if self.config.aux_head.on_embedding else feats)
         return DualOutput(image=image, text=text, logit_scale=self.scale(), aux_logits=aux)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from medcm import __version__
+from medcm.importer import add_import_parser
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +19,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the image–report dual encoder", description=(
         "Train images and reports into one shared space. Writes OUT/best (best validation recall) "
         "and OUT/last (resumable)."))
-    p.add_argument("--data", required=True, help="the data: a JSONL manifest for --format manifest")
-    p.add_argument("--format", default="manifest", choices=["manifest"], help="data format (default: manifest)")
+    p.add_argument("--data", required=True, help="a JSONL/CSV manifest (--format manifest) or a MedPix 2.0 folder (--format medpix)")
+    p.add_argument("--format", default="manifest", choices=["manifest", "medpix"], help="data format (default: manifest)")
     p.add_argument("--config", default="cpu-small", choices=sorted(NAMED_CONFIGS), help="named config (default: cpu-small)")
     p.add_argument("--out", required=True, help="run folder for the checkpoints")
     p.add_argument("--split", help="train on records of this split (default: all)")
@@ -36,11 +37,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from medcm.config import get_config, with_overrides
-    from medcm.data import read_manifest, split_records
+    from medcm.data import read_dataset, split_records
     from medcm.train import train
 
     config = with_overrides(get_config(args.config), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    records = read_manifest(args.data)
+    records = read_dataset(args.data, args.format)
     train_records, val_records = split_records(records, args.split, args.val_split, config.train.val_fraction, config.train.seed)
     result = train(config, train_records, val_records, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
     best = result.best_metrics
@@ -247,6 +248,68 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="measure retrieval and draft quality against baselines", description=(
+        "Index the pool cases, run every query case, and write FILE.json, FILE.md and PNG plots beside it."))
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder (from medcm train)")
+    p.add_argument("--pool-data", required=True, help="the remembered cases: a manifest or a MedPix folder")
+    p.add_argument("--pool-split", help="use only this split of the pool data")
+    p.add_argument("--query-data", required=True, help="the new cases: a manifest or a MedPix folder")
+    p.add_argument("--query-split", help="use only this split of the query data")
+    p.add_argument("--format", choices=["manifest", "medpix"],
+                   help="data format (default: medpix for a folder, manifest for a file)")
+    p.add_argument("--out", required=True, help="the JSON file to write (the .md and .png go beside it)")
+    p.add_argument("--top-k-cases", type=int, help="cases a draft reads (default: the drafting default)")
+    p.add_argument("--max-findings", type=int, help="most FINDINGS sentences in a draft")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default: 0)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_eval)
+
+
+def _eval_records(path: str, data_format: str | None, split: str | None, option: str) -> list:
+    from medcm.data import read_dataset
+
+    data_format = data_format or ("medpix" if Path(path).is_dir() else "manifest")
+    records = read_dataset(path, data_format)
+    if split is None:
+        return records
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        found = sorted({str(r.split) for r in records})
+        raise ValueError(f"{option} {split!r}: no cases of that split in {path}; it has splits {found}")
+    return chosen
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from medcm.checkpoint import load_checkpoint
+    from medcm.draft import DraftConfig
+    from medcm.eval.evaluate import evaluate
+    from medcm.eval.report import write_results
+    from medcm.runtime import select_device
+
+    pool = _eval_records(args.pool_data, args.format, args.pool_split, "--pool-split")
+    queries = _eval_records(args.query_data, args.format, args.query_split, "--query-split")
+    overrides = {k: v for k, v in {"top_k_cases": args.top_k_cases, "max_findings": args.max_findings}.items() if v is not None}
+    device = select_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint, device)
+    results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(DraftConfig(), **overrides),
+                       device=device, seed=args.seed, progress=not args.quiet)
+    for error in results["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    paths = write_results(results, args.out)
+    i2r, draft = results["retrieval"]["image_to_report"], results["draft"]
+    print(f"image→report R@1/5/10 {i2r['R@1']:.3f}/{i2r['R@5']:.3f}/{i2r['R@10']:.3f}; "
+          f"region P@1 {_fmt_optional(results['retrieval']['region_P@1'])}; "
+          f"draft BLEU-4 {draft['BLEU-4']:.4f} ROUGE-L {draft['ROUGE-L']:.4f}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _fmt_optional(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="medcm", description="medcm: similar cases and draft findings for DICOM studies.")
@@ -255,10 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_synth(sub)
     _add_ingest(sub)
+    add_import_parser(sub)
     _add_search(sub)
     _add_draft(sub)
     _add_serve(sub)
     _add_demo(sub)
+    _add_eval(sub)
     return parser
 
 

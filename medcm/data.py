@@ -14,6 +14,7 @@ A CSV manifest has a header row with the same names: `image` (several paths sepa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -118,8 +119,7 @@ def read_manifest(path: str | Path) -> list[ManifestRecord]:
                     records.append(_parse_manifest_line(line, path, number))
     if not records:
         raise ValueError(f"{path}: the manifest has no records; expected one case per line")
-    _check_unique_cases(records, path)
-    return records
+    return _merge_cases(records, path)
 
 
 _CSV_FIELDS = ("image", "images", "report", "case_id", "study_id", "patient_id", "split")
@@ -147,13 +147,25 @@ def _read_csv_manifest(path: Path) -> list[ManifestRecord]:
     return records
 
 
-def _check_unique_cases(records: list[ManifestRecord], path: Path) -> None:
-    seen: set[str] = set()
+def _merge_cases(records: list[ManifestRecord], path: Path) -> list[ManifestRecord]:
+    """Join lines that share a case id (one line per image is a common export) into one record.
+
+    Raises:
+        ValueError: two lines of one case disagree on the report or the split.
+    """
+    merged: dict[str, ManifestRecord] = {}
     for record in records:
-        if record.case_id in seen:
-            raise ValueError(f"{path}: case_id {record.case_id!r} appears on more than one line; "
-                             "expected one line per case (list several images in 'images')")
-        seen.add(record.case_id)
+        first = merged.get(record.case_id)
+        if first is None:
+            merged[record.case_id] = record
+            continue
+        for name in ("report", "split", "patient_id"):
+            if getattr(first, name) != getattr(record, name):
+                raise ValueError(f"{path}: case_id {record.case_id!r} appears on several lines with different "
+                                 f"'{name}' values; expected one {name} per case")
+        merged[record.case_id] = dataclasses.replace(
+            first, images=first.images + record.images, meta={**record.meta, **first.meta})
+    return list(merged.values())
 
 
 def _parse_manifest_line(line: str, path: Path, number: int) -> ManifestRecord:

@@ -30,6 +30,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.uid import (
+    RE_VALID_UID,
     UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -597,7 +598,9 @@ def _instance_key(image: DicomImage) -> tuple[bool, int, str]:
 
 
 def write_image(path: str | os.PathLike, pixels: np.ndarray, *, patient_id: str = "ANON", modality: str = "OT",
-                study_description: str = "", body_part: str = "", monochrome1: bool = False) -> Path:
+                study_description: str = "", body_part: str = "", monochrome1: bool = False,
+                study_uid: str | None = None, series_uid: str | None = None,
+                sop_instance_uid: str | None = None) -> Path:
     """Write greyscale [H, W] or [F, H, W] pixels in [0, 1] as a 16-bit Secondary Capture DICOM file.
 
     The object validates with dicom3tools' dciodvfy. It carries a window spanning the full 16-bit
@@ -611,13 +614,17 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, *, patient_id: str 
         study_description: StudyDescription.
         body_part: BodyPartExamined.
         monochrome1: Store inverted, as MONOCHROME1 (single-frame only; exercises the reader's inversion).
+        study_uid: StudyInstanceUID; default a new random UID.
+        series_uid: SeriesInstanceUID; default a new random UID.
+        sop_instance_uid: SOPInstanceUID; default a new random UID. Fixed UIDs (with fixed pixels
+            and attributes) make the file byte-for-byte reproducible, as re-imports need.
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: If ``pixels`` is not 2-D/3-D, has values outside [0, 1] (NaN included), or is
-            multi-frame with ``monochrome1``.
+        ValueError: If ``pixels`` is not 2-D/3-D, has values outside [0, 1] (NaN included), is
+            multi-frame with ``monochrome1``, or a given UID is not a valid DICOM UID.
     """
     arr = np.asarray(pixels, dtype=np.float64)
     if arr.ndim not in (2, 3) or arr.size == 0:
@@ -626,7 +633,12 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, *, patient_id: str 
         raise ValueError(f"{path}: got pixel values in [{np.nanmin(arr)}, {np.nanmax(arr)}], expected [0, 1]")
     if arr.ndim == 3 and monochrome1:
         raise ValueError(f"{path}: multi-frame Secondary Capture allows MONOCHROME2 only; pass monochrome1=False")
-    ds = _secondary_capture_dataset(arr.ndim == 3, patient_id, modality, study_description, body_part)
+    uids = {"study_uid": study_uid, "series_uid": series_uid, "sop_instance_uid": sop_instance_uid}
+    for name, uid in uids.items():
+        if uid is not None and (len(uid) > 64 or not RE_VALID_UID.match(uid)):
+            raise ValueError(f"{path}: {name} {uid!r} is not a DICOM UID; expected digits and dots, 64 chars at most")
+    ds = _secondary_capture_dataset(arr.ndim == 3, patient_id, modality, study_description, body_part,
+                                    (study_uid, series_uid, sop_instance_uid))
     if arr.ndim == 3:
         ds.NumberOfFrames = arr.shape[0]
     ds.Rows, ds.Columns = arr.shape[-2:]
@@ -641,13 +653,18 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, *, patient_id: str 
 
 
 def _secondary_capture_dataset(multiframe: bool, patient_id: str, modality: str, study_description: str,
-                               body_part: str) -> pydicom.Dataset:
-    """Patient, study, series and SC equipment modules, with empty Type 2 attributes where unknown."""
+                               body_part: str, uids: tuple[str | None, str | None, str | None] = (None, None, None),
+                               ) -> pydicom.Dataset:
+    """Patient, study, series and SC equipment modules, with empty Type 2 attributes where unknown.
+
+    `uids` are (study, series, SOP instance) UIDs; each None is replaced by a new random UID.
+    """
+    study_uid, series_uid, sop_uid = (uid or generate_uid() for uid in uids)
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = _MULTIFRAME_WORD_SC if multiframe else _SECONDARY_CAPTURE
-    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = sop_uid, study_uid, series_uid
     ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", patient_id, "", ""
     ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", "", "", ""

@@ -10,9 +10,15 @@
    a sentence every retrieved case wrote gets the full bonus: consensus is evidence.
 4. Of two sentences with opposite claims about one finding, the one with less ``evidence =
    sum over sources of max(similarity, 0) + support_weight * support`` is dropped.
+   With ``agreement_weight > 0``, ``score`` and ``evidence`` also gain ``agreement_weight *
+   agreement``: how much of the sentence the *other* retrieved reports also say (their
+   weighted n-gram precision, :func:`~medcm.text.ngram_precision`). This is minimum-Bayes-risk
+   selection: among what similar cases wrote, prefer what most of them would agree with.
 5. Per section the best sentences within ``relative_margin`` of the best and above
    ``min_score`` are kept (at most ``max_findings`` / ``max_impression``), in the order the
-   sources wrote them (mean relative position). A draft is always ``verified=False``.
+   sources wrote them (mean relative position). With ``length_from_sources`` a section stops
+   once it holds as many words as the median source case wrote there. A draft is always
+   ``verified=False``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import numpy as np
 from medcm.text import (
     SECTION_ALIASES,
     is_negated,
+    ngram_counts,
+    ngram_precision,
     normalize_for_metrics,
     section_order,
     sentence_key,
@@ -35,7 +43,7 @@ from medcm.text import (
 )
 
 __all__ = ["SourceCase", "Provenance", "DraftSentence", "DroppedSentence", "Draft",
-           "DraftConfig", "draft_findings"]
+           "DraftConfig", "DRAFT_PRESETS", "draft_findings"]
 
 _DRAFT_SECTIONS = ("FINDINGS", "IMPRESSION")
 
@@ -133,6 +141,9 @@ class DraftConfig:
         min_score: absolute floor on the score (model-dependent; calibrate per model).
         max_extra_terms: a finding mentioned with more than this many extra content words
             (site words not counted) is a different statement, not a contradiction.
+        agreement_weight: weight of the other retrieved reports' agreement with a sentence
+            (0 turns it off).
+        length_from_sources: stop a section at the median length the source cases wrote.
     """
     top_k_cases: int = 5
     max_findings: int = 6
@@ -142,6 +153,8 @@ class DraftConfig:
     relative_margin: float = 0.25
     min_score: float = 0.0
     max_extra_terms: int = 2
+    agreement_weight: float = 0.0
+    length_from_sources: bool = False
 
     def __post_init__(self) -> None:
         checks = {"top_k_cases": self.top_k_cases >= 1, "max_findings": self.max_findings >= 0,
@@ -150,10 +163,21 @@ class DraftConfig:
                   "duplicate_threshold": -1.0 < self.duplicate_threshold <= 1.0,
                   "support_weight": 0.0 <= self.support_weight < math.inf,
                   "relative_margin": 0.0 <= self.relative_margin < math.inf,
-                  "min_score": math.isfinite(self.min_score)}
+                  "min_score": math.isfinite(self.min_score),
+                  "agreement_weight": 0.0 <= self.agreement_weight < math.inf}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"DraftConfig.{name} out of range: {getattr(self, name)!r}")
+
+
+DRAFT_PRESETS: dict[str, DraftConfig] = {
+    # Few, near cases; a sentence must match the query image: short drafts of what this study shows.
+    "similarity": DraftConfig(),
+    # Many neighbours and minimum-Bayes-risk agreement: the sentences most similar cases would
+    # also write, as long as they usually write. Best on MedPix 2.0 dev (BENCHMARKS.md).
+    "consensus": DraftConfig(top_k_cases=40, max_findings=30, relative_margin=100.0, min_score=-100.0,
+                             agreement_weight=10.0, length_from_sources=True),
+}
 
 
 @dataclass(frozen=True)
@@ -304,6 +328,39 @@ def _summarise(group: _Group, row: dict[str, int], sims: np.ndarray, weight: flo
     group.claims = _claims(group.text)
 
 
+def _section_counts(cases: list[SourceCase]) -> dict[tuple[str, str], tuple]:
+    """(case id, section) → n-gram counts of that section's text, for the agreement score."""
+    out = {}
+    for case in cases:
+        for section, sentences in _case_sentences(case.report).items():
+            if sentences:
+                out[(case.case_id, section)] = ngram_counts(normalize_for_metrics(" ".join(sentences)).split())
+    return out
+
+
+def _add_agreement(groups: list[_Group], units: list[_Unit], counts: dict[tuple[str, str], tuple],
+                   weight: float) -> None:
+    """Adds ``weight * agreement`` to each group's score and evidence (see the module doc)."""
+    case_weight = {u.case.case_id: u.weight for u in units}
+    for g in groups:
+        own = {p.case_id for p in g.sources}
+        others = [(case_weight[c], ref) for (c, section), ref in counts.items()
+                  if section == g.section and c not in own and c in case_weight]
+        mass = sum(w for w, _ in others)
+        if mass <= 0:
+            continue
+        mine = ngram_counts(normalize_for_metrics(g.text).split())
+        agreement = sum(w * ngram_precision(mine, ref) for w, ref in others) / mass
+        g.score += weight * agreement
+        g.evidence += weight * agreement
+
+
+def _median_words(cases: list[SourceCase], section: str) -> float:
+    lengths = [len(normalize_for_metrics(" ".join(s)).split())
+               for c in cases if (s := _case_sentences(c.report)[section])]
+    return float(np.median(lengths)) if lengths else math.inf
+
+
 def _terms(text: str) -> frozenset[str]:
     words = normalize_for_metrics(text).split()
     return frozenset(w for w in words if w not in _IGNORED and any(c.isalpha() for c in w))
@@ -390,17 +447,18 @@ def _resolve_contradictions(groups: list[_Group], config: DraftConfig,
     return kept, dropped
 
 
-def _select(groups: list[_Group], config: DraftConfig,
+def _select(groups: list[_Group], config: DraftConfig, cases: list[SourceCase],
             ) -> tuple[list[_Group], list[DroppedSentence]]:
     """Per section, greedily by score within the margin, above the floor, up to the limit."""
     chosen: list[_Group] = []
     dropped: list[DroppedSentence] = []
     for section in _DRAFT_SECTIONS:
         limit = config.max_findings if section == "FINDINGS" else config.max_impression
+        words_limit = _median_words(cases, section) if config.length_from_sources else math.inf
         ranked = sorted((g for g in groups if g.section == section),
                         key=lambda g: (-g.score, g.first))
         best = ranked[0].score if ranked else 0.0
-        cutoff, taken = best - config.relative_margin * abs(best), 0
+        cutoff, taken, words = best - config.relative_margin * abs(best), 0, 0
         for g in ranked:
             if g.score < config.min_score:
                 reason = f"below threshold: score {g.score:.3f} < min_score {config.min_score:.3f}"
@@ -409,9 +467,12 @@ def _select(groups: list[_Group], config: DraftConfig,
                           f"of the best {best:.3f}")
             elif taken >= limit:
                 reason = f"over limit: max_{section.lower()}={limit}"
+            elif words >= words_limit:
+                reason = f"over length: the source cases' median {section.lower()} is {words_limit:.0f} words"
             else:
                 chosen.append(g)
                 taken += 1
+                words += len(normalize_for_metrics(g.text).split())
                 continue
             dropped.append(DroppedSentence(g.text, reason, g.sources))
     return chosen, dropped
@@ -448,8 +509,10 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
     groups = _cluster(units, row, emb, sims, config.duplicate_threshold)
     for g in groups:
         _summarise(g, row, sims, config.support_weight)
+    if config.agreement_weight > 0:
+        _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
     kept, contradicted = _resolve_contradictions(groups, config)
-    chosen, unselected = _select(kept, config)
+    chosen, unselected = _select(kept, config, used)
     chosen.sort(key=lambda g: (section_order.index(g.section), g.position, -g.score, g.first))
     sentences = tuple(DraftSentence(g.text, g.section, g.score, g.sources) for g in chosen)
     return Draft(sentences, tuple(contradicted + unselected), case_ids)

@@ -8,12 +8,14 @@ drafting (sentences from past reports, de-duplicated and re-ordered) and evaluat
 from __future__ import annotations
 
 import html
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 __all__ = ["SECTION_ALIASES", "SECTION_ORDER", "section_order", "Report", "clean_text",
-           "split_sections", "split_sentences", "report_text_for_training",
-           "normalize_for_metrics", "sentence_key", "is_negated"]
+           "split_sections", "split_sentences", "findings_text", "report_text_for_training",
+           "normalize_for_metrics", "ngram_counts", "ngram_precision", "sentence_key", "is_negated"]
 
 _GROUPS = {
     "FINDINGS": ("FINDING", "FINDINGS"),
@@ -280,6 +282,26 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in out if s]
 
 
+def findings_text(text: str) -> str:
+    """The FINDINGS section plus unknown ALL-CAPS subsections right after it (``LUNGS:``, ``CT:``).
+
+    Paragraphs keep their order and are joined by blank lines; ``""`` when there is no FINDINGS.
+
+    Raises:
+        TypeError: If ``text`` is not a str.
+    """
+    return "\n\n".join(_findings_parts(split_sections(text), with_headers=True))
+
+
+def _findings_parts(report: Report, with_headers: bool = False) -> list[str]:
+    known, parts, in_findings = set(SECTION_ALIASES.values()), [], False
+    for name, body in report.sections:
+        in_findings = name == "FINDINGS" or (in_findings and name not in known)
+        if in_findings and body:
+            parts.append(f"{name}: {body}" if with_headers and name != "FINDINGS" else body)
+    return parts
+
+
 def report_text_for_training(text: str) -> str:
     """Returns the single-line text paired with an image for training.
 
@@ -292,11 +314,7 @@ def report_text_for_training(text: str) -> str:
         TypeError: If ``text`` is not a str.
     """
     report = split_sections(text)
-    known, findings, in_findings = set(SECTION_ALIASES.values()), [], False
-    for name, body in report.sections:
-        in_findings = name == "FINDINGS" or (in_findings and name not in known)
-        findings.extend([body] if in_findings else [])
-    parts = [p for p in (*findings, report.impression) if p]
+    parts = [p for p in (*_findings_parts(report), report.impression) if p]
     if not parts:
         parts = [t for name, t in report.sections if name not in _NON_DESCRIPTIVE]
     return " ".join(s for part in parts for s in split_sentences(part))
@@ -314,6 +332,29 @@ def normalize_for_metrics(text: str) -> str:
     """
     text = re.sub(r"['`]", "", clean_text(_require_str(text, "text")).lower())
     return " ".join(re.findall(r"\d+(?:\.\d+)+|[^\W_]+", text))
+
+
+def ngram_counts(tokens: list[str] | tuple[str, ...], max_n: int = 4) -> tuple[Counter, ...]:
+    """Counts of the 1..max_n-grams of a token list: ``result[k - 1]`` maps k-gram tuples to counts."""
+    tokens = tuple(tokens)
+    return tuple(Counter(zip(*(tokens[i:] for i in range(k)))) for k in range(1, max_n + 1))
+
+
+def ngram_precision(candidate: tuple[Counter, ...], reference: tuple[Counter, ...]) -> float:
+    """Geometric mean of the clipped 1..n-gram precisions of a candidate against a reference.
+
+    BLEU without the brevity penalty, smoothed like pycocoevalcap (no n-gram in common gives
+    a tiny value, not zero), so "how much of this sentence would that report also say".
+    Both arguments come from :func:`ngram_counts` with the same ``max_n``.
+    """
+    logs = []
+    for cand, ref in zip(candidate, reference):
+        total = sum(cand.values())
+        if total == 0:
+            return 0.0
+        matched = sum(min(count, ref.get(gram, 0)) for gram, count in cand.items())
+        logs.append(math.log((matched + 1e-9) / total))
+    return math.exp(sum(logs) / len(logs)) if logs else 0.0
 
 
 def sentence_key(sentence: str) -> str:

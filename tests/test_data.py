@@ -53,14 +53,15 @@ def test_missing_and_empty_manifests(tmp_path):
 
 
 def _records(tmp_path, n=40):
-    lines = [{"image": f"{i}.png", "report": f"FINDINGS: case {i}.", "case_id": f"c{i // 2}", "split": "train" if i < 30 else "dev"}
+    lines = [{"image": f"{i}.png", "report": f"FINDINGS: case {i // 2}.", "case_id": f"c{i // 2}", "split": "train" if i < 30 else "dev"}
              for i in range(n)]
     return read_manifest(_write_manifest(tmp_path / "m.jsonl", lines))
 
 
 def test_named_splits(tmp_path):
     train, val = split_records(_records(tmp_path), "train", "dev", 0.1, 0)
-    assert len(train) == 30 and len(val) == 10
+    # Lines of one case merge into one record with both images.
+    assert len(train) == 15 and len(val) == 5 and all(len(r.images) == 2 for r in train + val)
     with pytest.raises(ValueError, match=r"split 'test' has no records; the data has splits \['dev', 'train'\]"):
         split_records(_records(tmp_path), "test", None, 0.1, 0)
 
@@ -72,6 +73,37 @@ def test_held_out_fraction_keeps_cases_whole_and_is_seeded(tmp_path):
     assert 0 < len(val) < len(records) and len(train) + len(val) == len(records)
     assert split_records(records, None, None, 0.3, seed=1) == (train, val)
     assert split_records(records, None, None, 0.3, seed=2) != (train, val)
+
+
+def test_lines_of_one_case_must_agree(tmp_path):
+    lines = [{"image": "a.png", "report": "FINDINGS: x.", "case_id": "c1"},
+             {"image": "b.png", "report": "FINDINGS: y.", "case_id": "c1"}]
+    with pytest.raises(ValueError, match=r"m.jsonl: case_id 'c1' appears on several lines with different 'report'"):
+        read_manifest(_write_manifest(tmp_path / "m.jsonl", lines))
+
+
+def test_csv_manifest_splits_images_and_keeps_extra_columns_as_meta(tmp_path):
+    (tmp_path / "m.csv").write_text(
+        "image,report,study_id,patient_id,split,region\n"
+        "a.png;sub/b.dcm,\"FINDINGS: Small effusion, left.\",S1,P1,train,Thorax\n"
+        ",,,,,\n"
+        "c.jpg,FINDINGS: Normal.,S2,,dev,\n", encoding="utf-8")
+    first, second = read_manifest(tmp_path / "m.csv")
+    assert first.images == (str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.dcm"))
+    assert (first.report, first.case_id, first.patient_id, first.split, first.meta) == (
+        "FINDINGS: Small effusion, left.", "S1", "P1", "train", {"region": "Thorax"})
+    assert (second.case_id, second.patient_id, second.meta) == ("S2", None, {})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("path,report\na.png,x\n", r"m.csv: CSV header \['path', 'report'\] lacks 'image'"),
+    ("image,report\na.png,x,extra\n", "m.csv:2: more values than the 2 header columns"),
+    ("image,report\na.png,\n", "m.csv:2: field 'report' must be a non-empty string"),
+])
+def test_csv_manifest_errors_name_file_and_line(tmp_path, text, message):
+    (tmp_path / "m.csv").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        read_manifest(tmp_path / "m.csv")
 
 
 def test_pairs_use_training_text_and_skip_empty_reports(tmp_path):

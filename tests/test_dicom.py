@@ -246,6 +246,22 @@ def test_write_image_roundtrip(tmp_path: Path, shape: tuple[int, ...], monochrom
         write_image(tmp_path / "bad.dcm", np.zeros(4))
 
 
+def test_write_image_with_given_uids_is_byte_reproducible(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(3).random((9, 7))
+    uids = {"study_uid": "2.25.1", "series_uid": "2.25.2", "sop_instance_uid": "2.25.3"}
+    first = write_image(tmp_path / "a.dcm", pixels, modality="CT", body_part="THORAX", **uids)
+    second = write_image(tmp_path / "b.dcm", pixels, modality="CT", body_part="THORAX", **uids)
+    assert first.read_bytes() == second.read_bytes()  # no timestamps, no random UIDs
+    meta = read_instance(first).meta
+    assert (meta.study_uid, meta.series_uid, meta.sop_instance_uid) == ("2.25.1", "2.25.2", "2.25.3")
+    assert pydicom.dcmread(first).file_meta.MediaStorageSOPInstanceUID == "2.25.3"
+    random_uids = read_instance(write_image(tmp_path / "c.dcm", pixels)).meta
+    assert random_uids.study_uid not in ("2.25.1", random_uids.series_uid, random_uids.sop_instance_uid)
+    for bad in ("abc", "1.02.3", "1." + "2" * 70):
+        with pytest.raises(ValueError, match=r"study_uid '.*' is not a DICOM UID"):
+            write_image(tmp_path / "bad.dcm", pixels, study_uid=bad)
+
+
 # ------------------------------------------------------------------ compressed data
 
 

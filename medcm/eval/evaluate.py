@@ -1,0 +1,266 @@
+"""`medcm eval`: retrieval and drafting quality of a checkpoint on real cases, beside baselines.
+
+The pool (e.g. MedPix train) is what the assistant remembers; the queries (e.g. MedPix dev) are
+new studies. Case-level image↔report retrieval is measured within the query set (a hit is the
+query's own case); image→image region/modality precision and drafting use the pool only, so a
+query never sees its own report. Draft metrics compare each query case's drafted FINDINGS with
+its written Findings, and the same metrics are computed in the same run for the baselines of
+`medcm.eval.baselines`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcm.checkpoint import Checkpoint
+from medcm.data import ImageReadError, ManifestRecord, load_image
+from medcm.draft import DraftConfig, SourceCase, draft_findings
+from medcm.eval.baselines import (
+    consensus_report,
+    oracle_reports,
+    random_matching_reports,
+    random_reports,
+)
+from medcm.eval.metrics import corpus_meteor, draft_metrics
+from medcm.eval.retrieval import DEFAULT_KS, case_retrieval_metrics, first_hit_ranks
+from medcm.preprocess import prepare_image
+from medcm.text import findings_text, report_text_for_training
+
+log = logging.getLogger(__name__)
+
+_IMAGE_BATCH = 32
+_TEXT_BATCH = 64
+RANDOM_DRAWS = 10  # random baselines are averaged over this many seeded draws
+CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50)
+
+
+@dataclass
+class EmbeddedSet:
+    """A set of cases embedded by one model: an image matrix and a report matrix, with their metadata."""
+
+    records: list[ManifestRecord]
+    image_emb: np.ndarray  # [I, D]
+    image_case: list[str]  # case id of each image row
+    image_meta: list[dict[str, Any]]  # per-image metadata (case metadata overlaid with the image's)
+    report_emb: np.ndarray  # [C, D], one row per record
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [r.case_id for r in self.records]
+
+
+def reference_findings(record: ManifestRecord) -> str:
+    """The text a draft is measured against: the report's FINDINGS with the subsections after it
+    (MedPix: the case's Findings, whose "CT:"/"MRI:" paragraphs read as subsections)."""
+    return findings_text(record.report).strip()
+
+
+def embed_records(checkpoint: Checkpoint, records: list[ManifestRecord], device: torch.device,
+                  progress: bool = False) -> EmbeddedSet:
+    """Embed every readable image and every report of `records` with the checkpoint's model.
+
+    Unreadable images are skipped and listed in `errors` (one line each, naming the file); a case
+    with no readable image keeps its report row, so it still counts as a retrieval target.
+    """
+    model, preprocess = checkpoint.model, checkpoint.config.preprocess
+    tensors, image_case, image_meta, errors = [], [], [], []
+    items = [(r, i) for r in records for i in range(len(r.images))]
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="reading images", unit="img")
+    for record, index in items:
+        try:
+            pixels = load_image(record.images[index], record.mask)
+        except ImageReadError as err:
+            errors.append(str(err))
+            continue
+        tensors.append(prepare_image(pixels, preprocess))
+        image_case.append(record.case_id)
+        image_meta.append(record.meta_of_image(index))
+    with torch.no_grad():
+        chunks = [model.encode_image(torch.stack(tensors[s : s + _IMAGE_BATCH]).to(device)).float().cpu()
+                  for s in range(0, len(tensors), _IMAGE_BATCH)]
+    dim = checkpoint.config.model.embed_dim
+    image_emb = torch.cat(chunks).numpy() if chunks else np.zeros((0, dim), np.float32)
+    texts = [report_text_for_training(r.report) or r.report for r in records]
+    report_emb = encode_texts(checkpoint, texts, device)
+    return EmbeddedSet(list(records), image_emb, image_case, image_meta, report_emb, errors)
+
+
+def encode_texts(checkpoint: Checkpoint, texts: list[str], device: torch.device) -> np.ndarray:
+    """L2-normalised text embeddings `[N, D]` in batches."""
+    with torch.no_grad():
+        chunks = [checkpoint.model.encode_text(texts[s : s + _TEXT_BATCH]).float().cpu()
+                  for s in range(0, len(texts), _TEXT_BATCH)]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, checkpoint.config.model.embed_dim), np.float32)
+
+
+def retrieval_metrics(queries: EmbeddedSet, pool: EmbeddedSet) -> dict[str, Any]:
+    """Case-level image↔report recall within the queries; image→image region/modality precision against the pool."""
+    if not len(queries.image_case):
+        raise ValueError("no query image could be read; nothing to evaluate")
+    both = case_retrieval_metrics(torch.from_numpy(queries.image_emb), queries.image_case,
+                                  torch.from_numpy(queries.report_emb), queries.case_ids, DEFAULT_KS)
+    out: dict[str, Any] = {"image_to_report": both["image_to_text"], "report_to_image": both["text_to_image"]}
+    out["image_to_report_curve"] = recall_curve(queries)
+    similarity = queries.image_emb @ pool.image_emb.T
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :5]
+    for key, field_name, k in (("region_P@1", "region", 1), ("region_P@5", "region", 5), ("modality_P@1", "modality", 1)):
+        out[key] = _precision_at_k(top[:, :k], queries.image_meta, pool.image_meta, field_name)
+    return out
+
+
+def recall_curve(queries: EmbeddedSet) -> dict[str, float]:
+    """Image→report case-level recall at each K of `CURVE_KS` (for the plot)."""
+    similarity = torch.from_numpy(queries.image_emb @ queries.report_emb.T)
+    case_index = {c: i for i, c in enumerate(queries.case_ids)}
+    positives = torch.zeros_like(similarity, dtype=torch.bool)
+    for row, case in enumerate(queries.image_case):
+        positives[row, case_index[case]] = True
+    ranks = first_hit_ranks(similarity, positives)
+    return {str(k): float((ranks <= k).float().mean()) for k in CURVE_KS if k <= len(queries.case_ids)}
+
+
+def _precision_at_k(top: np.ndarray, query_meta: list[dict], pool_meta: list[dict], field_name: str) -> float | None:
+    """Mean share of the top-k pool images that share the query image's `field_name` (queries lacking it skipped)."""
+    scores = []
+    for row, meta in enumerate(query_meta):
+        want = str(meta.get(field_name) or "")
+        if want:
+            scores.append(np.mean([str(pool_meta[j].get(field_name) or "") == want for j in top[row]]))
+    return float(np.mean(scores)) if scores else None
+
+
+def query_vectors(queries: EmbeddedSet) -> dict[str, np.ndarray]:
+    """One vector per query case: the normalised mean of its image embeddings (as the engine queries a study)."""
+    vectors: dict[str, list[np.ndarray]] = {}
+    for case, vector in zip(queries.image_case, queries.image_emb):
+        vectors.setdefault(case, []).append(vector)
+    out = {}
+    for case, rows in vectors.items():
+        mean = np.mean(rows, axis=0)
+        out[case] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return out
+
+
+def draft_reports(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
+                  config: DraftConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Draft FINDINGS for every query case from the pool; also return the nearest pool report's findings.
+
+    Returns:
+        (case id → drafted FINDINGS, case id → Findings of the best-matching pool report).
+    """
+    vectors = query_vectors(queries)
+    pool_findings = [reference_findings(r) for r in pool.records]
+    drafts, nearest = {}, {}
+    for case, vector in vectors.items():
+        scores = pool.report_emb @ vector
+        order = np.argsort(-scores, kind="stable")
+        top = order[: config.top_k_cases]
+        sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report) for i in top]
+        drafts[case] = draft_findings(vector, sources, embed_sentences, config).section_text("FINDINGS")
+        nearest[case] = next((pool_findings[i] for i in order if pool_findings[i]), "")
+    return drafts, nearest
+
+
+def cached_sentence_embedder(checkpoint: Checkpoint, device: torch.device) -> Callable[[list[str]], np.ndarray]:
+    """A sentence embedder that remembers what it embedded: pool sentences recur across queries."""
+    cache: dict[str, np.ndarray] = {}
+
+    def embed(texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, encode_texts(checkpoint, missing, device)))
+        return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, checkpoint.config.model.embed_dim), np.float32)
+
+    return embed
+
+
+def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_records: list[ManifestRecord], *,
+             draft_config: DraftConfig = DraftConfig(), device: torch.device | str = "cpu", seed: int = 0,
+             progress: bool = False) -> dict[str, Any]:
+    """Run the whole evaluation and return the JSON-ready results (see the module doc).
+
+    Args:
+        checkpoint: the model to evaluate.
+        pool_records: the remembered cases (retrieval and drafting sources).
+        query_records: the new cases.
+        draft_config: drafting settings.
+        device: where the model runs.
+        seed: seeds the random baselines.
+        progress: show progress bars.
+
+    Raises:
+        ValueError: the pool or the queries are empty, share case ids, or no query image is readable.
+    """
+    if not pool_records or not query_records:
+        raise ValueError(f"need pool and query cases, got {len(pool_records)} pool and {len(query_records)} query cases")
+    shared = {r.case_id for r in pool_records} & {r.case_id for r in query_records}
+    if shared:
+        raise ValueError(f"{len(shared)} case(s) are both in the pool and the queries (e.g. {sorted(shared)[0]!r}); "
+                         "expected disjoint splits")
+    device = torch.device(device)
+    checkpoint.model.to(device).eval()
+    pool = embed_records(checkpoint, pool_records, device, progress)
+    queries = embed_records(checkpoint, query_records, device, progress)
+    retrieval = retrieval_metrics(queries, pool)
+
+    references = {r.case_id: reference_findings(r) for r in queries.records}
+    drafts, nearest = draft_reports(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config)
+    scored = [c for c in drafts if references.get(c)]  # cases without written Findings cannot be scored
+    refs = [references[c] for c in scored]
+    pool_findings = [f for f in (reference_findings(r) for r in pool.records) if f]
+    pool_meta = [r.meta for r in pool.records if reference_findings(r)]
+    query_meta = [next(r.meta for r in queries.records if r.case_id == c) for c in scored]
+    baselines = {
+        "random": _mean_over_draws(lambda rng: random_reports(len(refs), pool_findings, rng), refs, seed),
+        "random_same_modality_region": _mean_over_draws(
+            lambda rng: random_matching_reports(query_meta, pool_meta, pool_findings, rng), refs, seed),
+        "consensus": draft_metrics([consensus_report(pool_findings)] * len(refs), refs),
+        "nearest_report": draft_metrics([nearest[c] for c in scored], refs),
+        "oracle": draft_metrics(oracle_reports(refs, pool_findings), refs),
+    }
+    draft = draft_metrics([drafts[c] for c in scored], refs)
+    return {
+        "checkpoint": str(checkpoint.path),
+        "model_id": checkpoint.model_id,
+        "counts": {"pool_cases": len(pool_records), "pool_images": len(pool.image_case),
+                   "query_cases": len(query_records), "query_images": len(queries.image_case),
+                   "scored_drafts": len(scored), "unreadable_images": len(pool.errors) + len(queries.errors)},
+        "retrieval": retrieval,
+        "draft": draft,
+        "baselines": baselines,
+        "gap_closed": gap_closed(draft, baselines["random"], baselines["oracle"]),
+        "draft_config": {k: getattr(draft_config, k) for k in draft_config.__dataclass_fields__},
+        "seed": seed,
+        "examples": [{"case_id": c, "reference": references[c], "draft": drafts[c]} for c in scored[:5]],
+        "errors": pool.errors + queries.errors,
+    }
+
+
+def _mean_over_draws(make: Callable[[np.random.Generator], list[str]], refs: list[str], seed: int) -> dict[str, float]:
+    """BLEU and ROUGE-L averaged over seeded draws; METEOR once over all draws together (one Java start)."""
+    draws = [make(np.random.default_rng([seed, draw])) for draw in range(RANDOM_DRAWS)]
+    runs = [draft_metrics(hyps, refs, meteor=False) for hyps in draws]
+    out = {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
+    meteor = corpus_meteor([h for hyps in draws for h in hyps], refs * RANDOM_DRAWS)
+    if meteor is not None:
+        out["METEOR"] = meteor
+    return out
+
+
+def gap_closed(draft: dict[str, float], low: dict[str, float], high: dict[str, float]) -> dict[str, float | None]:
+    """Per metric, (draft − random) / (oracle − random): 0 is the random report, 1 the oracle."""
+    out: dict[str, float | None] = {}
+    for key, value in draft.items():
+        span = high.get(key, 0.0) - low.get(key, 0.0)
+        out[key] = (value - low[key]) / span if key in low and abs(span) > 1e-12 else None
+    return out
