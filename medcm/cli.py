@@ -80,7 +80,23 @@ def _open_engine(args: argparse.Namespace, need_model: bool = True):
     checkpoint = getattr(args, "checkpoint", None)
     if need_model and not checkpoint:
         raise ValueError("--checkpoint CKPT_DIR is required (a folder written by medcm train)")
-    return Engine(CaseStore(_db_url(args.db)), checkpoint=checkpoint, device=getattr(args, "device", None))
+    return Engine(CaseStore(_db_url(args.db)), checkpoint=checkpoint, device=getattr(args, "device", None),
+                  draft_config=_draft_config(getattr(args, "draft", None)))
+
+
+DRAFT_CHOICES = ("similarity", "consensus")
+
+
+def _add_draft_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--draft", choices=DRAFT_CHOICES, default=default, help=(
+        f"drafting preset (default: {default}): 'similarity' keeps the few sentences of the 5 nearest cases "
+        "that best match the image; 'consensus' composes what most of the 40 nearest cases agree on"))
+
+
+def _draft_config(name: str | None):
+    from medcm.draft import DRAFT_PRESETS
+
+    return DRAFT_PRESETS[name or "similarity"]
 
 
 def _read_report_option(path: str | None) -> tuple[dict[str, str], str | None]:
@@ -189,6 +205,7 @@ def _run_search(args: argparse.Namespace) -> int:
 def _add_draft(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("draft", help="draft findings for a DICOM study from similar cases (unverified)")
     p.add_argument("dicom_path", help="a DICOM file, folder or zip")
+    _add_draft_option(p, "similarity")
     _add_query_options(p)
     p.set_defaults(handler=_run_draft)
 
@@ -212,6 +229,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--checkpoint", required=True, help="the model the store was embedded with")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    _add_draft_option(p, "similarity")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.set_defaults(handler=_run_serve)
@@ -221,7 +239,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from medcm.serve import serve
 
     print(f"medcm review app: http://{args.host}:{args.port}  (Ctrl+C stops it)")
-    serve(_db_url(args.db), args.checkpoint, args.host, args.port, device=args.device)
+    serve(_db_url(args.db), args.checkpoint, args.host, args.port, device=args.device,
+          draft_config=_draft_config(args.draft))
     return 0
 
 
@@ -259,7 +278,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["manifest", "medpix"],
                    help="data format (default: medpix for a folder, manifest for a file)")
     p.add_argument("--out", required=True, help="the JSON file to write (the .md and .png go beside it)")
-    p.add_argument("--top-k-cases", type=int, help="cases a draft reads (default: the drafting default)")
+    _add_draft_option(p, "consensus")
+    p.add_argument("--top-k-cases", type=int, help="cases a draft reads (default: the preset's)")
     p.add_argument("--max-findings", type=int, help="most FINDINGS sentences in a draft")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default: 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
@@ -283,7 +303,6 @@ def _eval_records(path: str, data_format: str | None, split: str | None, option:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from medcm.checkpoint import load_checkpoint
-    from medcm.draft import DraftConfig
     from medcm.eval.evaluate import evaluate
     from medcm.eval.report import write_results
     from medcm.runtime import select_device
@@ -293,7 +312,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"top_k_cases": args.top_k_cases, "max_findings": args.max_findings}.items() if v is not None}
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint, device)
-    results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(DraftConfig(), **overrides),
+    results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(_draft_config(args.draft), **overrides),
                        device=device, seed=args.seed, progress=not args.quiet)
     for error in results["errors"]:
         print(f"error: {error}", file=sys.stderr)

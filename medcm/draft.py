@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -421,6 +422,7 @@ def _alternatives(a: _Group, b: _Group, max_extra: int) -> bool:
     return bool(small) and small <= large and len(large - small) <= max_extra
 
 
+@functools.lru_cache(maxsize=65536)  # called for every pair of candidate sentences
 def _site_and_degree(text: str) -> tuple[frozenset[str], frozenset[str]]:
     words = set(normalize_for_metrics(text).split())
     return frozenset(words & _LOCATION), frozenset(words & _DEGREE)

@@ -11,6 +11,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medcm.draft import DraftConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,8 @@ def data_dirs(db_url: str, base: Path | None = None) -> tuple[Path, Path]:
 
 
 def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860,
-          demo_notice: str | None = None, block: bool = True, device: str | None = None):
+          demo_notice: str | None = None, block: bool = True, device: str | None = None,
+          draft_config: DraftConfig | None = None):
     """Open the store and the model once, then serve the review app (blocking unless `block=False`).
 
     Returns:
@@ -51,11 +56,12 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from db.store import CaseStore
+    from medcm.draft import DraftConfig
     from medcm.engine import Engine
     from ui.app import LAUNCH_OPTIONS, build_app
 
     store = CaseStore(db_url)
-    engine = Engine(store, checkpoint=checkpoint, device=device)
+    engine = Engine(store, checkpoint=checkpoint, device=device, draft_config=draft_config or DraftConfig())
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
                max_file_size="2gb", **LAUNCH_OPTIONS)

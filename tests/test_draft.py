@@ -382,3 +382,60 @@ def test_sites_written_together_by_one_case_are_both_kept() -> None:
     cases = [case("A", 0.9, "FINDINGS: Small right pleural effusion. Small left pleural effusion.")]
     draft = draft_findings(Q, cases, embed, LOOSE)
     assert sorted(s.text for s in draft.sentences) == ["Small left pleural effusion.", "Small right pleural effusion."]
+
+
+# --- agreement (minimum Bayes risk) and length from the sources ----------------------------
+
+def test_agreement_prefers_what_other_cases_also_wrote():
+    # Case a's two sentences match the query equally; only "Small left pleural effusion."
+    # is (almost) also written by cases b and c, so agreement ranks it first.
+    cases = [SourceCase("a", 0.9, "FINDINGS: Small left pleural effusion. Heart normal."),
+             SourceCase("b", 0.8, "FINDINGS: Small left pleural effusion seen."),
+             SourceCase("c", 0.7, "FINDINGS: Small left pleural effusion identified.")]
+    q = query_of(effusion=1, heart=1)
+    plain = draft_findings(q, cases, FakeEmbedder(), DraftConfig(support_weight=0.0, max_findings=1, duplicate_threshold=1.0))
+    agreed = draft_findings(q, cases, FakeEmbedder(), DraftConfig(support_weight=0.0, max_findings=1, duplicate_threshold=1.0,
+                                                                  agreement_weight=10.0))
+    assert plain.section_text("FINDINGS") == "Heart normal."
+    assert agreed.section_text("FINDINGS").startswith("Small left pleural effusion")
+    top = agreed.sentences[0]
+    # Its own case is not a judge: the agreement comes from the two other cases only.
+    assert top.score > plain.sentences[0].score
+
+
+def test_agreement_value_is_the_weighted_ngram_precision_of_the_other_cases():
+    from medcm.text import ngram_counts, ngram_precision
+
+    cases = [SourceCase("a", 0.5, "FINDINGS: Lungs clear."), SourceCase("b", 0.5, "FINDINGS: Lungs clear. No nodule.")]
+    q = query_of(lungs=1, clear=1)
+    base = draft_findings(q, cases[:1], FakeEmbedder(), LOOSE)
+    agreed = draft_findings(q, cases, FakeEmbedder(), DraftConfig(**{**LOOSE.__dict__, "agreement_weight": 2.0,
+                                                                     "support_weight": 0.0}))
+    nodule = next(s for s in agreed.sentences if "nodule" in s.text)
+    # "No nodule." is written by b only; a's FINDINGS "lungs clear" shares none of its n-grams.
+    expected = 2.0 * ngram_precision(ngram_counts(["no", "nodule"]), ngram_counts(["lungs", "clear"]))
+    assert nodule.score == pytest.approx(nodule.sources[0].sentence_score + expected, abs=1e-9)
+    assert expected < 1e-3
+    assert base.sentences[0].text == "Lungs clear."
+
+
+def test_length_from_sources_stops_at_the_median_source_length():
+    cases = [SourceCase("a", 0.9, "FINDINGS: Small left pleural effusion. Lungs clear. Heart normal. No nodule."),
+             SourceCase("b", 0.8, "FINDINGS: Mild cardiomegaly."),
+             SourceCase("c", 0.7, "FINDINGS: No pneumothorax. Stable nodule.")]
+    config = DraftConfig(**{**LOOSE.__dict__, "length_from_sources": True})
+    draft = draft_findings(Q, cases, FakeEmbedder(), config)
+    # Source FINDINGS lengths are 10, 2 and 4 words: the draft stops once it holds >= 4 words.
+    words = [len(s.text.split()) for s in draft.sentences]
+    assert sum(words[:-1]) < 4 <= sum(words)
+    assert any(d.reason.startswith("over length: the source cases' median findings is 4 words") for d in draft.dropped)
+
+
+def test_consensus_preset_is_valid_and_differs_from_the_default():
+    from medcm.draft import DRAFT_PRESETS
+
+    assert DRAFT_PRESETS["similarity"] == DraftConfig()
+    consensus = DRAFT_PRESETS["consensus"]
+    assert consensus.agreement_weight > 0 and consensus.length_from_sources and consensus.top_k_cases > 5
+    with pytest.raises(ValueError, match="agreement_weight"):
+        DraftConfig(agreement_weight=-1.0)

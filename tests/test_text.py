@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -308,3 +309,23 @@ def test_type_errors(func, value: object, type_name: str) -> None:
 def test_report_get_type_error() -> None:
     with pytest.raises(TypeError, match="name must be str, got int"):
         Report(()).get(3)  # type: ignore[arg-type]
+
+
+def test_ngram_precision_by_hand():
+    from medcm.text import ngram_counts, ngram_precision
+
+    cand = ngram_counts("the cat sat on the mat".split())
+    ref = ngram_counts("the cat is on the mat".split())
+    # Clipped matches 5/6, 3/5, 1/4, 0/3 (+1e-9): the geometric mean of the four precisions.
+    expected = math.exp((math.log(5 / 6) + math.log(3 / 5) + math.log(1 / 4) + math.log(1e-9 / 3)) / 4)
+    assert ngram_precision(cand, ref) == pytest.approx(expected, rel=1e-12)
+    assert ngram_precision(ref, ref) == pytest.approx(1.0)
+    assert ngram_precision(ngram_counts([]), ref) == 0.0
+
+
+def test_findings_text_keeps_subsections_after_findings():
+    from medcm.text import findings_text
+
+    text = "HISTORY: pain.\nFINDINGS: Mass in the liver.\n\nCT: Enhancing rim.\nIMPRESSION: Abscess."
+    assert findings_text(text) == "Mass in the liver.\n\nCT: Enhancing rim."
+    assert findings_text("IMPRESSION: Normal.") == ""
