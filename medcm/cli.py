@@ -19,7 +19,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the image–report dual encoder", description=(
         "Train images and reports into one shared space. Writes OUT/best (best validation recall) "
         "and OUT/last (resumable)."))
-    p.add_argument("--data", required=True, help="a JSONL/CSV manifest (--format manifest) or a MedPix 2.0 folder (--format medpix)")
+    p.add_argument("--data", required=True,
+                   help="a JSONL/CSV manifest (--format manifest) or a MedPix 2.0 folder (--format medpix)")
     p.add_argument("--format", default="manifest", choices=["manifest", "medpix"], help="data format (default: manifest)")
     p.add_argument("--config", default="cpu-small", choices=sorted(NAMED_CONFIGS), help="named config (default: cpu-small)")
     p.add_argument("--out", required=True, help="run folder for the checkpoints")
@@ -45,7 +46,10 @@ def _run_train(args: argparse.Namespace) -> int:
     train_records, val_records = split_records(records, args.split, args.val_split, config.train.val_fraction, config.train.seed)
     result = train(config, train_records, val_records, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
     best = result.best_metrics
-    print(f"best checkpoint: {result.best_dir} (epoch {best.get('epoch')}, score {best.get('score', float('nan')):.3f})")
+    if "image_to_text" in best:
+        print(f"best checkpoint: {result.best_dir} (epoch {best.get('epoch')}, validation mean recall {best['score']:.3f})")
+    else:
+        print(f"checkpoint: {result.best_dir} (epoch {best.get('epoch')}; no validation cases, so the last epoch)")
     return 0
 
 

@@ -177,7 +177,7 @@ DRAFT_PRESETS: dict[str, DraftConfig] = {
     # Many neighbours and minimum-Bayes-risk agreement: the sentences most similar cases would
     # also write, as long as they usually write. Best on MedPix 2.0 dev (BENCHMARKS.md).
     "consensus": DraftConfig(top_k_cases=40, max_findings=30, relative_margin=100.0, min_score=-100.0,
-                             agreement_weight=10.0, length_from_sources=True),
+                             agreement_weight=100.0, length_from_sources=True),
 }
 
 

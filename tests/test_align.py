@@ -121,3 +121,23 @@ def test_dual_encoder_outputs_unit_vectors_and_clamped_scale(tiny_model):
         tiny_model.logit_scale.fill_(10.0)
         assert float(tiny_model.scale().detach()) == 100.0
         tiny_model.logit_scale.fill_(math.log(1 / 0.07))
+
+
+@pytest.mark.parametrize("on_embedding", [False, True])
+def test_aux_head_reads_features_or_the_shared_embedding(tiny_config, on_embedding):
+    import dataclasses
+
+    from medcm.align import DualEncoder
+    from medcm.config import AuxHeadConfig
+
+    head = AuxHeadConfig(field="region", classes=("Head", "Thorax", "Abdomen"), on_embedding=on_embedding)
+    model_config = dataclasses.replace(tiny_config.model, aux_head=head)
+    model = DualEncoder(model_config, tiny_config.preprocess.image_size).eval()
+    expected_in = model_config.embed_dim if on_embedding else model.image.feature_dim
+    assert model.aux_head.in_features == expected_in
+    images = torch.rand(2, 1, tiny_config.preprocess.image_size, tiny_config.preprocess.image_size)
+    with torch.no_grad():
+        out = model(images, ["a", "b"])
+        feats = model.image.features(images)
+    source = out.image if on_embedding else feats
+    torch.testing.assert_close(out.aux_logits, model.aux_head(source))

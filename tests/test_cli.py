@@ -79,3 +79,21 @@ def test_query_commands_need_a_checkpoint_and_a_readable_image(ingested, tmp_pat
     done = medcm("draft", junk, "--db", db, "--checkpoint", trained_run.best_dir.parent)
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == f"error: {junk}: no readable DICOM image to search with"
+
+
+def test_draft_consensus_preset_reads_more_cases(ingested, synthetic_manifest, trained_run):
+    db, _ = ingested
+    study = synthetic_manifest.parent / "cases" / "dev-00000"
+    similarity = medcm("draft", study, "--db", db, "--checkpoint", trained_run.best_dir.parent, "--json")
+    consensus = medcm("draft", study, "--db", db, "--checkpoint", trained_run.best_dir.parent, "--json", "--draft", "consensus")
+    assert similarity.returncode == 0 and consensus.returncode == 0, consensus.stderr
+    # 8 cases are stored: the default reads 5 of them, the consensus preset (40) all 8.
+    assert len(json.loads(similarity.stdout)["source_cases"]) == 5
+    assert len(json.loads(consensus.stdout)["source_cases"]) == 8
+    unknown = medcm("draft", study, "--db", db, "--checkpoint", trained_run.best_dir.parent, "--draft", "nope")
+    assert unknown.returncode == 2 and "invalid choice: 'nope'" in unknown.stderr
+
+
+def test_import_is_a_subcommand():
+    done = medcm("import", "--help")
+    assert done.returncode == 0 and "{manifest,medpix}" in done.stdout and "--files" in done.stdout
