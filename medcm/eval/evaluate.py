@@ -217,9 +217,10 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     drafts, nearest = draft_reports(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config)
     scored = [c for c in drafts if references.get(c)]  # cases without written Findings cannot be scored
     refs = [references[c] for c in scored]
-    pool_findings = [f for f in (reference_findings(r) for r in pool.records) if f]
-    pool_meta = [r.meta for r in pool.records if reference_findings(r)]
-    query_meta = [next(r.meta for r in queries.records if r.case_id == c) for c in scored]
+    with_findings = [(r.meta, f) for r in pool.records if (f := reference_findings(r))]
+    pool_meta, pool_findings = [m for m, _ in with_findings], [f for _, f in with_findings]
+    meta_of = {r.case_id: r.meta for r in queries.records}
+    query_meta = [meta_of[c] for c in scored]
     baselines = {
         "random": _mean_over_draws(lambda rng: random_reports(len(refs), pool_findings, rng), refs, seed),
         "random_same_modality_region": _mean_over_draws(
