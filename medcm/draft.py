@@ -23,14 +23,13 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from medcm.claims import claims_contradict, same_finding_elsewhere, sentence_claims
 from medcm.text import (
     SECTION_ALIASES,
     is_negated,
@@ -48,30 +47,6 @@ __all__ = ["SourceCase", "Provenance", "DraftSentence", "DroppedSentence", "Draf
 
 _DRAFT_SECTIONS = ("FINDINGS", "IMPRESSION")
 
-# Words that carry no finding identity: function words, "seen"-type verbs, negation cues,
-# quantity/size/degree modifiers and units. What remains names the finding and its site.
-_IGNORED = frozenset("""a an the is are was were be been being there this that these those it its
-of in on at to for with within by from as and or nor but has have had which who also again appear
-appears seen noted identified present demonstrated visualized visualised appreciated detected
-observed evident evidence shown suggest finding findings no not none without cannot never neither
-absent absence free negative denies denied ruled out rules isnt arent wasnt werent doesnt dont
-didnt hasnt havent small smaller tiny trace minimal minimally mild mildly moderate moderately large
-larger severe severely marked markedly massive extensive slight slightly subtle minor significant
-significantly substantial appreciable definite definitive obvious gross focal very cm mm ml size
-sized amount""".split())
-# Degree words (a subset of the ignored ones): "small" and "large" effusions are alternatives.
-_DEGREE = frozenset("""small smaller tiny trace minimal mild moderate large larger severe massive extensive
-slight subtle minor substantial""".split())
-# Site words: "No pleural effusion." and "Small right basilar pleural effusion." still clash.
-_LOCATION = frozenset("""left right bilateral bilaterally unilateral upper lower middle mid lobe
-lobes base bases basilar basal apex apices apical lingula lingular perihilar hilar retrocardiac
-lateral medial anterior posterior superior inferior proximal distal""".split())
-# Clause cuts: punctuation, scope terminators, and just before a mid-sentence "no"/"without"
-# so "Lungs are clear without consolidation." asserts {lungs, clear}, denies {consolidation}.
-_CLAUSE = re.compile(r"([,;:]|\b(?:but|however|although|though|whereas|except)\b"
-                     r"|(?=\b(?:no|without)\b))", re.I)
-_SCOPE_END = frozenset({"but", "however", "although", "though", "whereas", "except"})
-_PHRASE = re.compile(r"\b(?:and|or|nor)\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -326,7 +301,7 @@ def _summarise(group: _Group, row: dict[str, int], sims: np.ndarray, weight: flo
     for s, u in best.values():
         wordings.setdefault(u.text, []).append(s)
     group.text = max(wordings, key=lambda t: (len(wordings[t]), max(wordings[t])))
-    group.claims = _claims(group.text)
+    group.claims = sentence_claims(group.text)
 
 
 def _section_counts(cases: list[SourceCase]) -> dict[tuple[str, str], tuple]:
@@ -362,70 +337,14 @@ def _median_words(cases: list[SourceCase], section: str) -> float:
     return float(np.median(lengths)) if lengths else math.inf
 
 
-def _terms(text: str) -> frozenset[str]:
-    words = normalize_for_metrics(text).split()
-    return frozenset(w for w in words if w not in _IGNORED and any(c.isalpha() for c in w))
-
-
-def _claims(text: str) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
-    """``(terms asserted present, term sets asserted absent)`` of a sentence.
-
-    Clauses are cut at ",;:", "but"/"however"... and before "no"/"without"; a negated
-    clause's scope runs forward until "but"/"however"..., and it denies each of its
-    "and"/"or" phrases: "Small effusion and no pneumothorax or consolidation." asserts
-    {effusion}, denies {pneumothorax} and {consolidation}. Whether a clause is negated is
-    decided by :func:`medcm.text.is_negated` (so "no change" denies nothing).
-    """
-    if not is_negated(text):
-        return _terms(text), ()
-    parts = _CLAUSE.split(text)
-    present: set[str] = set()
-    absent: list[frozenset[str]] = []
-    in_scope = False
-    for i in range(0, len(parts), 2):
-        clause = parts[i]
-        if i and parts[i - 1].strip().lower() in _SCOPE_END:
-            in_scope = False
-        in_scope = in_scope or is_negated(clause)
-        if in_scope:
-            absent.extend(t for t in map(_terms, _PHRASE.split(clause)) if t)
-        else:
-            present |= _terms(clause)
-    return frozenset(present), tuple(absent)
-
-
-def _contradicts(a: _Group, b: _Group, max_extra: int) -> bool:
-    """One asserts what the other denies: one term set contains the other, give or take at
-    most ``max_extra`` non-site words (more means a different statement)."""
-    def same(x: frozenset[str], y: frozenset[str]) -> bool:
-        small, large = sorted((x, y), key=len)
-        return bool(small) and small <= large and len(large - small - _LOCATION) <= max_extra
-
-    (a_pos, a_neg), (b_pos, b_neg) = a.claims, b.claims
-    return any(same(a_pos, n) for n in b_neg) or any(same(b_pos, n) for n in a_neg)
-
-
 def _alternatives(a: _Group, b: _Group, max_extra: int) -> bool:
-    """The same positive finding at another site or degree ("Large left pleural effusion." vs
-    "Moderate right pleural effusion."), written by different cases: the query has one of them.
-
-    Sentences that one source case wrote together (a bilateral finding described side by side)
-    are not alternatives.
+    """The same positive finding at another site or degree, written by different cases: the
+    query has one of them. Sentences that one source case wrote together (a bilateral finding
+    described side by side) are not alternatives.
     """
-    if a.section != b.section or a.claims[1] or b.claims[1]:
+    if a.section != b.section or {p.case_id for p in a.sources} & {p.case_id for p in b.sources}:
         return False
-    if {p.case_id for p in a.sources} & {p.case_id for p in b.sources}:
-        return False
-    if _site_and_degree(a.text) == _site_and_degree(b.text):
-        return False  # same site and degree: different statements, e.g. "No change in the nodule." / "Nodule."
-    small, large = sorted((a.claims[0] - _LOCATION, b.claims[0] - _LOCATION), key=len)
-    return bool(small) and small <= large and len(large - small) <= max_extra
-
-
-@functools.lru_cache(maxsize=65536)  # called for every pair of candidate sentences
-def _site_and_degree(text: str) -> tuple[frozenset[str], frozenset[str]]:
-    words = set(normalize_for_metrics(text).split())
-    return frozenset(words & _LOCATION), frozenset(words & _DEGREE)
+    return same_finding_elsewhere(a.claims, b.claims, a.text, b.text, max_extra)
 
 
 def _resolve_contradictions(groups: list[_Group], config: DraftConfig,
@@ -435,7 +354,7 @@ def _resolve_contradictions(groups: list[_Group], config: DraftConfig,
     kept: list[_Group] = []
     dropped: list[DroppedSentence] = []  # the order drops happen in
     for g in sorted(groups, key=lambda g: (-g.evidence, -g.score, g.first)):
-        rival = next((k for k in kept if _contradicts(k, g, config.max_extra_terms)), None)
+        rival = next((k for k in kept if claims_contradict(k.claims, g.claims, config.max_extra_terms)), None)
         other = None if rival else next((k for k in kept if _alternatives(k, g, config.max_extra_terms)), None)
         if rival is not None:
             dropped.append(DroppedSentence(
