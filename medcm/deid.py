@@ -1,0 +1,325 @@
+"""De-identify DICOM datasets (PS3.15 Annex E Basic Profile) and scrub free-text reports.
+
+`deidentify` applies the Basic Application Level Confidentiality Profile with the
+Retain Longitudinal Temporal Information Modified Dates option (dates shifted by a
+per-patient offset) and the Retain Patient Characteristics option (sex, age, size
+and weight kept: models need them and the profile deems them non-identifying).
+Pseudonyms, date shifts and UIDs are all keyed with HMAC-SHA256 over a site secret,
+so they are stable per patient/UID across runs and cannot be reversed without the key.
+
+`ACTIONS` lists the attributes handled explicitly; on top of it every private tag is
+removed, every non-standard UID remapped and every DA/DT value shifted, recursively.
+Attributes outside the table are kept (a strict profile would also drop non-IOD ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+__all__ = ["ACTIONS", "BurnedInAnnotationError", "DeidConfig", "DeidResult", "deidentify", "identifiers_of",
+           "scrub_report"]
+
+X, Z, D = "X", "Z", "D"  # PS3.15 action codes: remove, zero-length, dummy (here: the pseudonym)
+ACTIONS: dict[str, str] = {
+    # Patient identity (PatientSex/Age/Size/Weight kept: Retain Patient Characteristics option)
+    "PatientName": D, "PatientID": D, "IssuerOfPatientID": X, "IssuerOfPatientIDQualifiersSequence": X,
+    "OtherPatientIDs": X, "OtherPatientIDsSequence": X, "OtherPatientNames": X, "PatientBirthName": X,
+    "PatientMotherBirthName": X, "PatientBirthDate": Z, "PatientBirthTime": X, "PatientAddress": X,
+    "PatientTelephoneNumbers": X, "PatientTelecomInformation": X, "EthnicGroup": X, "Occupation": X,
+    "AdditionalPatientHistory": X, "PatientComments": X, "MedicalRecordLocator": X, "MilitaryRank": X,
+    "BranchOfService": X, "CountryOfResidence": X, "RegionOfResidence": X, "PatientReligiousPreference": X,
+    "PatientInsurancePlanCodeSequence": X, "ResponsiblePerson": X, "ResponsibleOrganization": X,
+    "MedicalAlerts": X, "Allergies": X, "LastMenstrualDate": X, "ReferencedPatientSequence": X,
+    # Institution
+    "InstitutionName": X, "InstitutionAddress": X, "InstitutionalDepartmentName": X, "InstitutionCodeSequence": X,
+    # Staff
+    "ReferringPhysicianName": Z, "ReferringPhysicianAddress": X, "ReferringPhysicianTelephoneNumbers": X,
+    "ReferringPhysicianIdentificationSequence": X, "PerformingPhysicianName": X,
+    "PerformingPhysicianIdentificationSequence": X, "NameOfPhysiciansReadingStudy": X,
+    "PhysiciansReadingStudyIdentificationSequence": X, "RequestingPhysician": X, "OperatorsName": X,
+    "OperatorIdentificationSequence": X, "PhysiciansOfRecord": X, "PhysiciansOfRecordIdentificationSequence": X,
+    "ScheduledPerformingPhysicianName": X, "PersonName": X, "ContentCreatorName": Z, "VerifyingObserverName": X,
+    # Equipment
+    "StationName": X, "DeviceSerialNumber": X, "DetectorID": X, "GantryID": X, "PlateID": X, "CassetteID": X,
+    # Study / visit identifiers
+    "AccessionNumber": Z, "StudyID": Z, "RequestedProcedureID": X, "AdmissionID": X,
+    "IssuerOfAdmissionIDSequence": X, "PerformedProcedureStepID": X, "ScheduledProcedureStepID": X,
+    "ReferencedStudySequence": X, "ReferencedPerformedProcedureStepSequence": X,
+    # Free text and content that may carry identifiers
+    "StudyDescription": X, "SeriesDescription": X, "ProtocolName": X, "ImageComments": X, "StudyComments": X,
+    "RequestAttributesSequence": X, "ContentSequence": X, "AcquisitionComments": X, "FrameComments": X,
+    "RequestedProcedureComments": X, "ImagingServiceRequestComments": X, "VisitComments": X,
+    "ReasonForTheRequestedProcedure": X, "ReasonForStudy": X, "PerformedProcedureStepDescription": X,
+    "DerivationDescription": X, "TextValue": X, "TextString": X, "IconImageSequence": X,
+    "OriginalAttributesSequence": X, "ModifiedAttributesSequence": X,
+}
+# UI attributes naming classes/syntaxes/schemes rather than instances: remapping would break decoding.
+_KEEP_UIDS = frozenset({
+    "SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
+    "ImplementationClassUID", "ReferencedSOPClassUIDInFile", "ReferencedTransferSyntaxUIDInFile",
+    "CodingSchemeUID", "ContextGroupExtensionCreatorUID", "MappingResourceUID", "PrivateInformationCreatorUID",
+})
+_DICOM_UID_ROOT = "1.2.840.10008."  # standard (well-known) UIDs identify nothing
+_METHOD = "medcm PS3.15 Basic Profile; dates shifted; UIDs remapped"
+_CODES = (("113100", "Basic Application Confidentiality Profile"),
+          ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+          ("113108", "Retain Patient Characteristics Option"))
+
+
+class BurnedInAnnotationError(ValueError):
+    """The image declares burned-in annotation, which header de-identification cannot remove."""
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """Settings for `deidentify`.
+
+    Attributes:
+        key: Site secret keying every HMAC; at least 16 bytes. Keep it out of the case store.
+        uid_root: Prefix of generated UIDs ("2.25." = UUID-derived, no registered root needed).
+        max_date_shift_days: Dates move back by 1..this many days, per patient.
+        refuse_burned_in: Raise on BurnedInAnnotation == "YES" instead of returning a flagged result.
+    """
+
+    key: bytes
+    uid_root: str = "2.25."
+    max_date_shift_days: int = 365
+    refuse_burned_in: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, bytes) or len(self.key) < 16:
+            got = f"{len(self.key)} bytes" if isinstance(self.key, bytes) else type(self.key).__name__
+            raise ValueError(f"DeidConfig.key must be at least 16 bytes, got {got}")
+        if not re.fullmatch(r"(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*))*\.", self.uid_root) or len(self.uid_root) > 40:
+            raise ValueError(f"DeidConfig.uid_root must be a UID prefix ending in '.', <= 40 chars, got {self.uid_root!r}")
+        if self.max_date_shift_days < 1:
+            raise ValueError(f"DeidConfig.max_date_shift_days must be >= 1, got {self.max_date_shift_days}")
+
+
+@dataclass
+class DeidResult:
+    """Outcome of `deidentify`.
+
+    Attributes:
+        dataset: The new de-identified dataset (the input is not modified).
+        pseudonym: "ANON-" + 12 hex digits; the new PatientID and PatientName.
+        date_shift_days: Days added to every date (negative).
+        burned_in: BurnedInAnnotation was "YES": pixels may still show identifiers.
+        removed: Keywords (or private tags) removed or emptied.
+        replaced: Keywords whose values were replaced (pseudonym, shifted dates, remapped UIDs).
+    """
+
+    dataset: Dataset
+    pseudonym: str
+    date_shift_days: int
+    burned_in: bool
+    removed: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+
+
+def _mac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _new_uid(config: DeidConfig, uid: str) -> str:
+    # 128 bits, as 2.25 requires; other roots are cut to fit the 64-char UID limit.
+    n = int.from_bytes(_mac(config.key, "uid:" + uid)[:16], "big") % 10 ** min(39, 64 - len(config.uid_root))
+    return f"{config.uid_root}{n}"
+
+
+def _shift_date(value: str, days: int) -> str:
+    """Shift a DA (or the date part of a DT); values we cannot parse are emptied, never kept."""
+    text = str(value).strip()
+    if len(text) < 8 or not text[:8].isdigit():
+        return ""
+    try:
+        day = dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])) + dt.timedelta(days=days)
+    except ValueError:
+        return ""
+    return day.strftime("%Y%m%d") + text[8:]
+
+
+class _Walker:
+    def __init__(self, config: DeidConfig, pseudonym: str, shift: int) -> None:
+        self.config, self.pseudonym, self.shift = config, pseudonym, shift
+        self.removed: set[str] = set()
+        self.replaced: set[str] = set()
+
+    @staticmethod
+    def _map(fn: Callable[[str], str], value: object) -> object:  # per value of a multi-valued element
+        if isinstance(value, (MultiValue, list)):
+            return [fn(v) for v in value]
+        return fn(value)
+
+    def clean(self, ds: Dataset) -> None:
+        for tag in list(ds.keys()):
+            elem = ds[tag]
+            name = elem.keyword or str(elem.tag)
+            action = ACTIONS.get(elem.keyword)
+            # Private tags and retired curve/overlay-comment groups hide free text: drop them all.
+            if elem.tag.is_private or 0x5000 <= elem.tag.group <= 0x50FF or (
+                    0x6000 <= elem.tag.group <= 0x60FF and elem.tag.element == 0x4000):
+                del ds[tag]
+                self.removed.add(name)
+            elif action == X:
+                del ds[tag]
+                self.removed.add(name)
+            elif action == Z:
+                elem.value = [] if elem.VR == "SQ" else ""
+                self.removed.add(name)
+            elif action == D:
+                elem.value = self.pseudonym
+                self.replaced.add(name)
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    self.clean(item)
+            elif elem.VR == "UI" and elem.keyword not in _KEEP_UIDS and elem.value:
+                elem.value = self._map(self.uid, elem.value)
+                self.replaced.add(name)
+            elif elem.VR in ("DA", "DT") and elem.value:
+                elem.value = self._map(lambda v: _shift_date(v, self.shift), elem.value)
+                self.replaced.add(name)
+            # TM is kept: a whole-day shift leaves times of day unchanged.
+
+    def uid(self, value: str) -> str:
+        value = str(value)
+        return value if value.startswith(_DICOM_UID_ROOT) else _new_uid(self.config, value)
+
+
+def deidentify(ds: Dataset, config: DeidConfig) -> DeidResult:
+    """Return a de-identified copy of ``ds`` (PS3.15 Basic Profile, modified dates, remapped UIDs).
+
+    Args:
+        ds: The dataset to de-identify; it is not modified.
+        config: Key and options.
+
+    Returns:
+        The new dataset, its pseudonym and date shift, the burned-in flag and the changed keywords.
+
+    Raises:
+        BurnedInAnnotationError: If BurnedInAnnotation is "YES" and ``config.refuse_burned_in``.
+        TypeError: If ``ds`` is not a pydicom Dataset.
+    """
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"deidentify expects a pydicom Dataset, got {type(ds).__name__}")
+    burned_in = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+    if burned_in and config.refuse_burned_in:
+        raise BurnedInAnnotationError(
+            f"SOPInstanceUID {ds.get('SOPInstanceUID', '<missing>')}: BurnedInAnnotation is YES; "
+            "pixels may show identifiers (set refuse_burned_in=False to flag for review instead)")
+    # Without a PatientID we cannot link studies; the study UID keeps each such study its own patient.
+    patient = str(ds.get("PatientID", "") or "").strip() or "study:" + str(ds.get("StudyInstanceUID", ""))
+    digest = hmac.new(config.key, patient.encode("utf-8"), hashlib.sha256).hexdigest()
+    pseudonym = "ANON-" + digest[:12]
+    shift = -(1 + int(digest[12:28], 16) % config.max_date_shift_days)  # disjoint bits from the pseudonym
+
+    out = copy.deepcopy(ds)
+    walker = _Walker(config, pseudonym, shift)
+    walker.clean(out)
+    for kw in ("PatientName", "PatientID"):  # always present, even if the input lacked them
+        setattr(out, kw, pseudonym)
+    meta = getattr(out, "file_meta", None)
+    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+        meta.MediaStorageSOPInstanceUID = walker.uid(meta.MediaStorageSOPInstanceUID)
+        walker.replaced.add("MediaStorageSOPInstanceUID")
+    out.PatientIdentityRemoved = "YES"
+    out.LongitudinalTemporalInformationModified = "MODIFIED"
+    out.DeidentificationMethod = _METHOD
+    codes = []
+    for value, meaning in _CODES:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        codes.append(item)
+    out.DeidentificationMethodCodeSequence = Sequence(codes)
+    return DeidResult(out, pseudonym, shift, burned_in, sorted(walker.removed), sorted(walker.replaced))
+
+
+_IDENTIFYING = ("PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "StudyID", "AdmissionID",
+                "RequestedProcedureID", "MedicalRecordLocator", "InstitutionName", "InstitutionAddress",
+                "InstitutionalDepartmentName", "PatientAddress", "PatientTelephoneNumbers", "StationName",
+                "DeviceSerialNumber")
+_HONORIFICS = frozenset({"DR", "MR", "MRS", "MS", "MD", "PHD", "JR", "SR", "PROF", "MISS"})
+
+
+def identifiers_of(ds: Dataset) -> list[str]:
+    """Collect the identifying strings of a dataset, to pass to `scrub_report` as ``known``.
+
+    Args:
+        ds: A dataset (before de-identification).
+
+    Returns:
+        Person-name parts (of every PN attribute, nested ones included) and the values of
+        identifying attributes, deduplicated, each at least 2 characters.
+    """
+    found: list[str] = []
+
+    def visit(item: Dataset) -> None:
+        for elem in item:
+            if elem.VR == "SQ":
+                for sub in elem.value:
+                    visit(sub)
+            elif elem.VR == "PN" and elem.value:
+                names = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+                for name in names:  # parts alone: reports say "Mr Smith", not "SMITH^JOHN"
+                    found.extend(p for p in re.split(r"[\^=,\s]+", str(name)) if p.strip(".").upper() not in _HONORIFICS)
+            elif elem.keyword in _IDENTIFYING and elem.value:
+                values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+                found.extend(str(v).strip() for v in values)
+
+    visit(ds)
+    return list(dict.fromkeys(s for s in found if len(s) >= 2))
+
+
+_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_DATES = re.compile(
+    r"\b(?:\d{1,2}[/.-]\d{1,2}[/.-](?:\d{4}|\d{2})"              # 12/03/2021, 12-3-21
+    r"|\d{4}[/.-]\d{1,2}[/.-]\d{1,2}"                              # 2021-03-12
+    r"|(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"     # 20210312
+    rf"|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"          # March 12, 2021
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH},?\s+\d{{4}})\b",      # 12 Mar 2021
+    re.IGNORECASE)
+_PHONE = re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}\b")
+# A label then a value with a digit: "MRN: A12345", "accession # 77-12", "ID 4711".
+_LABELLED_ID = re.compile(
+    r"\b((?:MRN|ID|acc(?:ession)?|record|patient\s+number)\.?(?:\s*(?:no\.?|number|#))?\s*[:#]?\s*)"
+    r"([A-Z0-9][A-Z0-9-]*\d[A-Z0-9-]*)\b", re.IGNORECASE)
+_DIGIT_RUN = re.compile(r"\b\d{6,}\b")
+
+
+def scrub_report(text: str, known: Iterable[str] = ()) -> str:
+    """Replace identifiers in free-text report with placeholders.
+
+    Dates become [DATE], e-mail addresses [EMAIL], phone numbers [PHONE], record-like numbers
+    (6+ digits, or a value after MRN/ID/accession) [ID], and each ``known`` string (whole
+    words, case-insensitive) [NAME] ([ID] if it contains a digit). Measurements ("3.2 cm")
+    and anatomical labels ("T2", "C5-C6", "L4") are left alone.
+
+    Args:
+        text: The report.
+        known: Identifiers of this patient/study, e.g. from `identifiers_of`; strings shorter
+            than 2 characters are ignored (an initial would erase every "a").
+
+    Returns:
+        The scrubbed text.
+    """
+    text = _EMAIL.sub("[EMAIL]", text)  # first: an address contains names and digits
+    text = _DATES.sub("[DATE]", text)
+    text = _PHONE.sub("[PHONE]", text)
+    words = sorted({k.strip() for k in known if len(k.strip()) >= 2}, key=len, reverse=True)
+    if words:  # one pass, longest first, never inside a placeholder: a known "NAME" must not hit "[NAME]"
+        pattern = re.compile(rf"(?<![\w\[])(?:{'|'.join(map(re.escape, words))})(?![\w\]])", re.IGNORECASE)
+        text = pattern.sub(lambda m: "[ID]" if any(c.isdigit() for c in m.group()) else "[NAME]", text)
+    text = _LABELLED_ID.sub(lambda m: m.group(1) + "[ID]", text)
+    return _DIGIT_RUN.sub("[ID]", text)
