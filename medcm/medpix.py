@@ -83,13 +83,17 @@ def read_medpix(folder: str | Path) -> list[ManifestRecord]:
     return records
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+
+
 def _read_json_list(path: Path) -> list[Any]:
     if not path.is_file():
         raise FileNotFoundError(f"MedPix file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    data = _read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
@@ -99,10 +103,7 @@ def _read_splits(path: Path) -> dict[str, str]:
     """Case id → split; the halves of a split (`train_1`, `train_2`) are ignored when the whole is there."""
     if not path.is_file():
         return {}
-    try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    splits = _read_json(path)
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
         raise ValueError(f"{path}: expected an object of split name → list of case ids")
     split_of: dict[str, str] = {}

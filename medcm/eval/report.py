@@ -117,18 +117,17 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
+    import io
+
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
         fig.tight_layout()
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_atomic(path, buffer.getvalue())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
