@@ -1,4 +1,4 @@
-"""The case store's tables: patients, studies, series, instances, reports, embeddings, audit events.
+"""The case store's tables: patients, studies, series, instances, reports, embeddings, audit events, users.
 
 Every change to these classes needs a migration in `db/migrations/versions/`; the test suite compares
 the models with the migrated schema and fails on any difference.
@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -41,6 +42,8 @@ NAMING_CONVENTION = {
 STUDY_STATUSES = ("new", "drafted", "signed")
 REPORT_STATUSES = ("draft", "signed")
 EMBEDDING_KINDS = ("image", "report")
+# viewer: reads; clinician: also ingests, drafts, edits, signs, exports; admin: reads, audit trail, accounts.
+USER_ROLES = ("viewer", "clinician", "admin")
 
 
 def utcnow() -> datetime:
@@ -211,13 +214,31 @@ class Event(Base):
     detail_json: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class User(Base):
+    """An account of the review app: a unique name, a role and a password hash (see `db.accounts`).
+
+    Accounts are disabled, never deleted: the audit trail keeps naming them.
+    """
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in("role", USER_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 def _stored_status(report: Report) -> str | None:
     history = inspect(report).attrs.status.history
     return (list(history.deleted) + list(history.unchanged) + [None])[0]
 
 
 # Invariants, a last line of defence under the store's own logic: a signed version is a legal
-# record, and the audit trail is append-only.
+# record, and the audit trail is append-only (migration 0002 also makes the database itself refuse
+# UPDATE and DELETE on `events`, for writers that bypass the ORM).
 @event.listens_for(Report, "before_update")
 def _signed_is_final(_mapper: Any, _connection: Any, report: Report) -> None:
     changed = any(attr.history.has_changes() for attr in inspect(report).attrs)

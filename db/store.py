@@ -18,9 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
-from db import _rows, _views
+from db import _rows, _views, accounts
 from db._rows import check_json, check_text, latest_report, sections_of, study_or_error
 from db._views import report_view
+from db.accounts import UserView
 from db.engine import WRITE_OPTION, make_engine, migrate
 from db.models import (
     STUDY_STATUSES,
@@ -31,6 +32,7 @@ from db.models import (
     Report,
     Series,
     Study,
+    User,
     utcnow,
 )
 from db.records import (
@@ -56,6 +58,7 @@ __all__ = [
     "ReportView",
     "StoreError",
     "StudyView",
+    "UserView",
 ]
 
 
@@ -153,7 +156,8 @@ class CaseStore:
         return IngestSummary(added, skipped, added_reports, added_embeddings)
 
     def save_draft(
-        self, study_uid: str, text: str, sections: Sequence[tuple[str, str]], author: str, source: str = "draft"
+        self, study_uid: str, text: str, sections: Sequence[tuple[str, str]], author: str, source: str = "draft",
+        user: str | None = None,
     ) -> ReportView:
         """Save a draft: update the latest version in place if it is a draft, else add a draft version.
 
@@ -164,6 +168,8 @@ class CaseStore:
             author: who (or which model) wrote it.
             source: "draft" (generated) or "edit" (a person's edit), or another label; recorded on
                 the version and as the event kind ("draft" for "draft", otherwise "edit").
+            user: who asked for it, recorded in the audit trail (default: `author`); e.g. the
+                clinician who had the model write a draft whose author is the model.
 
         Returns:
             The saved draft version.
@@ -175,6 +181,7 @@ class CaseStore:
         pairs = sections_of("save_draft sections", sections)
         check_text("save_draft author", author)
         check_text("save_draft source", source)
+        user = author if user is None else check_text("save_draft user", user)
         with self._session(write=True) as s:
             study = study_or_error(s, study_uid)
             latest = latest_report(s, study)
@@ -186,7 +193,7 @@ class CaseStore:
             study.status = "drafted"
             s.flush()
             detail = {"version": report.version, "report_id": report.id, "action": action, "source": source}
-            _rows.log(s, "draft" if source == "draft" else "edit", author, study_uid, detail)
+            _rows.log(s, "draft" if source == "draft" else "edit", user, study_uid, detail)
             return report_view(report, study_uid)
 
     def sign_report(self, study_uid: str, text: str, sections: Sequence[tuple[str, str]], signer: str) -> ReportView:
@@ -396,8 +403,9 @@ class CaseStore:
             ).one()
         return f"{count}:{newest.isoformat() if newest is not None else '-'}"
 
-    def events(self, study_uid: str | None = None, kind: str | None = None, limit: int = 1000) -> list[dict]:
-        """Audit events, newest first.
+    def events(self, study_uid: str | None = None, kind: str | None = None, limit: int = 1000,
+               user: str | None = None) -> list[dict]:
+        """Audit events, newest first, optionally only those of one study, kind or user.
 
         Returns:
             Dicts with id, time (aware UTC datetime), kind, user, study_uid, detail.
@@ -412,9 +420,94 @@ class CaseStore:
                 query = query.where(Event.study_uid == study_uid)
             if kind is not None:
                 query = query.where(Event.kind == kind)
+            if user is not None:
+                query = query.where(Event.user == user)
             rows = s.scalars(query.order_by(Event.time.desc(), Event.id.desc()).limit(limit))
             return [
                 {"id": e.id, "time": e.time, "kind": e.kind, "user": e.user, "study_uid": e.study_uid,
                  "detail": e.detail_json}
                 for e in rows
             ]
+
+    # ---------------------------------------------------------------- accounts
+    def add_user(self, name: str, role: str, password: str, actor: str = "system") -> UserView:
+        """Create an account (password hashed with scrypt); records a "user" event by `actor`.
+
+        Raises:
+            StoreError: an invalid name, role or password (under 8 characters), or a name in use.
+        """
+        accounts.check_name(name)
+        accounts.check_role(role)
+        check_text("add_user actor", actor)
+        encoded = accounts.hash_password(password)  # outside the transaction: the KDF takes a while
+        with self._session(write=True) as s:
+            if s.scalar(select(User.id).where(User.name == name)) is not None:
+                raise StoreError(f"user {name!r}: already exists; expected a new name (or use set_password)")
+            user = User(name=name, role=role, password_hash=encoded, disabled=False)
+            s.add(user)
+            s.flush()
+            _rows.log(s, "user", actor, None, {"action": "add", "name": name, "role": role})
+            return _user_view(user)
+
+    def set_password(self, name: str, password: str, actor: str = "system") -> None:
+        """Replace an account's password; records a "user" event (never the password).
+
+        Raises:
+            StoreError: unknown user, or an invalid password.
+        """
+        encoded = accounts.hash_password(password)
+        self._change_user(name, actor, {"action": "password"}, password_hash=encoded)
+
+    def set_role(self, name: str, role: str, actor: str = "system") -> None:
+        """Change an account's role; records a "user" event.
+
+        Raises:
+            StoreError: unknown user or role.
+        """
+        self._change_user(name, actor, {"action": "role", "role": accounts.check_role(role)}, role=role)
+
+    def set_disabled(self, name: str, disabled: bool = True, actor: str = "system") -> None:
+        """Disable (or enable again) an account: a disabled one cannot log in; records a "user" event.
+
+        Raises:
+            StoreError: unknown user.
+        """
+        self._change_user(name, actor, {"action": "disable" if disabled else "enable"}, disabled=bool(disabled))
+
+    def _change_user(self, name: str, actor: str, detail: dict, **values: object) -> None:
+        check_text("user change actor", actor)
+        with self._session(write=True) as s:
+            user = s.scalar(select(User).where(User.name == name))
+            if user is None:
+                raise StoreError(f"user {name!r}: no such account; expected one of `medcm users list`")
+            for key, value in values.items():
+                setattr(user, key, value)
+            _rows.log(s, "user", actor, None, {**detail, "name": name})
+
+    def users(self) -> list[UserView]:
+        """Every account, by name (disabled ones included)."""
+        with self._session() as s:
+            return [_user_view(u) for u in s.scalars(select(User).order_by(User.name))]
+
+    def user_role(self, name: str | None) -> str | None:
+        """The role of an enabled account; None for no name, an unknown name or a disabled account."""
+        if not name:
+            return None
+        with self._session() as s:
+            row = s.execute(select(User.role, User.disabled).where(User.name == name)).first()
+        return None if row is None or row.disabled else row.role
+
+    def authenticate(self, name: str, password: str) -> str | None:
+        """The role of the enabled account `name` if `password` is its password, else None.
+
+        Costs one scrypt computation whether or not the name exists, so the time taken does not
+        reveal which names are accounts; the hashes are compared in constant time.
+        """
+        with self._session() as s:
+            row = s.execute(select(User.role, User.disabled, User.password_hash).where(User.name == name)).first()
+        ok = accounts.verify_password(password, row.password_hash if row else accounts.dummy_hash())
+        return row.role if ok and row is not None and not row.disabled else None
+
+
+def _user_view(user: User) -> UserView:
+    return UserView(name=user.name, role=user.role, created_at=user.created_at, disabled=user.disabled)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from db import _rows
 from db.engine import alembic_config
-from db.models import Base, Report
+from db.models import Base, Event, Report
 from db.store import (
     CaseStore,
     EmbeddingInput,
@@ -466,3 +466,67 @@ def test_instance_hashes_report_only_stored_instances(filled):
     assert set(stored) == {"1.1", "1.2"}
     assert stored["1.1"] == filled.get_study(STUDY_A).instances[0].content_sha256
     assert filled.instance_hashes([]) == {}
+
+
+# --------------------------------------------------------------- accounts
+def test_accounts_authenticate_by_role_and_disabled_ones_cannot(store):
+    store.add_user("dr.a", "clinician", "correct horse", actor="cli")
+    store.add_user("boss", "admin", "battery staple")
+    assert store.authenticate("dr.a", "correct horse") == "clinician"
+    assert store.authenticate("dr.a", "wrong password") is None
+    assert store.authenticate("nobody", "correct horse") is None
+    assert (store.user_role("dr.a"), store.user_role("nobody"), store.user_role(None)) == ("clinician", None, None)
+    store.set_password("dr.a", "a new secret")
+    assert store.authenticate("dr.a", "correct horse") is None and store.authenticate("dr.a", "a new secret")
+    store.set_role("dr.a", "viewer")
+    store.set_disabled("boss")
+    assert store.authenticate("boss", "battery staple") is None and store.user_role("boss") is None
+    assert [(u.name, u.role, u.disabled) for u in store.users()] == [("boss", "admin", True), ("dr.a", "viewer", False)]
+    assert store.users()[0].created_at.tzinfo == timezone.utc
+    trail = store.events(kind="user")
+    assert [e["detail"]["action"] for e in trail] == ["disable", "role", "password", "add", "add"]
+    assert trail[-1]["user"] == "cli" and trail[-1]["detail"] == {"action": "add", "name": "dr.a", "role": "clinician"}
+    assert all("secret" not in str(e["detail"]) and "horse" not in str(e["detail"]) for e in trail)
+
+
+def test_accounts_refuse_bad_names_roles_passwords_and_duplicates(store):
+    store.add_user("dr.a", "clinician", "long enough")
+    for args, message in [(("dr.a", "viewer", "long enough"), "already exists"),
+                          (("dr b", "viewer", "long enough"), "user name"),
+                          (("", "viewer", "long enough"), "user name"),
+                          (("dr.c", "surgeon", "long enough"), "role 'surgeon'"),
+                          (("dr.c", "viewer", "short"), "got 5 characters, expected 8")]:
+        with pytest.raises(StoreError, match=message):
+            store.add_user(*args)
+    with pytest.raises(StoreError, match="no such account"):
+        store.set_password("nobody", "long enough")
+    with pytest.raises(StoreError, match="role"):
+        store.set_role("dr.a", "root")
+    assert [u.name for u in store.users()] == ["dr.a"]
+
+
+def test_the_database_refuses_a_role_outside_the_check(store):
+    with pytest.raises(Exception, match="(?i)check"), store._engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (name, role, password_hash, created_at, disabled)"
+                          " VALUES ('x', 'root', 'h', '2020-01-01 00:00:00', false)"))
+
+
+def test_a_draft_requested_by_a_person_is_logged_as_theirs(filled):
+    report = filled.save_draft(STUDY_A, "draft", [], author="medcm-draft", user="dr.a")
+    assert report.author == "medcm-draft"
+    (event,) = filled.events(kind="draft")
+    assert event["user"] == "dr.a" and filled.events(user="dr.a") == [event]
+
+
+def test_the_audit_trail_cannot_be_changed_even_with_raw_sql(filled):
+    filled.log_event("view", "dr.c", STUDY_A)
+    before = filled.events()
+    for sql in ("UPDATE events SET kind = 'tampered'", "DELETE FROM events",
+                f"UPDATE events SET \"user\" = 'someone else' WHERE id = {before[0]['id']}"):
+        with pytest.raises(Exception, match="append-only"), filled._engine.begin() as conn:
+            conn.execute(text(sql))
+    with Session(filled._engine) as s, s.begin():
+        s.delete(s.scalars(select(Event)).first())
+        with pytest.raises(StoreError, match="append-only"):
+            s.flush()
+    assert filled.events() == before
