@@ -62,6 +62,7 @@ _HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL"})
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # single-frame SC: a valid IOD with few requirements
 _MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 _MAX_ZIP_MEMBER = 2**31  # bytes; refuse larger members rather than exhaust memory
+MAX_IMAGE_PIXELS = 2**28  # rows*columns*frames*samples; larger declared images are refused before decoding
 
 
 class DicomReadError(Exception):
@@ -256,6 +257,16 @@ def _check_pixel_data(ds: pydicom.Dataset, label: str) -> None:
     missing = [kw for kw in ("Rows", "Columns", "BitsAllocated") if ds.get(kw) in (None, "")]
     if missing:
         raise DicomReadError(label, f"missing required image attribute(s): {', '.join(missing)}")
+    # Before any decoding: a 1 KB JPEG may declare 60000x60000, and decoders allocate what is declared.
+    rows, columns, frames = int(ds.Rows), int(ds.Columns), _frames(ds)
+    samples = max(1, int(ds.get("SamplesPerPixel") or 1))
+    size = f"{rows}×{columns}×{frames}" + (f"×{samples} samples" if samples > 1 else "")
+    if rows <= 0 or columns <= 0:
+        raise DicomReadError(label, f"declared image size {size} has no pixels; expected Rows and Columns >= 1")
+    pixels = rows * columns * frames * samples
+    if pixels > MAX_IMAGE_PIXELS:
+        raise DicomReadError(label, f"declared image size {size} ({pixels:.2g} pixels) is over the "
+                                    f"{MAX_IMAGE_PIXELS}-pixel limit; expected a real image")
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
     if ts in UncompressedTransferSyntaxes:  # deflate is undone at read time, so it counts
         expected, got = _expected_bytes(ds), len(ds.PixelData)
@@ -537,16 +548,25 @@ def _iter_zip(archive: Path) -> Iterator[DicomImage | DicomReadError]:
     except (OSError, zipfile.BadZipFile) as exc:
         yield _chained(DicomReadError(str(archive), f"not a readable zip archive: {exc}"), exc)
         return
+    # Imported here: one definition of a safe member, shared with the upload checks (stdlib only).
+    from medcm.limits import zip_member_problem
+
     with zf:
-        members = [m for m in zf.infolist() if not m.is_dir() and not _skip(m.filename)]
+        members = [m for m in zf.infolist() if not m.is_dir()]
         for member in sorted(members, key=lambda m: m.filename):
             label = f"{archive}:{member.filename}"
+            problem = zip_member_problem(member)  # before _skip, which hides "../x" as a dot-entry
+            if problem:
+                yield DicomReadError(label, problem)
+                continue
+            if _skip(member.filename):
+                continue
             if member.file_size > _MAX_ZIP_MEMBER:
                 yield DicomReadError(label, f"zip member is {member.file_size} bytes, over the {_MAX_ZIP_MEMBER} limit")
                 continue
             try:
                 data = zf.read(member)
-            except Exception as exc:  # corrupt member: CRC error, bad compression ...
+            except Exception as exc:  # noqa: BLE001 - reported per member: CRC error, bad compression ...
                 yield _chained(DicomReadError(label, f"cannot extract zip member: {exc}"), exc)
                 continue
             yield _attempt(data, label, f"{archive}:{posixpath.dirname(member.filename)}")
