@@ -27,7 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 __all__ = ["ACTIONS", "BurnedInAnnotationError", "DeidConfig", "DeidResult", "deidentify", "identifiers_of",
-           "scrub_report"]
+           "pseudonymous_uid", "scrub_report"]
 
 X, Z, D = "X", "Z", "D"  # PS3.15 action codes: remove, zero-length, dummy (here: the pseudonym)
 ACTIONS: dict[str, str] = {
@@ -131,6 +131,15 @@ def _mac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
 
 
+def pseudonymous_uid(uid: str, config: DeidConfig) -> str:
+    """The UID `deidentify` gives `uid` under `config` (the same every time; standard UIDs are kept).
+
+    Lets a caller find a de-identified study from the UID it had before, e.g. to attach its report.
+    """
+    uid = str(uid)
+    return uid if uid.startswith(_DICOM_UID_ROOT) else _new_uid(config, uid)
+
+
 def _new_uid(config: DeidConfig, uid: str) -> str:
     # 128 bits, as 2.25 requires; other roots are cut to fit the 64-char UID limit.
     n = int.from_bytes(_mac(config.key, "uid:" + uid)[:16], "big") % 10 ** min(39, 64 - len(config.uid_root))
@@ -168,10 +177,7 @@ class _Walker:
             action = ACTIONS.get(elem.keyword)
             # Private tags and retired curve/overlay-comment groups hide free text: drop them all.
             if elem.tag.is_private or 0x5000 <= elem.tag.group <= 0x50FF or (
-                    0x6000 <= elem.tag.group <= 0x60FF and elem.tag.element == 0x4000):
-                del ds[tag]
-                self.removed.add(name)
-            elif action == X:
+                    0x6000 <= elem.tag.group <= 0x60FF and elem.tag.element == 0x4000) or action == X:
                 del ds[tag]
                 self.removed.add(name)
             elif action == Z:
@@ -192,8 +198,7 @@ class _Walker:
             # TM is kept: a whole-day shift leaves times of day unchanged.
 
     def uid(self, value: str) -> str:
-        value = str(value)
-        return value if value.startswith(_DICOM_UID_ROOT) else _new_uid(self.config, value)
+        return pseudonymous_uid(value, self.config)
 
 
 def deidentify(ds: Dataset, config: DeidConfig) -> DeidResult:

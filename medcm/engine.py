@@ -11,10 +11,11 @@ The library does not import the case store: the engine takes any object with the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,11 +24,13 @@ import numpy as np
 import torch
 
 from medcm.checkpoint import Checkpoint, load_checkpoint
+from medcm.deid import DeidConfig, pseudonymous_uid
+from medcm.deid_files import deidentify_images
 from medcm.dicom import DicomImage, DicomReadError, iter_dicom
 from medcm.draft import Draft, DraftConfig, SourceCase, draft_findings
 from medcm.index import Hit, VectorIndex
 from medcm.preprocess import prepare_image, resize_and_pad, select_frame
-from medcm.records import EmbeddingRecord, ReportRecord, instance_record
+from medcm.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
 from medcm.runtime import select_device
 from medcm.text import report_text_for_training, split_sections
 
@@ -37,6 +40,7 @@ IMAGE, REPORT = "image", "report"
 PREVIEW_SIZE = 256
 _STAMP_FILE = "store_stamp.txt"
 _BATCH = 32
+INGEST_CHUNK_IMAGES = 64  # images per store transaction during ingest (whole studies)
 
 
 class CaseStoreLike(Protocol):
@@ -88,6 +92,8 @@ class IngestResult:
     added_reports: int
     added_embeddings: int
     errors: tuple[DicomReadError, ...] = field(default_factory=tuple)
+    study_uids: dict[str, str] = field(default_factory=dict)  # UID in the files → UID stored (de-identified)
+    burned_in: tuple[str, ...] = ()  # stored SOPInstanceUIDs whose pixels may show identifiers: review them
 
 
 def render_preview(pixels: np.ndarray, size: int = PREVIEW_SIZE) -> bytes:
@@ -123,6 +129,10 @@ class Engine:
         checkpoint: a checkpoint or run folder; None allows ingest without embeddings only.
         index_dir: where vector indexes persist; default: beside a SQLite database file
             (`cases.db` → `cases.db.index/`), otherwise in memory (rebuilt from the store at start).
+        deid: de-identify on ingest with these settings (the command line and the app always pass
+            one unless told `--no-deid`); None stores files as they are.
+        files_dir: where de-identified copies are written; default: beside a SQLite database file
+            (`cases.db` → `cases.db.files/`); required with `deid` for other databases.
         device: "cpu", "cuda"...; default CUDA when present.
         draft_config: drafting settings.
     """
@@ -134,8 +144,12 @@ class Engine:
         index_dir: str | Path | None = None,
         device: str | None = None,
         draft_config: DraftConfig = DraftConfig(),
+        deid: DeidConfig | None = None,
+        files_dir: str | Path | None = None,
     ) -> None:
         self.store = store
+        self.deid = deid
+        self.files_dir = Path(files_dir) if files_dir else default_files_dir(store.url)
         self.device = select_device(device)
         self.checkpoint: Checkpoint | None = load_checkpoint(checkpoint, self.device) if checkpoint else None
         self.index_dir = Path(index_dir) if index_dir else _default_index_dir(store.url)
@@ -186,12 +200,15 @@ class Engine:
     ) -> IngestResult:
         """Read DICOM under `paths` and store it, with previews, reports and (given a model) embeddings.
 
-        Everything readable is written in one store transaction; unreadable files are returned as
-        errors and written nowhere.
+        With de-identification on (`deid`), what is stored are de-identified copies written under
+        `files_dir` and scrubbed reports; the originals are never referenced. Studies go to the store
+        a few at a time (`INGEST_CHUNK_IMAGES` images), one transaction each: an ingest that is killed
+        keeps the studies it finished, loses none half-written, and a retry adds only the rest.
+        Unreadable or refused files are returned as errors and written nowhere.
 
         Args:
             paths: files, folders or zips.
-            reports: study UID → report text, e.g. from a manifest.
+            reports: study UID (as in the files) → report text, e.g. from a manifest.
             default_report: report for studies not in `reports` (e.g. `--report FILE` for one study).
                 Without either, a `report.txt` in the folder of a study's first file is used.
             user: recorded in the audit trail.
@@ -199,24 +216,44 @@ class Engine:
         images, errors = read_images(paths)
         images, missing_uid = _with_instance_uids(images)
         errors += missing_uid
-        studies = tuple(dict.fromkeys(image.meta.study_uid for image in images))
+        texts = _study_reports(images, reports or {}, default_report)
+        uid_map = {image.meta.study_uid: image.meta.study_uid for image in images}
+        flagged: tuple[str, ...] = ()
+        if self.deid is not None:
+            batch = deidentify_images(images, texts, self.deid, self._require_files_dir())
+            images, texts, uid_map, flagged = batch.images, batch.reports, batch.study_uids, tuple(batch.burned_in)
+            errors += batch.errors
+        counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
+        for chunk in _study_chunks(images, INGEST_CHUNK_IMAGES):
+            for key, value in self._ingest_chunk(chunk, texts, set(flagged), user).items():
+                counts[key] += value
+        return IngestResult(studies=tuple(dict.fromkeys(image.meta.study_uid for image in images)),
+                            errors=tuple(errors), study_uids=uid_map, burned_in=flagged, **counts)
+
+    def _ingest_chunk(self, images: list[DicomImage], texts: Mapping[str, str], flagged: set[str],
+                      user: str) -> dict[str, int]:
+        """Store whole studies in one transaction; their counts by `IngestResult` field."""
         fresh, already_stored = self._split_stored(images)
-        texts = self._new_reports(_study_reports(images, reports or {}, default_report))
-        summary = None
-        if fresh or texts:
-            records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in texts.items()]
-            embeddings = self._ingest_embeddings(fresh, texts) if self.checkpoint else []
-            instances = [instance_record(image, render_preview(image.pixels)) for image in fresh]
-            summary = self.store.ingest(instances, records, embeddings, user=user)
-            self._indexes.clear()  # the store changed: reload or rebuild on the next search
-        return IngestResult(
-            studies=studies,
-            added_instances=summary.added_instances if summary else 0,
-            skipped_instances=already_stored + (summary.skipped_instances if summary else 0),
-            added_reports=summary.added_reports if summary else 0,
-            added_embeddings=summary.added_embeddings if summary else 0,
-            errors=tuple(errors),
-        )
+        own = dict.fromkeys(image.meta.study_uid for image in images)
+        new_texts = self._new_reports({uid: texts[uid] for uid in own if uid in texts})
+        counts = {"added_instances": 0, "skipped_instances": already_stored, "added_reports": 0, "added_embeddings": 0}
+        if not (fresh or new_texts):
+            return counts
+        records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in new_texts.items()]
+        embeddings = self._ingest_embeddings(fresh, new_texts) if self.checkpoint else []
+        instances = [_flag_burned_in(instance_record(image, render_preview(image.pixels)), flagged) for image in fresh]
+        summary = self.store.ingest(instances, records, embeddings, user=user)
+        self._indexes.clear()  # the store changed: reload or rebuild on the next search
+        counts["skipped_instances"] += summary.skipped_instances
+        for key in ("added_instances", "added_reports", "added_embeddings"):
+            counts[key] = getattr(summary, key)
+        return counts
+
+    def _require_files_dir(self) -> Path:
+        if self.files_dir is None:
+            raise ValueError("de-identified copies need a folder: pass files_dir (--files DIR) for a database "
+                             "that is not a SQLite file")
+        return self.files_dir
 
     def _split_stored(self, images: list[DicomImage]) -> tuple[list[DicomImage], int]:
         """Images the store does not hold yet, and how many it already holds byte for byte.
@@ -307,9 +344,16 @@ class Engine:
     def _similar_cases(
         self, query: np.ndarray, images: list[DicomImage], k: int, filters: Mapping[str, str] | None
     ) -> list[SimilarCase]:
-        own = {image.meta.study_uid for image in images}
+        own = self._own_studies(images)
         hits = self.index(REPORT).search(query, k=k, filters=_clean_filters(filters), exclude=own)
         return [self._similar_case(hit) for hit in hits]
+
+    def _own_studies(self, images: list[DicomImage]) -> set[str]:
+        """The query's studies as the store may know them: their UIDs, and their de-identified UIDs."""
+        own = {image.meta.study_uid for image in images}
+        if self.deid is not None:  # a query read from the original files of a stored (de-identified) study
+            own |= {pseudonymous_uid(uid, self.deid) for uid in own}
+        return own
 
     def _similar_case(self, hit: Hit) -> SimilarCase:
         report = self.store.latest_report(hit.key)
@@ -326,7 +370,7 @@ class Engine:
     ) -> list[ImageMatch]:
         """Stored images most like the query study (image → images), one per study, best first."""
         query = self.study_embedding(images)
-        own = {image.meta.study_uid for image in images}
+        own = self._own_studies(images)
         hits = self.index(IMAGE).search(query, k=k + len(own), filters=_clean_filters(filters), group_by="study_uid")
         return [_image_match(hit) for hit in hits if hit.meta.get("study_uid") not in own][:k]
 
@@ -364,6 +408,12 @@ def sqlite_file(url: str) -> Path | None:
     return None
 
 
+def default_files_dir(url: str) -> Path | None:
+    """`sqlite:///x/cases.db` → `x/cases.db.files`; None for other databases."""
+    file = sqlite_file(url)
+    return file.with_name(file.name + ".files") if file else None
+
+
 def _default_index_dir(url: str) -> Path | None:
     """`sqlite:///x/cases.db` → `x/cases.db.index`; other databases keep indexes in memory."""
     file = sqlite_file(url)
@@ -383,6 +433,27 @@ def _image_match(hit: Hit) -> ImageMatch:
         modality=hit.meta.get("modality", ""),
         body_part=hit.meta.get("body_part", ""),
     )
+
+
+def _study_chunks(images: list[DicomImage], max_images: int) -> Iterator[list[DicomImage]]:
+    """Images in groups of whole studies, each of about `max_images` (a larger study is one group)."""
+    studies: dict[str, list[DicomImage]] = {}
+    for image in images:
+        studies.setdefault(image.meta.study_uid, []).append(image)
+    chunk: list[DicomImage] = []
+    for study in studies.values():
+        if chunk and len(chunk) + len(study) > max_images:
+            yield chunk
+            chunk = []
+        chunk.extend(study)
+    if chunk:
+        yield chunk
+
+
+def _flag_burned_in(record: InstanceRecord, flagged: set[str]) -> InstanceRecord:
+    if record.sop_instance_uid not in flagged:
+        return record
+    return dataclasses.replace(record, metadata={**record.metadata, "burned_in_annotation": True})
 
 
 def _with_instance_uids(images: list[DicomImage]) -> tuple[list[DicomImage], list[DicomReadError]]:

@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import unicodedata
 import uuid
 from collections.abc import Sequence
@@ -96,7 +98,8 @@ def import_records(engine: Engine, records: Sequence[ManifestRecord], files_dir:
         engine: the engine over the target store.
         records: cases, e.g. from `medcm.data.read_dataset`.
         files_dir: where converted PNG/JPEG images are written (`<case>/<n>.dcm`); the store keeps
-            their paths, so this folder must stay where it is.
+            their paths, so this folder must stay where it is. With the engine de-identifying, the
+            converted images are only staged here and the store keeps the engine's copies.
         user: recorded in the audit trail.
         progress: show a progress bar over the cases.
 
@@ -114,8 +117,15 @@ def import_records(engine: Engine, records: Sequence[ManifestRecord], files_dir:
 
         bar = tqdm(total=len(records), desc="importing", unit="case")
     for start in range(0, len(records), BATCH_CASES):
-        cases = [_prepare_case(record, files_dir) for record in records[start : start + BATCH_CASES]]
-        _ingest_batch(engine, cases, user, totals)
+        # With de-identification on, the converted images still carry the manifest's patient ids:
+        # they live in a hidden staging folder only until the engine has written its copies.
+        staging = files_dir if engine.deid is None else _staging_folder(files_dir)
+        try:
+            cases = [_prepare_case(record, staging) for record in records[start : start + BATCH_CASES]]
+            _ingest_batch(engine, cases, user, totals)
+        finally:
+            if staging != files_dir:
+                shutil.rmtree(staging, ignore_errors=True)
         if bar is not None:
             bar.update(len(cases))
     if bar is not None:
@@ -123,6 +133,11 @@ def import_records(engine: Engine, records: Sequence[ManifestRecord], files_dir:
     studies = {uid for uids in totals.case_studies.values() for uid in uids}
     return ImportResult(cases=len(totals.case_studies), studies=len(studies), **totals.counts,
                         errors=tuple(totals.errors), case_studies=totals.case_studies)
+
+
+def _staging_folder(files_dir: Path) -> Path:
+    files_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=files_dir, prefix=".import-"))
 
 
 def _prepare_case(record: ManifestRecord, files_dir: Path) -> _Case:
@@ -270,7 +285,7 @@ def _ingest_batch(engine: Engine, cases: list[_Case], user: str, totals: _Totals
     totals.errors += [str(error) for error in result.errors]
     failed = {error.path for error in result.errors}
     for case in cases:
-        studies = tuple(dict.fromkeys(s for p, s in case.files.items() if p not in failed))
+        studies = tuple(dict.fromkeys(result.study_uids.get(s, s) for p, s in case.files.items() if p not in failed))
         if studies:
             totals.case_studies[case.case_id] = studies
 
@@ -285,12 +300,16 @@ def add_import_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="the manifest file or the MedPix folder")
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--checkpoint", help="model to embed images and reports with (omit to store without embeddings)")
-    p.add_argument("--files", help="folder for the converted PNG/JPEG images (default: beside a SQLite file, "
-                   "cases.db → cases.db.files/; required for other databases)")
+    p.add_argument("--files", help="folder for the stored images: de-identified copies, or converted PNG/JPEG "
+                   "with --no-deid (default: beside a SQLite file, cases.db → cases.db.files/; required for "
+                   "other databases)")
     p.add_argument("--split", help="import only the cases of this split (default: all)")
     p.add_argument("--user", default="import", help="name recorded in the audit trail (default: import)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (for --checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from medcm.deid_files import add_deid_options
+
+    add_deid_options(p, files_option=False)  # --files above also holds the de-identified copies
     p.set_defaults(handler=run_import)
 
 

@@ -239,7 +239,17 @@ def test_command_line_prints_a_summary_and_errors(tmp_path, capsys):
                    "0 embedding(s); 1 error(s)\n")
     assert err.startswith(f"error: {tmp_path / 'data' / 'images' / 'c1b.jpg'}: cannot read image")
     assert len(err.splitlines()) == 1
-    assert (tmp_path / "db" / "cases.db.files" / "c1" / "1.dcm").is_file()  # default: beside the database
+    files = tmp_path / "db" / "cases.db.files"  # default: beside the database
+    stored = sorted(files.glob("2.25.*/*.dcm"))  # de-identified copies, one folder per (new) study UID
+    assert len(stored) == 3 and not (files / "c1").exists()  # the converted originals were only staged
+    assert not [p for p in files.iterdir() if p.name.startswith(".")]
+    assert len(bytes.fromhex((tmp_path / "db" / "cases.db.deid-key").read_text())) == 32
+
+    args = _parser().parse_args(["import", "manifest", str(manifest), "--db", str(tmp_path / "raw.db"), "--quiet",
+                                 "--no-deid"])
+    assert args.handler(args) == 0
+    assert (tmp_path / "raw.db.files" / "c1" / "1.dcm").is_file()  # --no-deid: the converted files are stored
+    capsys.readouterr()
 
     args = _parser().parse_args(["import", "manifest", str(manifest), "--db", str(db), "--split", "train", "--quiet"])
     assert run_import(args) == 0  # everything already stored is still a success

@@ -7,6 +7,7 @@ cleans its own temporary files, and the same file uploaded twice is one file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -18,10 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from gradio import utils as gradio_utils
 
 from db.store import CaseStore, InstanceView
+from medcm.deid_files import read_source
 from medcm.dicom import WINDOW_PRESETS, DicomImage, DicomReadError, read_instance
 from medcm.engine import Engine, IngestResult
+from medcm.limits import UploadLimits, UploadRejected, check_upload
 from ui.errors import one_line, user_error
 
 DEFAULT_PRESET = "default"
@@ -72,31 +76,70 @@ def save_uploads(files: Sequence[str | Path] | str | Path | None, upload_dir: Pa
     Raises:
         gr.Error: nothing was uploaded.
     """
+    return {str(content_address(path, upload_dir)): Path(path).name for path in upload_paths(files)}
+
+
+def upload_paths(files: Sequence[str | Path] | str | Path | None) -> list[str]:
+    """The uploaded files as a list of paths.
+
+    Raises:
+        gr.Error: nothing was uploaded.
+    """
     if files is None or (not isinstance(files, (str, Path)) and not files):
         raise user_error("no file uploaded: choose one or more DICOM files or a .zip of a study")
-    paths = [files] if isinstance(files, (str, Path)) else list(files)
-    return {str(content_address(path, upload_dir)): Path(path).name for path in paths}
+    return [str(files)] if isinstance(files, (str, Path)) else [str(path) for path in files]
 
 
 def ingest_upload(engine: Engine, files: Sequence[str | Path] | str | Path | None, upload_dir: Path,
-                  user: str) -> tuple[str, list[str]]:
-    """Save and ingest an upload; its first study joins the worklist ("new" until drafted or signed).
+                  user: str, limits: UploadLimits = UploadLimits()) -> tuple[str, list[str]]:
+    """Check, save and ingest an upload; its first study joins the worklist ("new" until drafted or signed).
+
+    The whole upload is refused, and nothing stored, when it breaks `limits` (size, file count, zip
+    bombs, paths leaving the archive, links). With de-identification on (`engine.deid`), only the
+    engine's de-identified copies are kept; otherwise content-addressed copies in `upload_dir`.
+    Either way Gradio's temporary copies of the upload are deleted once it is ingested or refused.
 
     Returns:
-        The first study's UID and one warning line per unreadable file or extra study.
+        The first study's UID (as stored) and one warning line per unreadable file or extra study.
 
     Raises:
-        gr.Error: no readable DICOM image in the upload.
+        gr.Error: the upload breaks a limit, or holds no readable DICOM image.
     """
-    names = save_uploads(files, upload_dir)
-    result: IngestResult = engine.ingest(list(names), user=user.strip() or "clinician")
+    paths = upload_paths(files)
+    try:
+        names = {path: Path(path).name for path in paths}
+        try:
+            check_upload(paths, limits, names)
+        except UploadRejected as err:
+            raise user_error(f"upload refused, nothing stored: {err}") from None
+        if engine.deid is None:
+            names = save_uploads(paths, upload_dir)
+        result: IngestResult = engine.ingest(list(names), user=user.strip() or "clinician")
+    finally:
+        remove_upload_copies(paths)
     notes = [_error_line(err, names) for err in result.errors]
+    if result.burned_in:
+        notes.append(f"{len(result.burned_in)} image(s) declare burned-in annotation: check them for names "
+                     "before using this study")
     if not result.studies:
         detail = f": {notes[0]}" if notes else ""
         raise user_error(f"no readable DICOM image in the upload{detail}")
     if len(result.studies) > 1:
         notes.append(f"the upload holds {len(result.studies)} studies; showing the first, all are in the worklist")
     return result.studies[0], notes
+
+
+def remove_upload_copies(paths: Sequence[str]) -> None:
+    """Delete Gradio's temporary copies of uploaded files (they hold patient data); other paths are kept."""
+    cache = Path(gradio_utils.get_upload_folder()).resolve()
+    for path in paths:
+        file = Path(path).resolve()
+        if cache not in file.parents:
+            continue  # e.g. a script passing a file of its own: not ours to delete
+        file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # Gradio keeps each upload in a folder of its own
+            if file.parent != cache:
+                file.parent.rmdir()
 
 
 def _error_line(err: DicomReadError, names: dict[str, str]) -> str:
@@ -151,15 +194,9 @@ def read_ref(ref: ImageRef, window: tuple[float, float] | None = None) -> DicomI
     Raises:
         DicomReadError: the file is gone or unreadable.
     """
-    match = _ZIP_MEMBER.match(ref.path)
-    if match is None:
+    if _ZIP_MEMBER.match(ref.path) is None:
         return read_instance(ref.path, window=window)
-    try:
-        with zipfile.ZipFile(match["archive"]) as archive:
-            data = archive.read(match["member"])
-    except (OSError, KeyError, zipfile.BadZipFile) as err:
-        raise DicomReadError(ref.path, f"cannot read the zip member: {err}") from err
-    return read_instance(data, name=ref.path, window=window)
+    return read_instance(read_source(ref.path), name=ref.path, window=window)
 
 
 def read_study(study: ReviewStudy) -> list[DicomImage]:
