@@ -1,8 +1,8 @@
 """A clinician's path through the review app in a real browser: Playwright driving Debian's Chromium.
 
-Upload a DICOM study, wait for the similar cases and the draft, edit the draft, sign it, then check the
-case store. Skips where Chromium or Playwright is missing (CI installs both; Playwright never downloads
-a browser here).
+Log in on Gradio's login page, upload a DICOM study, wait for the similar cases and the draft, edit the
+draft, sign it, then check the case store: the signer is the logged-in account. Skips where Chromium or
+Playwright is missing (CI installs both; Playwright never downloads a browser here).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from medcm.engine import read_images
 
 CHROMIUM = Path("/usr/bin/chromium")
+LOGIN = ("dr.browser", "browser-password")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -28,7 +29,8 @@ def served(synthetic_manifest, trained_run, tmp_path_factory):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from db.store import CaseStore
     from medcm.engine import Engine
-    from ui.app import build_app
+    from ui.app import LAUNCH_OPTIONS, build_app
+    from ui.auth import make_auth
 
     root = tmp_path_factory.mktemp("browser")
     pool = root / "pool"
@@ -37,8 +39,10 @@ def served(synthetic_manifest, trained_run, tmp_path_factory):
     store = CaseStore(f"sqlite:///{root / 'cases.db'}")
     engine = Engine(store, checkpoint=trained_run.best_dir.parent, device="cpu")
     engine.ingest([pool])
+    store.add_user(LOGIN[0], "clinician", LOGIN[1])
     app = build_app(engine, store, upload_dir=root / "uploads")
-    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+               auth=make_auth(store), **LAUNCH_OPTIONS)
     yield app, store, root
     app.close()
 
@@ -51,6 +55,10 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
         try:
             page = browser.new_page()
             page.goto(app.local_url)
+            page.get_by_label("Username").fill(LOGIN[0])
+            page.get_by_label("Password").fill(LOGIN[1])
+            page.get_by_role("button", name="Login").click()
+            playwright_api.expect(page.locator("#login")).to_contain_text(f"Logged in as {LOGIN[0]}", timeout=60_000)
             page.locator("#upload input[type=file]").set_input_files(str(query))
             draft = page.locator("#draft-text textarea")
             playwright_api.expect(draft).to_have_value(re.compile(r"^FINDINGS:"), timeout=120_000)
@@ -58,7 +66,6 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
             playwright_api.expect(page.locator("#draft-marker")).to_contain_text("UNVERIFIED")
             edited = draft.input_value() + " Reviewed against prior studies."
             draft.fill(edited)
-            page.locator("#signer input, #signer textarea").first.fill("Dr. Browser Test")
             page.locator("#sign").click()
             playwright_api.expect(page.locator("#signed-status")).to_contain_text("Signed", timeout=60_000)
             page.screenshot(path=str(root / "signed.png"), full_page=True)
@@ -66,5 +73,6 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
             browser.close()
     study_uid = read_images([query])[0][0].meta.study_uid
     versions = store.report_versions(study_uid)
-    assert [(v.status, v.signed_by, v.text) for v in versions] == [("signed", "Dr. Browser Test", edited)]
+    assert [(v.status, v.signed_by, v.text) for v in versions] == [("signed", LOGIN[0], edited)]
     assert store.get_study(study_uid).status == "signed"
+    assert store.events(kind="login", user=LOGIN[0]) and store.events(kind="sign")[0]["user"] == LOGIN[0]

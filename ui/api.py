@@ -2,7 +2,8 @@
 
 They need no UI state: each one that takes a DICOM file saves and ingests it exactly as an upload
 in the browser does, then answers in JSON-ready dicts (see `ui.app` for the exact contract).
-The helpers `draft_study` and `sign_study` are shared with the browser handlers.
+Each one acts as the logged-in account of its `gr.Request` and checks that account's role first
+(`ui.auth`). The helpers `draft_study` and `sign_study` are shared with the browser handlers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from medcm.dicom import DicomImage
 from medcm.draft import Draft
 from medcm.engine import Engine, SimilarCase
 from medcm.text import split_sections
+from ui.auth import Login, log_view, require
 from ui.errors import readable_errors, user_error
 from ui.study import ingest_upload, load_study, read_study
 
@@ -36,22 +38,25 @@ def check_k(k: float | int | None, default: int = 5) -> int:
     return int(k)
 
 
-def draft_study(engine: Engine, store: CaseStore, study_uid: str, images: list[DicomImage]) -> Draft:
+def draft_study(engine: Engine, store: CaseStore, study_uid: str, images: list[DicomImage], user: str) -> Draft:
     """Draft findings for a study and keep the draft in the store, so the worklist shows "drafted".
 
     The draft is saved only over nothing or over an earlier machine draft: a person's edit and a
-    signed report are never replaced (signing later adds a new version as usual).
+    signed report are never replaced (signing later adds a new version as usual). The saved
+    version's author is `DRAFT_AUTHOR` (the model wrote the text); its "draft" audit event names
+    `user`, the person who asked for it.
     """
     draft = engine.draft(images)
     latest = store.latest_report(study_uid)
     text = draft.text()
     if text and (latest is None or (latest.status == "draft" and latest.source == "draft")):
-        store.save_draft(study_uid, text, list(split_sections(text).sections), author=DRAFT_AUTHOR, source="draft")
+        store.save_draft(study_uid, text, list(split_sections(text).sections), author=DRAFT_AUTHOR, source="draft",
+                         user=user)
     return draft
 
 
 def sign_study(engine: Engine, study_uid: str | None, text: str | None, signer: str | None) -> ReportView:
-    """Sign a study's final report after checking the three inputs.
+    """Sign a study's final report after checking the three inputs; `signer` is the logged-in name.
 
     Raises:
         gr.Error: no study, empty text or no signer (the store's own errors pass through).
@@ -61,7 +66,7 @@ def sign_study(engine: Engine, study_uid: str | None, text: str | None, signer: 
     if not (text or "").strip():
         raise user_error("the report is empty: write the findings before signing")
     if not (signer or "").strip():
-        raise user_error("enter the signer's name before signing")
+        raise user_error("no signer: log in before signing")
     return engine.sign(study_uid.strip(), text.strip(), signer.strip())
 
 
@@ -97,39 +102,47 @@ class Endpoints:
         self.engine, self.store = engine, store
         self.upload_dir = Path(upload_dir).resolve()  # stored file locations must not depend on the cwd
 
-    def _ingest(self, dicom_file: str | None, progress: gr.Progress) -> tuple[str, list[DicomImage]]:
+    def _ingest(self, dicom_file: str | None, login: Login, progress: gr.Progress) -> tuple[str, list[DicomImage]]:
         progress(0.1, desc="storing the upload")
-        study_uid, _notes = ingest_upload(self.engine, dicom_file, self.upload_dir, user="api")
+        study_uid, _notes = ingest_upload(self.engine, dicom_file, self.upload_dir, user=login.name)
         progress(0.5, desc="reading the study")
         return study_uid, read_study(load_study(self.store, study_uid))
 
     @readable_errors
-    def search(self, dicom_file: str | None, k: float = 5, progress: gr.Progress = gr.Progress()) -> list[dict]:
-        """Similar past cases of a DICOM file or .zip (ingested first), best first."""
+    def search(self, dicom_file: str | None, k: float, request: gr.Request,
+               progress: gr.Progress = gr.Progress()) -> list[dict]:
+        """Similar past cases of a DICOM file or .zip (ingested first), best first (clinicians)."""
+        login = require(self.store, request, "ingest")
         count = check_k(k)
-        _, images = self._ingest(dicom_file, progress)
+        study_uid, images = self._ingest(dicom_file, login, progress)
         progress(0.8, desc="searching similar cases")
-        return [case_json(case) for case in self.engine.similar_cases(images, k=count)]
+        cases = self.engine.similar_cases(images, k=count)
+        log_view(self.store, login, study_uid, "api /search", [c.study_uid for c in cases])
+        return [case_json(case) for case in cases]
 
     @readable_errors
-    def draft(self, dicom_file: str | None, progress: gr.Progress = gr.Progress()) -> dict:
-        """An unverified draft of the findings of a DICOM file or .zip (ingested first)."""
-        study_uid, images = self._ingest(dicom_file, progress)
+    def draft(self, dicom_file: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:
+        """An unverified draft of the findings of a DICOM file or .zip (ingested first; clinicians)."""
+        login = require(self.store, request, "draft")
+        study_uid, images = self._ingest(dicom_file, login, progress)
         progress(0.7, desc="drafting from similar cases")
-        return draft_json(study_uid, draft_study(self.engine, self.store, study_uid, images))
+        return draft_json(study_uid, draft_study(self.engine, self.store, study_uid, images, login.name))
 
     @readable_errors
-    def sign(self, study_uid: str | None, text: str | None, signer: str | None) -> dict:
-        """Sign a stored study's final report; returns the signed version."""
-        return report_json(sign_study(self.engine, study_uid, text, signer))
+    def sign(self, study_uid: str | None, text: str | None, request: gr.Request) -> dict:
+        """Sign a stored study's final report as the logged-in clinician; returns the signed version."""
+        login = require(self.store, request, "sign")
+        return report_json(sign_study(self.engine, study_uid, text, login.name))
 
     @readable_errors
-    def search_text(self, query: str | None, k: float = 5) -> list[dict]:
+    def search_text(self, query: str | None, k: float, request: gr.Request) -> list[dict]:
         """Stored studies whose images match a phrase, best first, with their latest reports."""
+        login = require(self.store, request, "read")
         count = check_k(k)
         if not (query or "").strip():
             raise user_error("text search: type a phrase such as 'pleural effusion'")
         matches = self.engine.search_text(query.strip(), k=count)
+        log_view(self.store, login, None, "api /search_text", [m.study_uid for m in matches])
         out = []
         for m in matches:
             report = self.store.latest_report(m.study_uid)

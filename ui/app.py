@@ -1,23 +1,30 @@
 """The browser review app: upload a study, compare similar cases, edit the draft findings, sign.
 
 `build_app(engine, store, upload_dir=...)` returns a `gr.Blocks`; nothing is loaded or launched at
-import. Launch it bound to the local machine, with the options of `LAUNCH_OPTIONS`::
+import. Launch it bound to the local machine, with the options of `LAUNCH_OPTIONS` and the store's
+login check (`ui.auth.make_auth`)::
 
     app = build_app(engine, store, upload_dir=Path("cases.db.uploads"))
-    app.launch(server_name="127.0.0.1", **LAUNCH_OPTIONS)
+    app.launch(server_name="127.0.0.1", auth=make_auth(store), **LAUNCH_OPTIONS)
 
-Scripting API (gradio_client; every other event is private to the page). Pass files with
-`gradio_client.handle_file(path)` and `Client(url, analytics_enabled=False)` (the client's
-telemetry is on by default). A refused request raises `gradio_client.exceptions.AppError` whose
-`message` is one readable line, e.g. "the report is empty: write the findings before signing".
+Every page and every call needs a login; each handler acts as the logged-in account and checks its
+role (viewer: read; clinician: also upload, draft, edit, sign; admin: read and the Audit tab).
+Launched without `auth`, every event is refused ("not logged in").
 
-`/search` (dicom_file, k=5) -> list[dict]
+Scripting API (gradio_client; every other event is private to the page). Log in with
+`Client(url, auth=(name, password), analytics_enabled=False)` (the client's telemetry is on by
+default) and pass files with `gradio_client.handle_file(path)`. A refused request raises
+`gradio_client.exceptions.AppError` whose `message` is one readable line, e.g. "the report is
+empty: write the findings before signing" or "role viewer may not sign reports (logged in as
+dr.v); that needs the clinician role".
+
+`/search` (dicom_file, k=5) -> list[dict]  (clinician)
     dicom_file: a DICOM file or a .zip of a study; it is saved and ingested like a browser upload
     (its first study joins the worklist). k: 1..50.
     Returns the k most similar past cases, best first:
     `[{"study_uid": str, "score": float, "report": str, "modality": str, "body_part": str}]`.
 
-`/draft` (dicom_file) -> dict
+`/draft` (dicom_file) -> dict  (clinician)
     Ingests the file as `/search` does and drafts the findings from the 5 most similar cases.
     Returns `{"study_uid": str, "text": str, "verified": false, "source_cases": [str],
     "sentences": [{"text": str, "section": "FINDINGS" | "IMPRESSION", "score": float,
@@ -25,13 +32,13 @@ telemetry is on by default). A refused request raises `gradio_client.exceptions.
     The draft is also saved in the store (status "drafted") unless the study already has a signed
     report or a person's edit.
 
-`/sign` (study_uid, text, signer) -> dict
-    Signs the study's final report (a signed study gets an amendment: a new version) and adds it to
-    the retrieval pool at once. Returns `{"report_id": int, "study_uid": str, "version": int,
-    "status": "signed", "signed_by": str, "signed_at": ISO-8601 UTC str}`.
-    Empty text, an empty signer or an unknown study is refused.
+`/sign` (study_uid, text) -> dict  (clinician)
+    Signs the study's final report as the logged-in account (a signed study gets an amendment: a
+    new version) and adds it to the retrieval pool at once. Returns `{"report_id": int,
+    "study_uid": str, "version": int, "status": "signed", "signed_by": <login name>,
+    "signed_at": ISO-8601 UTC str}`. Empty text or an unknown study is refused.
 
-`/search_text` (query, k=5) -> list[dict]
+`/search_text` (query, k=5) -> list[dict]  (any role)
     Stored studies whose images match a phrase, best first: `[{"study_uid", "sop_instance_uid",
     "score", "modality", "body_part", "report"}]`.
 """
@@ -46,8 +53,9 @@ import gradio as gr
 from db.store import CaseStore
 from medcm.engine import Engine
 from ui.api import MAX_K, Endpoints
-from ui.handlers import COMPARE_HINT, DRAFT_MARKER, REVIEW_TAB, TOP_K, Handlers
-from ui.render import MATCH_HEADERS, PROVENANCE_HEADERS, SIMILAR_HEADERS, WORKLIST_HEADERS, table
+from ui.handlers import AUDIT_KINDS, COMPARE_HINT, DRAFT_MARKER, REVIEW_TAB, TOP_K, Handlers
+from ui.render import (AUDIT_HEADERS, MATCH_HEADERS, PROVENANCE_HEADERS, SIMILAR_HEADERS, USER_HEADERS,
+                       WORKLIST_HEADERS, table)
 from ui.study import DEFAULT_PRESET, PRESETS
 
 TITLE = "medcm review"
@@ -69,7 +77,7 @@ LAUNCH_OPTIONS: dict[str, Any] = {"share": False, "footer_links": ["api"], "run_
 
 def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
               demo_notice: str | None = None) -> gr.Blocks:
-    """The review app for one engine and store.
+    """The review app for one engine and store; launch it with `auth=ui.auth.make_auth(store)`.
 
     Args:
         engine: a loaded `Engine` (with a checkpoint).
@@ -87,14 +95,18 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
         if demo_notice:
             gr.Markdown(f"**⚠ {demo_notice}**", elem_id="demo-notice")
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        login = gr.Markdown(elem_id="login")
         with gr.Tabs() as tabs:
             with gr.Tab("Review", id=REVIEW_TAB):
                 review = _review_tab(handlers)
                 review["tabs"] = tabs
             with gr.Tab("Worklist", id="worklist"):
                 worklist = _worklist_tab(handlers, review)
+            with gr.Tab("Audit", id="audit", visible=False) as audit:
+                _audit_tab(handlers)
         _api(endpoints)
-        app.load(handlers.on_worklist, None, worklist, **PRIVATE)
+        clinical = [review["files"], review["redraft"], review["save"], review["sign"], review["draft"]]
+        app.load(handlers.on_load, None, [login, worklist, audit, *clinical], **PRIVATE)
     return app
 
 
@@ -120,8 +132,6 @@ def _review_tab(h: Handlers) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=1):
             c["files"] = gr.File(label="DICOM files or a .zip of one study", file_count="multiple", elem_id="upload")
-            c["signer"] = gr.Textbox(label="Your name (recorded when you sign)", placeholder="Dr. A. Reader",
-                                     elem_id="signer")
             c["preset"] = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Window / level", elem_id="window-preset")
             c["instance"] = gr.Dropdown(choices=[], label="Series / instance", visible=False, elem_id="instance")
             c["frame"] = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="frame")
@@ -156,8 +166,9 @@ def _draft_section(c: dict[str, Any]) -> None:
     with gr.Row():
         c["source_report"] = gr.Markdown(latex_delimiters=[], elem_id="source-report")
         c["source_image"] = _picture("Best source case", "source-image")
-    gr.Markdown("## Sign")
+    gr.Markdown("## Save or sign (as the logged-in clinician)")
     with gr.Row():
+        c["save"] = gr.Button("Save draft", elem_id="save-draft")
         c["sign"] = gr.Button("Sign report", variant="primary", elem_id="sign")
         c["signed"] = gr.Markdown(elem_id="signed-status")
 
@@ -169,7 +180,7 @@ def _wire_review(h: Handlers, c: dict[str, Any]) -> None:
     similar = ([c["study"]], [c["cases"], c["gallery"], c["similar"]])
     draft = ([c["study"]], [c["sentences"], c["draft"], c["provenance"], c["marker"]])
     c["shown"], c["load_similar"], c["load_draft"] = shown, similar, draft
-    c["uploaded"] = (c["files"].upload(h.on_upload, [c["files"], c["signer"], c["preset"]], shown,
+    c["uploaded"] = (c["files"].upload(h.on_upload, [c["files"], c["preset"]], shown,
                                        **PRIVATE, **ENGINE_QUEUE)
                      .success(h.on_similar, *similar, **PRIVATE, **ENGINE_QUEUE)
                      .success(h.on_draft, *draft, **PRIVATE, **ENGINE_QUEUE))
@@ -214,15 +225,28 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
     (open_button.click(h.open_study, [picked, review["preset"]], review["shown"], **PRIVATE)
      .success(h.show_review, None, review["tabs"], **PRIVATE)
      .success(h.on_similar, *review["load_similar"], **PRIVATE, **ENGINE_QUEUE)
-     .success(h.on_draft, *review["load_draft"], **PRIVATE, **ENGINE_QUEUE)
+     .success(h.on_open_draft, *review["load_draft"], **PRIVATE, **ENGINE_QUEUE)
      .then(h.on_worklist, None, worklist, **PRIVATE))
-    review["sign"].click(h.on_sign, [review["study"], review["draft"], review["signer"]],
-                         [review["signed"], worklist], **PRIVATE, **ENGINE_QUEUE)
+    review["save"].click(h.on_save, [review["study"], review["draft"]], [review["signed"], worklist], **PRIVATE)
+    review["sign"].click(h.on_sign, [review["study"], review["draft"]], [review["signed"], worklist],
+                         **PRIVATE, **ENGINE_QUEUE)
     for trigger in (search.click, query.submit):
         trigger(h.on_text_search, [query, k], [matches, gallery, found], **PRIVATE, **ENGINE_QUEUE)
     for source in (gallery, found):
         source.select(h.on_match_select, [matches], [match_image, match_report], **PRIVATE)
     return worklist
+
+
+def _audit_tab(h: Handlers) -> None:
+    """The audit trail, newest first, with user and kind filters, and the accounts; read-only, for admins."""
+    with gr.Row():
+        user = gr.Textbox(label="User", placeholder="any user", scale=2, elem_id="audit-user")
+        kind = gr.Dropdown(choices=list(AUDIT_KINDS), value="", label="Kind", scale=2, elem_id="audit-kind")
+        show = gr.Button("Show", scale=1, elem_id="audit-show")
+    events = _table(AUDIT_HEADERS, "Audit trail (newest first, read-only)", "audit-events")
+    users = _table(USER_HEADERS, "Accounts (manage them with `medcm users`)", "audit-users")
+    for trigger in (show.click, user.submit, kind.input):
+        trigger(h.on_audit, [user, kind], [events, users], **PRIVATE)
 
 
 def _api(endpoints: Endpoints) -> None:
@@ -232,11 +256,10 @@ def _api(endpoints: Endpoints) -> None:
         k = gr.Number(value=TOP_K, precision=0, minimum=1, maximum=MAX_K, label="k")
         study_uid = gr.Textbox(label="study_uid")
         text = gr.Textbox(label="text")
-        signer = gr.Textbox(label="signer")
         query = gr.Textbox(label="query")
         result = gr.JSON(label="result")
         run = {name: gr.Button(name) for name in ("search", "draft", "sign", "search_text")}
     run["search"].click(endpoints.search, [dicom, k], result, api_name="search", **ENGINE_QUEUE)
     run["draft"].click(endpoints.draft, [dicom], result, api_name="draft", **ENGINE_QUEUE)
-    run["sign"].click(endpoints.sign, [study_uid, text, signer], result, api_name="sign", **ENGINE_QUEUE)
+    run["sign"].click(endpoints.sign, [study_uid, text], result, api_name="sign", **ENGINE_QUEUE)
     run["search_text"].click(endpoints.search_text, [query, k], result, api_name="search_text", **ENGINE_QUEUE)

@@ -4,6 +4,11 @@ Per-session values travel in `gr.State`: the study under review (`ReviewStudy`),
 (`list[SimilarCase]`), the draft's sentences (`list[DraftSentence]`), the text-search matches
 (`list[ImageMatch]`) and the worklist study picked last (its UID). Handlers that need a study raise
 `gr.Error` when none is loaded; viewer handlers then show no image.
+
+Every handler takes the event's `gr.Request` and acts as its logged-in account (`ui.auth.require`):
+reading needs any role, uploading, drafting, saving and signing the clinician role, the audit trail
+the admin role. Opening a study (or a similar case, a match, a draft's sources) for reading, and
+each search's results, are recorded as one "view" event; scrolling through frames or presets is not.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from PIL import Image
 from db.store import CaseStore
 from medcm.draft import DraftSentence
 from medcm.engine import Engine, ImageMatch, SimilarCase
+from medcm.text import split_sections
 from ui import render
 from ui.api import check_k, draft_study, sign_study
+from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
 from ui.study import ReviewStudy, ingest_upload, load_study, read_ref, read_study, window_of
 
@@ -34,6 +41,9 @@ DRAFT_MARKER = ("### ⚠ UNVERIFIED DRAFT\nSuggested from the reports of similar
 # comparison query / case / report, source report / image, sign message.
 StudyOutputs = tuple[ReviewStudy, Image.Image, gr.Dropdown, gr.Slider, str, None, None, str, str, None, str]
 COMPARE_HINT = "Select a case above to compare."
+READ_ONLY_MARKER = "### Latest report (read-only)\nYour role can read reports; drafting and signing need a clinician."
+AUDIT_LIMIT = 500
+AUDIT_KINDS = ("", "ingest", "view", "draft", "edit", "sign", "export", "login", "login_failed", "user")
 
 
 def _row_key(evt: gr.SelectData) -> object:
@@ -66,93 +76,137 @@ class Handlers:
         self.upload_dir = Path(upload_dir).resolve()  # stored file locations must not depend on the cwd
 
     # ------------------------------------------------------------------ viewer
+    # ------------------------------------------------------------------- login
     @readable_errors
-    def on_upload(self, files: list[str] | None, signer: str | None, preset: str | None,
+    def on_load(self, request: gr.Request) -> tuple[str, pd.DataFrame, gr.Tab, gr.File, gr.Button, gr.Button,
+                                                     gr.Button, gr.Textbox]:
+        """At page load: who is logged in, the worklist, and the controls their role may use.
+
+        Returns the login line, the worklist, the Audit tab (shown to admins only), then the upload
+        box, "Draft again", "Save draft", "Sign" and the report box (active for clinicians only).
+        """
+        login = require(self.store, request, "read")
+        clinical = allowed(login.role, "sign")
+        return (render.login_markdown(login.name, login.role), self._worklist(),
+                gr.Tab(visible=allowed(login.role, "audit")), gr.File(visible=clinical),
+                *(gr.Button(visible=clinical) for _ in range(3)), gr.Textbox(interactive=clinical))
+
+    # ------------------------------------------------------------------ viewer
+    @readable_errors
+    def on_upload(self, files: list[str] | None, preset: str | None, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> StudyOutputs:
-        """Store the upload (content-addressed), ingest it and show its first image."""
+        """Store the upload (content-addressed), ingest it as the logged-in clinician and show its first image."""
+        login = require(self.store, request, "ingest")
         progress(0.2, desc="storing and indexing the upload")
-        study_uid, notes = ingest_upload(self.engine, files, self.upload_dir, user=signer or "clinician")
+        study_uid, notes = ingest_upload(self.engine, files, self.upload_dir, user=login.name)
         for note in notes:
             gr.Warning(html.escape(note))
-        return self._show(study_uid, preset, notes)
+        return self._show(study_uid, preset, notes, login)
 
     @readable_errors
-    def open_study(self, study_uid: str | None, preset: str | None) -> StudyOutputs:
+    def open_study(self, study_uid: str | None, preset: str | None, request: gr.Request) -> StudyOutputs:
         """Open a stored study (picked in the worklist) for review."""
+        login = require(self.store, request, "read")
         if not study_uid:
             raise user_error("pick a study in the worklist first")
-        return self._show(study_uid, preset, [])
+        return self._show(study_uid, preset, [], login)
 
-    def _show(self, study_uid: str, preset: str | None, notes: list[str]) -> StudyOutputs:
+    def _show(self, study_uid: str, preset: str | None, notes: list[str], login: Login) -> StudyOutputs:
         study = load_study(self.store, study_uid)
+        log_view(self.store, login, study_uid, "review")
         choices = [(ref.label, i) for i, ref in enumerate(study.images)]
         first = study.images[0]
         selector = gr.Dropdown(choices=choices, value=0, visible=len(choices) > 1)
         frames = gr.Slider(minimum=0, maximum=max(first.frames - 1, 1), value=0, step=1, visible=first.frames > 1)
         info = render.study_markdown(study_uid, len(study.images), self.store.latest_report(study_uid), notes)
         cleared = (None, None, COMPARE_HINT, "", None, "")
-        return study, self.render_view(study, preset, 0, 0), selector, frames, info, *cleared
+        return study, self._render(study, preset, 0, 0), selector, frames, info, *cleared
 
     @readable_errors
     def render_view(self, study: ReviewStudy | None, preset: str | None, index: int | None,
-                    frame: float | None) -> Image.Image | None:
+                    frame: float | None, request: gr.Request) -> Image.Image | None:
         """The viewer image: instance `index`, frame `frame`, with a window preset ("default": the file's VOI)."""
+        require(self.store, request, "read")
+        return self._render(study, preset, index, frame)
+
+    def _render(self, study: ReviewStudy | None, preset: str | None, index: int | None,
+                frame: float | None) -> Image.Image | None:
         if study is None:
             return None
         ref = study.images[min(max(int(index or 0), 0), len(study.images) - 1)]
         return render.frame_image(read_ref(ref, window_of(preset)), int(frame or 0))
 
     @readable_errors
-    def on_instance(self, study: ReviewStudy | None, index: int | None,
-                    preset: str | None) -> tuple[gr.Slider, Image.Image | None]:
+    def on_instance(self, study: ReviewStudy | None, index: int | None, preset: str | None,
+                    request: gr.Request) -> tuple[gr.Slider, Image.Image | None]:
         """Another instance picked: reset the frame slider to its frames and show its first frame."""
+        require(self.store, request, "read")
         if study is None:
             return gr.Slider(visible=False), None
         ref = study.images[int(index or 0)]
         slider = gr.Slider(minimum=0, maximum=max(ref.frames - 1, 1), value=0, step=1, visible=ref.frames > 1)
-        return slider, self.render_view(study, preset, index, 0)
+        return slider, self._render(study, preset, index, 0)
 
     # ----------------------------------------------------------- similar cases
     @readable_errors
-    def on_similar(self, study: ReviewStudy | None,
+    def on_similar(self, study: ReviewStudy | None, request: gr.Request,
                    progress: gr.Progress = gr.Progress()) -> tuple[list[SimilarCase], list, pd.DataFrame]:
-        """The most similar past cases: gallery thumbnails with scores, and the table."""
+        """The most similar past cases: gallery thumbnails with scores, and the table (with their reports)."""
+        login = require(self.store, request, "read")
         if study is None:
             raise user_error(NO_STUDY)
         progress(0.3, desc="searching similar cases")
         cases = self.engine.similar_cases(read_study(study), k=self.top_k)
+        log_view(self.store, login, study.study_uid, "similar cases", [c.study_uid for c in cases])
         gallery = [(render.study_preview(self.store, c.study_uid) or render.blank(),
                     render.case_caption(c.score, c.modality, c.body_part)) for c in cases]
         return cases, gallery, render.similar_rows(cases)
 
     @readable_errors
     def on_case_select(self, cases: list[SimilarCase] | None, study: ReviewStudy | None, preset: str | None,
-                       index: int | None, frame: float | None,
-                       evt: gr.SelectData) -> tuple[Image.Image | None, Image.Image | None, str]:
+                       index: int | None, frame: float | None, evt: gr.SelectData,
+                       request: gr.Request) -> tuple[Image.Image | None, Image.Image | None, str]:
         """A similar case picked (gallery or table): query image, its preview and its report side by side."""
+        login = require(self.store, request, "read")
         case = _picked(cases or [], evt)
         if case is None:
             return gr.skip(), gr.skip(), gr.skip()
         report = render.report_markdown(case.study_uid, self.store.latest_report(case.study_uid), case.score)
-        return self.render_view(study, preset, index, frame), render.study_preview(self.store, case.study_uid), report
+        log_view(self.store, login, case.study_uid, "similar case")
+        return self._render(study, preset, index, frame), render.study_preview(self.store, case.study_uid), report
 
     # ------------------------------------------------------------------- draft
     @readable_errors
-    def on_draft(self, study: ReviewStudy | None,
+    def on_draft(self, study: ReviewStudy | None, request: gr.Request,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[DraftSentence], str, pd.DataFrame, str]:
-        """Draft the findings (kept in the store as a draft) and list every sentence's sources."""
+        """Draft the findings (kept in the store as a draft, asked for by the logged-in clinician)
+        and list every sentence's sources."""
+        login = require(self.store, request, "draft")
         if study is None:
             raise user_error(NO_STUDY)
         progress(0.3, desc="drafting findings from similar cases")
-        draft = draft_study(self.engine, self.store, study.study_uid, read_study(study))
+        draft = draft_study(self.engine, self.store, study.study_uid, read_study(study), login.name)
         if not draft.sentences:
             gr.Warning("no draft: the similar cases gave no usable sentence; write the findings yourself")
         return list(draft.sentences), draft.text(), render.provenance_rows(draft), DRAFT_MARKER
 
     @readable_errors
-    def on_source_select(self, sentences: list[DraftSentence] | None,
-                         evt: gr.SelectData) -> tuple[str, Image.Image | None]:
+    def on_open_draft(self, study: ReviewStudy | None, request: gr.Request,
+                      progress: gr.Progress = gr.Progress()) -> tuple[list[DraftSentence], str, pd.DataFrame, str]:
+        """After a study is opened: a clinician gets a draft (`on_draft`); other roles its latest report, read-only."""
+        login = require(self.store, request, "read")
+        if allowed(login.role, "draft"):
+            return self.on_draft(study, request, progress)
+        if study is None:
+            raise user_error(NO_STUDY)
+        text = self._report_text(study.study_uid)
+        return [], text, render.table([], render.PROVENANCE_HEADERS), READ_ONLY_MARKER
+
+    @readable_errors
+    def on_source_select(self, sentences: list[DraftSentence] | None, evt: gr.SelectData,
+                         request: gr.Request) -> tuple[str, Image.Image | None]:
         """A draft sentence picked: its source cases' reports, and the best source's preview."""
+        login = require(self.store, request, "read")
         sentences = sentences or []
         number = int(_row_key(evt) or 0)
         if not 1 <= number <= len(sentences):
@@ -164,48 +218,75 @@ class Handlers:
             reports[p.case_id] = report.text if report else "(no report)"
         best = sentence.sources[0].case_id if sentence.sources else None
         preview = render.study_preview(self.store, best) if best else None
+        log_view(self.store, login, best, "draft sources", reports)
         return render.sources_markdown(sentence, reports), preview
 
-    # -------------------------------------------------------------------- sign
+    # ------------------------------------------------------------- save, sign
     @readable_errors
-    def on_sign(self, study: ReviewStudy | None, text: str | None, signer: str | None) -> tuple[str, pd.DataFrame]:
-        """Sign the edited report; the worklist shows the study as signed."""
-        report = sign_study(self.engine, study.study_uid if study else None, text, signer)
+    def on_save(self, study: ReviewStudy | None, text: str | None, request: gr.Request) -> tuple[str, pd.DataFrame]:
+        """Save the edited report as a draft by the logged-in clinician (an "edit" event); nothing is signed."""
+        login = require(self.store, request, "edit")
+        if study is None:
+            raise user_error(NO_STUDY)
+        if not (text or "").strip():
+            raise user_error("the report is empty: write the findings before saving")
+        sections = list(split_sections(text.strip()).sections)
+        report = self.store.save_draft(study.study_uid, text.strip(), sections, author=login.name, source="edit")
+        message = render.saved_message(report)
+        gr.Info(html.escape(message))
+        return render.escape_md(message), self._worklist()
+
+    @readable_errors
+    def on_sign(self, study: ReviewStudy | None, text: str | None, request: gr.Request) -> tuple[str, pd.DataFrame]:
+        """Sign the edited report as the logged-in clinician; the worklist shows the study as signed."""
+        login = require(self.store, request, "sign")
+        report = sign_study(self.engine, study.study_uid if study else None, text, login.name)
         message = render.signed_message(report)
         gr.Info(html.escape(message))
-        return render.escape_md(message), self.on_worklist()
+        return render.escape_md(message), self._worklist()
 
     # ---------------------------------------------------------------- worklist
     @readable_errors
-    def on_worklist(self) -> pd.DataFrame:
+    def on_worklist(self, request: gr.Request) -> pd.DataFrame:
         """Every stored study, newest first, with its status (new / drafted / signed)."""
+        require(self.store, request, "read")
+        return self._worklist()
+
+    def _worklist(self) -> pd.DataFrame:
         return render.worklist_rows(self.store.list_studies())
 
     @readable_errors
-    def on_worklist_select(self, evt: gr.SelectData) -> tuple[str, Image.Image | None, str]:
+    def on_worklist_select(self, evt: gr.SelectData, request: gr.Request) -> tuple[str, Image.Image | None, str]:
         """A worklist study picked: remember it, show its preview and latest report."""
+        login = require(self.store, request, "read")
         study_uid = str(_row_key(evt))
         report = self.store.latest_report(study_uid)
+        log_view(self.store, login, study_uid, "worklist")
         return study_uid, render.study_preview(self.store, study_uid), render.report_markdown(study_uid, report)
 
     @readable_errors
-    def on_text_search(self, query: str | None, k: float | None) -> tuple[list[ImageMatch], list, pd.DataFrame]:
+    def on_text_search(self, query: str | None, k: float | None,
+                       request: gr.Request) -> tuple[list[ImageMatch], list, pd.DataFrame]:
         """Stored images matching a phrase, one per study, with their reports."""
+        login = require(self.store, request, "read")
         if not (query or "").strip():
             raise user_error("type a phrase to search for, e.g. 'pleural effusion'")
         matches = self.engine.search_text(query.strip(), k=check_k(k))
+        log_view(self.store, login, None, "text search", [m.study_uid for m in matches])
         reports = {m.study_uid: self._report_text(m.study_uid) for m in matches}
         gallery = [(render.png_image(self.store.preview(m.sop_instance_uid)) or render.blank(),
                     render.case_caption(m.score, m.modality, m.body_part)) for m in matches]
         return matches, gallery, render.match_rows(matches, reports)
 
     @readable_errors
-    def on_match_select(self, matches: list[ImageMatch] | None,
-                        evt: gr.SelectData) -> tuple[Image.Image | None, str]:
+    def on_match_select(self, matches: list[ImageMatch] | None, evt: gr.SelectData,
+                        request: gr.Request) -> tuple[Image.Image | None, str]:
         """A text-search match picked: its image and its report."""
+        login = require(self.store, request, "read")
         match = _picked(matches or [], evt)
         if match is None:
             return gr.skip(), gr.skip()
+        log_view(self.store, login, match.study_uid, "text search match")
         preview = render.png_image(self.store.preview(match.sop_instance_uid))
         return preview, render.report_markdown(match.study_uid, self.store.latest_report(match.study_uid), match.score)
 
@@ -213,6 +294,17 @@ class Handlers:
     def show_review() -> gr.Tabs:
         """Switch to the Review tab (after a study was opened from the worklist)."""
         return gr.Tabs(selected=REVIEW_TAB)
+
+    # ------------------------------------------------------------------- audit
+    @readable_errors
+    def on_audit(self, user: str | None, kind: str | None,
+                 request: gr.Request) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The audit trail, newest first, optionally of one user and one kind; and the accounts (admins only)."""
+        require(self.store, request, "audit")
+        if kind and kind not in AUDIT_KINDS:
+            raise user_error(f"event kind {kind!r}: expected one of {', '.join(k for k in AUDIT_KINDS if k)}")
+        events = self.store.events(kind=kind or None, user=(user or "").strip() or None, limit=AUDIT_LIMIT)
+        return render.audit_rows(events), render.user_rows(self.store.users())
 
     def _report_text(self, study_uid: str) -> str:
         report = self.store.latest_report(study_uid)

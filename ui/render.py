@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Sequence
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from db.store import CaseStore, ReportView, StoreError, StudyView
+from db.store import CaseStore, ReportView, StoreError, StudyView, UserView
 from medcm.dicom import DicomImage
 from medcm.draft import Draft, DraftSentence
 from medcm.engine import ImageMatch, SimilarCase
@@ -21,6 +22,13 @@ SIMILAR_HEADERS = ["study uid", "score", "modality", "body part", "report"]
 PROVENANCE_HEADERS = ["#", "section", "sentence", "score", "source cases (score)"]
 WORKLIST_HEADERS = ["study uid", "date", "modalities", "body parts", "status", "description"]
 MATCH_HEADERS = ["study uid", "score", "modality", "body part", "report"]
+AUDIT_HEADERS = ["time (UTC)", "kind", "user", "study uid", "detail"]
+USER_HEADERS = ["name", "role", "created (UTC)", "disabled"]
+ROLE_NOTES = {
+    "viewer": "you can read studies and reports; uploading, drafting and signing need a clinician account",
+    "clinician": "your name is recorded with every draft you save and every report you sign",
+    "admin": "you can read studies and the audit trail; signing needs a clinician account",
+}
 
 
 def frame_image(image: DicomImage, frame: int = 0) -> Image.Image:
@@ -136,6 +144,30 @@ def match_rows(matches: Sequence[ImageMatch], reports: dict[str, str]) -> pd.Dat
     """study uid / score / modality / body part / report of text-search matches."""
     rows = [(m.study_uid, round(m.score, 3), m.modality, m.body_part, reports.get(m.study_uid, "")) for m in matches]
     return table(rows, MATCH_HEADERS)
+
+
+def saved_message(report: ReportView) -> str:
+    """"Draft saved as version N by <author> at <time>"."""
+    when = report.created_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if report.created_at else "an unknown time"
+    return f"Draft saved as version {report.version} by {report.author} at {when}"
+
+
+def login_markdown(name: str, role: str) -> str:
+    """The line naming who is logged in, in which role, and what that means."""
+    return f"Logged in as **{escape_md(name)}** ({role}): {ROLE_NOTES.get(role, '')}"
+
+
+def audit_rows(events: Sequence[dict]) -> pd.DataFrame:
+    """time / kind / user / study uid / detail (compact JSON), in the given (newest first) order."""
+    rows = [(e["time"].strftime("%Y-%m-%d %H:%M:%S"), e["kind"], e["user"], e["study_uid"] or "",
+             json.dumps(e["detail"], sort_keys=True, separators=(", ", ": "))) for e in events]
+    return table(rows, AUDIT_HEADERS)
+
+
+def user_rows(users: Sequence[UserView]) -> pd.DataFrame:
+    """name / role / created / disabled, by name."""
+    rows = [(u.name, u.role, u.created_at.strftime("%Y-%m-%d %H:%M"), "yes" if u.disabled else "") for u in users]
+    return table(rows, USER_HEADERS)
 
 
 def signed_message(report: ReportView) -> str:

@@ -1,10 +1,12 @@
-"""The review app: its scripting API over a real local server, and its handlers called directly."""
+"""The review app: its scripting API over a real local server (with logins), and its handlers called directly."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import typing
+import urllib.error
+import urllib.request
 import zipfile
 from types import SimpleNamespace
 from urllib.parse import urlparse
@@ -21,11 +23,14 @@ from db.store import CaseStore  # noqa: E402
 from medcm.dicom import write_image  # noqa: E402
 from medcm.engine import Engine  # noqa: E402
 from ui.app import DISCLAIMER, LAUNCH_OPTIONS, build_app  # noqa: E402
+from ui.auth import make_auth  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
 from ui.study import ingest_upload, load_study  # noqa: E402
 
 N_POOL = 40
 NOTICE = "Demo data are synthetic drawings, not patients."
+ACCOUNTS = {"dr.c": ("clinician", "clinician-pass"), "dr.v": ("viewer", "viewer-pass"), "boss": ("admin", "admin-pass")}
+CLINICIAN, VIEWER, ADMIN = (SimpleNamespace(username=name) for name in ACCOUNTS)  # stand-ins for gr.Request
 
 
 def _free_port() -> int:
@@ -49,18 +54,27 @@ def served(cases, trained_run, tmp_path_factory):
     store = CaseStore(f"sqlite:///{root / 'cases.db'}")
     engine = Engine(store, checkpoint=trained_run.best_dir.parent, device="cpu")
     assert engine.ingest([pool], user="tester").added_reports == N_POOL
+    for name, (role, password) in ACCOUNTS.items():
+        store.add_user(name, role, password)
     mp = pytest.MonkeyPatch()
     mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio-tmp"))
     app = build_app(engine, store, upload_dir=root / "uploads", demo_notice=NOTICE)
     _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                           quiet=True, **LAUNCH_OPTIONS)
-    client = gradio_client.Client(url, verbose=False, analytics_enabled=False, download_files=False)
-    yield SimpleNamespace(app=app, url=url, engine=engine, store=store, client=client,
-                          upload_dir=root / "uploads", handlers=Handlers(engine, store, root / "uploads"))
-    client.close()
+                           quiet=True, auth=make_auth(store), **LAUNCH_OPTIONS)
+    clients = {name: _client(url, name) for name in ("dr.c", "dr.v")}
+    yield SimpleNamespace(app=app, url=url, engine=engine, store=store, client=clients["dr.c"],
+                          viewer=clients["dr.v"], upload_dir=root / "uploads",
+                          handlers=Handlers(engine, store, root / "uploads"))
+    for client in clients.values():
+        client.close()
     app.close()
     mp.undo()
     store.close()
+
+
+def _client(url: str, name: str, password: str | None = None):
+    auth = (name, ACCOUNTS[name][1] if password is None else password)
+    return gradio_client.Client(url, auth=auth, verbose=False, analytics_enabled=False, download_files=False)
 
 
 def _dev(cases, i: int) -> str:
@@ -105,14 +119,17 @@ def test_draft_is_unverified_and_every_sentence_names_stored_sources(served, cas
 def test_sign_stores_the_report_and_refuses_empty_text(served, cases):
     study_uid = served.client.predict(gradio_client.handle_file(_dev(cases, 10)), api_name="/draft")["study_uid"]
     text = "FINDINGS: Small square opacity in the lower left zone.\nIMPRESSION: Square lesion, lower left."
-    signed = served.client.predict(study_uid, text, "dr.test", api_name="/sign")
-    assert (signed["study_uid"], signed["signed_by"], signed["status"]) == (study_uid, "dr.test", "signed")
+    signed = served.client.predict(study_uid, text, api_name="/sign")
+    assert (signed["study_uid"], signed["signed_by"], signed["status"]) == (study_uid, "dr.c", "signed")
     latest = served.store.latest_report(study_uid)
-    assert (latest.id, latest.text, latest.signed_by, latest.status) == (signed["report_id"], text, "dr.test", "signed")
+    assert (latest.id, latest.text, latest.signed_by, latest.status) == (signed["report_id"], text, "dr.c", "signed")
     assert served.store.get_study(study_uid).status == "signed"
     assert study_uid in served.engine.index("report").keys  # joins the retrieval pool at once
+    trail = served.store.events(study_uid=study_uid)
+    assert [(e["kind"], e["user"]) for e in trail] == [("sign", "dr.c"), ("draft", "dr.c"), ("ingest", "dr.c")]
+    assert latest.author == "medcm-draft"  # the model wrote the draft; the clinician asked for it and signed
     with pytest.raises(gradio_client.exceptions.AppError, match="the report is empty"):
-        served.client.predict(study_uid, "   ", "dr.test", api_name="/sign")
+        served.client.predict(study_uid, "   ", api_name="/sign")
 
 
 def test_a_non_dicom_upload_gets_one_readable_line(served, tmp_path):
@@ -136,39 +153,43 @@ def test_window_presets_re_render_the_image(served, cases):
     study_uid, notes = ingest_upload(served.engine, [_dev(cases, 13)], served.upload_dir, user="dr.test")
     study = load_study(served.store, study_uid)
     assert notes == [] and study.images[0].path.startswith(str(served.upload_dir))
-    default = np.asarray(h.render_view(study, "default", 0, 0))
-    lung = np.asarray(h.render_view(study, "lung", 0, 0))
+    default = np.asarray(h.render_view(study, "default", 0, 0, VIEWER))
+    lung = np.asarray(h.render_view(study, "lung", 0, 0, VIEWER))
     assert default.shape == lung.shape and not np.array_equal(default, lung)
     with pytest.raises(gr.Error, match="unknown window preset"):
-        h.render_view(study, "retina", 0, 0)
+        h.render_view(study, "retina", 0, 0, VIEWER)
 
 
 def test_upload_of_a_multiframe_study_offers_frames(served, tmp_path):
     frames = np.stack([np.full((32, 32), v) for v in (0.1, 0.5, 0.9)])
     path = write_image(tmp_path / "cine.dcm", frames, modality="XA")
     h = served.handlers
-    study, image, selector, slider, info, *_ = h.on_upload([str(path)], "dr.test", "default")
+    study, image, selector, slider, info, *_ = h.on_upload([str(path)], "default", CLINICIAN)
     assert len(study.images) == 1 and study.images[0].frames == 3
     assert slider.visible is True and slider.maximum == 2 and selector.visible is False
-    last = np.asarray(h.render_view(study, "default", 0, 2))
+    last = np.asarray(h.render_view(study, "default", 0, 2, CLINICIAN))
     assert abs(float(np.asarray(image).mean()) - 0.1 * 255) < 2 and abs(float(last.mean()) - 0.9 * 255) < 2
     assert served.store.get_study(study.study_uid).status == "new" and study.study_uid in info
 
 
 def test_handlers_draft_then_sign_updates_the_worklist(served, cases):
     h = served.handlers
-    study = h.on_upload([_dev(cases, 16)], "dr.ui", "default")[0]
-    cases_found, gallery, table = h.on_similar(study)
+    study = h.on_upload([_dev(cases, 16)], "default", CLINICIAN)[0]
+    cases_found, gallery, table = h.on_similar(study, CLINICIAN)
     assert len(cases_found) == len(gallery) == len(table) == 5
-    sentences, text, provenance, marker = h.on_draft(study)
+    sentences, text, provenance, marker = h.on_draft(study, CLINICIAN)
     assert "UNVERIFIED DRAFT" in marker and len(provenance) == len(sentences) and text
-    with pytest.raises(gr.Error, match="signer"):
-        h.on_sign(study, text, "  ")
-    message, worklist = h.on_sign(study, text + " Edited.", "dr.ui")
-    assert message.startswith("Signed version ") and " by dr.ui at " in message
+    with pytest.raises(gr.Error, match="not logged in"):
+        h.on_sign(study, text, SimpleNamespace(username=None))  # an app launched without auth
+    message, worklist = h.on_sign(study, text + " Edited.", CLINICIAN)
+    assert message.startswith("Signed version ") and " by dr.c at " in message
     row = worklist[worklist["study uid"] == study.study_uid]
     assert list(row["status"]) == ["signed"]
-    assert served.store.latest_report(study.study_uid).source == "edit"  # the signer changed the draft
+    latest = served.store.latest_report(study.study_uid)
+    assert (latest.source, latest.signed_by) == ("edit", "dr.c")  # the signer changed the draft
+    trail = [(e["kind"], e["user"], e["detail"].get("screen")) for e in served.store.events(study_uid=study.study_uid)]
+    assert trail == [("sign", "dr.c", None), ("draft", "dr.c", None), ("view", "dr.c", "similar cases"),
+                     ("view", "dr.c", "review"), ("ingest", "dr.c", None)]
 
 
 def test_a_zipped_two_series_study_offers_an_instance_selector(served, cases, tmp_path):
@@ -181,26 +202,162 @@ def test_a_zipped_two_series_study_offers_an_instance_selector(served, cases, tm
         archive.write(tmp_path / "a.dcm", "study/a.dcm")
         archive.write(tmp_path / "b.dcm", "study/b.dcm")
     h = served.handlers
-    study, image, selector, slider, *_ = h.on_upload([str(tmp_path / "study.zip")], "dr.test", "default")
+    study, image, selector, slider, *_ = h.on_upload([str(tmp_path / "study.zip")], "default", CLINICIAN)
     assert len(study.images) == 2 and all(".zip:study/" in ref.path for ref in study.images)
     assert selector.visible is True and len(selector.choices) == 2 and slider.visible is False
-    _, other = h.on_instance(study, 1, "default")
+    _, other = h.on_instance(study, 1, "default", VIEWER)
     assert not np.array_equal(np.asarray(image), np.asarray(other))
 
 
 def test_picking_a_similar_case_shows_it_beside_the_query(served, cases):
     h = served.handlers
-    study = h.on_upload([_dev(cases, 22)], "dr.test", "default")[0]
-    found = h.on_similar(study)[0]
+    study = h.on_upload([_dev(cases, 22)], "default", CLINICIAN)[0]
+    found = h.on_similar(study, VIEWER)[0]
     by_gallery = gr.SelectData(None, {"index": 2, "value": None})
-    query, preview, report = h.on_case_select(found, study, "default", 0, 0, by_gallery)
+    query, preview, report = h.on_case_select(found, study, "default", 0, 0, by_gallery, VIEWER)
     assert query is not None and preview is not None
     assert found[2].study_uid in report and "FINDINGS:" in report
+    (opened,) = served.store.events(study_uid=found[2].study_uid, kind="view", limit=1)
+    assert (opened["user"], opened["detail"]) == ("dr.v", {"screen": "similar case"})
     by_row = gr.SelectData(None, {"index": [0, 3], "value": "", "row_value": [found[4].study_uid, 0.1]})
-    assert found[4].study_uid in h.on_case_select(found, study, "default", 0, 0, by_row)[2]
+    assert found[4].study_uid in h.on_case_select(found, study, "default", 0, 0, by_row, VIEWER)[2]
 
 
 def test_select_handlers_keep_resolvable_type_hints():
     # Gradio injects gr.SelectData by resolving type hints; one unresolvable name would silently break picks.
     for name in ("on_case_select", "on_source_select", "on_worklist_select", "on_match_select"):
         assert typing.get_type_hints(getattr(Handlers, name))["evt"] is gr.SelectData
+
+
+# ------------------------------------------------------------------ logins and roles
+def test_without_a_login_the_page_and_the_api_are_refused(served):
+    with urllib.request.urlopen(served.url, timeout=30) as response:  # the login page, not the app
+        page = response.read().decode()
+    assert "auth_required" in page and DISCLAIMER not in page and NOTICE not in page
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(served.url.rstrip("/") + "/config", timeout=30)
+    assert info.value.code == 401
+    with pytest.raises(Exception, match="(?i)login|auth|401"):
+        gradio_client.Client(served.url, verbose=False, analytics_enabled=False)
+
+
+def test_logins_and_failed_logins_are_recorded(served):
+    assert {e["user"] for e in served.store.events(kind="login")} >= {"dr.c", "dr.v"}
+    with pytest.raises(Exception, match="(?i)incorrect|credentials|login"):
+        _client(served.url, "dr.v", "not-the-password")
+    with pytest.raises(Exception, match="(?i)incorrect|credentials|login"):
+        _client(served.url, "nobody", "whatever-it-is")
+    failed = served.store.events(kind="login_failed", limit=2)
+    assert [(e["user"], e["detail"]) for e in failed] == [("nobody", {"ok": False}), ("dr.v", {"ok": False})]
+    assert served.store.events(kind="login", user="dr.c")[0]["detail"] == {"ok": True}
+
+
+def test_a_viewer_reads_but_cannot_upload_draft_or_sign_through_the_api(served, cases):
+    study_uid = served.store.list_studies(status="signed")[-1].study_uid  # an archive case of the pool
+    before = served.store.latest_report(study_uid)
+    for args, api_name, action in [((gradio_client.handle_file(_dev(cases, 1)), 5), "/search", "upload studies"),
+                                   ((gradio_client.handle_file(_dev(cases, 1)),), "/draft", "draft reports"),
+                                   ((study_uid, "FINDINGS: Fine."), "/sign", "sign reports")]:
+        with pytest.raises(gradio_client.exceptions.AppError, match=f"role viewer may not {action}") as info:
+            served.viewer.predict(*args, api_name=api_name)
+        assert "logged in as dr.v" in info.value.message and "\n" not in info.value.message
+    assert served.store.latest_report(study_uid) == before
+    assert not served.store.events(user="dr.v", kind="ingest")
+    found = served.viewer.predict("Large round lesion, lower right.", 2, api_name="/search_text")
+    assert len(found) == 2
+    (search,) = served.store.events(user="dr.v", kind="view", limit=1)
+    assert search["detail"] == {"screen": "api /search_text", "study_uids": [m["study_uid"] for m in found]}
+
+
+def test_handlers_refuse_roles_their_action_does_not_allow(served, cases):
+    h = served.handlers
+    study = h.open_study(served.store.list_studies()[-1].study_uid, "default", VIEWER)[0]
+    for call, action in [(lambda: h.on_upload([_dev(cases, 2)], "default", VIEWER), "upload studies"),
+                         (lambda: h.on_draft(study, VIEWER), "draft reports"),
+                         (lambda: h.on_save(study, "FINDINGS: x.", VIEWER), "edit reports"),
+                         (lambda: h.on_sign(study, "FINDINGS: x.", VIEWER), "sign reports"),
+                         (lambda: h.on_sign(study, "FINDINGS: x.", ADMIN), "sign reports"),
+                         (lambda: h.on_audit("", "", CLINICIAN), "see the audit trail"),
+                         (lambda: h.on_audit("", "", VIEWER), "see the audit trail")]:
+        with pytest.raises(gr.Error, match=f"may not {action}"):
+            call()
+    with pytest.raises(gr.Error, match="not logged in"):
+        h.on_worklist(SimpleNamespace(username=None))
+    with pytest.raises(gr.Error, match="disabled or unknown"):
+        h.on_worklist(SimpleNamespace(username="nobody"))
+
+
+def test_a_viewer_opening_a_study_reads_its_report_instead_of_drafting(served):
+    h = served.handlers
+    uid = served.store.list_studies(status="signed")[-1].study_uid
+    study = h.open_study(uid, "default", VIEWER)[0]
+    before = len(served.store.events(kind="draft"))
+    sentences, text, _, marker = h.on_open_draft(study, VIEWER)
+    assert sentences == [] and text == served.store.latest_report(uid).text and "read-only" in marker
+    assert len(served.store.events(kind="draft")) == before
+
+
+def test_the_page_shows_the_login_and_only_an_admin_the_audit_tab(served):
+    h = served.handlers
+    line, worklist, audit, upload, *buttons, report = h.on_load(CLINICIAN)
+    assert "**dr.c** (clinician)" in line and len(worklist) >= N_POOL and audit.visible is False
+    assert upload.visible is True and all(b.visible for b in buttons) and report.interactive is True
+    line, _, audit, upload, *buttons, report = h.on_load(VIEWER)
+    assert "(viewer)" in line and audit.visible is False
+    assert upload.visible is False and not any(b.visible for b in buttons) and report.interactive is False
+    assert h.on_load(ADMIN)[2].visible is True
+
+
+def test_an_admin_sees_the_audit_trail_filtered_and_newest_first(served):
+    h = served.handlers
+    served.store.log_event("view", "dr.v", None, {"screen": "test"})
+    events, users = h.on_audit("", "", ADMIN)
+    assert list(events.columns) == ["time (UTC)", "kind", "user", "study uid", "detail"]
+    assert tuple(events.iloc[0][["kind", "user"]]) == ("view", "dr.v") and len(events) > 10
+    assert list(events["time (UTC)"]) == sorted(events["time (UTC)"], reverse=True)
+    assert set(users["name"]) >= set(ACCOUNTS) and "password" not in " ".join(users.columns)
+    logins, _ = h.on_audit("dr.c", "login", ADMIN)
+    assert len(logins) >= 1 and set(logins["user"]) == {"dr.c"} and set(logins["kind"]) == {"login"}
+    with pytest.raises(gr.Error, match="event kind"):
+        h.on_audit("", "drop table", ADMIN)
+
+
+def test_save_draft_records_an_edit_by_the_logged_in_clinician(served, cases):
+    h = served.handlers
+    study = h.on_upload([_dev(cases, 25)], "default", CLINICIAN)[0]
+    message, worklist = h.on_save(study, "FINDINGS: Edited by hand.", CLINICIAN)
+    assert message.startswith("Draft saved as version 1 by dr.c at ")
+    latest = served.store.latest_report(study.study_uid)
+    assert (latest.status, latest.source, latest.author, latest.text) == ("draft", "edit", "dr.c",
+                                                                          "FINDINGS: Edited by hand.")
+    (edit,) = served.store.events(study_uid=study.study_uid, kind="edit")
+    assert edit["user"] == "dr.c"
+    assert list(worklist[worklist["study uid"] == study.study_uid]["status"]) == ["drafted"]
+    with pytest.raises(gr.Error, match="empty"):
+        h.on_save(study, "  ", CLINICIAN)
+
+
+def test_a_disabled_account_is_refused_at_once(served):
+    served.store.add_user("gone", "viewer", "gone-password")
+    client = _client(served.url, "gone", "gone-password")
+    try:
+        served.store.set_disabled("gone")
+        with pytest.raises(gradio_client.exceptions.AppError, match="disabled or unknown"):
+            client.predict("nodule", 1, api_name="/search_text")
+        with pytest.raises(Exception, match="(?i)incorrect|credentials|login"):
+            _client(served.url, "gone", "gone-password")
+    finally:
+        client.close()
+
+
+def test_request_handlers_keep_resolvable_request_hints():
+    # Gradio passes gr.Request to a parameter annotated with it; a handler without one could not know the user.
+    from ui.api import Endpoints
+
+    for owner, names in [(Handlers, ("on_load", "on_upload", "open_study", "render_view", "on_instance", "on_similar",
+                                     "on_case_select", "on_draft", "on_open_draft", "on_source_select", "on_save",
+                                     "on_sign", "on_worklist", "on_worklist_select", "on_text_search",
+                                     "on_match_select", "on_audit")),
+                         (Endpoints, ("search", "draft", "sign", "search_text"))]:
+        for name in names:
+            assert typing.get_type_hints(getattr(owner, name))["request"] is gr.Request, name
