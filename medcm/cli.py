@@ -79,13 +79,17 @@ def _db_url(value: str) -> str:
 def _open_engine(args: argparse.Namespace, need_model: bool = True):
     # The command line is a composition root: it alone wires the library to the case store.
     from db.store import CaseStore
+    from medcm.deid_files import deid_config_from_args
     from medcm.engine import Engine
 
     checkpoint = getattr(args, "checkpoint", None)
     if need_model and not checkpoint:
         raise ValueError("--checkpoint CKPT_DIR is required (a folder written by medcm train)")
-    return Engine(CaseStore(_db_url(args.db)), checkpoint=checkpoint, device=getattr(args, "device", None),
-                  draft_config=_draft_config(getattr(args, "draft", None)))
+    url = _db_url(args.db)
+    deid = deid_config_from_args(args, url) if hasattr(args, "no_deid") else None  # commands that store files
+    return Engine(CaseStore(url), checkpoint=checkpoint, device=getattr(args, "device", None),
+                  draft_config=_draft_config(getattr(args, "draft", None)), deid=deid,
+                  files_dir=getattr(args, "files", None))
 
 
 DRAFT_CHOICES = ("similarity", "consensus")
@@ -133,7 +137,14 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    "(default: a report.txt beside each study's files)")
     p.add_argument("--user", default="cli", help="name recorded in the audit trail")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    _add_deid_options(p)
     p.set_defaults(handler=_run_ingest)
+
+
+def _add_deid_options(p: argparse.ArgumentParser, files_option: bool = True) -> None:
+    from medcm.deid_files import add_deid_options
+
+    add_deid_options(p, files_option)
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
@@ -145,6 +156,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
     print(f"stored {result.added_instances} new instance(s) in {len(result.studies)} study(ies); "
           f"{result.skipped_instances} already stored; {result.added_reports} report(s); "
           f"{result.added_embeddings} embedding(s); {len(result.errors)} file(s) failed")
+    if result.burned_in:
+        print(f"review: {len(result.burned_in)} stored image(s) declare burned-in annotation (flagged)")
     return 1 if result.errors else 0
 
 
@@ -236,6 +249,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _add_draft_option(p, "similarity")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    _add_deid_options(p)
     p.set_defaults(handler=_run_serve)
 
 
@@ -243,8 +257,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     from medcm.serve import serve
 
     print(f"medcm review app: http://{args.host}:{args.port}  (Ctrl+C stops it)")
-    serve(_db_url(args.db), args.checkpoint, args.host, args.port, device=args.device,
-          draft_config=_draft_config(args.draft))
+    from medcm.deid_files import deid_config_from_args
+
+    url = _db_url(args.db)
+    serve(url, args.checkpoint, args.host, args.port, device=args.device, draft_config=_draft_config(args.draft),
+          deid=deid_config_from_args(args, url), files_dir=args.files)
     return 0
 
 
@@ -258,16 +275,26 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from medcm.serve import DEMO_NOTICE, demo_held_out, prepare_demo, serve
+    from medcm.serve import (
+        DEMO_NOTICE,
+        demo_deid,
+        demo_held_out,
+        demo_login,
+        prepare_demo,
+        serve,
+    )
 
     db_url, run = prepare_demo(args.dir, rebuild=args.rebuild)
     if args.build_only:
         print(f"demo ready: --db {db_url} --checkpoint {run}")
         return 0
     example = demo_held_out(args.dir)[0]
+    name, password, login_file = demo_login(args.dir, db_url)
     print(f"medcm demo (synthetic data): http://127.0.0.1:{args.port}  (Ctrl+C stops it)")
+    print(f"log in as {name} with password {password} (kept in {login_file})")
     print(f"try uploading a held-out study, e.g. {example}")
-    serve(db_url, run, "127.0.0.1", args.port, demo_notice=DEMO_NOTICE.format(example=example))
+    serve(db_url, run, "127.0.0.1", args.port, demo_notice=DEMO_NOTICE.format(example=example),
+          deid=demo_deid(args.dir))
     return 0
 
 
@@ -333,6 +360,89 @@ def _fmt_optional(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from medcm.export import EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="export a study's report as DICOM SR, text or JSON", description=(
+        "Write a report version of a stored study to a file: a DICOM Basic Text SR in the study "
+        "(VERIFIED when signed, UNVERIFIED for a draft), plain text or JSON. Records an audit event."))
+    p.add_argument("study_uid", help="StudyInstanceUID of a stored study")
+    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="sr (DICOM), txt or json")
+    p.add_argument("--out", required=True, help="file to write (replaced atomically)")
+    p.add_argument("--version", type=int, help="report version to export (default: the newest)")
+    p.add_argument("--signed-only", action="store_true", help="export only a signed version (default: any)")
+    p.add_argument("--user", default="cli", help="name recorded in the audit trail")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from db.store import CaseStore
+    from medcm.export import export_report, pick_report, save_export
+
+    with CaseStore(_db_url(args.db)) as store:
+        study = store.get_study(args.study_uid)
+        report = pick_report(args.study_uid, store.report_versions(args.study_uid), args.version, args.signed_only)
+        path = save_export(export_report(study, report, args.format), args.out)
+        store.log_event("export", args.user, args.study_uid,
+                        {"format": args.format, "version": report.version, "report_id": report.id})
+    state = f"signed by {report.signed_by}" if report.status == "signed" else "UNVERIFIED draft"
+    print(f"wrote {path} ({args.format}; study {args.study_uid}, report version {report.version}, {state})")
+    return 0
+
+
+def _add_users(sub: argparse._SubParsersAction) -> None:
+    from db.models import USER_ROLES
+
+    p = sub.add_parser("users", help="manage the review app's accounts (passwords are read from stdin)",
+                       description="Accounts of the review app. Roles: viewer (reads), clinician (also drafts, "
+                       "edits, signs), admin (reads, sees the audit trail). Accounts are disabled, never deleted.")
+    actions = p.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "create an account"), ("list", "list the accounts"),
+                         ("passwd", "set a new password"), ("role", "change an account's role"),
+                         ("disable", "stop an account from logging in"), ("enable", "let it log in again")):
+        a = actions.add_parser(action, help=text)
+        if action != "list":
+            a.add_argument("name", help="account name: letters, digits, '.', '_', '@' or '-'")
+        if action in ("add", "role"):
+            a.add_argument("--role", required=True, choices=USER_ROLES)
+        a.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    p.set_defaults(handler=_run_users)
+
+
+def _read_password(confirm: bool = True) -> str:
+    """A password from stdin: typed twice (hidden) on a terminal, else the first line of the input."""
+    import getpass
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if confirm and getpass.getpass("again: ") != password:
+            raise ValueError("password: the two entries differ; expected the same password twice")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _run_users(args: argparse.Namespace) -> int:
+    from db.store import CaseStore
+
+    with CaseStore(_db_url(args.db)) as store:
+        if args.action == "list":
+            for user in store.users():
+                state = "  (disabled)" if user.disabled else ""
+                print(f"{user.name}\t{user.role}\t{user.created_at:%Y-%m-%d %H:%M} UTC{state}")
+            return 0
+        if args.action == "add":
+            store.add_user(args.name, args.role, _read_password(), actor="cli")
+        elif args.action == "passwd":
+            store.set_password(args.name, _read_password(), actor="cli")
+        elif args.action == "role":
+            store.set_role(args.name, args.role, actor="cli")
+        else:
+            store.set_disabled(args.name, args.action == "disable", actor="cli")
+    print(f"user {args.name}: {args.action} done")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="medcm", description="medcm: similar cases and draft findings for DICOM studies.")
@@ -347,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_demo(sub)
     _add_eval(sub)
+    _add_users(sub)
+    _add_export(sub)
     return parser
 
 

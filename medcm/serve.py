@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from medcm.deid import DeidConfig
     from medcm.draft import DraftConfig
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ DEMO_NOTICE = (
     "Try uploading a held-out study the demo has not stored, e.g. {example}."
 )
 # Bump when the demo data, model or layout changes, so a stale cache is rebuilt instead of reused.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEMO_SETTINGS = {"version": DEMO_VERSION, "n_train": 480, "n_dev": 60, "size": 192, "config": "cpu-small", "epochs": 12}
 
 
@@ -41,11 +42,21 @@ def data_dirs(db_url: str, base: Path | None = None) -> tuple[Path, Path]:
 
 def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860,
           demo_notice: str | None = None, block: bool = True, device: str | None = None,
-          draft_config: DraftConfig | None = None):
+          draft_config: DraftConfig | None = None, deid: DeidConfig | None = None,
+          files_dir: str | Path | None = None):
     """Open the store and the model once, then serve the review app (blocking unless `block=False`).
+
+    Uploads are de-identified with `deid` (None: stored as they are) into `files_dir` (default
+    beside a SQLite database file, see `medcm.engine.default_files_dir`).
+
+    Every page and call needs a login (`medcm users add`); the store's accounts are checked by
+    `ui.auth.make_auth`.
 
     Returns:
         The launched `gr.Blocks` app (useful with `block=False`; call `.close()` to stop it).
+
+    Raises:
+        ValueError: the store has no enabled account to log in with.
     """
     upload_dir, gradio_tmp = data_dirs(db_url)
     upload_dir.mkdir(parents=True, exist_ok=True)
@@ -59,13 +70,63 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     from medcm.draft import DraftConfig
     from medcm.engine import Engine
     from ui.app import LAUNCH_OPTIONS, build_app
+    from ui.auth import make_auth
 
     store = CaseStore(db_url)
-    engine = Engine(store, checkpoint=checkpoint, device=device, draft_config=draft_config or DraftConfig())
+    if not any(not user.disabled for user in store.users()):
+        store.close()
+        raise ValueError(f"{db_url}: no enabled user account to log in with; "
+                         f"create one with `medcm users add NAME --role admin --db {db_url}`")
+    engine = Engine(store, checkpoint=checkpoint, device=device, draft_config=draft_config or DraftConfig(),
+                    deid=deid, files_dir=files_dir)
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
-               max_file_size="2gb", **LAUNCH_OPTIONS)
+               max_file_size="2gb", auth=make_auth(store), **LAUNCH_OPTIONS)
     return app
+
+
+def demo_deid(folder: str | Path) -> DeidConfig:
+    """The demo's de-identification settings: the app's defaults, with a key kept in the demo folder."""
+    from medcm.deid import DeidConfig
+    from medcm.deid_files import load_or_create_key
+
+    return DeidConfig(load_or_create_key(Path(folder).resolve() / "cases.db.deid-key"))
+
+
+DEMO_USER = "demo"
+DEMO_LOGIN_FILE = "demo-login.txt"
+
+
+def demo_login(folder: str | Path, db_url: str) -> tuple[str, str, Path]:
+    """The demo's clinician login: created once with a random password kept in `<folder>/demo-login.txt` (0600).
+
+    A missing or unreadable file, or an account that no longer matches it, gets a new password.
+
+    Returns:
+        The name, the password and the file holding them.
+    """
+    import secrets
+
+    from db.store import CaseStore
+
+    file = Path(folder).resolve() / DEMO_LOGIN_FILE
+    lines = file.read_text(encoding="utf-8").splitlines() if file.is_file() else []
+    saved = dict(line.split(": ", 1) for line in lines if ": " in line)
+    with CaseStore(db_url) as store:
+        if saved.get("password") and store.authenticate(DEMO_USER, saved["password"]) == "clinician":
+            return DEMO_USER, saved["password"], file
+        password = secrets.token_urlsafe(12)
+        if DEMO_USER in {user.name for user in store.users()}:
+            store.set_password(DEMO_USER, password, actor="medcm demo")
+            store.set_role(DEMO_USER, "clinician", actor="medcm demo")
+            store.set_disabled(DEMO_USER, False, actor="medcm demo")
+        else:
+            store.add_user(DEMO_USER, "clinician", password, actor="medcm demo")
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"username: {DEMO_USER}\npassword: {password}\n")
+    os.chmod(file, 0o600)  # an older file keeps its mode through O_TRUNC
+    return DEMO_USER, password, file
 
 
 def demo_held_out(folder: str | Path) -> list[Path]:
@@ -100,7 +161,7 @@ def prepare_demo(folder: str | Path, rebuild: bool = False, progress: bool = Tru
     train_records, dev_records = split_records(read_manifest(manifest), "train", "dev", 0.0, 0)
     config = with_overrides(get_config(settings["config"]), epochs=settings["epochs"])
     train(config, train_records, dev_records, run, progress=progress)
-    engine = Engine(CaseStore(db_url), checkpoint=run)
+    engine = Engine(CaseStore(db_url), checkpoint=run, deid=demo_deid(folder))
     engine.ingest([folder / "archive" / "studies" / r.case_id for r in train_records], user="demo")
     for kind in ("image", "report"):  # build and save the indexes now, not at the first search
         engine.index(kind)
