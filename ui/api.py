@@ -1,21 +1,25 @@
-"""The scripting endpoints (`/search`, `/draft`, `/sign`, `/search_text`) as plain functions.
+"""The scripting endpoints (`/search`, `/draft`, `/sign`, `/export`, `/search_text`) as plain functions.
 
 They need no UI state: each one that takes a DICOM file saves and ingests it exactly as an upload
 in the browser does, then answers in JSON-ready dicts (see `ui.app` for the exact contract).
 Each one acts as the logged-in account of its `gr.Request` and checks that account's role first
-(`ui.auth`). The helpers `draft_study` and `sign_study` are shared with the browser handlers.
+(`ui.auth`). The helpers `draft_study`, `sign_study` and `export_study` are shared with the browser
+handlers.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import gradio as gr
+from gradio import utils as gradio_utils
 
 from db.store import CaseStore, ReportView
 from medcm.dicom import DicomImage
 from medcm.draft import Draft
 from medcm.engine import Engine, SimilarCase
+from medcm.export import EXPORT_FORMATS, export_filename, export_report, pick_report, save_export
 from medcm.text import split_sections
 from ui.auth import Login, log_view, require
 from ui.errors import readable_errors, user_error
@@ -68,6 +72,37 @@ def sign_study(engine: Engine, study_uid: str | None, text: str | None, signer: 
     if not (signer or "").strip():
         raise user_error("no signer: log in before signing")
     return engine.sign(study_uid.strip(), text.strip(), signer.strip())
+
+
+def export_study(store: CaseStore, study_uid: str | None, fmt: str | None, login: Login) -> str:
+    """Export a study's newest report version (signed or draft) and record an "export" event.
+
+    The file goes to a fresh folder in Gradio's upload cache, which the app empties at start and
+    ages out (`ui.app.DELETE_CACHE`), and is served to the logged-in user only through the response.
+
+    Returns:
+        The exported file's path.
+
+    Raises:
+        gr.Error: no study, an unknown format, or a study without a report.
+    """
+    if not (study_uid or "").strip():
+        raise user_error("no study to export: open a study (or give its study UID) first")
+    if fmt not in EXPORT_FORMATS:
+        raise user_error(f"export format: got {fmt!r}, expected one of {', '.join(EXPORT_FORMATS)}")
+    study_uid = study_uid.strip()
+    report = pick_report(study_uid, store.report_versions(study_uid))
+    folder = Path(tempfile.mkdtemp(prefix="export-", dir=_cache_folder()))
+    path = save_export(export_report(store.get_study(study_uid), report, fmt), folder / export_filename(report, fmt))
+    store.log_event("export", login.name, study_uid, {"format": fmt, "version": report.version,
+                                                      "report_id": report.id, "status": report.status})
+    return str(path)
+
+
+def _cache_folder() -> Path:
+    folder = Path(gradio_utils.get_upload_folder())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def case_json(case: SimilarCase) -> dict:
@@ -133,6 +168,11 @@ class Endpoints:
         """Sign a stored study's final report as the logged-in clinician; returns the signed version."""
         login = require(self.store, request, "sign")
         return report_json(sign_study(self.engine, study_uid, text, login.name))
+
+    @readable_errors
+    def export(self, study_uid: str | None, fmt: str | None, request: gr.Request) -> str:
+        """A stored study's newest report as a file: DICOM SR ("sr"), "txt" or "json" (clinicians)."""
+        return export_study(self.store, study_uid, fmt, require(self.store, request, "export"))
 
     @readable_errors
     def search_text(self, query: str | None, k: float, request: gr.Request) -> list[dict]:

@@ -38,6 +38,11 @@ dr.v); that needs the clinician role".
     "study_uid": str, "version": int, "status": "signed", "signed_by": <login name>,
     "signed_at": ISO-8601 UTC str}`. Empty text or an unknown study is refused.
 
+`/export` (study_uid, format) -> file  (clinician)
+    The study's newest report version as a file: "sr" (DICOM Basic Text SR referencing the study;
+    VERIFIED with the signer and time when signed, UNVERIFIED for a draft), "txt" or "json".
+    Recorded as an "export" event.
+
 `/search_text` (query, k=5) -> list[dict]  (any role)
     Stored studies whose images match a phrase, best first: `[{"study_uid", "sop_instance_uid",
     "score", "modality", "body_part", "report"}]`.
@@ -52,10 +57,25 @@ import gradio as gr
 
 from db.store import CaseStore
 from medcm.engine import Engine
+from medcm.export import EXPORT_FORMATS
 from ui.api import MAX_K, Endpoints
-from ui.handlers import AUDIT_KINDS, COMPARE_HINT, DRAFT_MARKER, REVIEW_TAB, TOP_K, Handlers
-from ui.render import (AUDIT_HEADERS, MATCH_HEADERS, PROVENANCE_HEADERS, SIMILAR_HEADERS, USER_HEADERS,
-                       WORKLIST_HEADERS, table)
+from ui.handlers import (
+    AUDIT_KINDS,
+    COMPARE_HINT,
+    DRAFT_MARKER,
+    REVIEW_TAB,
+    TOP_K,
+    Handlers,
+)
+from ui.render import (
+    AUDIT_HEADERS,
+    MATCH_HEADERS,
+    PROVENANCE_HEADERS,
+    SIMILAR_HEADERS,
+    USER_HEADERS,
+    WORKLIST_HEADERS,
+    table,
+)
 from ui.study import DEFAULT_PRESET, PRESETS
 
 TITLE = "medcm review"
@@ -105,7 +125,8 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
             with gr.Tab("Audit", id="audit", visible=False) as audit:
                 _audit_tab(handlers)
         _api(endpoints)
-        clinical = [review["files"], review["redraft"], review["save"], review["sign"], review["draft"]]
+        clinical = [review["files"], review["redraft"], review["save"], review["sign"], review["export"],
+                    review["draft"]]
         app.load(handlers.on_load, None, [login, worklist, audit, *clinical], **PRIVATE)
     return app
 
@@ -171,6 +192,11 @@ def _draft_section(c: dict[str, Any]) -> None:
         c["save"] = gr.Button("Save draft", elem_id="save-draft")
         c["sign"] = gr.Button("Sign report", variant="primary", elem_id="sign")
         c["signed"] = gr.Markdown(elem_id="signed-status")
+    with gr.Row():
+        c["export_format"] = gr.Radio(list(EXPORT_FORMATS), value="sr", label="Export format (sr: DICOM Structured Report)",
+                                      elem_id="export-format")
+        c["export"] = gr.Button("Export the latest report", elem_id="export")
+        c["exported"] = gr.File(label="Exported report", interactive=False, elem_id="exported")
 
 
 def _wire_review(h: Handlers, c: dict[str, Any]) -> None:
@@ -228,6 +254,7 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
      .success(h.on_open_draft, *review["load_draft"], **PRIVATE, **ENGINE_QUEUE)
      .then(h.on_worklist, None, worklist, **PRIVATE))
     review["save"].click(h.on_save, [review["study"], review["draft"]], [review["signed"], worklist], **PRIVATE)
+    review["export"].click(h.on_export, [review["study"], review["export_format"]], review["exported"], **PRIVATE)
     review["sign"].click(h.on_sign, [review["study"], review["draft"]], [review["signed"], worklist],
                          **PRIVATE, **ENGINE_QUEUE)
     for trigger in (search.click, query.submit):
@@ -257,9 +284,12 @@ def _api(endpoints: Endpoints) -> None:
         study_uid = gr.Textbox(label="study_uid")
         text = gr.Textbox(label="text")
         query = gr.Textbox(label="query")
+        fmt = gr.Textbox(label="format")
         result = gr.JSON(label="result")
-        run = {name: gr.Button(name) for name in ("search", "draft", "sign", "search_text")}
+        exported = gr.File(label="exported report")
+        run = {name: gr.Button(name) for name in ("search", "draft", "sign", "export", "search_text")}
     run["search"].click(endpoints.search, [dicom, k], result, api_name="search", **ENGINE_QUEUE)
     run["draft"].click(endpoints.draft, [dicom], result, api_name="draft", **ENGINE_QUEUE)
     run["sign"].click(endpoints.sign, [study_uid, text], result, api_name="sign", **ENGINE_QUEUE)
+    run["export"].click(endpoints.export, [study_uid, fmt], exported, api_name="export")
     run["search_text"].click(endpoints.search_text, [query, k], result, api_name="search_text", **ENGINE_QUEUE)

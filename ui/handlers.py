@@ -26,7 +26,7 @@ from medcm.draft import DraftSentence
 from medcm.engine import Engine, ImageMatch, SimilarCase
 from medcm.text import split_sections
 from ui import render
-from ui.api import check_k, draft_study, sign_study
+from ui.api import check_k, draft_study, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
 from ui.study import ReviewStudy, ingest_upload, load_study, read_ref, read_study, window_of
@@ -79,17 +79,17 @@ class Handlers:
     # ------------------------------------------------------------------- login
     @readable_errors
     def on_load(self, request: gr.Request) -> tuple[str, pd.DataFrame, gr.Tab, gr.File, gr.Button, gr.Button,
-                                                     gr.Button, gr.Textbox]:
+                                                     gr.Button, gr.Button, gr.Textbox]:
         """At page load: who is logged in, the worklist, and the controls their role may use.
 
         Returns the login line, the worklist, the Audit tab (shown to admins only), then the upload
-        box, "Draft again", "Save draft", "Sign" and the report box (active for clinicians only).
+        box, "Draft again", "Save draft", "Sign", "Export" and the report box (active for clinicians only).
         """
         login = require(self.store, request, "read")
         clinical = allowed(login.role, "sign")
         return (render.login_markdown(login.name, login.role), self._worklist(),
                 gr.Tab(visible=allowed(login.role, "audit")), gr.File(visible=clinical),
-                *(gr.Button(visible=clinical) for _ in range(3)), gr.Textbox(interactive=clinical))
+                *(gr.Button(visible=clinical) for _ in range(4)), gr.Textbox(interactive=clinical))
 
     # ------------------------------------------------------------------ viewer
     @readable_errors
@@ -244,6 +244,12 @@ class Handlers:
         message = render.signed_message(report)
         gr.Info(html.escape(message))
         return render.escape_md(message), self._worklist()
+
+    @readable_errors
+    def on_export(self, study: ReviewStudy | None, fmt: str | None, request: gr.Request) -> str:
+        """The study's newest report as a download: DICOM SR, text or JSON (an "export" event)."""
+        login = require(self.store, request, "export")
+        return export_study(self.store, study.study_uid if study else None, fmt, login)
 
     # ---------------------------------------------------------------- worklist
     @readable_errors

@@ -8,6 +8,7 @@ import typing
 import urllib.error
 import urllib.request
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse
 
@@ -90,7 +91,7 @@ def test_binds_to_localhost_and_shows_the_notices(served):
 
 def test_api_page_lists_only_the_named_endpoints(served):
     endpoints = served.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/search", "/draft", "/sign", "/search_text"}
+    assert set(endpoints) == {"/search", "/draft", "/sign", "/export", "/search_text"}
     assert not served.client.view_api(print_info=False, return_format="dict")["unnamed_endpoints"]
 
 
@@ -130,6 +131,32 @@ def test_sign_stores_the_report_and_refuses_empty_text(served, cases):
     assert latest.author == "medcm-draft"  # the model wrote the draft; the clinician asked for it and signed
     with pytest.raises(gradio_client.exceptions.AppError, match="the report is empty"):
         served.client.predict(study_uid, "   ", api_name="/sign")
+
+
+def test_export_gives_a_verified_sr_of_the_signed_report_and_is_audited(served, cases, tmp_path):
+    import json
+
+    study_uid = served.client.predict(gradio_client.handle_file(_dev(cases, 12)), api_name="/draft")["study_uid"]
+    exporter = gradio_client.Client(served.url, auth=("dr.c", ACCOUNTS["dr.c"][1]), verbose=False,
+                                    analytics_enabled=False, download_files=str(tmp_path))
+    draft_sr = pydicom.dcmread(exporter.predict(study_uid, "sr", api_name="/export"))
+    assert (draft_sr.VerificationFlag, draft_sr.CompletionFlag) == ("UNVERIFIED", "PARTIAL")
+    served.client.predict(study_uid, "FINDINGS: Round lesion.\nIMPRESSION: Lesion.", api_name="/sign")
+    sr = pydicom.dcmread(exporter.predict(study_uid, "sr", api_name="/export"))
+    assert (sr.VerificationFlag, str(sr.VerifyingObserverSequence[0].VerifyingObserverName)) == ("VERIFIED", "dr.c")
+    assert sr.StudyInstanceUID == study_uid and sr.Modality == "SR"
+    as_json = json.loads(Path(exporter.predict(study_uid, "json", api_name="/export")).read_text(encoding="utf-8"))
+    assert as_json["verified"] is True and as_json["signed_by"] == "dr.c"
+    exporter.close()
+    events = served.store.events(study_uid=study_uid, kind="export")
+    assert [(e["user"], e["detail"]["format"], e["detail"]["status"]) for e in events] == [
+        ("dr.c", "json", "signed"), ("dr.c", "sr", "signed"), ("dr.c", "sr", "draft")]
+    with pytest.raises(gradio_client.exceptions.AppError, match="role viewer may not export reports"):
+        served.viewer.predict(study_uid, "txt", api_name="/export")
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"export format: got 'pdf', expected one of sr, txt"):
+        served.client.predict(study_uid, "pdf", api_name="/export")
+    path = served.handlers.on_export(load_study(served.store, study_uid), "txt", CLINICIAN)  # the browser's button
+    assert Path(path).read_text(encoding="utf-8").count("dr.c") >= 1
 
 
 def test_a_non_dicom_upload_gets_one_readable_line(served, tmp_path):
