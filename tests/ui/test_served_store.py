@@ -110,3 +110,51 @@ def test_check_store_notices_a_missing_signature(served):
     problems = check_store(served.store, LoadResult([log], 1.0), len(served.store.list_studies(limit=100_000)),
                            len(served.store.events(kind="sign", limit=100_000)))
     assert any("matching report -1" in p for p in problems) and any("sign events" in p for p in problems)
+
+
+def _zip_with(path: Path, members: dict[str, bytes], link: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        if link is not None:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = 0o120777 << 16  # a symbolic link member
+            archive.writestr(info, "/etc/passwd")
+    return path
+
+
+def _absurd_dicom(path: Path) -> Path:
+    ds = _ct()
+    ds.Rows = ds.Columns = 60000  # declares 3.6e9 pixels over a few KB of data
+    path.write_bytes(_bytes(ds))
+    return path
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("traversal", r"upload refused, nothing stored: study.zip:\.\./evil\.dcm: unsafe member name"),
+    ("link", r"upload refused, nothing stored: study.zip:link\.dcm: member is a symbolic link"),
+    ("disguised", r"no readable DICOM image in the upload: scan\.dcm: not a DICOM file"),
+    ("absurd", r"no readable DICOM image in the upload: huge\.dcm: declared image size 60000×60000"),
+    ("too many", r"upload refused, nothing stored: .*over the limit of 2"),
+])
+def test_bad_uploads_are_refused_with_one_line_and_store_nothing(tmp_path, kind, expected):
+    from medcm.limits import UploadLimits
+    from ui.study import ingest_upload
+
+    good = _bytes(_ct())
+    files = {
+        "traversal": lambda: [_zip_with(tmp_path / "study.zip", {"a.dcm": good, "../evil.dcm": good})],
+        "link": lambda: [_zip_with(tmp_path / "study.zip", {"a.dcm": good}, link="link.dcm")],
+        "disguised": lambda: [tmp_path / "scan.dcm"],
+        "absurd": lambda: [_absurd_dicom(tmp_path / "huge.dcm")],
+        "too many": lambda: [_zip_with(tmp_path / "study.zip", {f"{i}.dcm": good for i in range(3)})],
+    }
+    (tmp_path / "scan.dcm").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a PNG renamed to .dcm
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.db'}")
+    engine = Engine(store, deid=DeidConfig(KEY))
+    with pytest.raises(gr.Error, match=expected) as info:
+        limits = UploadLimits(max_files=2) if kind == "too many" else UploadLimits()
+        ingest_upload(engine, [str(p) for p in files[kind]()], tmp_path / "uploads", "dr.c", limits)
+    assert "\n" not in info.value.message
+    assert store.list_studies() == [] and store.events(kind="ingest") == []
+    assert not (tmp_path / "cases.db.files").exists() or not any((tmp_path / "cases.db.files").rglob("*.dcm"))
