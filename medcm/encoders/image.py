@@ -118,3 +118,28 @@ def _probe_feature_dim(trunk: nn.Module, config: ImageEncoderConfig, image_size:
         dim = int(trunk(torch.zeros(shape)).shape[-1])
     trunk.train(was_training)
     return dim
+
+
+def build_trunk_3d(arch: str, in_channels: int = 1) -> tuple[nn.Module, int]:
+    """Build a MONAI 3D ResNet trunk that maps volumes `[B, C, D, H, W]` to pooled features `[B, F]`.
+
+    Args:
+        arch: "resnet10" or "resnet18" (MONAI's MedicalNet-style 3D ResNets).
+        in_channels: channels of the volume (1: greyscale).
+
+    Returns:
+        The trunk (no classifier: `feed_forward=False`) and its feature size `F`.
+
+    Raises:
+        ValueError: unknown architecture or non-positive channel count.
+    """
+    archs = ("resnet10", "resnet18")
+    if arch not in archs:
+        raise ValueError(f"3D arch: got {arch!r}, expected one of {archs}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels: got {in_channels}, expected >= 1")
+    from monai.networks import nets  # heavy import kept out of module import time
+
+    # conv1_t_stride=2 strides the stem in every axis (D, H and W), as in MedicalNet and torchvision.
+    trunk = getattr(nets, arch)(spatial_dims=3, n_input_channels=in_channels, conv1_t_stride=2, feed_forward=False)
+    return trunk, int(trunk.in_planes)  # MONAI leaves `in_planes` at the last stage's output channels
