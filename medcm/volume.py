@@ -26,7 +26,8 @@ from pydicom.pixels import apply_modality_lut, pixel_array
 from medcm.dicom import DicomReadError, _check_pixel_data, _load, _skip, _walk
 from medcm.limits import zip_member_problem
 
-__all__ = ["VOLUME_MODALITIES", "Volume", "VolumeError", "assemble_volume", "is_volume_series", "read_volumes"]
+__all__ = ["VOLUME_MODALITIES", "Volume", "VolumeError", "assemble_volume", "is_volume_series", "read_volumes",
+           "slice_positions"]
 
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
 _ENHANCED_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4.1"})
@@ -201,6 +202,23 @@ def _direction(orientation: tuple[float, ...], name: str) -> np.ndarray:
         raise VolumeError(f"{name}: ImageOrientationPatient {_show(orientation)} is not two orthogonal unit "
                           "cosines; expected e.g. [1, 0, 0, 0, 1, 0]")
     return np.stack([row, col, normal / np.linalg.norm(normal)]) + 0.0  # + 0.0: no negative zeros
+
+
+def slice_positions(datasets: Sequence[pydicom.Dataset]) -> list[float] | None:
+    """Each single-frame slice's position along the series normal (mm), from headers alone.
+
+    For ordering slices without decoding them (e.g. a viewer's slice scrolling). None when a slice
+    lacks ImagePositionPatient or ImageOrientationPatient, or the orientations differ.
+    """
+    orientations = [_floats(ds.get("ImageOrientationPatient"), 6) for ds in datasets]
+    positions = [_floats(ds.get("ImagePositionPatient"), 3) for ds in datasets]
+    if not datasets or None in orientations or None in positions:
+        return None
+    first = orientations[0]
+    if any(not np.allclose(o, first, atol=_ORIENTATION_TOL) for o in orientations):
+        return None
+    normal = np.cross(np.array(first[:3]), np.array(first[3:]))
+    return [float(np.dot(position, normal)) for position in positions]
 
 
 def assemble_volume(datasets: Sequence[pydicom.Dataset], label: str = "", allow_gaps: bool = False) -> Volume:

@@ -158,3 +158,23 @@ def test_reingest_after_an_amendment_keeps_the_signed_reports_vector(engine, poo
     assert (result.added_instances, result.skipped_instances, result.added_reports) == (0, 1, 0)
     now = engine.index("report").vectors[engine.index("report").keys.index(study_uid)]
     np.testing.assert_array_equal(now, signed_vector)
+
+
+def test_a_volume_series_goes_through_ingest_search_and_draft(engine, shared_data, tmp_path):
+    """The shared 128-slice synthetic series (with a report) is stored slice by slice, then searched
+    and drafted as one study: its embedding aggregates every slice."""
+    from medcm.volume import read_volumes
+
+    folder = tmp_path / "series"
+    shutil.copytree(shared_data / "dicom-series-synthetic", folder)
+    (folder / "report.txt").write_text("FINDINGS: Round lesion in the upper left.\nIMPRESSION: Lesion.")
+    (volume,), errors = read_volumes(folder)
+    assert errors == [] and volume.voxels.shape == (128, 128, 128)
+    result = engine.ingest([folder], user="tester")
+    assert (len(result.studies), result.added_instances, result.added_reports) == (1, 128, 1)
+    images, _ = read_images([folder])
+    cases = engine.similar_cases(images, k=3)
+    assert len(cases) == 3 and result.studies[0] not in {case.study_uid for case in cases}
+    draft = engine.draft(images)
+    assert draft.text() and not draft.verified
+    assert set(draft.source_cases) <= set(engine.index("report").keys) - {result.studies[0]}

@@ -29,7 +29,7 @@ from ui import render
 from ui.api import check_k, draft_study, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
-from ui.study import ReviewStudy, ingest_upload, load_study, read_ref, read_study, window_of
+from ui.study import ImageRef, ReviewStudy, ingest_upload, load_study, read_study, read_view, window_of
 
 TOP_K = 5
 REVIEW_TAB = "review"
@@ -59,6 +59,12 @@ def _picked(items: list[Any], evt: gr.SelectData) -> Any | None:
     if isinstance(key, int):
         return items[key] if 0 <= key < len(items) else None
     return next((item for item in items if item.study_uid == key), None)
+
+
+def _frame_slider(ref: ImageRef) -> gr.Slider:
+    """The slider of a multi-frame image ("Frame") or of a volume series ("Slice"), hidden for one frame."""
+    return gr.Slider(minimum=0, maximum=max(ref.frames - 1, 1), value=0, step=1, visible=ref.frames > 1,
+                     label="Slice" if ref.slices else "Frame")
 
 
 class Handlers:
@@ -117,7 +123,7 @@ class Handlers:
         choices = [(ref.label, i) for i, ref in enumerate(study.images)]
         first = study.images[0]
         selector = gr.Dropdown(choices=choices, value=0, visible=len(choices) > 1)
-        frames = gr.Slider(minimum=0, maximum=max(first.frames - 1, 1), value=0, step=1, visible=first.frames > 1)
+        frames = _frame_slider(first)
         info = render.study_markdown(study_uid, len(study.images), self.store.latest_report(study_uid), notes)
         cleared = (None, None, COMPARE_HINT, "", None, "")
         return study, self._render(study, preset, 0, 0), selector, frames, info, *cleared
@@ -134,7 +140,7 @@ class Handlers:
         if study is None:
             return None
         ref = study.images[min(max(int(index or 0), 0), len(study.images) - 1)]
-        return render.frame_image(read_ref(ref, window_of(preset)), int(frame or 0))
+        return render.frame_image(*read_view(ref, int(frame or 0), window_of(preset)))
 
     @readable_errors
     def on_instance(self, study: ReviewStudy | None, index: int | None, preset: str | None,
@@ -144,7 +150,7 @@ class Handlers:
         if study is None:
             return gr.Slider(visible=False), None
         ref = study.images[int(index or 0)]
-        slider = gr.Slider(minimum=0, maximum=max(ref.frames - 1, 1), value=0, step=1, visible=ref.frames > 1)
+        slider = _frame_slider(ref)
         return slider, self._render(study, preset, index, 0)
 
     # ----------------------------------------------------------- similar cases

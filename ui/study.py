@@ -8,7 +8,9 @@ cleans its own temporary files, and the same file uploaded twice is one file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -19,19 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import pydicom
 from gradio import utils as gradio_utils
+from pydicom.errors import InvalidDicomError
 
 from db.store import CaseStore, InstanceView
 from medcm.deid_files import read_source
 from medcm.dicom import WINDOW_PRESETS, DicomImage, DicomReadError, read_instance
 from medcm.engine import Engine, IngestResult
 from medcm.limits import UploadLimits, UploadRejected, check_upload
+from medcm.volume import VOLUME_MODALITIES, slice_positions
 from ui.errors import one_line, user_error
 
 DEFAULT_PRESET = "default"
 PRESETS: tuple[str, ...] = (DEFAULT_PRESET, *WINDOW_PRESETS)
 _ZIP_MEMBER = re.compile(r"^(?P<archive>.+?\.zip):(?P<member>.+)$", re.IGNORECASE)
 _CHUNK = 1 << 20
+MIN_VOLUME_SLICES = 3
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class ImageRef:
     sop_instance_uid: str
     series_uid: str
     label: str  # shown in the series/instance selector
-    frames: int
+    frames: int  # frames of the file, or slices of a volume series
+    slices: tuple[str, ...] = ()  # a CT/MR/PT series scrolled as one volume: its slice files, in position order
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,51 @@ def load_study(store: CaseStore, study_uid: str) -> ReviewStudy:
     study = store.get_study(study_uid)
     if not study.instances:
         raise user_error(f"study {study_uid}: no stored image to show")
-    series = list(dict.fromkeys(view.series_uid for view in study.instances))
-    return ReviewStudy(study_uid, tuple(_ref(view, series.index(view.series_uid) + 1) for view in study.instances))
+    by_series: dict[str, list[InstanceView]] = {}
+    for view in study.instances:
+        by_series.setdefault(view.series_uid, []).append(view)
+    refs: list[ImageRef] = []
+    for number, views in enumerate(by_series.values(), start=1):
+        if _is_volume(views):
+            refs.append(_volume_ref(views, number))
+        else:
+            refs.extend(_ref(view, number) for view in views)
+    return ReviewStudy(study_uid, tuple(refs))
+
+
+def _is_volume(views: list[InstanceView]) -> bool:
+    """A CT/MR/PT series of at least `MIN_VOLUME_SLICES` single-frame slices: scrolled as one volume."""
+    return len(views) >= MIN_VOLUME_SLICES and all(
+        view.modality in VOLUME_MODALITIES and int((view.metadata or {}).get("frames") or 1) == 1 for view in views)
+
+
+def _volume_ref(views: list[InstanceView], series_number: int) -> ImageRef:
+    """One selector entry for a whole series, its slices sorted along the normal (else by InstanceNumber)."""
+    ordered = _by_position(views)
+    what = (views[0].metadata or {}).get("series_description") or views[0].modality
+    label = f"series {series_number} · {what} volume · {len(ordered)} slices"
+    first = ordered[0]
+    return ImageRef(first.path, first.sop_instance_uid, first.series_uid, label, len(ordered),
+                    tuple(view.path for view in ordered))
+
+
+def _by_position(views: list[InstanceView]) -> list[InstanceView]:
+    headers = []
+    for view in views:
+        try:
+            data = read_source(view.path)
+            headers.append(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True))
+        except (DicomReadError, OSError, ValueError, InvalidDicomError):
+            headers = []
+            break
+    positions = slice_positions(headers) if headers else None
+    if positions is not None:
+        return [view for _, view in sorted(zip(positions, views), key=lambda pair: pair[0])]
+    def by_number(view: InstanceView) -> tuple[bool, int, str]:
+        number = (view.metadata or {}).get("instance_number")
+        return number is None, number or 0, view.path
+
+    return sorted(views, key=by_number)
 
 
 def _ref(view: InstanceView, series_number: int) -> ImageRef:
@@ -199,6 +249,20 @@ def read_ref(ref: ImageRef, window: tuple[float, float] | None = None) -> DicomI
     return read_instance(read_source(ref.path), name=ref.path, window=window)
 
 
+def read_view(ref: ImageRef, frame: int, window: tuple[float, float] | None = None) -> tuple[DicomImage, int]:
+    """What the viewer shows for `frame`: the image holding it and the frame index within that image.
+
+    A volume's `frame` is a slice (its own file); a multi-frame file's is one of its frames.
+
+    Raises:
+        DicomReadError: the file is gone or unreadable.
+    """
+    if not ref.slices:
+        return read_ref(ref, window), frame
+    path = ref.slices[min(max(int(frame), 0), len(ref.slices) - 1)]
+    return read_ref(dataclasses.replace(ref, path=path, slices=()), window), 0
+
+
 def read_study(study: ReviewStudy) -> list[DicomImage]:
     """Every readable image of the study with the standard display pipeline (as it was embedded).
 
@@ -209,10 +273,11 @@ def read_study(study: ReviewStudy) -> list[DicomImage]:
     """
     images, failed = [], []
     for ref in study.images:
-        try:
-            images.append(read_ref(ref))
-        except DicomReadError as err:
-            failed.append(one_line(str(err)))
+        for path in ref.slices or (ref.path,):
+            try:
+                images.append(read_ref(dataclasses.replace(ref, path=path, slices=())))
+            except DicomReadError as err:
+                failed.append(one_line(str(err)))
     if not images:
         raise user_error(f"study {study.study_uid}: no image can be read ({failed[0] if failed else 'none stored'})")
     if failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import typing
 import urllib.error
 import urllib.request
@@ -388,3 +389,34 @@ def test_request_handlers_keep_resolvable_request_hints():
                          (Endpoints, ("search", "draft", "sign", "search_text"))]:
         for name in names:
             assert typing.get_type_hints(getattr(owner, name))["request"] is gr.Request, name
+
+
+def test_a_volume_upload_scrolls_by_position_and_gets_cases_and_a_draft(served, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the series generator
+    from test_volume import make_slice
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    upload = tmp_path / "ct-series.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        for n, index in enumerate([5, 2, 7, 0, 3, 6, 1, 4]):  # file order is not position order
+            ds = make_slice(index, series_uid)
+            ds.StudyInstanceUID = study_uid
+            archive.writestr(f"IM{n:03d}.dcm", _dataset_bytes(ds))
+    h = served.handlers
+    study = h.on_upload([str(upload)], "default", CLINICIAN)[0]
+    (volume,) = study.images  # one scrollable entry for the whole series
+    assert (volume.frames, len(volume.slices)) == (8, 8) and "CT volume · 8 slices" in volume.label
+    means = [np.asarray(h.render_view(study, "default", 0, k, VIEWER), dtype=float).mean() for k in range(8)]
+    assert means == sorted(means) and means[0] < means[-1]  # slice k is the k-th along the normal
+    cases, _, _ = h.on_similar(study, CLINICIAN)
+    _, text, _, _ = h.on_draft(study, CLINICIAN)
+    assert len(cases) == 5 and study_uid not in {c.study_uid for c in cases} and text.strip()
+    assert served.store.latest_report(study_uid).status == "draft"
+
+
+def _dataset_bytes(ds) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
