@@ -516,8 +516,24 @@ def iter_dicom(path: str | os.PathLike) -> Iterator[DicomImage | DicomReadError]
 
 
 def _iter_root(root: Path) -> Iterator[DicomImage | DicomReadError]:
+    for item in iter_sources(root):
+        yield item if isinstance(item, DicomReadError) else _attempt(item[2], item[0], item[1])
+
+
+def iter_sources(root: str | os.PathLike) -> Iterator[tuple[str, str, Path | bytes] | DicomReadError]:
+    """`(label, folder, file path or member bytes)` per candidate DICOM file under a file, folder or .zip.
+
+    Folders are walked in sorted order, skipping hidden entries, DICOMDIR and non-DICOM suffixes;
+    zip members (one level) are read into memory and labelled ``"x.zip:member"``. An unsafe member
+    (a path leaving the archive, a link, an oversized one) or an unreadable zip is yielded as a
+    `DicomReadError` instead. Shared by `iter_dicom` and `medcm.volume`.
+    """
+    root = Path(root)
     for file in _walk(root) if root.is_dir() else [root]:
-        yield from _iter_file(file)
+        if file.suffix.lower() == ".zip":
+            yield from _iter_zip(file)
+        else:
+            yield str(file), str(file.parent), file
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -528,13 +544,6 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _iter_file(file: Path) -> Iterator[DicomImage | DicomReadError]:
-    if file.suffix.lower() == ".zip":
-        yield from _iter_zip(file)
-    else:
-        yield _attempt(file, str(file), str(file.parent))
-
-
 def _attempt(source: str | os.PathLike | bytes, label: str, folder: str) -> DicomImage | DicomReadError:
     try:
         return _read(source, label, folder)
@@ -542,7 +551,7 @@ def _attempt(source: str | os.PathLike | bytes, label: str, folder: str) -> Dico
         return err
 
 
-def _iter_zip(archive: Path) -> Iterator[DicomImage | DicomReadError]:
+def _iter_zip(archive: Path) -> Iterator[tuple[str, str, bytes] | DicomReadError]:
     try:
         zf = zipfile.ZipFile(archive)
     except (OSError, zipfile.BadZipFile) as exc:
@@ -569,7 +578,7 @@ def _iter_zip(archive: Path) -> Iterator[DicomImage | DicomReadError]:
             except Exception as exc:  # noqa: BLE001 - reported per member: CRC error, bad compression ...
                 yield _chained(DicomReadError(label, f"cannot extract zip member: {exc}"), exc)
                 continue
-            yield _attempt(data, label, f"{archive}:{posixpath.dirname(member.filename)}")
+            yield label, f"{archive}:{posixpath.dirname(member.filename)}", data
 
 
 def _chained(err: DicomReadError, cause: BaseException) -> DicomReadError:

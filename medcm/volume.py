@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import posixpath
-import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +20,8 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, pixel_array
 
-# Private helpers of medcm.dicom, imported so that "a safe read" and "a file worth reading" have one definition.
-from medcm.dicom import DicomReadError, _check_pixel_data, _load, _skip, _walk
-from medcm.limits import zip_member_problem
+# Private helpers of medcm.dicom, imported so that "a safe read" and "whole pixel data" have one definition.
+from medcm.dicom import DicomReadError, _check_pixel_data, _load, iter_sources
 
 __all__ = ["VOLUME_MODALITIES", "Volume", "VolumeError", "assemble_volume", "is_volume_series", "read_volumes",
            "slice_positions"]
@@ -35,7 +32,6 @@ _ORIENTATION_TOL = 1e-4  # max abs difference between direction cosines of one s
 _PIXEL_SPACING_TOL = 1e-3  # mm
 _SAME_POSITION_MM = 0.01  # two slices closer than this along the normal are at the same position
 _GAP_FACTOR = 1.5  # a step this many times the median spacing means a missing slice
-_MAX_ZIP_MEMBER = 2**31
 
 
 class VolumeError(ValueError):
@@ -415,7 +411,7 @@ def read_volumes(path: str | os.PathLike, min_slices: int = 3) -> tuple[list[Vol
     groups: dict[str, list[pydicom.Dataset]] = {}
     folders: dict[str, str] = {}
     errors: list[VolumeError | DicomReadError] = []
-    for item in _iter_sources(root):
+    for item in iter_sources(root):
         try:
             if isinstance(item, DicomReadError):
                 raise item
@@ -447,36 +443,3 @@ def _read_dataset(source: Path | bytes, label: str) -> pydicom.Dataset:
             if ds.file_meta.get("TransferSyntaxUID"):
                 return ds
     return _load(source, label)
-
-
-def _iter_sources(root: Path) -> Iterator[tuple[str, str, Path | bytes] | DicomReadError]:
-    """(label, folder, path or bytes) per candidate file, expanding zips; DicomReadError per unsafe member."""
-    for file in _walk(root) if root.is_dir() else [root]:
-        if file.suffix.lower() != ".zip":
-            yield str(file), str(file.parent), file
-            continue
-        try:
-            zf = zipfile.ZipFile(file)
-        except (OSError, zipfile.BadZipFile) as exc:
-            yield _chained(DicomReadError(str(file), f"not a readable zip archive: {exc}"), exc)
-            continue
-        with zf:
-            for member in sorted((m for m in zf.infolist() if not m.is_dir()), key=lambda m: m.filename):
-                label = f"{file}:{member.filename}"
-                problem = zip_member_problem(member) or (
-                    f"zip member is {member.file_size} bytes, over the {_MAX_ZIP_MEMBER} limit"
-                    if member.file_size > _MAX_ZIP_MEMBER else None)
-                if problem or _skip(member.filename):
-                    yield from [DicomReadError(label, problem)] if problem else []
-                    continue
-                try:
-                    data = zf.read(member)
-                except Exception as exc:  # noqa: BLE001 - CRC error, bad compression ...
-                    yield _chained(DicomReadError(label, f"cannot extract zip member: {exc}"), exc)
-                    continue
-                yield label, f"{file}:{posixpath.dirname(member.filename)}", data
-
-
-def _chained(err: DicomReadError, cause: BaseException) -> DicomReadError:
-    err.__cause__ = cause
-    return err
