@@ -15,7 +15,7 @@ The series are written as DICOM, read back with `medcm.volume.read_volumes` and 
 augmentation. Reported on the dev split: image→report R@1/5/10 (rank of the case's own report among
 the distinct dev reports; identical texts count as one), finding P@1 (the nearest dev report has the
 case's finding class), P@1 per finding, train seconds, and inference volumes/s (eval forward on
-prepared tensors, batch 16) plus preparation ms per volume. With the defaults one seed took 14.5 min
+prepared tensors, batch 16) plus preparation ms per volume. With the defaults one seed took 10.2 min
 wall on 2 shared AMD EPYC cores (about 285 s of training each for 3d and 2.5d, 9 s for the middle
 slice); `--seeds 0 1 2` triples that. Usage:
 
