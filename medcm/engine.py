@@ -28,6 +28,7 @@ from medcm.deid import DeidConfig, pseudonymous_uid
 from medcm.deid_files import deidentify_images
 from medcm.dicom import DicomImage, DicomReadError, iter_dicom
 from medcm.draft import Draft, DraftConfig, SourceCase, draft_findings
+from medcm.encoders.volume import study_embedding
 from medcm.index import Hit, VectorIndex
 from medcm.preprocess import prepare_image, resize_and_pad, select_frame
 from medcm.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
@@ -184,11 +185,19 @@ class Engine:
         return torch.cat(out).numpy() if out else np.zeros((0, ckpt.config.model.embed_dim), np.float32)
 
     def study_embedding(self, images: list[DicomImage]) -> np.ndarray:
-        """One query vector `[D]` for a study: the normalised mean of its image embeddings."""
+        """One query vector `[D]` for a study: its series first, then the study.
+
+        Each series is the normalised mean of its images' embeddings, and the study the normalised
+        mean of its series, so a 300-slice CT series and a single radiograph of the same study weigh
+        the same instead of 300 to 1.
+        """
         if not images:
             raise ValueError("no readable DICOM image to search with")
-        mean = self.embed_images(images).mean(axis=0)
-        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+        vectors = torch.from_numpy(self.embed_images(images))
+        series_uids = [image.meta.series_uid for image in images]
+        per_series = torch.stack([vectors[[i for i, s in enumerate(series_uids) if s == uid]].mean(dim=0)
+                                  for uid in dict.fromkeys(series_uids)])
+        return study_embedding(per_series).numpy()  # normalises each series, then the mean
 
     # -------------------------------------------------------------------- ingest
     def ingest(

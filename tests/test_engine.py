@@ -178,3 +178,20 @@ def test_a_volume_series_goes_through_ingest_search_and_draft(engine, shared_dat
     draft = engine.draft(images)
     assert draft.text() and not draft.verified
     assert set(draft.source_cases) <= set(engine.index("report").keys) - {result.studies[0]}
+
+
+def test_a_study_embedding_weighs_each_series_once(engine, synthetic_manifest):
+    """Nine images of one series and one image of another: the two series count equally."""
+    import dataclasses
+
+    def in_series(image, uid):
+        return dataclasses.replace(image, meta=dataclasses.replace(image.meta, series_uid=uid))
+
+    (one,) = _query(synthetic_manifest, "dev-00000")
+    (other,) = _query(synthetic_manifest, "dev-00001")
+    images = [in_series(one, "series-a")] + [in_series(other, "series-b")] * 9
+    a, b = engine.embed_images([one, other])
+    expected = a / np.linalg.norm(a) + b / np.linalg.norm(b)
+    np.testing.assert_allclose(engine.study_embedding(images), expected / np.linalg.norm(expected), atol=1e-5)
+    single = engine.study_embedding([one])
+    np.testing.assert_allclose(single, a / np.linalg.norm(a), atol=1e-5)
