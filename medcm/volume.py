@@ -24,7 +24,7 @@ from pydicom.pixels import apply_modality_lut, pixel_array
 from medcm.dicom import DicomReadError, _check_pixel_data, _load, iter_sources
 
 __all__ = ["VOLUME_MODALITIES", "Volume", "VolumeError", "assemble_volume", "is_volume_series", "read_volumes",
-           "slice_positions"]
+           "slice_positions", "spacing_problems"]
 
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
 _ENHANCED_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4.1"})
@@ -215,6 +215,28 @@ def slice_positions(datasets: Sequence[pydicom.Dataset]) -> list[float] | None:
         return None
     normal = np.cross(np.array(first[:3]), np.array(first[3:]))
     return [float(np.dot(position, normal)) for position in positions]
+
+
+def spacing_problems(positions: Sequence[float], name: str) -> list[str]:
+    """Warnings about slice positions along the normal: repeated positions and gaps (missing slices).
+
+    The same rules as `assemble_volume` (a step over 1.5× the median spacing is a gap), from headers
+    alone, for callers that show slices without assembling them. Each line starts with `name`.
+    """
+    ordered = np.sort(np.asarray(positions, dtype=float))
+    steps = np.diff(ordered)
+    problems = []
+    repeated = int((steps < _SAME_POSITION_MM).sum())
+    if repeated:
+        problems.append(f"{name}: {repeated} slice(s) repeat another slice's position; expected one slice per position")
+    distinct = steps[steps >= _SAME_POSITION_MM]
+    if distinct.size:
+        median = float(np.median(distinct))
+        gaps = [(float(ordered[i]), float(steps[i])) for i in range(steps.size) if steps[i] > _GAP_FACTOR * median]
+        for start, step in gaps:
+            problems.append(f"{name}: gap of {step:g} mm after the slice at {start:g} mm, {step / median:.1f}× the "
+                            f"median spacing {median:g} mm: about {round(step / median) - 1} slice(s) missing")
+    return problems
 
 
 def assemble_volume(datasets: Sequence[pydicom.Dataset], label: str = "", allow_gaps: bool = False) -> Volume:

@@ -317,3 +317,17 @@ def test_read_volumes_zip_reports_failing_series(tmp_path):
 def test_read_volumes_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_volumes(tmp_path / "absent")
+
+
+def test_spacing_problems_from_positions_alone():
+    from medcm.volume import slice_positions, spacing_problems
+
+    positions = slice_positions(shuffled(series()))
+    assert sorted(positions) == [i * STEP for i in range(N)] and spacing_problems(positions, "s") == []
+    assert spacing_problems([0, 2.5, 5, 12.5, 15], "s") == [
+        "s: gap of 7.5 mm after the slice at 5 mm, 3.0× the median spacing 2.5 mm: about 2 slice(s) missing"]
+    assert spacing_problems([0, 2.5, 2.5, 5], "s") == ["s: 1 slice(s) repeat another slice's position; "
+                                                      "expected one slice per position"]
+    tilted = series()
+    tilted[3].ImageOrientationPatient = [1, 0, 0, 0, 0.9, 0.43589]
+    assert slice_positions(tilted) is None  # mixed orientations: no single normal to sort along

@@ -120,6 +120,9 @@ class Handlers:
     def _show(self, study_uid: str, preset: str | None, notes: list[str], login: Login) -> StudyOutputs:
         study = load_study(self.store, study_uid)
         log_view(self.store, login, study_uid, "review")
+        for warning in study.warnings:
+            gr.Warning(html.escape(warning))
+        notes = [*notes, *study.warnings]
         choices = [(ref.label, i) for i, ref in enumerate(study.images)]
         first = study.images[0]
         selector = gr.Dropdown(choices=choices, value=0, visible=len(choices) > 1)

@@ -30,7 +30,7 @@ from medcm.deid_files import read_source
 from medcm.dicom import WINDOW_PRESETS, DicomImage, DicomReadError, read_instance
 from medcm.engine import Engine, IngestResult
 from medcm.limits import UploadLimits, UploadRejected, check_upload
-from medcm.volume import VOLUME_MODALITIES, slice_positions
+from medcm.volume import VOLUME_MODALITIES, slice_positions, spacing_problems
 from ui.errors import one_line, user_error
 
 DEFAULT_PRESET = "default"
@@ -58,6 +58,7 @@ class ReviewStudy:
 
     study_uid: str
     images: tuple[ImageRef, ...]
+    warnings: tuple[str, ...] = ()  # e.g. a volume series with a missing slice, naming the series
 
 
 def content_address(source: str | Path, upload_dir: Path) -> Path:
@@ -171,12 +172,15 @@ def load_study(store: CaseStore, study_uid: str) -> ReviewStudy:
     for view in study.instances:
         by_series.setdefault(view.series_uid, []).append(view)
     refs: list[ImageRef] = []
+    warnings: list[str] = []
     for number, views in enumerate(by_series.values(), start=1):
         if _is_volume(views):
-            refs.append(_volume_ref(views, number))
+            ref, problems = _volume_ref(views, number)
+            refs.append(ref)
+            warnings += problems
         else:
             refs.extend(_ref(view, number) for view in views)
-    return ReviewStudy(study_uid, tuple(refs))
+    return ReviewStudy(study_uid, tuple(refs), tuple(warnings))
 
 
 def _is_volume(views: list[InstanceView]) -> bool:
@@ -185,17 +189,19 @@ def _is_volume(views: list[InstanceView]) -> bool:
         view.modality in VOLUME_MODALITIES and int((view.metadata or {}).get("frames") or 1) == 1 for view in views)
 
 
-def _volume_ref(views: list[InstanceView], series_number: int) -> ImageRef:
-    """One selector entry for a whole series, its slices sorted along the normal (else by InstanceNumber)."""
-    ordered = _by_position(views)
+def _volume_ref(views: list[InstanceView], series_number: int) -> tuple[ImageRef, list[str]]:
+    """One selector entry for a whole series, its slices sorted along the normal (else by InstanceNumber),
+    and warnings about its spacing (repeated positions, missing slices)."""
+    ordered, positions = _by_position(views)
     what = (views[0].metadata or {}).get("series_description") or views[0].modality
     label = f"series {series_number} · {what} volume · {len(ordered)} slices"
     first = ordered[0]
+    problems = spacing_problems(positions, f"series {series_number} ({what})") if positions else []
     return ImageRef(first.path, first.sop_instance_uid, first.series_uid, label, len(ordered),
-                    tuple(view.path for view in ordered))
+                    tuple(view.path for view in ordered)), problems
 
 
-def _by_position(views: list[InstanceView]) -> list[InstanceView]:
+def _by_position(views: list[InstanceView]) -> tuple[list[InstanceView], list[float] | None]:
     headers = []
     for view in views:
         try:
@@ -206,12 +212,12 @@ def _by_position(views: list[InstanceView]) -> list[InstanceView]:
             break
     positions = slice_positions(headers) if headers else None
     if positions is not None:
-        return [view for _, view in sorted(zip(positions, views), key=lambda pair: pair[0])]
+        return [view for _, view in sorted(zip(positions, views), key=lambda pair: pair[0])], positions
     def by_number(view: InstanceView) -> tuple[bool, int, str]:
         number = (view.metadata or {}).get("instance_number")
         return number is None, number or 0, view.path
 
-    return sorted(views, key=by_number)
+    return sorted(views, key=by_number), None
 
 
 def _ref(view: InstanceView, series_number: int) -> ImageRef:

@@ -420,3 +420,22 @@ def _dataset_bytes(ds) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def test_a_volume_with_a_missing_slice_is_shown_with_a_warning_naming_the_series(served, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_volume import make_slice
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    folder = tmp_path / "gappy"
+    folder.mkdir()
+    for index in (0, 1, 2, 3, 5, 6):  # slice 4 is missing
+        ds = make_slice(index, series_uid)
+        ds.StudyInstanceUID = study_uid
+        (folder / f"{index}.dcm").write_bytes(_dataset_bytes(ds))
+    outputs = served.handlers.on_upload([str(p) for p in sorted(folder.iterdir())], "default", CLINICIAN)
+    study, info = outputs[0], outputs[4]
+    (warning,) = study.warnings
+    assert warning == ("series 1 (CT): gap of 5 mm after the slice at 7.5 mm, 2.0× the median spacing 2.5 mm: "
+                       "about 1 slice(s) missing")
+    assert "about 1 slice(s) missing" in info and study.images[0].frames == 6
