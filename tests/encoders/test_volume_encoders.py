@@ -144,7 +144,7 @@ def _slices_of(values: list[float], side: int = 32) -> np.ndarray:
 
 def test_ct_window_maps_minus_160_to_0_and_240_to_1():
     hu = [-1000.0, -160.0, 40.0, 240.0, 3000.0]
-    out = prepare_volume(_slices_of(hu), (1.0, 1.0, 1.0), "CT", VolumeEncoderConfig(size=32, n_slices=5))
+    out = prepare_volume(_slices_of(hu), (1.0, 1.0, 1.0), "CT", VolumeEncoderConfig(kind="2.5d", size=32, n_slices=5))
     values = out[:, 0, 16, 16]
     torch.testing.assert_close(values, torch.tensor([0.0, 0.0, 200 / 399, 1.0, 1.0]), atol=1e-6, rtol=0)
     # The same DICOM LINEAR window as the 2D display pipeline in medcm.dicom.
@@ -156,7 +156,8 @@ def test_a_25d_slice_is_exactly_what_the_2d_tower_sees():
     rng = np.random.default_rng(0)
     voxels = rng.uniform(-400, 400, size=(5, 40, 48)).astype(np.float32)
     pre = PreprocessConfig(image_size=32)
-    out = normalize(prepare_volume(voxels, (2.5, 0.7, 0.7), "ct", VolumeEncoderConfig(size=32, n_slices=5)), pre)
+    config = VolumeEncoderConfig(kind="2.5d", size=32, n_slices=5)
+    out = normalize(prepare_volume(voxels, (2.5, 0.7, 0.7), "ct", config), pre)
     for k in (0, 2, 4):
         image = prepare_image(_window(voxels[k].astype(np.float64), 40.0, 400.0, "LINEAR"), pre)
         torch.testing.assert_close(out[k], image, atol=1e-5, rtol=0)
@@ -210,7 +211,7 @@ def test_mr_percentile_scaling():
     values = np.arange(1000, dtype=np.float32)
     voxels = np.repeat(values.reshape(10, 100)[:, :, None], 32, axis=2)[:, :32, :].copy()
     voxels[0, 0, 0] = 1e6  # one hot voxel must not squash the rest
-    config = VolumeEncoderConfig(size=32, n_slices=10, mr_percentiles=(1.0, 99.0))
+    config = VolumeEncoderConfig(kind="2.5d", size=32, n_slices=10, mr_percentiles=(1.0, 99.0))
     out = prepare_volume(voxels, (3.0, 1.0, 1.0), "MR", config)
     low, high = np.percentile(voxels, [1.0, 99.0])
     expected = np.clip((voxels - low) / (high - low), 0, 1)
