@@ -1,7 +1,8 @@
-"""Process-level helpers shared by training and inference: device choice and seeding."""
+"""Process-level helpers shared by training, inference and benchmarks: device, seeding, machine name."""
 
 from __future__ import annotations
 
+import platform
 import random
 
 import numpy as np
@@ -27,3 +28,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for benchmark tables), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"

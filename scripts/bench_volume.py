@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,14 +26,7 @@ from medcm.align import infonce_loss
 from medcm.config import get_config
 from medcm.encoders.image import ImageEncoder
 from medcm.encoders.volume import VolumeEncoderConfig, build_volume_encoder, prepare_volume
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from medcm.runtime import cpu_name
 
 
 def _timed(step: Callable[[], None], repeats: int) -> float:
@@ -103,7 +95,7 @@ def main() -> None:
                  f"[{config.n_slices}, 1, {size}, {size}]", slices,
                  torch.rand(b, config.n_slices, 1, size, size), _prepare_seconds(config, args.repeats)))
 
-    print(f"{_cpu_name()}, {args.threads} threads, torch {torch.__version__}, batch {b}, "
+    print(f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, batch {b}, "
           f"median of {args.repeats} calls after a warm-up\n")
     print("| encoder | input per item | params (M) | prepare 200x512² CT (s) | forward items/s | train steps/s "
           "| train items/s |")

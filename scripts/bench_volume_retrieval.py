@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import statistics
 import tempfile
 import time
@@ -44,6 +43,7 @@ from medcm.align import DualEncoder, infonce_loss, positive_mask
 from medcm.config import get_config
 from medcm.encoders.volume import VolumeEncoderConfig, build_volume_encoder, prepare_volume
 from medcm.preprocess import normalize
+from medcm.runtime import cpu_name
 from medcm.synthetic_volume import FINDINGS, write_volume_dataset
 from medcm.volume import read_volumes
 
@@ -58,14 +58,6 @@ class Case:
     report: str
     finding: str
     split: str
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def load_cases(args: argparse.Namespace, seed: int, folder: Path) -> list[Case]:
@@ -240,7 +232,7 @@ def main() -> None:
             print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in results[name][-1].items()
                                                       if isinstance(v, float)), flush=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    header = (f"{_cpu_name()}, {args.threads} threads, torch {torch.__version__}; {args.train} train / {args.dev} dev "
+    header = (f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}; {args.train} train / {args.dev} dev "
               f"cases of [{args.depth}, {args.size}, {args.size}], {args.epochs} epochs, batch {args.batch}, lr {args.lr}, "
               f"seeds {args.seeds}; chance R@1 {statistics.mean(chance):.3f}")
     text = table(results)
