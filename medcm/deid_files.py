@@ -14,6 +14,7 @@ written over (the store may point at the first one).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import os
@@ -36,7 +37,7 @@ from medcm.deid import (
     pseudonymous_uid,
     scrub_report,
 )
-from medcm.dicom import DicomImage, DicomReadError, read_instance
+from medcm.dicom import DicomImage, DicomReadError, instance_meta
 
 log = logging.getLogger(__name__)
 
@@ -211,25 +212,35 @@ def _write_copy(ds: pydicom.Dataset, image: DicomImage, config: DeidConfig,
                              "pixels may show the patient's name; expected an image without burned-in text") from err
     copy = result.dataset
     target = files_dir / str(copy.StudyInstanceUID) / f"{copy.SOPInstanceUID}.dcm"
-    _publish(copy, target, label)
-    return read_instance(target), result.burned_in
+    data = _serialise(copy, label)
+    _publish(data, target, label)
+    # De-identification leaves pixels and display attributes alone: the pixels read from the
+    # original are the copy's, so only the metadata is taken from the copy (no second decode).
+    meta = instance_meta(copy, target, image.pixels.shape[0], hashlib.sha256(data).hexdigest())
+    return DicomImage(meta, image.pixels), result.burned_in
 
 
-def _publish(ds: pydicom.Dataset, target: Path, label: str) -> None:
-    """Write `ds` to `target` atomically; an identical file there is kept, a different one refused."""
+def _serialise(ds: pydicom.Dataset, label: str) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        ds.save_as(buffer, enforce_file_format=True)
+    except Exception as err:
+        raise DicomReadError(label, f"cannot write its de-identified copy ({type(err).__name__}: {err})") from err
+    return buffer.getvalue()
+
+
+def _publish(data: bytes, target: Path, label: str) -> None:
+    """Write `data` to `target` atomically; an identical file there is kept, a different one refused."""
+    if target.exists():
+        if target.read_bytes() != data:
+            raise DicomReadError(label, "a different file with the same SOPInstanceUID is already stored; "
+                                 "expected a re-sent copy of it or an image with a new SOPInstanceUID")
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".deid-", suffix=".dcm")
-    os.close(fd)
     try:
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-        except Exception as err:
-            raise DicomReadError(label, f"cannot write its de-identified copy ({type(err).__name__}: {err})") from err
-        if target.exists():
-            if Path(tmp).read_bytes() != target.read_bytes():
-                raise DicomReadError(label, "a different file with the same SOPInstanceUID is already stored; "
-                                     "expected a re-sent copy of it or an image with a new SOPInstanceUID")
-            return
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, target)  # a reader never sees half a file
     finally:
         if os.path.exists(tmp):

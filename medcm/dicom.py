@@ -41,7 +41,8 @@ from pydicom.uid import (
 
 __all__ = [
     "WINDOW_PRESETS", "DicomImage", "DicomReadError", "InstanceMeta", "ReadResult", "Series", "Study",
-    "default_window", "iter_dicom", "read_instance", "read_studies", "to_display", "write_image",
+    "default_window", "instance_meta", "iter_dicom", "iter_sources", "read_instance", "read_studies", "to_display",
+    "write_image",
 ]
 
 # Files in folders/zips with these suffixes are never DICOM; skipping them keeps
@@ -339,6 +340,14 @@ def _plane(ds: pydicom.Dataset) -> str:
     if normal[axis] < 0.8:  # more than ~37 degrees off every patient axis
         return "oblique"
     return ("sagittal", "coronal", "axial")[axis]
+
+
+def instance_meta(ds: pydicom.Dataset, path: str | os.PathLike, frames: int, content_sha256: str) -> InstanceMeta:
+    """The metadata `read_instance` would give for `ds` stored at `path`, without decoding its pixels.
+
+    For a caller that already holds the pixels, e.g. a de-identified copy of an image it has read.
+    """
+    return _meta(ds, os.fspath(path), os.path.dirname(os.fspath(path)), frames, content_sha256)
 
 
 def _meta(ds: pydicom.Dataset, label: str, folder: str, frames: int, content_sha256: str) -> InstanceMeta:

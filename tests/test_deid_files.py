@@ -86,6 +86,10 @@ def test_reingest_writes_the_same_copy_and_stores_nothing_new(tmp_path):
     assert (again.added_instances, again.skipped_instances, again.added_reports) == (0, 1, 0)
     assert again.studies == first.studies and copy.read_bytes() == before
     assert store.get_study(first.studies[0]).instances[0].path == str(copy)
+    stored = store.get_study(first.studies[0]).instances[0]
+    reread = read_instance(copy).meta  # the metadata taken without a second decode is the file's own
+    assert (stored.content_sha256, stored.metadata["study_date"], stored.metadata["patient_id"]) == (
+        reread.content_sha256, reread.study_date, reread.patient_id)
     assert not [p for p in copy.parent.iterdir() if p.name.startswith(".")]  # no staging file left
 
 
