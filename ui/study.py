@@ -201,18 +201,24 @@ def _volume_ref(views: list[InstanceView], series_number: int) -> tuple[ImageRef
                     tuple(view.path for view in ordered)), problems
 
 
+def _header(path: str) -> pydicom.Dataset:
+    """A stored instance's attributes without its pixel data (a plain file is read only that far)."""
+    source = path if _ZIP_MEMBER.match(path) is None else io.BytesIO(read_source(path))
+    return pydicom.dcmread(source, stop_before_pixels=True, force=True)
+
+
 def _by_position(views: list[InstanceView]) -> tuple[list[InstanceView], list[float] | None]:
     headers = []
     for view in views:
         try:
-            data = read_source(view.path)
-            headers.append(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True))
+            headers.append(_header(view.path))
         except (DicomReadError, OSError, ValueError, InvalidDicomError):
             headers = []
             break
     positions = slice_positions(headers) if headers else None
     if positions is not None:
         return [view for _, view in sorted(zip(positions, views), key=lambda pair: pair[0])], positions
+
     def by_number(view: InstanceView) -> tuple[bool, int, str]:
         number = (view.metadata or {}).get("instance_number")
         return number is None, number or 0, view.path
