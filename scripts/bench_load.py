@@ -36,34 +36,30 @@ def main() -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from db.store import CaseStore
-    from medcm.deid_files import load_or_create_key
     from medcm.deid import DeidConfig
-    from medcm.engine import Engine
-    from medcm.serve import prepare_demo
-    from ui.app import LAUNCH_OPTIONS, build_app
-    from ui.auth import make_auth
+    from medcm.deid_files import default_key_file, load_or_create_key
+    from medcm.serve import data_dirs, prepare_demo, serve
     from ui.load import check_store, format_summary, run_load
 
     _, run = prepare_demo(args.demo_dir, progress=False)
     with tempfile.TemporaryDirectory(prefix="medcm-load-") as tmp:
         root = Path(tmp)
         shutil.copytree(Path(args.demo_dir).resolve(), root / "demo", ignore=shutil.ignore_patterns("archive"))
-        os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio-tmp")
-        store = CaseStore(f"sqlite:///{root / 'demo' / 'cases.db'}")
-        engine = Engine(store, checkpoint=run, deid=DeidConfig(load_or_create_key(root / "demo" / "cases.db.deid-key")))
+        db_url = f"sqlite:///{root / 'demo' / 'cases.db'}"
+        store = CaseStore(db_url)  # the app opens its own; this one adds the users and checks the result
         logins = [(f"dr.load{i}", f"password-{i:04d}") for i in range(args.users)]
         for name, password in logins:
             store.add_user(name, "clinician", password)
         studies_before = len(store.list_studies(limit=1_000_000))
-        app = build_app(engine, store, upload_dir=root / "uploads")
-        _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
-                               auth=make_auth(store), **LAUNCH_OPTIONS)
+        port = _free_port()
+        app = serve(db_url, run, port=port, block=False, deid=DeidConfig(load_or_create_key(default_key_file(db_url))))
         try:
-            result = run_load(url, logins, args.seconds, root / "client-files")
+            result = run_load(f"http://127.0.0.1:{port}/", logins, args.seconds, root / "client-files")
         finally:
             app.close()
         problems = check_store(store, result, studies_before)
-        leftovers = [p for p in (root / "gradio-tmp").rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".zip")]
+        cache = data_dirs(db_url)[1]
+        leftovers = [p for p in cache.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".zip")]
         store.close()
     summary = result.summary()
     summary.update(store_problems=problems, upload_cache_files_left=len(leftovers), cpu_count=os.cpu_count())
