@@ -16,6 +16,7 @@ from torch import nn
 from medcm.config import LOSS_NAMES, ModelConfig
 from medcm.encoders.image import ImageEncoder
 from medcm.encoders.text import TextEncoder
+from medcm.encoders.volume import build_volume_encoder
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1/temperature, which keeps training stable
 
@@ -25,10 +26,11 @@ class DualOutput:
     """What one forward pass produces.
 
     Attributes:
-        image: `[B, D]` L2-normalised image embeddings.
-        text: `[B, D]` L2-normalised text embeddings.
+        image: `[B, D]` L2-normalised visual embeddings: the 2D images' rows, then the volumes' rows.
+        text: `[B, D]` L2-normalised text embeddings, row i paired with `image` row i.
         logit_scale: scalar, 1/temperature (already exponentiated and clamped).
-        aux_logits: `[B, K]` multi-task head logits, or None without a head.
+        aux_logits: `[B2, K]` multi-task head logits of the 2D images (the first B2 rows), or None
+            without a head or without 2D images.
     """
 
     image: torch.Tensor
@@ -38,7 +40,12 @@ class DualOutput:
 
 
 class DualEncoder(nn.Module):
-    """Image tower + text tower + learnable temperature (+ optional multi-task head on the image trunk)."""
+    """Image tower + text tower + learnable temperature (+ optional multi-task head on the image trunk).
+
+    With `config.volume`, a volume encoder (`medcm.encoders.volume`) embeds CT/MR/PT series into the
+    same space: "2.5d" shares the image tower's trunk and projection, "3d" has its own; both are
+    trained against the same reports as the 2D images, in the same batches.
+    """
 
     def __init__(self, config: ModelConfig, image_size: int) -> None:
         super().__init__()
@@ -52,10 +59,24 @@ class DualEncoder(nn.Module):
             raise ValueError(f"aux_head.classes: got {head.classes}, expected at least 2 classes")
         head_in = config.embed_dim if head is not None and head.on_embedding else self.image.feature_dim
         self.aux_head = nn.Linear(head_in, n_classes) if head is not None else None
+        self.volume = (build_volume_encoder(config.volume, self.image, config.embed_dim, config.projection)
+                       if config.volume is not None else None)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Embed images `[B, 1, H, W]` (preprocessed) into `[B, D]`."""
         emb = self.image(images)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_volume(self, volumes: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Embed prepared volumes into `[B, D]`: `[B, 1, D, H, W]` for "3d", `[B, K, 1, H, W]` for "2.5d".
+
+        Raises:
+            ValueError: the model has no volume encoder (its config has no `volume`).
+        """
+        if self.volume is None:
+            raise ValueError("this model has no volume encoder (its config has no model.volume); "
+                             "embed the slices with encode_image instead")
+        emb = self.volume(volumes)
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
@@ -67,14 +88,26 @@ class DualEncoder(nn.Module):
         """1/temperature, clamped to `MAX_LOGIT_SCALE`."""
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def forward(self, images: torch.Tensor, texts: list[str]) -> DualOutput:
-        feats = self.image.features(images)
-        image = F.normalize(self.image.proj(feats), dim=-1)
+    def forward(self, images: torch.Tensor | None, texts: list[str], volumes: torch.Tensor | None = None) -> DualOutput:
+        """Embed a batch: 2D images `[B2, 1, H, W]` and/or volumes `[B3, ...]`, and their B2 + B3 texts.
+
+        The visual rows are the images' then the volumes', so one contrastive loss sees both kinds:
+        each volume's negatives include 2D images and their reports, which keeps one shared space.
+        """
+        visual, aux = [], None
+        if images is not None and len(images):
+            feats = self.image.features(images)
+            visual.append(F.normalize(self.image.proj(feats), dim=-1))
+            if self.aux_head is not None:
+                aux = self.aux_head(visual[0] if self.config.aux_head.on_embedding else feats)
+        if volumes is not None and len(volumes):
+            visual.append(self.encode_volume(volumes))
+        if not visual:
+            raise ValueError("forward: got no images and no volumes; expected at least one of them")
         text = self.encode_text(texts)
-        if self.aux_head is None:
-            aux = None
-        else:
-            aux = self.aux_head(image if self.config.aux_head.on_embedding else feats)
+        image = torch.cat(visual) if len(visual) > 1 else visual[0]
+        if len(image) != len(text):
+            raise ValueError(f"forward: got {len(image)} images and volumes but {len(text)} texts; expected one text each")
         return DualOutput(image=image, text=text, logit_scale=self.scale(), aux_logits=aux)
 
 

@@ -36,6 +36,9 @@ TRAINER_STATE_FILE = "trainer_state.json"
 FORMAT = "medcm-checkpoint"
 FORMAT_VERSION = 1
 _FROZEN_PREFIX = "text.backbone."
+# A "2.5d" volume encoder holds the image tower itself: its `volume.image.*` entries are the very
+# tensors saved under `image.*`, so they are neither saved twice nor expected on load.
+_SHARED_PREFIX = "volume.image."
 
 
 @dataclass
@@ -59,7 +62,7 @@ def _weights_to_save(model: DualEncoder) -> dict[str, torch.Tensor]:
     return {
         name: tensor.detach().cpu().contiguous().clone()
         for name, tensor in model.state_dict().items()
-        if not (frozen and name.startswith(_FROZEN_PREFIX))
+        if not (frozen and name.startswith(_FROZEN_PREFIX)) and not name.startswith(_SHARED_PREFIX)
     }
 
 
@@ -162,7 +165,8 @@ def load_weights(model: DualEncoder, folder: Path, info: dict[str, Any]) -> Path
     if not weights_path.is_file():
         raise FileNotFoundError(f"{folder}: checkpoint has no {WEIGHTS_FILE}")
     missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
-    missing = [k for k in missing if not (model.config.text.freeze and k.startswith(_FROZEN_PREFIX))]
+    missing = [k for k in missing
+               if not (model.config.text.freeze and k.startswith(_FROZEN_PREFIX)) and not k.startswith(_SHARED_PREFIX)]
     if missing or unexpected:
         raise ValueError(
             f"{weights_path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"

@@ -71,6 +71,67 @@ class AuxHeadConfig:
     on_embedding: bool = False
 
 
+VOLUME_KINDS = ("3d", "2.5d")
+VOLUME_ARCHS = ("resnet10", "resnet18")
+
+
+@dataclass(frozen=True)
+class VolumeEncoderConfig:
+    """How a volume (one series) is prepared and encoded.
+
+    Attributes:
+        kind: "3d" (MONAI 3D ResNet; the default, by measurement) or "2.5d" (2D trunk over sampled
+            slices, attention pooling).
+        arch_3d: the 3D trunk when `kind == "3d"`: one of `VOLUME_ARCHS`.
+        depth: slices after resampling, for "3d" (the depth axis is resampled to this count
+            whatever the slice thickness; the in-plane axes keep their physical aspect).
+        size: in-plane side in pixels after resizing and padding, for both kinds; for "2.5d" it
+            should equal `PreprocessConfig.image_size` so slices look like the 2D tower's images.
+        n_slices: slices sampled for "2.5d", evenly spaced and including the first and last.
+        attention_dim: hidden size of the gated attention pooling ("2.5d").
+        ct_window: CT (center, width) in HU, applied with the DICOM LINEAR window function like
+            `medcm.dicom`. (40, 400) is the soft-tissue window `medcm.dicom.default_window` gives a
+            CT image without its own VOI, so 2D CT images and CT volumes look alike by default.
+        head_ct_window: the CT window of a series whose BodyPartExamined is HEAD, BRAIN or SKULL: the
+            brain window (40, 80) that `medcm.dicom.default_window` gives a head CT image.
+        mr_percentiles: for every modality but CT, these volume percentiles map to 0 and 1; (0.5, 99.5)
+            are the ones `medcm.dicom` uses for a 2D image without a window.
+    """
+
+    # "3d" by measurement (BENCHMARKS.md, synthetic CT, 2 seeds): R@1 0.11 vs 0.05 and 3× the inference speed.
+    kind: str = "3d"
+    arch_3d: str = "resnet10"
+    depth: int = 32
+    size: int = 128
+    n_slices: int = 16
+    attention_dim: int = 128
+    ct_window: tuple[float, float] = (40.0, 400.0)
+    head_ct_window: tuple[float, float] = (40.0, 80.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; store tuples so the config stays hashable.
+        object.__setattr__(self, "ct_window", tuple(float(v) for v in self.ct_window))
+        object.__setattr__(self, "head_ct_window", tuple(float(v) for v in self.head_ct_window))
+        object.__setattr__(self, "mr_percentiles", tuple(float(v) for v in self.mr_percentiles))
+        if self.kind not in VOLUME_KINDS:
+            raise ValueError(f"volume kind: got {self.kind!r}, expected one of {VOLUME_KINDS}")
+        if self.arch_3d not in VOLUME_ARCHS:
+            raise ValueError(f"volume arch_3d: got {self.arch_3d!r}, expected one of {VOLUME_ARCHS}")
+        if min(self.depth, self.n_slices, self.attention_dim) < 1 or self.size < 32:
+            raise ValueError(
+                f"volume sizes: got depth={self.depth}, n_slices={self.n_slices}, "
+                f"attention_dim={self.attention_dim}, size={self.size}; expected >= 1 each and size >= 32"
+            )
+        for name in ("ct_window", "head_ct_window"):
+            window = getattr(self, name)
+            if len(window) != 2 or not window[1] > 1:
+                raise ValueError(f"{name}: got {window}, expected (center, width) with width > 1 HU")
+        low, high = self.mr_percentiles if len(self.mr_percentiles) == 2 else (0.0, -1.0)
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"mr_percentiles: got {self.mr_percentiles}, expected (low, high) with 0 <= low < high <= 100")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The dual encoder.
@@ -81,6 +142,9 @@ class ModelConfig:
         init_temperature: initial softmax temperature; its log-inverse is learned.
         losses: loss name → weight; names from `LOSS_NAMES`. InfoNCE alone is the default.
         aux_head: optional multi-task head.
+        volume: how CT/MR/PT series (volumes) are encoded into the shared space; None embeds each
+            slice as a 2D image. `medcm train` drops it when the training data holds no volume, so a
+            checkpoint only carries a volume encoder that was trained.
     """
 
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -90,6 +154,7 @@ class ModelConfig:
     init_temperature: float = 0.07
     losses: dict[str, float] = field(default_factory=lambda: {"infonce": 1.0})
     aux_head: AuxHeadConfig | None = None
+    volume: VolumeEncoderConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +218,8 @@ NAMED_CONFIGS: dict[str, MedcmConfig] = {
     # Trains on 2 CPU cores in minutes: small ResNet at 128 px, frozen and cached text tower.
     "cpu-small": MedcmConfig(
         name="cpu-small",
-        model=ModelConfig(image=ImageEncoderConfig(arch="resnet18"), text=TextEncoderConfig(freeze=True)),
+        model=ModelConfig(image=ImageEncoderConfig(arch="resnet18"), text=TextEncoderConfig(freeze=True),
+                          volume=VolumeEncoderConfig()),
         preprocess=PreprocessConfig(image_size=128),
         train=TrainConfig(epochs=15, batch_size=32, lr=1e-3, warmup_steps=50),
     ),
@@ -168,6 +234,7 @@ NAMED_CONFIGS: dict[str, MedcmConfig] = {
             image=ImageEncoderConfig(arch="resnet18"),
             text=TextEncoderConfig(freeze=True, max_length=256),
             aux_head=AuxHeadConfig(field="region", weight=1.0),
+            volume=VolumeEncoderConfig(),
         ),
         preprocess=PreprocessConfig(image_size=160),
         train=TrainConfig(epochs=16, batch_size=32, lr=3e-4, warmup_steps=100, val_fraction=0.0),
@@ -179,6 +246,8 @@ NAMED_CONFIGS: dict[str, MedcmConfig] = {
             image=ImageEncoderConfig(arch="densenet121"),
             text=TextEncoderConfig(freeze=False, max_length=256),
             embed_dim=512,
+            # Not yet measured on a GPU: a deeper trunk and finer sampling than on CPU.
+            volume=VolumeEncoderConfig(arch_3d="resnet18", depth=64, size=160),
         ),
         preprocess=PreprocessConfig(image_size=256),
         train=TrainConfig(epochs=30, batch_size=128, lr=3e-4, text_lr=2e-5, warmup_steps=200, num_workers=8),
@@ -218,8 +287,13 @@ def validate_config(config: MedcmConfig) -> None:
         raise ValueError(f"preprocess.frame: got {config.preprocess.frame!r}, expected 'middle' or 'first'")
     if config.preprocess.image_size < 32 or config.preprocess.std <= 0:
         raise ValueError(f"preprocess: got {config.preprocess}, expected image_size >= 32 and std > 0")
+    volume = model.volume
+    if volume is not None and volume.kind == "2.5d" and volume.size != config.preprocess.image_size:
+        raise ValueError(f"model.volume.size: got {volume.size} for a '2.5d' encoder, expected preprocess.image_size "
+                         f"({config.preprocess.image_size}): its slices go through the 2D tower")
     if config.train.batch_size < 2:
-        raise ValueError(f"train.batch_size: got {config.train.batch_size}, expected >= 2 (contrastive loss needs negatives)")
+        raise ValueError(f"train.batch_size: got {config.train.batch_size}, "
+                         "expected >= 2 (contrastive loss needs negatives)")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -252,6 +326,7 @@ _NESTED = {
     ("ModelConfig", "image"): ImageEncoderConfig,
     ("ModelConfig", "text"): TextEncoderConfig,
     ("ModelConfig", "aux_head"): AuxHeadConfig,
+    ("ModelConfig", "volume"): VolumeEncoderConfig,
 }
 
 

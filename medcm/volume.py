@@ -9,21 +9,18 @@ sizes or pixel spacings) raises `VolumeError`, one line naming the series. Nothi
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, pixel_array
 
-# Private helpers of medcm.dicom, imported so that "a safe read" and "whole pixel data" have one definition.
-from medcm.dicom import DicomReadError, _check_pixel_data, _load, iter_sources
+# A private helper of medcm.dicom, imported so that "whole pixel data" has one definition.
+from medcm.dicom import DicomReadError, _check_pixel_data
 
-__all__ = ["VOLUME_MODALITIES", "Volume", "VolumeError", "assemble_volume", "is_volume_series", "read_volumes",
+__all__ = ["VOLUME_MODALITIES", "Volume", "VolumeError", "assemble_volume", "could_be_volume", "is_volume_series",
            "slice_positions", "spacing_problems"]
 
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
@@ -391,77 +388,24 @@ def _nominal_spacing(ds: pydicom.Dataset, frame: int | None, name: str, warnings
     return 1.0
 
 
-def _slice_count(datasets: Sequence[pydicom.Dataset]) -> int:
-    return sum(max(1, _int(ds.get("NumberOfFrames")) or 1) for ds in datasets)
+def could_be_volume(datasets: Sequence[pydicom.Dataset], min_slices: int = 3) -> bool:
+    """Whether datasets of one series are CT/MR/PT (or enhanced CT/MR) with at least `min_slices` slices (frames count).
 
-
-def _volume_like(datasets: Sequence[pydicom.Dataset]) -> bool:
+    Headers only. Such a series is worth assembling; `is_volume_series` also asks for plane geometry.
+    """
+    if not datasets:
+        return False
     ds = datasets[0]
     modality, sop_class = str(ds.get("Modality", "")).upper(), str(ds.get("SOPClassUID", ""))
-    return modality in VOLUME_MODALITIES or sop_class in _ENHANCED_SOP_CLASSES
+    slices = sum(max(1, _int(d.get("NumberOfFrames")) or 1) for d in datasets)
+    return (modality in VOLUME_MODALITIES or sop_class in _ENHANCED_SOP_CLASSES) and slices >= min_slices
 
 
 def is_volume_series(datasets: Sequence[pydicom.Dataset], min_slices: int = 3) -> bool:
     """Whether datasets of one series look like a volume: CT/MR/PT, full plane geometry, >= `min_slices` slices."""
-    if not datasets or not _volume_like(datasets) or _slice_count(datasets) < min_slices:
+    if not could_be_volume(datasets, min_slices):
         return False
     try:
         return all(s.position and s.orientation for ds in datasets for s in _expand(ds, "series"))
     except VolumeError:
         return False
-
-
-def read_volumes(path: str | os.PathLike, min_slices: int = 3) -> tuple[list[Volume], list[VolumeError | DicomReadError]]:
-    """Assemble every CT/MR/PT series under a file, folder (recursive) or .zip.
-
-    Series of other modalities, series with fewer than `min_slices` slices (frames count) and
-    objects without pixel data (SR, presentation states) are skipped, not reported.
-
-    Args:
-        path: A DICOM file, a folder or a ``.zip``.
-        min_slices: Smallest number of slices worth assembling.
-
-    Returns:
-        The volumes (in order of first appearance) and one error per failing series or unreadable file.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-    """
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or folder; expected a DICOM file, folder or .zip")
-    groups: dict[str, list[pydicom.Dataset]] = {}
-    folders: dict[str, str] = {}
-    errors: list[VolumeError | DicomReadError] = []
-    for item in iter_sources(root):
-        try:
-            if isinstance(item, DicomReadError):
-                raise item
-            label, folder, source = item
-            ds = _read_dataset(source, label)
-        except DicomReadError as err:
-            errors.append(err)
-            continue
-        if "PixelData" in ds:  # else SR, KO, presentation state ...: not an image
-            uid = str(ds.get("SeriesInstanceUID") or f"unknown-series:{folder}")
-            groups.setdefault(uid, []).append(ds)
-            folders.setdefault(uid, folder)
-    volumes = []
-    for uid in list(groups):
-        datasets = groups.pop(uid)  # released after assembly: one series decoded at a time
-        if _volume_like(datasets) and _slice_count(datasets) >= min_slices:
-            try:
-                volumes.append(assemble_volume(datasets, label=folders[uid]))
-            except VolumeError as err:
-                errors.append(err)
-    return volumes, errors
-
-
-def _read_dataset(source: Path | bytes, label: str) -> pydicom.Dataset:
-    """A dataset whose pixel data, for files, stays on disk until decoded; DicomReadError if unreadable."""
-    if isinstance(source, Path):
-        with contextlib.suppress(Exception):  # anything odd: the careful reader below explains it
-            ds = pydicom.dcmread(source, defer_size="64 KB")
-            if ds.file_meta.get("TransferSyntaxUID"):
-                return ds
-    return _load(source, label)

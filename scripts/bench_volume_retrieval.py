@@ -10,7 +10,7 @@ transformer and the text projection as initialised); only the image side and the
   `n_slices` evenly spaced slices of `size` px, gated attention pooling;
 - "middle slice 2D": the same 2D tower on the middle slice only (the baseline a volume encoder must beat).
 
-The series are written as DICOM, read back with `medcm.volume.read_volumes` and prepared once with
+The series are written as DICOM, read back with `medcm.volume_io.read_volumes` and prepared once with
 `prepare_volume` (CT window 40/400, `medcm.preprocess.normalize`); tensors stay in memory. No
 augmentation. Reported on the dev split: image→report R@1/5/10 (rank of the case's own report among
 the distinct dev reports; identical texts count as one), finding P@1 (the nearest dev report has the
@@ -45,7 +45,7 @@ from medcm.encoders.volume import VolumeEncoderConfig, build_volume_encoder, pre
 from medcm.preprocess import normalize
 from medcm.runtime import cpu_name
 from medcm.synthetic_volume import FINDINGS, write_volume_dataset
-from medcm.volume import read_volumes
+from medcm.volume_io import read_volumes
 
 ENCODERS = ("3d", "2.5d", "middle slice 2D")
 METRICS = ("R@1", "R@5", "R@10", "finding P@1", "train s", "infer vol/s", "prepare ms/vol")

@@ -163,7 +163,7 @@ def test_reingest_after_an_amendment_keeps_the_signed_reports_vector(engine, poo
 def test_a_volume_series_goes_through_ingest_search_and_draft(engine, shared_data, tmp_path):
     """The shared 128-slice synthetic series (with a report) is stored slice by slice, then searched
     and drafted as one study: its embedding aggregates every slice."""
-    from medcm.volume import read_volumes
+    from medcm.volume_io import read_volumes
 
     folder = tmp_path / "series"
     shutil.copytree(shared_data / "dicom-series-synthetic", folder)

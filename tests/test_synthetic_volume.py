@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medcm.synthetic_volume import FINDINGS, HU, SLICE_MM, make_volume_case, make_volume_cases, write_volume_dataset
-from medcm.volume import read_volumes
+from medcm.volume_io import read_volumes
 
 DEPTH, SIZE = 16, 48
 

@@ -15,7 +15,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medcm.dicom import DicomReadError
-from medcm.volume import VolumeError, assemble_volume, is_volume_series, read_volumes
+from medcm.volume import VolumeError, assemble_volume, is_volume_series
+from medcm.volume_io import read_volumes
 
 SIZE, N, STEP = 16, 8, 2.5
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

@@ -16,69 +16,23 @@ Two kinds, chosen by `VolumeEncoderConfig.kind`:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcm.config import VOLUME_ARCHS, VOLUME_KINDS, PreprocessConfig, VolumeEncoderConfig
 from medcm.encoders.image import ImageEncoder, build_trunk_3d, projection_head
+from medcm.preprocess import normalize
 
-VOLUME_KINDS = ("3d", "2.5d")
-VOLUME_ARCHS = ("resnet10", "resnet18")
+if TYPE_CHECKING:
+    from medcm.volume import Volume
 
-
-@dataclass(frozen=True)
-class VolumeEncoderConfig:
-    """How a volume (one series) is prepared and encoded.
-
-    Attributes:
-        kind: "3d" (MONAI 3D ResNet; the default, by measurement) or "2.5d" (2D trunk over sampled
-            slices, attention pooling).
-        arch_3d: the 3D trunk when `kind == "3d"`: one of `VOLUME_ARCHS`.
-        depth: slices after resampling, for "3d" (the depth axis is resampled to this count
-            whatever the slice thickness; the in-plane axes keep their physical aspect).
-        size: in-plane side in pixels after resizing and padding, for both kinds; for "2.5d" it
-            should equal `PreprocessConfig.image_size` so slices look like the 2D tower's images.
-        n_slices: slices sampled for "2.5d", evenly spaced and including the first and last.
-        attention_dim: hidden size of the gated attention pooling ("2.5d").
-        ct_window: CT (center, width) in HU, applied with the DICOM LINEAR window function like
-            `medcm.dicom`. (40, 400) is the soft-tissue window `medcm.dicom.default_window` gives a
-            CT image without its own VOI, so 2D CT images and CT volumes look alike by default.
-        mr_percentiles: for every modality but CT, these volume percentiles map to 0 and 1; (0.5, 99.5)
-            are the ones `medcm.dicom` uses for a 2D image without a window.
-    """
-
-    # "3d" by measurement (BENCHMARKS.md, synthetic CT, 2 seeds): R@1 0.11 vs 0.05 and 3× the inference speed.
-    kind: str = "3d"
-    arch_3d: str = "resnet10"
-    depth: int = 32
-    size: int = 128
-    n_slices: int = 16
-    attention_dim: int = 128
-    ct_window: tuple[float, float] = (40.0, 400.0)
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)
-
-    def __post_init__(self) -> None:
-        # JSON round trips turn tuples into lists; store tuples so the config stays hashable.
-        object.__setattr__(self, "ct_window", tuple(float(v) for v in self.ct_window))
-        object.__setattr__(self, "mr_percentiles", tuple(float(v) for v in self.mr_percentiles))
-        if self.kind not in VOLUME_KINDS:
-            raise ValueError(f"volume kind: got {self.kind!r}, expected one of {VOLUME_KINDS}")
-        if self.arch_3d not in VOLUME_ARCHS:
-            raise ValueError(f"volume arch_3d: got {self.arch_3d!r}, expected one of {VOLUME_ARCHS}")
-        if min(self.depth, self.n_slices, self.attention_dim) < 1 or self.size < 32:
-            raise ValueError(
-                f"volume sizes: got depth={self.depth}, n_slices={self.n_slices}, "
-                f"attention_dim={self.attention_dim}, size={self.size}; expected >= 1 each and size >= 32"
-            )
-        if len(self.ct_window) != 2 or not self.ct_window[1] > 1:
-            raise ValueError(f"ct_window: got {self.ct_window}, expected (center, width) with width > 1 HU")
-        low, high = self.mr_percentiles if len(self.mr_percentiles) == 2 else (0.0, -1.0)
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(f"mr_percentiles: got {self.mr_percentiles}, expected (low, high) with 0 <= low < high <= 100")
-
+__all__ = ["VOLUME_ARCHS", "VOLUME_KINDS", "VolumeEncoderConfig", "GatedAttentionPool", "SliceAttentionEncoder",
+           "VolumeEncoder3D", "build_volume_encoder", "prepare_volume", "sample_slice_indices", "study_embedding",
+           "volume_input"]
 
 def sample_slice_indices(n_total: int, n_samples: int) -> list[int]:
     """`n_samples` evenly spaced slice indices in `[0, n_total)`, including the first and the last.
@@ -91,10 +45,13 @@ def sample_slice_indices(n_total: int, n_samples: int) -> list[int]:
     return [int(i) for i in np.linspace(0, n_total - 1, n_samples).round()]
 
 
-def _value_range(voxels: np.ndarray, modality: str, config: VolumeEncoderConfig) -> tuple[float, float]:
+_HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL"})  # as medcm.dicom.default_window
+
+
+def _value_range(voxels: np.ndarray, modality: str, body_part: str, config: VolumeEncoderConfig) -> tuple[float, float]:
     """The values mapped to 0 and 1: the CT window's edges, or the volume's percentiles otherwise."""
     if modality.strip().upper() == "CT":
-        center, width = config.ct_window
+        center, width = config.head_ct_window if body_part.strip().upper() in _HEAD_PARTS else config.ct_window
         # DICOM LINEAR: y = ((x - (c - 0.5)) / (w - 1) + 0.5), clipped; 0 at c - w/2, 1 at c + w/2 - 1.
         return center - width / 2, center + width / 2 - 1
     low, high = (float(v) for v in np.percentile(voxels, config.mr_percentiles))
@@ -147,21 +104,24 @@ def _check_volume(voxels: np.ndarray, spacing: tuple[float, float, float]) -> No
 
 
 def prepare_volume(
-    voxels: np.ndarray, spacing: tuple[float, float, float], modality: str, config: VolumeEncoderConfig
+    voxels: np.ndarray, spacing: tuple[float, float, float], modality: str, config: VolumeEncoderConfig,
+    body_part: str = "",
 ) -> torch.Tensor:
     """Turn one series' voxels into a volume encoder's input in [0, 1].
 
-    Intensities: CT is windowed with `config.ct_window`; every other modality (MR, PT, ...) is scaled
-    by the volume's `config.mr_percentiles`. In-plane, the longer physical side (pixel spacing
-    applied) is resized to `config.size` with antialiased bilinear interpolation and the other is
-    zero-padded, never stretched. Apply `medcm.preprocess.normalize` to the result before encoding,
-    as `prepare_image` does for 2D images.
+    Intensities: CT is windowed with `config.ct_window` (`config.head_ct_window` for a head); every
+    other modality (MR, PT, ...) is scaled by the volume's `config.mr_percentiles`. In-plane, the
+    longer physical side (pixel spacing applied) is resized to `config.size` with antialiased
+    bilinear interpolation and the other is zero-padded, never stretched. Apply
+    `medcm.preprocess.normalize` to the result before encoding (`volume_input` does both), as
+    `prepare_image` does for 2D images.
 
     Args:
         voxels: `[D, H, W]` rescaled values (HU for CT), slices in acquisition order.
         spacing: (slice spacing, row spacing, column spacing) in mm, matching `[D, H, W]`.
         modality: the DICOM Modality, e.g. "CT" or "MR".
         config: the volume settings.
+        body_part: the DICOM BodyPartExamined; HEAD, BRAIN or SKULL picks the head CT window.
 
     Returns:
         "3d": `[1, depth, size, size]` float32, the depth axis linearly resampled (trilinear overall,
@@ -172,13 +132,30 @@ def prepare_volume(
         ValueError: not a non-empty 3D array, or a spacing that is not three positive numbers.
     """
     _check_volume(voxels, spacing)
-    low, high = _value_range(voxels, modality, config)
+    low, high = _value_range(voxels, modality, body_part, config)
     row_over_col = 1.0 if spacing[1] == spacing[2] else spacing[1] / spacing[2]
     if config.kind == "2.5d":
         picked = voxels[sample_slice_indices(voxels.shape[0], config.n_slices)]
         return _inplane_resize_and_pad(_scale(picked, low, high), config.size, row_over_col)
     slices = _inplane_resize_and_pad(_scale(voxels, low, high), config.size, row_over_col)
     return _resample_depth(slices[:, 0], config.depth).clamp_(0.0, 1.0)[None]
+
+
+def volume_input(volume: Volume, config: VolumeEncoderConfig, preprocess: PreprocessConfig) -> torch.Tensor:
+    """The encoder input of an assembled series: `prepare_volume`, then `medcm.preprocess.normalize`.
+
+    Training, evaluation and the engine all call this, so a volume is prepared one way everywhere.
+
+    Args:
+        volume: an assembled series (`medcm.volume.Volume`).
+        config: the checkpoint's volume settings.
+        preprocess: the checkpoint's preprocessing (its mean and std).
+
+    Returns:
+        `[1, depth, size, size]` ("3d") or `[n_slices, 1, size, size]` ("2.5d") float32.
+    """
+    prepared = prepare_volume(volume.voxels, volume.spacing, volume.modality, config, volume.body_part)
+    return normalize(prepared, preprocess)
 
 
 class GatedAttentionPool(nn.Module):

@@ -1,0 +1,175 @@
+"""Finding volumes in files: every series under a path, or the series among one case's files.
+
+`medcm.volume` assembles datasets already read; this module reads them. Files are named as
+`medcm.dicom` names them: a path, or ``"archive.zip:member"`` for a zip member, so a `DicomImage`'s
+`meta.path` (or a manifest's image path) is enough to read its series again as a volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+# A private helper of medcm.dicom, imported so that "a safe read" has one definition.
+from medcm.dicom import DicomReadError, _load, iter_sources
+from medcm.volume import Volume, VolumeError, assemble_volume, could_be_volume, is_volume_series
+
+__all__ = ["SeriesFiles", "group_series", "read_volume", "read_volumes"]
+
+_ZIP_MEMBER = re.compile(r"^(?P<archive>.+\.zip):(?P<member>.+)$", re.IGNORECASE)
+_RASTER = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class SeriesFiles:
+    """The files of one series among a case's files, in the order given.
+
+    Attributes:
+        series_uid: SeriesInstanceUID ("" for a raster image or an unreadable file, each its own group).
+        files: file names as given (paths or ``"archive.zip:member"``).
+        is_volume: CT/MR/PT with plane geometry and at least `min_slices` slices: encode it as one volume.
+    """
+
+    series_uid: str
+    files: tuple[str, ...]
+    is_volume: bool
+
+
+def group_series(files: Sequence[str], min_slices: int = 3) -> list[SeriesFiles]:
+    """Group a case's image files by series, from headers alone, and tell volumes from single images.
+
+    A raster image (PNG, JPEG ...) or a file whose header cannot be read is a group of its own and
+    never a volume: reading it later reports the error, naming the file, as for any image.
+
+    Args:
+        files: paths or ``"archive.zip:member"`` names.
+        min_slices: fewest slices (frames count) for a volume.
+
+    Returns:
+        One group per series, in order of first appearance.
+    """
+    groups: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
+    singles: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
+    for name in files:
+        header = None if name.lower().endswith(_RASTER) else _header(name)
+        uid = str(header.get("SeriesInstanceUID", "")) if header is not None else ""
+        target = groups if uid else singles
+        target.setdefault(uid or f"#{len(singles)}", []).append((name, header))
+    result = []
+    for key, members in [*groups.items(), *singles.items()]:
+        headers = [h for _, h in members if h is not None]
+        volume = bool(not key.startswith("#") and len(headers) == len(members) and is_volume_series(headers, min_slices))
+        result.append(SeriesFiles("" if key.startswith("#") else key, tuple(n for n, _ in members), volume))
+    order = {name: i for i, name in enumerate(files)}
+    return sorted(result, key=lambda group: order[group.files[0]])
+
+
+def _header(name: str) -> pydicom.Dataset | None:
+    try:
+        return _read_named(name, headers_only=True)
+    except DicomReadError:
+        return None
+
+
+def read_volume(files: Sequence[str], label: str = "", allow_gaps: bool = False) -> Volume:
+    """Read the files of ONE series and assemble them into a volume.
+
+    Args:
+        files: paths or ``"archive.zip:member"`` names (e.g. `DicomImage.meta.path` of each slice).
+        label: where the series came from, for messages.
+        allow_gaps: see `medcm.volume.assemble_volume`.
+
+    Raises:
+        DicomReadError: a file cannot be read (the message names it).
+        VolumeError: the series does not make a trustworthy volume (see `assemble_volume`).
+    """
+    if not files:
+        raise VolumeError(f"series{f' ({label})' if label else ''}: no files; expected the slices of one series")
+    datasets = [_read_named(name) for name in files]
+    return assemble_volume(datasets, label=label or os.path.dirname(files[0]), allow_gaps=allow_gaps)
+
+
+def _read_named(name: str, headers_only: bool = False) -> pydicom.Dataset:
+    """The dataset of a file path or of an ``"archive.zip:member"`` name."""
+    path = Path(name)
+    if not path.is_file():
+        match = _ZIP_MEMBER.match(name)
+        if match is None:
+            raise DicomReadError(name, "no such file; expected a DICOM file or an 'archive.zip:member' name")
+        try:
+            with zipfile.ZipFile(match["archive"]) as archive:
+                data = archive.read(match["member"])
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise DicomReadError(name, f"cannot read zip member: {exc}") from exc
+        ds = _load(data, name)
+    elif headers_only:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable header"
+            raise DicomReadError(name, f"not a readable DICOM header ({type(exc).__name__}: {exc})") from exc
+    else:
+        ds = _read_dataset(path, name)
+    return ds
+
+
+def read_volumes(path: str | os.PathLike, min_slices: int = 3) -> tuple[list[Volume], list[VolumeError | DicomReadError]]:
+    """Assemble every CT/MR/PT series under a file, folder (recursive) or .zip.
+
+    Series of other modalities, series with fewer than `min_slices` slices (frames count) and
+    objects without pixel data (SR, presentation states) are skipped, not reported.
+
+    Args:
+        path: A DICOM file, a folder or a ``.zip``.
+        min_slices: Smallest number of slices worth assembling.
+
+    Returns:
+        The volumes (in order of first appearance) and one error per failing series or unreadable file.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or folder; expected a DICOM file, folder or .zip")
+    groups: dict[str, list[pydicom.Dataset]] = {}
+    folders: dict[str, str] = {}
+    errors: list[VolumeError | DicomReadError] = []
+    for item in iter_sources(root):
+        try:
+            if isinstance(item, DicomReadError):
+                raise item
+            label, folder, source = item
+            ds = _read_dataset(source, label)
+        except DicomReadError as err:
+            errors.append(err)
+            continue
+        if "PixelData" in ds:  # else SR, KO, presentation state ...: not an image
+            uid = str(ds.get("SeriesInstanceUID") or f"unknown-series:{folder}")
+            groups.setdefault(uid, []).append(ds)
+            folders.setdefault(uid, folder)
+    volumes = []
+    for uid in list(groups):
+        datasets = groups.pop(uid)  # released after assembly: one series decoded at a time
+        if could_be_volume(datasets, min_slices):
+            try:
+                volumes.append(assemble_volume(datasets, label=folders[uid]))
+            except VolumeError as err:
+                errors.append(err)
+    return volumes, errors
+
+
+def _read_dataset(source: Path | bytes, label: str) -> pydicom.Dataset:
+    """A dataset whose pixel data, for files, stays on disk until decoded; DicomReadError if unreadable."""
+    if isinstance(source, Path):
+        with contextlib.suppress(Exception):  # anything odd: the careful reader below explains it
+            ds = pydicom.dcmread(source, defer_size="64 KB")
+            if ds.file_meta.get("TransferSyntaxUID"):
+                return ds
+    return _load(source, label)
