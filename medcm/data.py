@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medcm.config import PreprocessConfig
+from medcm.config import PreprocessConfig, VolumeEncoderConfig
 from medcm.dicom import DicomReadError, read_instance
 from medcm.preprocess import resize_and_pad, select_frame
 from medcm.text import report_text_for_training
@@ -292,20 +292,28 @@ def _load_raster(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Pair:
-    """One training item: an image file and its case's text."""
+    """One training item: an image file (or, with `series`, a whole CT/MR/PT series) and its case's text.
+
+    Attributes:
+        image: the image file; for a volume, the series' first file (named in messages).
+        series: the files of a volume pair, empty for a 2D image.
+    """
 
     image: str
     text: str
     case_id: str
     label: Any = None
     mask: str | None = None
+    series: tuple[str, ...] = ()
 
 
-def records_to_pairs(records: list[ManifestRecord], label_field: str | None = None) -> list[Pair]:
-    """One pair per image; the text is the report's training text (`medcm.text`).
+def records_to_pairs(records: list[ManifestRecord], label_field: str | None = None, volumes: bool = False) -> list[Pair]:
+    """One pair per image, or per volume series with `volumes`; the text is the report's training text.
 
     Cases whose report yields no training text are skipped with a warning. `label_field` names a
-    metadata field (the image's own, else the case's) for the multi-task head.
+    metadata field (the image's own, else the case's) for the multi-task head. With `volumes`, the
+    files of a CT/MR/PT series with plane geometry (`medcm.volume_io.group_series`, headers only)
+    become one pair, placed where its first file was; every other file stays a 2D pair.
     """
     pairs = []
     for record in records:
@@ -314,24 +322,44 @@ def records_to_pairs(records: list[ManifestRecord], label_field: str | None = No
             # e.g. a report holding only an indication: pairing an image with "cough" teaches nothing.
             log.warning("skipping case %s: its report has no findings or impression text", record.case_id)
             continue
+        series_of = _volume_series(record.images) if volumes else {}
         for index, image in enumerate(record.images):
+            series = series_of.get(image, ())
+            if series and series[0] != image:
+                continue  # a later slice of a volume already paired at its first file
             label = record.meta_of_image(index).get(label_field) if label_field else None
-            pairs.append(Pair(image, text, record.case_id, label, record.mask))
+            pairs.append(Pair(image, text, record.case_id, label, None if series else record.mask, series))
     return pairs
 
 
-class PairedImageDataset(Dataset):
-    """Images of `pairs`, preprocessed to `[1, S, S]` in [0, 1] (normalisation happens on the batch).
+def _volume_series(files: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Each file of a volume series → that series' files (first file first)."""
+    from medcm.volume_io import group_series
 
-    Images are decoded once and kept as uint8 in memory: decoding DICOM costs far more than a
-    training step of a small CNN on a CPU. Unreadable images are reported and dropped up front.
+    return {name: group.files for group in group_series(files) if group.is_volume for name in group.files}
+
+
+class PairedImageDataset(Dataset):
+    """Images of `pairs` as `[1, S, S]`, volumes as the volume encoder's input, in [0, 1].
+
+    Items are `(tensor, index)`; normalisation happens on the batch, and `collate_pairs` splits a
+    batch into its 2D images and its volumes. Images and volumes are decoded once and kept as uint8
+    in memory: decoding DICOM costs far more than a training step of a small CNN on a CPU.
+    Unreadable images and series that do not make a volume are reported and dropped up front.
+
+    Args:
+        pairs: from `records_to_pairs`.
+        preprocess: the 2D preprocessing.
+        progress: show a progress bar.
+        volume: how volume pairs are prepared; required when a pair has `series`.
     """
 
-    def __init__(self, pairs: list[Pair], preprocess: PreprocessConfig, progress: bool = False) -> None:
+    def __init__(self, pairs: list[Pair], preprocess: PreprocessConfig, progress: bool = False,
+                 volume: VolumeEncoderConfig | None = None) -> None:
         self.preprocess = preprocess
         self.pairs: list[Pair] = []
         self.errors: list[ImageReadError] = []
-        images = []
+        images, volumes, self._slots = [], [], []
         iterator = pairs
         if progress:
             from tqdm.auto import tqdm
@@ -339,20 +367,63 @@ class PairedImageDataset(Dataset):
             iterator = tqdm(pairs, desc="decoding images", unit="img")
         for pair in iterator:
             try:
-                pixels = select_frame(load_image(pair.image, pair.mask), preprocess.frame)
+                tensor = _load_volume(pair, volume) if pair.series else _load_2d(pair, preprocess)
             except ImageReadError as err:
                 log.warning("skipping %s", err)
                 self.errors.append(err)
                 continue
-            tensor = resize_and_pad(pixels, preprocess.image_size)
-            images.append((tensor * 255.0).round().to(torch.uint8))
+            store = volumes if pair.series else images
+            self._slots.append((store is volumes, len(store)))
+            store.append((tensor * 255.0).round().to(torch.uint8))
             self.pairs.append(pair)
         if not self.pairs:
-            raise ValueError(f"none of the {len(pairs)} images could be read; first error: {self.errors[0] if self.errors else 'no images'}")
-        self.images = torch.stack(images)
+            first = self.errors[0] if self.errors else "no images"
+            raise ValueError(f"none of the {len(pairs)} images could be read; first error: {first}")
+        size = preprocess.image_size
+        self.images = torch.stack(images) if images else torch.zeros((0, 1, size, size), dtype=torch.uint8)
+        self.volumes = torch.stack(volumes) if volumes else None
+
+    @property
+    def volume_count(self) -> int:
+        return 0 if self.volumes is None else len(self.volumes)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index].float() / 255.0, index
+        is_volume, row = self._slots[index]
+        return (self.volumes if is_volume else self.images)[row].float() / 255.0, index
+
+
+def _load_2d(pair: Pair, preprocess: PreprocessConfig) -> torch.Tensor:
+    return resize_and_pad(select_frame(load_image(pair.image, pair.mask), preprocess.frame), preprocess.image_size)
+
+
+def _load_volume(pair: Pair, config: VolumeEncoderConfig | None) -> torch.Tensor:
+    """A volume pair's encoder input in [0, 1]; ImageReadError naming the series' first file if it fails."""
+    from medcm.dicom import DicomReadError
+    from medcm.encoders.volume import prepare_volume
+    from medcm.volume import VolumeError
+    from medcm.volume_io import read_volume
+
+    if config is None:
+        raise ValueError(f"{pair.image}: a volume pair needs the model's volume settings (model.volume); got None")
+    try:
+        volume = read_volume(pair.series, label=str(Path(pair.image).parent))
+    except (DicomReadError, VolumeError) as err:
+        raise ImageReadError(pair.image, f"series of {len(pair.series)} files is not a usable volume: {err}") from err
+    return prepare_volume(volume.voxels, volume.spacing, volume.modality, config, volume.body_part)
+
+
+def collate_pairs(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """Split a batch of `PairedImageDataset` items into 2D images and volumes.
+
+    Returns:
+        images `[B2, 1, S, S]` or None, volumes `[B3, ...]` or None, and the `[B2 + B3]` dataset
+        indices in the same order: the images' first, then the volumes' (as `DualEncoder.forward` wants).
+    """
+    flat = [item for item in batch if item[0].ndim == 3]  # [1, S, S]
+    deep = [item for item in batch if item[0].ndim != 3]  # [1, D, S, S] or [K, 1, S, S]
+    images = torch.stack([t for t, _ in flat]) if flat else None
+    volumes = torch.stack([t for t, _ in deep]) if deep else None
+    return images, volumes, torch.tensor([i for _, i in flat + deep], dtype=torch.long)

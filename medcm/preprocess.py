@@ -74,17 +74,25 @@ def prepare_image(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
     return normalize(resize_and_pad(select_frame(pixels, config.frame), config.image_size), config)
 
 
+def augment_volumes(volumes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`augment_batch` for volumes `[B, 1, D, H, W]` ("3d") or `[B, K, 1, H, W]` ("2.5d"): the same
+    in-plane zoom/shift and contrast for every slice of a volume, a different draw per volume."""
+    flat = volumes.reshape(volumes.shape[0], -1, *volumes.shape[-2:])
+    return augment_batch(flat, generator).reshape(volumes.shape)
+
+
 def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Light training augmentation on a batch in [0, 1]: random zoom/shift and contrast/brightness.
 
     No flips: laterality is part of what a report says ("left lower lobe").
 
     Args:
-        images: `[B, 1, H, W]` in [0, 1], on any device.
+        images: `[B, C, H, W]` in [0, 1], on any device; the C channels (e.g. the slices of a
+            volume) get the same warp and contrast.
         generator: a CPU generator for reproducibility.
 
     Returns:
-        `[B, 1, H, W]` in [0, 1].
+        `[B, C, H, W]` in [0, 1].
     """
     batch = images.shape[0]
     rand = torch.rand(batch, 5, generator=generator).to(images.device, images.dtype)

@@ -25,9 +25,9 @@ from medcm.checkpoint import (
     save_checkpoint,
 )
 from medcm.config import AuxHeadConfig, MedcmConfig, config_from_dict, validate_config
-from medcm.data import ManifestRecord, PairedImageDataset, records_to_pairs
+from medcm.data import ManifestRecord, PairedImageDataset, collate_pairs, records_to_pairs
 from medcm.eval.retrieval import case_retrieval_metrics, mean_recall
-from medcm.preprocess import augment_batch, normalize
+from medcm.preprocess import augment_batch, augment_volumes, normalize
 from medcm.runtime import seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,22 @@ def with_aux_classes(config: MedcmConfig, labels: list[Any]) -> MedcmConfig:
         if label is not None:
             found.update(map(str, label) if head.multi_label else [str(label)])
     if len(found) < 2 and not head.multi_label:
-        raise ValueError(f"aux_head.field {head.field!r}: found {sorted(found)} in the training data, expected at least 2 classes")
+        raise ValueError(f"aux_head.field {head.field!r}: found {sorted(found)} in the training data, "
+                         "expected at least 2 classes")
     new_head = dataclasses.replace(head, classes=tuple(sorted(found)))
     return dataclasses.replace(config, model=dataclasses.replace(config.model, aux_head=new_head))
+
+
+def with_volume_encoder(config: MedcmConfig, has_volumes: bool) -> MedcmConfig:
+    """Drop the volume encoder from a config whose training data holds no volume.
+
+    An untrained volume encoder would only put noise in the shared space; without one, the engine
+    embeds each slice of a series with the 2D tower. The saved config says which happened.
+    """
+    if config.model.volume is None or has_volumes:
+        return config
+    log.info("the training data holds no CT/MR/PT series; training without a volume encoder (model.volume)")
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, volume=None))
 
 
 def aux_targets(head: AuxHeadConfig | None, labels: list[Any]) -> torch.Tensor | None:
@@ -105,22 +118,35 @@ def build_optimizer(model: DualEncoder, config: MedcmConfig) -> torch.optim.Opti
 
 
 @torch.no_grad()
+def embed_dataset(model: DualEncoder, dataset: PairedImageDataset, config: MedcmConfig, device: torch.device,
+                  batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised embeddings `[N, D]` of every item (2D image or volume), in dataset order, on the CPU."""
+    model.eval()
+    rows = torch.zeros(len(dataset), config.model.embed_dim)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
+    for images, volumes, indices in loader:
+        parts = []
+        with _autocast(device):
+            if images is not None:
+                parts.append(model.encode_image(normalize(images.to(device), config.preprocess)).float())
+            if volumes is not None:
+                parts.append(model.encode_volume(normalize(volumes.to(device), config.preprocess)).float())
+        rows[indices] = torch.cat(parts).cpu()
+    return rows
+
+
+@torch.no_grad()
 def evaluate_retrieval(
     model: DualEncoder, dataset: PairedImageDataset, config: MedcmConfig, device: torch.device
 ) -> dict[str, dict[str, float]]:
-    """Case-level image→report and report→image Recall@1/5/10 on a validation set."""
-    model.eval()
-    image_emb = []
-    for start in range(0, len(dataset), 64):
-        batch = dataset.images[start : start + 64].to(device).float() / 255.0
-        with _autocast(device):
-            image_emb.append(model.encode_image(normalize(batch, config.preprocess)).float())
+    """Case-level image→report and report→image Recall@1/5/10 on a validation set (volumes count as images)."""
+    image_emb = embed_dataset(model, dataset, config, device)
     cases = list(dict.fromkeys(p.case_id for p in dataset.pairs))
     text_of_case = {p.case_id: p.text for p in dataset.pairs}
     texts = [text_of_case[c] for c in cases]
     text_emb = torch.cat([model.encode_text(texts[s : s + 64]).float() for s in range(0, len(texts), 64)])
     image_cases = [p.case_id for p in dataset.pairs]
-    return case_retrieval_metrics(torch.cat(image_emb).cpu(), image_cases, text_emb.cpu(), cases)
+    return case_retrieval_metrics(image_emb, image_cases, text_emb.cpu(), cases)
 
 
 def _autocast(device: torch.device):
@@ -201,13 +227,16 @@ def _datasets(
 ) -> tuple[MedcmConfig, PairedImageDataset, PairedImageDataset | None]:
     """Decode the images once; fill the multi-task head's classes from the training labels."""
     head_field = config.model.aux_head.field if config.model.aux_head else None
-    train_pairs = records_to_pairs(train_records, head_field)
+    volumes = config.model.volume is not None
+    train_pairs = records_to_pairs(train_records, head_field, volumes=volumes)
     if not train_pairs:
         raise ValueError(f"none of the {len(train_records)} training cases has a report with findings or impression text")
     config = with_aux_classes(config, [p.label for p in train_pairs])
-    train_set = PairedImageDataset(train_pairs, config.preprocess, progress=progress)
-    val_pairs = records_to_pairs(val_records)
-    val_set = PairedImageDataset(val_pairs, config.preprocess, progress=progress) if val_pairs else None
+    config = with_volume_encoder(config, any(p.series for p in train_pairs))
+    volume = config.model.volume
+    train_set = PairedImageDataset(train_pairs, config.preprocess, progress=progress, volume=volume)
+    val_pairs = records_to_pairs(val_records, volumes=volume is not None)
+    val_set = PairedImageDataset(val_pairs, config.preprocess, progress=progress, volume=volume) if val_pairs else None
     if len(train_set) < 2:
         raise ValueError(f"need at least 2 readable training images, got {len(train_set)}")
     return config, train_set, val_set
@@ -219,20 +248,19 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
     order = torch.Generator().manual_seed(config.train.seed * 1000 + epoch)
     augment_rng = torch.Generator().manual_seed(config.train.seed * 1000 + epoch + 1)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=order,
-                        num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+                        collate_fn=collate_pairs, num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
     totals: dict[str, float] = {}
     if progress:
         from tqdm.auto import tqdm
 
         loader = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", leave=False)
-    for images, indices in loader:
-        pairs = [dataset.pairs[i] for i in indices.tolist()]
-        images = images.to(device, non_blocking=True)
-        if config.train.augment:
-            images = augment_batch(images, augment_rng)
+    for images, volumes, indices in loader:
+        pairs = [dataset.pairs[i] for i in indices.tolist()]  # the images' first, then the volumes'
+        images, volumes = _batch_inputs(images, volumes, config, device, augment_rng)
         with _autocast(device):
-            out = model(normalize(images, config.preprocess), [p.text for p in pairs])
-        targets = aux_targets(config.model.aux_head, [p.label for p in pairs])
+            out = model(images, [p.text for p in pairs], volumes)
+        n_images = 0 if images is None else len(images)  # the multi-task head reads the 2D images only
+        targets = aux_targets(config.model.aux_head, [p.label for p in pairs[:n_images]])
         loss = loss_fn(out, positive_mask([p.case_id for p in pairs]), targets.to(device) if targets is not None else None)
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -245,6 +273,20 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
             loader.set_postfix(loss=f"{float(loss.total.detach()):.3f}", temp=f"{1 / float(out.logit_scale.detach()):.4f}")
     steps = max(1, len(dataset) // batch_size)
     return {f"train_{k}": v / steps for k, v in totals.items()}
+
+
+def _batch_inputs(images: torch.Tensor | None, volumes: torch.Tensor | None, config: MedcmConfig,
+                  device: torch.device, rng: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Move a batch's images and volumes to the device, augment them (if configured) and normalise them."""
+    prepared = []
+    for tensor, augment in ((images, augment_batch), (volumes, augment_volumes)):
+        if tensor is not None:
+            tensor = tensor.to(device, non_blocking=True)
+            if config.train.augment:
+                tensor = augment(tensor, rng)
+            tensor = normalize(tensor, config.preprocess)
+        prepared.append(tensor)
+    return prepared[0], prepared[1]
 
 
 def _resume(folder: Path, model, optimizer, scheduler, config: MedcmConfig) -> dict[str, Any]:
