@@ -30,6 +30,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
     p.add_argument("--lr", type=float, help="override the config's learning rate")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--volume-encoder", choices=["3d", "2.5d", "none"],
+                   help="how CT/MR/PT series are encoded: a 3D network, the 2D tower over sampled slices with "
+                        "attention, or slice by slice as 2D images (default: the config's, 3d)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--resume", help="continue a run from its folder (or its 'last' checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -37,11 +40,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from medcm.config import get_config, with_overrides
+    from medcm.config import get_config, with_overrides, with_volume_kind
     from medcm.data import read_dataset, split_records
     from medcm.train import train
 
     config = with_overrides(get_config(args.config), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    if args.volume_encoder:
+        config = with_volume_kind(config, args.volume_encoder)
     records = read_dataset(args.data, args.format)
     train_records, val_records = split_records(records, args.split, args.val_split, config.train.val_fraction, config.train.seed)
     result = train(config, train_records, val_records, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
@@ -60,13 +65,20 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev", type=int, default=99, help="dev cases (default: 99)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--volumes", type=int, metavar="DEPTH",
+                   help="write chest CT series of DEPTH slices (nodule, effusion, rib fracture or normal) instead of "
+                        "single images")
     p.set_defaults(handler=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from medcm.synthetic import write_dataset
+    from medcm.synthetic_volume import write_volume_dataset
 
-    manifest = write_dataset(args.out, args.train, args.dev, args.seed, args.size)
+    if args.volumes:
+        manifest = write_volume_dataset(args.out, args.train, args.dev, args.seed, depth=args.volumes, size=args.size)
+    else:
+        manifest = write_dataset(args.out, args.train, args.dev, args.seed, args.size)
     print(f"wrote {args.train + args.dev} cases; manifest: {manifest}")
     return 0
 

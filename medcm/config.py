@@ -343,3 +343,21 @@ def with_overrides(config: MedcmConfig, **train_overrides: Any) -> MedcmConfig:
     """Return `config` with some `TrainConfig` fields replaced (None values are ignored)."""
     changes = {k: v for k, v in train_overrides.items() if v is not None}
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+def with_volume_kind(config: MedcmConfig, kind: str) -> MedcmConfig:
+    """Return `config` with its volume encoder set to `kind` ("3d", "2.5d") or removed ("none").
+
+    A "2.5d" encoder runs the 2D tower, so it takes the 2D image size; "3d" keeps the config's
+    (or the default) volume settings.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    if kind == "none":
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, volume=None))
+    if kind not in VOLUME_KINDS:
+        raise ValueError(f"volume encoder: got {kind!r}, expected one of {VOLUME_KINDS + ('none',)}")
+    volume = config.model.volume or VolumeEncoderConfig()
+    volume = dataclasses.replace(volume, kind=kind, size=config.preprocess.image_size if kind == "2.5d" else volume.size)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, volume=volume))
