@@ -97,3 +97,20 @@ def test_draft_consensus_preset_reads_more_cases(ingested, synthetic_manifest, t
 def test_import_is_a_subcommand():
     done = medcm("import", "--help")
     assert done.returncode == 0 and "{manifest,medpix}" in done.stdout and "--files" in done.stdout
+
+
+def test_synth_volumes_then_train_with_a_chosen_volume_encoder(tmp_path):
+    done = medcm("synth", "--volumes", 8, "--train", 6, "--dev", 2, "--size", 32, "--out", tmp_path / "ct")
+    assert done.returncode == 0, done.stderr
+    manifest = tmp_path / "ct" / "manifest.jsonl"
+    first = json.loads(manifest.read_text().splitlines()[0])
+    assert len(first["images"]) == 8 and first["meta"]["finding"] in {"normal", "nodule", "effusion", "fracture"}
+
+    done = medcm("train", "--data", manifest, "--split", "train", "--val-split", "dev", "--volume-encoder", "2.5d",
+                 "--epochs", 1, "--batch-size", 4, "--out", tmp_path / "run", "--quiet")
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["config"]["model"]["volume"]
+    assert saved["kind"] == "2.5d" and saved["size"] == 128  # the 2D tower's image size
+
+    done = medcm("train", "--data", manifest, "--volume-encoder", "5d", "--out", tmp_path / "bad")
+    assert done.returncode != 0 and "invalid choice: '5d'" in done.stderr

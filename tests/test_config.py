@@ -72,3 +72,27 @@ def test_overrides_replace_only_given_train_fields():
     base = get_config("cpu-small")
     changed = with_overrides(base, epochs=3, lr=None)
     assert changed.train.epochs == 3 and changed.train.lr == base.train.lr and changed.model == base.model
+
+
+def test_volume_kind_override_sets_or_removes_the_volume_encoder():
+    from medcm.config import VolumeEncoderConfig, with_volume_kind
+
+    base = get_config("cpu-small")
+    assert base.model.volume == VolumeEncoderConfig()
+    sliced = with_volume_kind(base, "2.5d")
+    assert sliced.model.volume.kind == "2.5d" and sliced.model.volume.size == base.preprocess.image_size
+    validate_config(sliced)
+    assert with_volume_kind(base, "none").model.volume is None
+    assert with_volume_kind(with_volume_kind(base, "none"), "3d").model.volume == VolumeEncoderConfig()
+    with pytest.raises(ValueError, match="volume encoder: got '4d'"):
+        with_volume_kind(base, "4d")
+
+
+def test_a_config_saved_before_volumes_existed_loads_without_a_volume_encoder():
+    data = config_to_dict(get_config("cpu-small"))
+    del data["model"]["volume"]
+    assert config_from_dict(MedcmConfig, data).model.volume is None
+    data["model"]["volume"] = {"kind": "2.5d", "size": 96, "ct_window": [40, 400]}
+    bad = config_from_dict(MedcmConfig, data)
+    with pytest.raises(ValueError, match=r"model\.volume\.size: got 96 for a '2\.5d' encoder, expected preprocess\.image_size \(128\)"):
+        validate_config(bad)
