@@ -94,5 +94,6 @@ def test_a_config_saved_before_volumes_existed_loads_without_a_volume_encoder():
     assert config_from_dict(MedcmConfig, data).model.volume is None
     data["model"]["volume"] = {"kind": "2.5d", "size": 96, "ct_window": [40, 400]}
     bad = config_from_dict(MedcmConfig, data)
-    with pytest.raises(ValueError, match=r"model\.volume\.size: got 96 for a '2\.5d' encoder, expected preprocess\.image_size \(128\)"):
+    expected = r"model\.volume\.size: got 96 for a '2\.5d' encoder, expected preprocess\.image_size \(128\)"
+    with pytest.raises(ValueError, match=expected):
         validate_config(bad)
