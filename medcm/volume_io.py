@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import pydicom
 from medcm.dicom import DicomReadError, _load, iter_sources
 from medcm.volume import Volume, VolumeError, assemble_volume, could_be_volume, is_volume_series
 
-__all__ = ["SeriesFiles", "group_series", "read_volume", "read_volumes"]
+__all__ = ["SeriesFiles", "group_series", "read_volume", "read_volumes", "split_stacks"]
 
 _ZIP_MEMBER = re.compile(r"^(?P<archive>.+\.zip):(?P<member>.+)$", re.IGNORECASE)
 _RASTER = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -43,7 +45,8 @@ class SeriesFiles:
 
 
 def group_series(files: Sequence[str], min_slices: int = 3) -> list[SeriesFiles]:
-    """Group a case's image files by series, from headers alone, and tell volumes from single images.
+    """Group a case's image files by series and stack (`split_stacks`), from headers alone, and tell
+    volumes from single images.
 
     A raster image (PNG, JPEG ...) or a file whose header cannot be read is a group of its own and
     never a volume: reading it later reports the error, naming the file, as for any image.
@@ -53,22 +56,57 @@ def group_series(files: Sequence[str], min_slices: int = 3) -> list[SeriesFiles]
         min_slices: fewest slices (frames count) for a volume.
 
     Returns:
-        One group per series, in order of first appearance.
+        One group per stack of a series, in order of their first files; a series of several stacks
+        gives several groups with the same `series_uid`.
     """
     groups: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
-    singles: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
+    singles: dict[str, list[tuple[str, None]]] = {}
     for name in files:
         header = None if name.lower().endswith(_RASTER) else _header(name)
         uid = str(header.get("SeriesInstanceUID", "")) if header is not None else ""
-        target = groups if uid else singles
-        target.setdefault(uid or f"#{len(singles)}", []).append((name, header))
-    result = []
-    for key, members in [*groups.items(), *singles.items()]:
-        headers = [h for _, h in members if h is not None]
-        volume = bool(not key.startswith("#") and len(headers) == len(members) and is_volume_series(headers, min_slices))
-        result.append(SeriesFiles("" if key.startswith("#") else key, tuple(n for n, _ in members), volume))
+        if uid:
+            groups.setdefault(uid, []).append((name, header))
+        else:
+            singles[f"#{len(singles)}"] = [(name, None)]
+    result = [SeriesFiles("", (name,), False) for name, _ in (m for members in singles.values() for m in members)]
+    for uid, members in groups.items():
+        name_of = {id(header): name for name, header in members}
+        for stack in split_stacks([header for _, header in members]):
+            names = tuple(name_of[id(header)] for header in stack)
+            result.append(SeriesFiles(uid, names, is_volume_series(stack, min_slices)))
     order = {name: i for i, name in enumerate(files)}
     return sorted(result, key=lambda group: order[group.files[0]])
+
+
+def split_stacks(datasets: Sequence[pydicom.Dataset]) -> list[list[pydicom.Dataset]]:
+    """The stacks of one series: single-frame slices grouped by what cannot differ within one volume.
+
+    One SeriesInstanceUID often holds several stacks: the echoes of a multi-echo MR, the time
+    points of a dynamic series, or a three-plane localizer beside the axial slices. Slices are
+    grouped by orientation, matrix size, pixel spacing, EchoNumbers and TemporalPositionIdentifier
+    (headers only); multi-frame files stay together. A series of one stack comes back unchanged.
+
+    Returns:
+        The stacks, largest first (ties: in order of first appearance).
+    """
+    stacks: dict[tuple, list[pydicom.Dataset]] = {}
+    for ds in datasets:
+        stacks.setdefault(_stack_key(ds), []).append(ds)
+    return sorted(stacks.values(), key=len, reverse=True)
+
+
+def _stack_key(ds: pydicom.Dataset) -> tuple:
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        return ("multi-frame",)
+
+    def rounded(keyword: str, digits: int) -> tuple | None:
+        try:
+            return tuple(round(float(v), digits) for v in ds.get(keyword) or ())
+        except (TypeError, ValueError):
+            return None
+
+    return (rounded("ImageOrientationPatient", 3), ds.get("Rows"), ds.get("Columns"), rounded("PixelSpacing", 3),
+            str(ds.get("EchoNumbers", "")), str(ds.get("TemporalPositionIdentifier", "")))
 
 
 def _header(name: str) -> pydicom.Dataset | None:
@@ -111,7 +149,9 @@ def _read_named(name: str, headers_only: bool = False) -> pydicom.Dataset:
         ds = _load(data, name)
     elif headers_only:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            with warnings.catch_warnings():  # a forced read of a non-DICOM file warns before it fails
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable header"
             raise DicomReadError(name, f"not a readable DICOM header ({type(exc).__name__}: {exc})") from exc
     else:
@@ -123,7 +163,9 @@ def read_volumes(path: str | os.PathLike, min_slices: int = 3) -> tuple[list[Vol
     """Assemble every CT/MR/PT series under a file, folder (recursive) or .zip.
 
     Series of other modalities, series with fewer than `min_slices` slices (frames count) and
-    objects without pixel data (SR, presentation states) are skipped, not reported.
+    objects without pixel data (SR, presentation states) are skipped, not reported. A series of
+    several stacks (`split_stacks`: echoes, time points, a localizer) gives one volume per stack of
+    `min_slices` or more, each with a warning saying so.
 
     Args:
         path: A DICOM file, a folder or a ``.zip``.
@@ -157,12 +199,26 @@ def read_volumes(path: str | os.PathLike, min_slices: int = 3) -> tuple[list[Vol
     volumes = []
     for uid in list(groups):
         datasets = groups.pop(uid)  # released after assembly: one series decoded at a time
-        if could_be_volume(datasets, min_slices):
+        stacks = split_stacks(datasets)
+        usable = [stack for stack in stacks if could_be_volume(stack, min_slices)]
+        for number, stack in enumerate(usable, start=1):
+            label = folders[uid] if len(stacks) == 1 else f"{folders[uid]}, stack {number} of {len(usable)}"
             try:
-                volumes.append(assemble_volume(datasets, label=folders[uid]))
+                volume = assemble_volume(stack, label=label)
             except VolumeError as err:
                 errors.append(err)
+                continue
+            if len(stacks) > 1:
+                volume = dataclasses.replace(volume, warnings=(*volume.warnings, _split_note(uid, stacks, usable)))
+            volumes.append(volume)
     return volumes, errors
+
+
+def _split_note(uid: str, stacks: list[list[pydicom.Dataset]], usable: list[list[pydicom.Dataset]]) -> str:
+    left_out = sum(len(stack) for stack in stacks) - sum(len(stack) for stack in usable)
+    note = (f"series {uid}: holds {len(stacks)} stacks (orientation, matrix, pixel spacing, echo or time point "
+            f"differ); assembled {len(usable)} volume(s) of {', '.join(str(len(s)) for s in usable)} slices")
+    return note + (f"; {left_out} slice(s) in stacks too small for a volume left out" if left_out else "")
 
 
 def _read_dataset(source: Path | bytes, label: str) -> pydicom.Dataset:
