@@ -1,6 +1,7 @@
 """The facade the UI and the command line share: one checkpoint, one case store, its vector indexes.
 
-The engine reads DICOM, embeds images and reports with the checkpoint's model, writes cases to the
+The engine reads DICOM, embeds images and reports with the checkpoint's model (a CT/MR/PT series as
+one volume when the checkpoint has a volume encoder, see `medcm.visual`), writes cases to the
 store and answers the three questions the assistant asks of its memory: which past cases are similar
 (image → reports), which past images look alike (image → images), and which images match a phrase
 (text → images). It also drafts findings from the similar cases and signs reports.
@@ -23,17 +24,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from medcm import visual
 from medcm.checkpoint import Checkpoint, load_checkpoint
 from medcm.deid import DeidConfig, pseudonymous_uid
 from medcm.deid_files import deidentify_images
 from medcm.dicom import DicomImage, DicomReadError, iter_dicom
 from medcm.draft import Draft, DraftConfig, SourceCase, draft_findings
-from medcm.encoders.volume import study_embedding
 from medcm.index import Hit, VectorIndex
-from medcm.preprocess import prepare_image, resize_and_pad, select_frame
+from medcm.preprocess import resize_and_pad, select_frame
 from medcm.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
 from medcm.runtime import select_device
 from medcm.text import report_text_for_training, split_sections
+from medcm.visual import VisualVector, embed_images_2d, study_vector
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +169,17 @@ class Engine:
         return self.checkpoint
 
     # ----------------------------------------------------------------- embedding
-    @torch.no_grad()
     def embed_images(self, images: list[DicomImage]) -> np.ndarray:
-        """L2-normalised image embeddings `[N, D]`, preprocessed as the checkpoint was trained."""
-        ckpt = self._require_checkpoint()
-        out = []
-        for start in range(0, len(images), _BATCH):
-            batch = torch.stack([prepare_image(im.pixels, ckpt.config.preprocess) for im in images[start : start + _BATCH]])
-            out.append(ckpt.model.encode_image(batch.to(self.device)).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, ckpt.config.model.embed_dim), np.float32)
+        """L2-normalised 2D embeddings `[N, D]`, one per image (each slice of a series too)."""
+        return embed_images_2d(self._require_checkpoint(), images, self.device, _BATCH)
+
+    def embed_visual(self, images: list[DicomImage]) -> list[VisualVector]:
+        """What `images` show, embedded (`medcm.visual.embed_visual`): with a volume encoder, a CT/MR/PT
+        series is one vector; each warning (a series embedded slice by slice instead) is logged."""
+        vectors, warnings = visual.embed_visual(self._require_checkpoint(), images, self.device, _BATCH)
+        for warning in warnings:
+            log.warning("%s", warning)
+        return vectors
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -187,17 +191,13 @@ class Engine:
     def study_embedding(self, images: list[DicomImage]) -> np.ndarray:
         """One query vector `[D]` for a study: its series first, then the study.
 
-        Each series is the normalised mean of its images' embeddings, and the study the normalised
-        mean of its series, so a 300-slice CT series and a single radiograph of the same study weigh
-        the same instead of 300 to 1.
+        Each series is its volume's vector (given a volume encoder) or the normalised mean of its
+        images' embeddings, and the study the normalised mean of its series, so a 300-slice CT
+        series and a single radiograph of the same study weigh the same instead of 300 to 1.
         """
         if not images:
             raise ValueError("no readable DICOM image to search with")
-        vectors = torch.from_numpy(self.embed_images(images))
-        series_uids = [image.meta.series_uid for image in images]
-        per_series = torch.stack([vectors[[i for i, s in enumerate(series_uids) if s == uid]].mean(dim=0)
-                                  for uid in dict.fromkeys(series_uids)])
-        return study_embedding(per_series).numpy()  # normalises each series, then the mean
+        return study_vector(self.embed_visual(images))
 
     # -------------------------------------------------------------------- ingest
     def ingest(
@@ -288,11 +288,9 @@ class Engine:
         return new
 
     def _ingest_embeddings(self, images: list[DicomImage], texts: Mapping[str, str]) -> list[EmbeddingRecord]:
+        """One "image" row per image or per volume (under its middle slice's UID), one "report" row per text."""
         model_id = self.model_id
-        records = [
-            EmbeddingRecord(IMAGE, image.meta.sop_instance_uid, model_id, vector)
-            for image, vector in zip(images, self.embed_images(images))
-        ]
+        records = [EmbeddingRecord(IMAGE, item.key, model_id, item.vector) for item in self.embed_visual(images)]
         uids = list(texts)
         vectors = self.embed_texts([report_text_for_training(texts[uid]) or texts[uid] for uid in uids])
         records += [EmbeddingRecord(REPORT, uid, model_id, vector) for uid, vector in zip(uids, vectors)]

@@ -195,3 +195,133 @@ def test_a_study_embedding_weighs_each_series_once(engine, synthetic_manifest):
     np.testing.assert_allclose(engine.study_embedding(images), expected / np.linalg.norm(expected), atol=1e-5)
     single = engine.study_embedding([one])
     np.testing.assert_allclose(single, a / np.linalg.norm(a), atol=1e-5)
+
+
+# --- volumes: with a volume encoder, a CT series is stored and queried as ONE embedding ----------------------------
+
+VOL_DEPTH, VOL_SIZE = 8, 32
+
+
+def _untrained_checkpoint(folder, volume: bool):
+    """An untrained, seeded 32-px checkpoint with a tiny "3d" volume encoder, or with none."""
+    import dataclasses
+
+    import torch
+
+    from medcm.align import DualEncoder
+    from medcm.checkpoint import save_checkpoint
+    from medcm.config import VolumeEncoderConfig, get_config
+
+    base = get_config("cpu-small")
+    volume_config = VolumeEncoderConfig(depth=VOL_DEPTH, size=VOL_SIZE) if volume else None
+    config = dataclasses.replace(base, name="vol" if volume else "no-vol",
+                                 model=dataclasses.replace(base.model, embed_dim=32, volume=volume_config),
+                                 preprocess=dataclasses.replace(base.preprocess, image_size=VOL_SIZE))
+    torch.manual_seed(0)
+    return save_checkpoint(folder / "ckpt", DualEncoder(config.model, VOL_SIZE).eval(), config)
+
+
+@pytest.fixture(scope="module")
+def ct_cases(tmp_path_factory, synthetic_manifest):
+    """Three CT training cases, one CT dev case (8 slices of 32 px, each with report.txt) and one DX case."""
+    from medcm.synthetic_volume import write_volume_dataset
+
+    root = tmp_path_factory.mktemp("ct")
+    write_volume_dataset(root, n_train=3, n_dev=1, depth=VOL_DEPTH, size=VOL_SIZE)
+    shutil.copytree(synthetic_manifest.parent / "cases" / "train-00000", root / "dx-case")
+    return root
+
+
+@pytest.fixture(scope="module")
+def volume_checkpoint_dir(tmp_path_factory):
+    return _untrained_checkpoint(tmp_path_factory.mktemp("vol-ckpt"), volume=True)
+
+
+def _ct_pool(ct_cases):
+    return [ct_cases / f"case-train-{i:05d}" for i in range(3)] + [ct_cases / "dx-case"]
+
+
+@pytest.fixture(scope="module")
+def volume_engine(ct_cases, volume_checkpoint_dir, tmp_path_factory):
+    engine = Engine(CaseStore(f"sqlite:///{tmp_path_factory.mktemp('vol-db') / 'cases.db'}"),
+                    checkpoint=volume_checkpoint_dir, device="cpu")
+    result = engine.ingest(_ct_pool(ct_cases), user="tester")
+    assert (result.added_instances, result.added_reports, result.errors) == (3 * VOL_DEPTH + 1, 4, ())
+    assert result.added_embeddings == 4 + 4, "one image embedding per CT series and one for the DX image, 4 reports"
+    return engine
+
+
+def _reference_volume_vector(engine, folder):
+    import torch
+
+    from medcm.encoders.volume import volume_input
+    from medcm.volume_io import read_volume
+
+    config = engine.checkpoint.config
+    prepared = volume_input(read_volume(sorted(str(p) for p in folder.glob("*.dcm"))), config.model.volume,
+                            config.preprocess)
+    with torch.no_grad():
+        return engine.checkpoint.model.encode_volume(prepared[None]).numpy()[0]
+
+
+def test_a_volume_series_is_stored_as_one_embedding_under_its_middle_slice(volume_engine, ct_cases):
+    matrix = volume_engine.store.embedding_matrix("image", volume_engine.model_id)
+    assert len(matrix.keys) == 4
+    rows = dict(zip(matrix.keys, zip(matrix.vectors, matrix.meta)))
+    for i in range(3):
+        folder = ct_cases / f"case-train-{i:05d}"
+        (middle,), _ = read_images([folder / f"slice-{VOL_DEPTH // 2:03d}.dcm"])  # slices are written bottom to top
+        vector, meta = rows[middle.meta.sop_instance_uid]
+        np.testing.assert_allclose(vector, _reference_volume_vector(volume_engine, folder), atol=1e-5)
+        assert (meta["study_uid"], meta["modality"]) == (middle.meta.study_uid, "CT"), "the store still joins the instance"
+    (radiograph,), _ = read_images([ct_cases / "dx-case" / "image.dcm"])
+    np.testing.assert_allclose(rows[radiograph.meta.sop_instance_uid][0], volume_engine.embed_images([radiograph])[0],
+                               atol=1e-5)
+
+
+def test_without_a_volume_encoder_every_slice_is_stored(ct_cases, tmp_path):
+    engine = Engine(CaseStore(f"sqlite:///{tmp_path / 'plain.db'}"),
+                    checkpoint=_untrained_checkpoint(tmp_path, volume=False), device="cpu")
+    result = engine.ingest(_ct_pool(ct_cases))
+    assert result.added_embeddings == (3 * VOL_DEPTH + 1) + 4
+    assert len(engine.store.embedding_matrix("image", engine.model_id).keys) == 3 * VOL_DEPTH + 1
+
+
+def test_a_study_of_a_volume_and_a_radiograph_weighs_them_equally(volume_engine, ct_cases):
+    series, _ = read_images([ct_cases / "case-dev-00000"])
+    (radiograph,), _ = read_images([ct_cases / "dx-case" / "image.dcm"])
+    volume = _reference_volume_vector(volume_engine, ct_cases / "case-dev-00000")
+    image = volume_engine.embed_images([radiograph])[0]
+    expected = volume / np.linalg.norm(volume) + image / np.linalg.norm(image)
+    np.testing.assert_allclose(volume_engine.study_embedding([*series, radiograph]), expected / np.linalg.norm(expected),
+                               atol=1e-5)
+    np.testing.assert_allclose(volume_engine.study_embedding(series), volume, atol=1e-5)
+
+
+def test_a_volume_query_searches_and_drafts_end_to_end(volume_engine, ct_cases):
+    query, _ = read_images([ct_cases / "case-dev-00000"])
+    stored = set(volume_engine.index("report").keys)
+    cases = volume_engine.similar_cases(query, k=3)
+    assert len(cases) == 3 and cases[0].score >= cases[1].score >= cases[2].score
+    assert {case.study_uid for case in cases} <= stored and all(case.report for case in cases)
+    image_keys = set(volume_engine.index("image").keys)
+    matches = volume_engine.similar_images(query, k=4)
+    assert len(matches) == 4 and {m.sop_instance_uid for m in matches} <= image_keys
+    assert sorted(m.modality for m in matches) == ["CT", "CT", "CT", "DX"]
+    assert {m.sop_instance_uid for m in volume_engine.search_text("pleural effusion", k=4)} <= image_keys
+    draft = volume_engine.draft(query)
+    assert draft.text() and draft.verified is False and set(draft.source_cases) <= stored
+
+
+def test_a_series_with_a_missing_slice_is_stored_slice_by_slice_with_a_warning(volume_engine, ct_cases, tmp_path,
+                                                                                 caplog):
+    folder = tmp_path / "gap"
+    shutil.copytree(ct_cases / "case-dev-00000", folder)
+    (folder / "slice-002.dcm").unlink()
+    images, _ = read_images([folder])
+    with caplog.at_level("WARNING", logger="medcm.engine"):
+        result = volume_engine.ingest([folder])
+    assert (result.added_instances, result.added_embeddings) == (VOL_DEPTH - 1, VOL_DEPTH - 1 + 1)
+    assert f"series {images[0].meta.series_uid}: not embedded as a volume" in caplog.text
+    keys = set(volume_engine.store.embedding_matrix("image", volume_engine.model_id).keys)
+    assert {image.meta.sop_instance_uid for image in images} <= keys

@@ -5,7 +5,8 @@ new studies. Case-level image↔report retrieval is measured within the query se
 query's own case); image→image region/modality precision and drafting use the pool only, so a
 query never sees its own report. Draft metrics compare each query case's drafted FINDINGS with
 its written Findings, and the same metrics are computed in the same run for the baselines of
-`medcm.eval.baselines`.
+`medcm.eval.baselines`. An image row is one image, or, when the checkpoint has a volume encoder, one
+CT/MR/PT series embedded as a volume (`medcm.visual`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from medcm.eval.metrics import corpus_meteor, draft_metrics
 from medcm.eval.retrieval import DEFAULT_KS, case_retrieval_metrics, first_hit_ranks
 from medcm.preprocess import prepare_image
 from medcm.text import findings_text, report_text_for_training
+from medcm.visual import PreparedVolume, encode_inputs, has_volume_encoder, try_prepare_series
+from medcm.volume_io import group_series
 
 log = logging.getLogger(__name__)
 
@@ -66,33 +69,70 @@ def embed_records(checkpoint: Checkpoint, records: list[ManifestRecord], device:
                   progress: bool = False) -> EmbeddedSet:
     """Embed every readable image and every report of `records` with the checkpoint's model.
 
+    Each image is one row; with a volume encoder (`medcm.visual`), each CT/MR/PT series of a case is
+    one row instead (metadata: that of the series' first file), and a series that does not read as
+    a trustworthy volume falls back to one row per image, with a line in `errors` naming it.
     Unreadable images are skipped and listed in `errors` (one line each, naming the file); a case
     with no readable image keeps its report row, so it still counts as a retrieval target.
     """
-    model, preprocess = checkpoint.model, checkpoint.config.preprocess
-    tensors, image_case, image_meta, errors = [], [], [], []
-    items = [(r, i) for r in records for i in range(len(r.images))]
+    images, volumes, rows, errors = [], [], [], []
+    cases = records
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(items, desc="reading images", unit="img")
-    for record, index in items:
+        cases = tqdm(records, desc="reading images", unit="case")
+    for record in cases:
+        for index, prepared in _record_inputs(checkpoint, record, errors):
+            is_volume = isinstance(prepared, PreparedVolume)
+            (volumes if is_volume else images).append(prepared.input if is_volume else prepared)
+            rows.append((record.case_id, record.meta_of_image(index), is_volume))
+    image_vectors, volume_vectors = encode_inputs(checkpoint.model, images, volumes, device, _IMAGE_BATCH)
+    next_image, next_volume = iter(image_vectors), iter(volume_vectors)
+    dim = checkpoint.config.model.embed_dim
+    image_emb = np.stack([next(next_volume if is_volume else next_image) for _, _, is_volume in rows]) if rows \
+        else np.zeros((0, dim), np.float32)
+    texts = [report_text_for_training(r.report) or r.report for r in records]
+    report_emb = encode_texts(checkpoint, texts, device)
+    return EmbeddedSet(list(records), image_emb, [case for case, _, _ in rows], [meta for _, meta, _ in rows],
+                       report_emb, errors)
+
+
+def _record_inputs(checkpoint: Checkpoint, record: ManifestRecord,
+                   errors: list[str]) -> list[tuple[int, torch.Tensor | PreparedVolume]]:
+    """A case's encoder inputs, each with the index of its (first) image: prepared 2D images, and
+    with a volume encoder its prepared volumes. Unreadable files and failed volumes go to `errors`."""
+    singles = list(range(len(record.images)))
+    volumes: list[tuple[int, PreparedVolume]] = []
+    if has_volume_encoder(checkpoint):
+        first = {path: i for i, path in reversed(list(enumerate(record.images)))}
+        singles = []
+        for group in group_series(record.images):
+            prepared = try_prepare_series(checkpoint, group, label=record.case_id) if group.is_volume else None
+            if isinstance(prepared, PreparedVolume):
+                volumes.append((first[group.files[0]], prepared))
+                for warning in prepared.warnings:
+                    log.warning("%s: %s", record.case_id, warning)
+                continue
+            if prepared is not None:
+                errors.append(f"{record.case_id}: {prepared}")
+            singles.extend(_indices_of(record.images, group.files))
+    inputs: list[tuple[int, torch.Tensor | PreparedVolume]] = list(volumes)
+    for index in singles:
         try:
             pixels = load_image(record.images[index], record.mask)
         except ImageReadError as err:
             errors.append(str(err))
             continue
-        tensors.append(prepare_image(pixels, preprocess))
-        image_case.append(record.case_id)
-        image_meta.append(record.meta_of_image(index))
-    with torch.no_grad():
-        chunks = [model.encode_image(torch.stack(tensors[s : s + _IMAGE_BATCH]).to(device)).float().cpu()
-                  for s in range(0, len(tensors), _IMAGE_BATCH)]
-    dim = checkpoint.config.model.embed_dim
-    image_emb = torch.cat(chunks).numpy() if chunks else np.zeros((0, dim), np.float32)
-    texts = [report_text_for_training(r.report) or r.report for r in records]
-    report_emb = encode_texts(checkpoint, texts, device)
-    return EmbeddedSet(list(records), image_emb, image_case, image_meta, report_emb, errors)
+        inputs.append((index, prepare_image(pixels, checkpoint.config.preprocess)))
+    return sorted(inputs, key=lambda item: item[0])  # stable: the order of the case's images
+
+
+def _indices_of(images: tuple[str, ...], files: tuple[str, ...]) -> list[int]:
+    """The positions of `files` in `images`, a repeated name taking its next position each time."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(images):
+        positions.setdefault(name, []).append(i)
+    return [positions[name].pop(0) for name in files]
 
 
 def encode_texts(checkpoint: Checkpoint, texts: list[str], device: torch.device) -> np.ndarray:
