@@ -165,6 +165,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
     result = engine.ingest(args.paths, reports, default_report, user=args.user)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"stored {result.added_instances} new instance(s) in {len(result.studies)} study(ies); "
           f"{result.skipped_instances} already stored; {result.added_reports} report(s); "
           f"{result.added_embeddings} embedding(s); {len(result.errors)} file(s) failed")

@@ -97,6 +97,7 @@ class IngestResult:
     errors: tuple[DicomReadError, ...] = field(default_factory=tuple)
     study_uids: dict[str, str] = field(default_factory=dict)  # UID in the files → UID stored (de-identified)
     burned_in: tuple[str, ...] = ()  # stored SOPInstanceUIDs whose pixels may show identifiers: review them
+    warnings: tuple[str, ...] = ()  # one line each, e.g. a series stored slice by slice, not as one volume
 
 
 def render_preview(pixels: np.ndarray, size: int = PREVIEW_SIZE) -> bytes:
@@ -173,12 +174,15 @@ class Engine:
         """L2-normalised 2D embeddings `[N, D]`, one per image (each slice of a series too)."""
         return embed_images_2d(self._require_checkpoint(), images, self.device, _BATCH)
 
-    def embed_visual(self, images: list[DicomImage]) -> list[VisualVector]:
+    def embed_visual(self, images: list[DicomImage], warnings: list[str] | None = None) -> list[VisualVector]:
         """What `images` show, embedded (`medcm.visual.embed_visual`): with a volume encoder, a CT/MR/PT
-        series is one vector; each warning (a series embedded slice by slice instead) is logged."""
-        vectors, warnings = visual.embed_visual(self._require_checkpoint(), images, self.device, _BATCH)
-        for warning in warnings:
+        series is one vector. Each warning (e.g. a series embedded slice by slice instead) is logged
+        and, given a list, appended to it."""
+        vectors, found = visual.embed_visual(self._require_checkpoint(), images, self.device, _BATCH)
+        for warning in found:
             log.warning("%s", warning)
+        if warnings is not None:
+            warnings.extend(found)
         return vectors
 
     @torch.no_grad()
@@ -233,15 +237,17 @@ class Engine:
             images, texts, uid_map, flagged = batch.images, batch.reports, batch.study_uids, tuple(batch.burned_in)
             errors += batch.errors
         counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
+        warnings: list[str] = []
         for chunk in _study_chunks(images, INGEST_CHUNK_IMAGES):
-            for key, value in self._ingest_chunk(chunk, texts, set(flagged), user).items():
+            for key, value in self._ingest_chunk(chunk, texts, set(flagged), user, warnings).items():
                 counts[key] += value
         return IngestResult(studies=tuple(dict.fromkeys(image.meta.study_uid for image in images)),
-                            errors=tuple(errors), study_uids=uid_map, burned_in=flagged, **counts)
+                            errors=tuple(errors), study_uids=uid_map, burned_in=flagged, warnings=tuple(warnings),
+                            **counts)
 
     def _ingest_chunk(self, images: list[DicomImage], texts: Mapping[str, str], flagged: set[str],
-                      user: str) -> dict[str, int]:
-        """Store whole studies in one transaction; their counts by `IngestResult` field."""
+                      user: str, warnings: list[str]) -> dict[str, int]:
+        """Store whole studies in one transaction; their counts by `IngestResult` field (warnings appended)."""
         fresh, already_stored = self._split_stored(images)
         own = dict.fromkeys(image.meta.study_uid for image in images)
         new_texts = self._new_reports({uid: texts[uid] for uid in own if uid in texts})
@@ -249,7 +255,7 @@ class Engine:
         if not (fresh or new_texts):
             return counts
         records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in new_texts.items()]
-        embeddings = self._ingest_embeddings(fresh, new_texts) if self.checkpoint else []
+        embeddings = self._ingest_embeddings(fresh, new_texts, warnings) if self.checkpoint else []
         instances = [_flag_burned_in(instance_record(image, render_preview(image.pixels)), flagged) for image in fresh]
         summary = self.store.ingest(instances, records, embeddings, user=user)
         self._indexes.clear()  # the store changed: reload or rebuild on the next search
@@ -287,10 +293,12 @@ class Engine:
                 new[uid] = text
         return new
 
-    def _ingest_embeddings(self, images: list[DicomImage], texts: Mapping[str, str]) -> list[EmbeddingRecord]:
+    def _ingest_embeddings(self, images: list[DicomImage], texts: Mapping[str, str],
+                           warnings: list[str]) -> list[EmbeddingRecord]:
         """One "image" row per image or per volume (under its middle slice's UID), one "report" row per text."""
         model_id = self.model_id
-        records = [EmbeddingRecord(IMAGE, item.key, model_id, item.vector) for item in self.embed_visual(images)]
+        vectors = self.embed_visual(images, warnings)
+        records = [EmbeddingRecord(IMAGE, item.key, model_id, item.vector) for item in vectors]
         uids = list(texts)
         vectors = self.embed_texts([report_text_for_training(texts[uid]) or texts[uid] for uid in uids])
         records += [EmbeddingRecord(REPORT, uid, model_id, vector) for uid, vector in zip(uids, vectors)]

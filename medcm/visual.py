@@ -120,8 +120,7 @@ def try_prepare_series(checkpoint: Checkpoint, group: SeriesFiles, label: str = 
         return prepare_series(checkpoint, group.files, group.series_uid, label)
     except (DicomReadError, ValueError) as err:  # VolumeError is a ValueError
         reason = " ".join(str(err).split())
-        return (f"series {group.series_uid}: not embedded as a volume ({reason}); "
-                f"its {len(group.files)} images are embedded one by one as 2D images")
+        return f"{reason}; so its {len(group.files)} images are embedded one by one, not as one volume"
 
 
 @torch.no_grad()

@@ -363,7 +363,7 @@ def _slice_spacing(slices: list[_Slice], keys: list[float], direction: np.ndarra
                    f"the normal (after {slices[k].uid}), {steps[k] / median:.2g}× the median spacing {median:.4g} mm: "
                    f"about {round(steps[k] / median) - 1} slice(s) missing")
         if not allow_gaps:
-            raise VolumeError(message + "; pass allow_gaps=True to assemble it anyway")
+            raise VolumeError(message + "; expected every slice of the series (send the whole series)")
         warnings.append(message + "; assembled without them (spacing is wrong across the gap)")
     irregular = (np.abs(steps - median) > 0.1 * median) & (steps <= _GAP_FACTOR * median)
     if irregular.any():

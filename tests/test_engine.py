@@ -153,7 +153,7 @@ def test_reingest_after_an_amendment_keeps_the_signed_reports_vector(engine, poo
     study_uid = images[0].meta.study_uid
     engine.sign(study_uid, "FINDINGS: Small cross-shaped opacity in the lower right zone.", signer="dr.c")
     signed_vector = engine.index("report").vectors[engine.index("report").keys.index(study_uid)].copy()
-    monkeypatch.setattr(engine, "embed_images", lambda images: pytest.fail("a stored file was embedded again"))
+    monkeypatch.setattr(engine, "embed_visual", lambda *args: pytest.fail("a stored file was embedded again"))
     result = engine.ingest([pool / "train-00007"])
     assert (result.added_instances, result.skipped_instances, result.added_reports) == (0, 1, 0)
     now = engine.index("report").vectors[engine.index("report").keys.index(study_uid)]
@@ -322,6 +322,8 @@ def test_a_series_with_a_missing_slice_is_stored_slice_by_slice_with_a_warning(v
     with caplog.at_level("WARNING", logger="medcm.engine"):
         result = volume_engine.ingest([folder])
     assert (result.added_instances, result.added_embeddings) == (VOL_DEPTH - 1, VOL_DEPTH - 1 + 1)
-    assert f"series {images[0].meta.series_uid}: not embedded as a volume" in caplog.text
+    assert f"series {images[0].meta.series_uid} (" in caplog.text and "not as one volume" in caplog.text
+    (warning,) = result.warnings
+    assert warning.startswith(f"series {images[0].meta.series_uid} (") and "about 1 slice(s) missing" in warning
     keys = set(volume_engine.store.embedding_matrix("image", volume_engine.model_id).keys)
     assert {image.meta.sop_instance_uid for image in images} <= keys

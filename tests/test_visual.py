@@ -136,8 +136,8 @@ def test_a_series_with_a_missing_slice_falls_back_to_its_slices_with_a_warning(c
     assert [v.key for v in vectors] == [im.meta.sop_instance_uid for im in images] and not any(v.is_volume for v in vectors)
     np.testing.assert_allclose(np.stack([v.vector for v in vectors]), embed_images_2d(checkpoint, images, "cpu"), atol=1e-6)
     (warning,) = warnings
-    assert f"series {images[0].meta.series_uid}: not embedded as a volume" in warning and "gap" in warning
-    assert "\n" not in warning and f"its {DEPTH - 1} images are embedded one by one" in warning
+    assert warning.startswith(f"series {images[0].meta.series_uid} (") and "gap" in warning
+    assert "\n" not in warning and warning.endswith(f"so its {DEPTH - 1} images are embedded one by one, not as one volume")
 
 
 def test_two_series_and_a_radiograph_in_one_call(checkpoint, data):
@@ -193,6 +193,6 @@ def test_engine_logs_the_fallback_warning(checkpoint, data, tmp_path, caplog):
     images, _ = read_images([folder])
     with caplog.at_level(logging.WARNING, logger="medcm.engine"):
         query = engine.study_embedding(images)
-    assert f"series {images[0].meta.series_uid}: not embedded as a volume" in caplog.text
+    assert f"series {images[0].meta.series_uid} (" in caplog.text and "not as one volume" in caplog.text
     mean = embed_images_2d(checkpoint, images, "cpu").mean(axis=0)
     np.testing.assert_allclose(query, mean / np.linalg.norm(mean), atol=1e-5)

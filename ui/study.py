@@ -125,7 +125,7 @@ def ingest_upload(engine: Engine, files: Sequence[str | Path] | str | Path | Non
         result: IngestResult = engine.ingest(list(names), user=user.strip() or "clinician")
     finally:
         remove_upload_copies(paths)
-    notes = [_error_line(err, names) for err in result.errors]
+    notes = [_error_line(err, names) for err in result.errors] + list(result.warnings)
     if result.burned_in:
         notes.append(f"{len(result.burned_in)} image(s) declare burned-in annotation: check them for names "
                      "before using this study")

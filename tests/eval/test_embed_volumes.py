@@ -91,7 +91,8 @@ def test_a_series_with_a_missing_slice_falls_back_to_its_slices(volume_checkpoin
     np.testing.assert_allclose(embedded.image_emb, _image_vectors(volume_checkpoint, gap.images), atol=1e-5)
     (error,) = embedded.errors
     series_uid = read_volume(records[1].images).series_uid
-    assert error.startswith(f"{gap.case_id}: series {series_uid}: not embedded as a volume") and "gap" in error
+    assert error.startswith(f"{gap.case_id}: series {series_uid} (") and "gap" in error
+    assert error.endswith(f"so its {DEPTH - 1} images are embedded one by one, not as one volume")
 
 
 def test_an_unreadable_file_is_an_error_and_the_rest_of_the_case_still_counts(volume_checkpoint, records, tmp_path):
