@@ -88,3 +88,30 @@ def trained_run(synthetic_manifest, tmp_path_factory):
 def small_config():
     """The `small_model_config` factory, for tests that train their own small models."""
     return small_model_config
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """A factory of untrained, seeded 32-px checkpoints with a tiny volume encoder (8 slices of 32 px) or none.
+
+    `untrained_checkpoint(volume=True, kind="3d")` returns the checkpoint folder; each call writes a new one.
+    """
+    import dataclasses
+
+    import torch
+
+    from medcm.align import DualEncoder
+    from medcm.checkpoint import save_checkpoint
+    from medcm.config import VolumeEncoderConfig, get_config
+
+    def make(volume: bool = True, kind: str = "3d") -> Path:
+        base = get_config("cpu-small")
+        volume_config = VolumeEncoderConfig(kind=kind, depth=8, size=32, n_slices=4) if volume else None
+        config = dataclasses.replace(base, name=f"vol-{kind}" if volume else "no-vol",
+                                     model=dataclasses.replace(base.model, embed_dim=32, volume=volume_config),
+                                     preprocess=dataclasses.replace(base.preprocess, image_size=32))
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp("untrained-ckpt") / "ckpt"
+        return save_checkpoint(folder, DualEncoder(config.model, 32).eval(), config)
+
+    return make

@@ -202,25 +202,6 @@ def test_a_study_embedding_weighs_each_series_once(engine, synthetic_manifest):
 VOL_DEPTH, VOL_SIZE = 8, 32
 
 
-def _untrained_checkpoint(folder, volume: bool):
-    """An untrained, seeded 32-px checkpoint with a tiny "3d" volume encoder, or with none."""
-    import dataclasses
-
-    import torch
-
-    from medcm.align import DualEncoder
-    from medcm.checkpoint import save_checkpoint
-    from medcm.config import VolumeEncoderConfig, get_config
-
-    base = get_config("cpu-small")
-    volume_config = VolumeEncoderConfig(depth=VOL_DEPTH, size=VOL_SIZE) if volume else None
-    config = dataclasses.replace(base, name="vol" if volume else "no-vol",
-                                 model=dataclasses.replace(base.model, embed_dim=32, volume=volume_config),
-                                 preprocess=dataclasses.replace(base.preprocess, image_size=VOL_SIZE))
-    torch.manual_seed(0)
-    return save_checkpoint(folder / "ckpt", DualEncoder(config.model, VOL_SIZE).eval(), config)
-
-
 @pytest.fixture(scope="module")
 def ct_cases(tmp_path_factory, synthetic_manifest):
     """Three CT training cases, one CT dev case (8 slices of 32 px, each with report.txt) and one DX case."""
@@ -233,8 +214,8 @@ def ct_cases(tmp_path_factory, synthetic_manifest):
 
 
 @pytest.fixture(scope="module")
-def volume_checkpoint_dir(tmp_path_factory):
-    return _untrained_checkpoint(tmp_path_factory.mktemp("vol-ckpt"), volume=True)
+def volume_checkpoint_dir(untrained_checkpoint):
+    return untrained_checkpoint()
 
 
 def _ct_pool(ct_cases):
@@ -279,9 +260,9 @@ def test_a_volume_series_is_stored_as_one_embedding_under_its_middle_slice(volum
                                atol=1e-5)
 
 
-def test_without_a_volume_encoder_every_slice_is_stored(ct_cases, tmp_path):
+def test_without_a_volume_encoder_every_slice_is_stored(ct_cases, tmp_path, untrained_checkpoint):
     engine = Engine(CaseStore(f"sqlite:///{tmp_path / 'plain.db'}"),
-                    checkpoint=_untrained_checkpoint(tmp_path, volume=False), device="cpu")
+                    checkpoint=untrained_checkpoint(volume=False), device="cpu")
     result = engine.ingest(_ct_pool(ct_cases))
     assert result.added_embeddings == (3 * VOL_DEPTH + 1) + 4
     assert len(engine.store.embedding_matrix("image", engine.model_id).keys) == 3 * VOL_DEPTH + 1

@@ -15,31 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from medcm.align import DualEncoder
-from medcm.checkpoint import load_checkpoint, save_checkpoint
-from medcm.config import VolumeEncoderConfig, get_config
+from medcm.checkpoint import load_checkpoint
 from medcm.encoders.volume import volume_input
 from medcm.engine import read_images
 from medcm.visual import VisualVector, embed_images_2d, embed_visual, study_vector, volume_key
 from medcm.volume_io import read_volume
 
 DEPTH, SIZE = 8, 32
-
-
-def volume_test_config(volume: bool = True, kind: str = "3d"):
-    """cpu-small at 32 px with a tiny volume encoder (or none): builds and runs in a second or two."""
-    base = get_config("cpu-small")
-    volume_config = VolumeEncoderConfig(kind=kind, depth=DEPTH, size=SIZE, n_slices=4) if volume else None
-    return dataclasses.replace(base, name=f"vol-{kind}" if volume else "no-vol",
-                               model=dataclasses.replace(base.model, embed_dim=32, volume=volume_config),
-                               preprocess=dataclasses.replace(base.preprocess, image_size=SIZE))
-
-
-def save_untrained(folder: Path, volume: bool = True, kind: str = "3d") -> Path:
-    """An untrained, seeded checkpoint with (or without) a volume encoder."""
-    config = volume_test_config(volume, kind)
-    torch.manual_seed(0)
-    return save_checkpoint(folder / "ckpt", DualEncoder(config.model, config.preprocess.image_size).eval(), config)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +37,13 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return load_checkpoint(save_untrained(tmp_path_factory.mktemp("vol-ckpt")))
+def checkpoint(untrained_checkpoint):
+    return load_checkpoint(untrained_checkpoint())
 
 
 @pytest.fixture(scope="module")
-def plain_checkpoint(tmp_path_factory):
-    return load_checkpoint(save_untrained(tmp_path_factory.mktemp("plain-ckpt"), volume=False))
+def plain_checkpoint(untrained_checkpoint):
+    return load_checkpoint(untrained_checkpoint(volume=False))
 
 
 def _series(data: Path, case: str = "case-train-00000") -> list:
@@ -148,8 +130,8 @@ def test_two_series_and_a_radiograph_in_one_call(checkpoint, data):
         checkpoint, [im.meta.path for im in images[DEPTH + 1:]]), atol=1e-5)
 
 
-def test_a_25d_encoder_embeds_the_series_as_one_volume_too(data, tmp_path):
-    checkpoint = load_checkpoint(save_untrained(tmp_path, kind="2.5d"))
+def test_a_25d_encoder_embeds_the_series_as_one_volume_too(data, tmp_path, untrained_checkpoint):
+    checkpoint = load_checkpoint(untrained_checkpoint(kind="2.5d"))
     series = _series(data)
     (vector,), warnings = embed_visual(checkpoint, series, "cpu")
     assert warnings == [] and vector.is_volume

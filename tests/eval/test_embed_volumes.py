@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medcm.align import DualEncoder
-from medcm.checkpoint import load_checkpoint, save_checkpoint
-from medcm.config import VolumeEncoderConfig, get_config
+from medcm.checkpoint import load_checkpoint
 from medcm.data import load_image, read_manifest
 from medcm.encoders.volume import volume_input
 from medcm.eval.evaluate import embed_records
@@ -20,16 +18,6 @@ from medcm.preprocess import prepare_image
 from medcm.volume_io import read_volume
 
 DEPTH, SIZE = 8, 32
-
-
-def _checkpoint(folder, volume: bool):
-    base = get_config("cpu-small")
-    volume_config = VolumeEncoderConfig(depth=DEPTH, size=SIZE) if volume else None
-    config = dataclasses.replace(base, name="vol" if volume else "no-vol",
-                                 model=dataclasses.replace(base.model, embed_dim=32, volume=volume_config),
-                                 preprocess=dataclasses.replace(base.preprocess, image_size=SIZE))
-    torch.manual_seed(0)
-    return load_checkpoint(save_checkpoint(folder / "ckpt", DualEncoder(config.model, SIZE).eval(), config))
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +33,8 @@ def records(tmp_path_factory, synthetic_manifest):
 
 
 @pytest.fixture(scope="module")
-def volume_checkpoint(tmp_path_factory):
-    return _checkpoint(tmp_path_factory.mktemp("vol"), volume=True)
+def volume_checkpoint(untrained_checkpoint):
+    return load_checkpoint(untrained_checkpoint())
 
 
 def _volume_vector(checkpoint, files) -> np.ndarray:
@@ -75,8 +63,8 @@ def test_one_row_per_volume_series_and_per_other_image(volume_checkpoint, record
     assert embedded.report_emb.shape == (2, 32)
 
 
-def test_without_a_volume_encoder_every_slice_is_a_row(records, tmp_path):
-    checkpoint = _checkpoint(tmp_path, volume=False)
+def test_without_a_volume_encoder_every_slice_is_a_row(records, untrained_checkpoint):
+    checkpoint = load_checkpoint(untrained_checkpoint(volume=False))
     embedded = embed_records(checkpoint, records, torch.device("cpu"))
     files = [f for record in records for f in record.images]
     assert embedded.errors == [] and len(embedded.image_case) == len(files) == 2 * DEPTH + 1
