@@ -1,16 +1,18 @@
 """Exact cosine-similarity vector index over case embeddings, saved as a folder of .npy and JSON.
 
     INDEX_DIR/
-      index.json    {"format": "medcm-index", "format_version": 1, "model_id", "dim", "count"}
-      vectors.npy   float32 [N, D], rows L2-normalised
+      index.json    {"format": "medcm-index", "format_version": 1, "model_id", "dim", "count", "dtype"}
+      vectors.npy   float32 or float16 [N, D], rows L2-normalised
       keys.json     [N] keys (SOPInstanceUIDs, study UIDs, ...)
       meta.json     [N] dicts of str -> str (study_uid, modality, body_part, ...)
 
-The index is a cache: the case store is the source of truth and the caller rebuilds the index from
-rows read there. Search scores rows in chunks with a running top-k, so memory stays O(chunk + k)
-(O(groups) with `group_by`). Scoring uses numpy matmul: on 100k x 256 float32 with 2 CPU threads,
-`V @ q` took 2.3 ms against 8.3 ms for torch (`from_numpy` + `@` + `topk`); batched 64 queries, numpy
-took 28 ms against 45 ms.
+Rows are stored as float32, or as float16 (`dtype="float16"`: half the memory and file size; each
+chunk is cast to float32 for scoring, so scores stay within ~1e-3 of float32's). The index is a cache:
+the case store is the source of truth and the caller rebuilds the index from rows read there. Search
+scores rows in chunks with a running top-k, so memory stays O(chunk + k) (O(groups) with `group_by`).
+Scoring uses numpy matmul: on 100k x 256 float32 with 2 CPU threads, `V @ q` took 2.3 ms against
+8.3 ms for torch (`from_numpy` + `@` + `topk`); batched 64 queries, numpy took 28 ms against 45 ms.
+`medcm.index_faiss.FaissIndex` answers the same searches on FAISS (the `faiss` extra).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medcm.fileio import replace_folder
+from medcm.index_topk import GroupTop, TopK
 
 FORMAT = "medcm-index"
 FORMAT_VERSION = 1
@@ -33,6 +36,7 @@ QUERY_BLOCK = 64  # queries scored together in search_batch
 _GATHER_BELOW = 0.25  # a filter keeping fewer rows than this scores only those rows
 _GROUP_STATE = 1 << 22  # group_by state elements (queries x groups) held at once
 _FILES = ("index.json", "vectors.npy", "keys.json", "meta.json")
+DTYPES = ("float32", "float16")  # storage types of the rows; scoring is always float32
 
 
 @dataclass(frozen=True)
@@ -45,19 +49,24 @@ class Hit:
 
 
 class VectorIndex:
-    """Exact cosine-similarity index: L2-normalised float32 rows [N, D] with string keys and metadata."""
+    """Exact cosine-similarity index: L2-normalised rows [N, D] (float32 or float16) with string keys and metadata."""
 
-    def __init__(self, dim: int, model_id: str, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, dim: int, model_id: str, chunk_rows: int = CHUNK_ROWS, dtype: str = "float32") -> None:
         """An empty index for `dim`-dimensional embeddings of the model `model_id`.
 
         Args:
             dim: embedding size D.
             model_id: which model produced the embeddings (saved with the index, checked by callers).
-            chunk_rows: rows scored at once; bounds search memory to about chunk_rows x 4 bytes per query.
+            chunk_rows: rows scored at once; bounds search memory to about chunk_rows x 4 bytes per query
+                (plus a float32 copy of the chunk, chunk_rows x D x 4 bytes, for float16 storage).
+            dtype: row storage, "float32" or "float16" (half the memory; scores within ~1e-3).
         """
         self.dim, self.model_id = _positive("dim", dim), str(model_id)
         self.chunk_rows = _positive("chunk_rows", chunk_rows)
-        self._buf = np.empty((0, dim), np.float32)  # capacity grows by doubling; rows [:_n] are live
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype is {dtype!r}, expected one of {DTYPES}")
+        self.dtype = np.dtype(dtype)
+        self._buf = np.empty((0, dim), self.dtype)  # capacity grows by doubling; rows [:_n] are live
         self._n = 0
         self._keys: list[str] = []
         self._meta: list[dict[str, str]] = []
@@ -66,16 +75,16 @@ class VectorIndex:
 
     @classmethod
     def build(cls, keys: list[str], vectors: np.ndarray, meta: list[dict[str, str]] | None, model_id: str,
-              *, chunk_rows: int = CHUNK_ROWS) -> VectorIndex:
-        """An index of `vectors` [N, D] (L2-normalised on the way in) under unique `keys` [N].
+              *, chunk_rows: int = CHUNK_ROWS, dtype: str = "float32") -> VectorIndex:
+        """An index of `vectors` [N, D] (L2-normalised on the way in, stored as `dtype`) under unique `keys` [N].
 
         Raises:
-            ValueError: duplicate keys, vectors not [N, D], zero or non-finite rows, bad metadata.
+            ValueError: duplicate keys, vectors not [N, D], zero or non-finite rows, bad metadata, bad dtype.
         """
         shape = np.shape(vectors)
         if len(shape) != 2 or shape[1] < 1:
             raise ValueError(f"vectors has shape {shape}, expected [N, D]")
-        index = cls(int(shape[1]), model_id, chunk_rows)
+        index = cls(int(shape[1]), model_id, chunk_rows, dtype)
         index.add(keys, vectors, meta)
         return index
 
@@ -97,7 +106,7 @@ class VectorIndex:
 
     @property
     def vectors(self) -> np.ndarray:
-        """Read-only view of the normalised rows, float32 [N, D]."""
+        """Read-only view of the normalised rows [N, D], in the index's dtype."""
         view = self._buf[: self._n].view()
         view.flags.writeable = False
         return view
@@ -175,7 +184,7 @@ class VectorIndex:
         results: list[list[Hit]] = []
         for a in range(0, len(q), block):
             sub = q[a : a + block]
-            tops = [_TopK(self._keys, k) if groups is None else _GroupTop(self._keys, groups, n_groups) for _ in sub]
+            tops = [TopK(self._keys, k) if groups is None else GroupTop(self._keys, groups, n_groups) for _ in sub]
             for scores, rows in self._blocks(sub, mask):
                 for top, row_scores in zip(tops, scores):
                     top.push(row_scores, rows)
@@ -196,7 +205,7 @@ class VectorIndex:
             _write_json(staging / "keys.json", self._keys)
             _write_json(staging / "meta.json", self._meta)
             info = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": self.model_id,
-                    "dim": self.dim, "count": self._n}
+                    "dim": self.dim, "count": self._n, "dtype": self.dtype.name}
             _write_json(staging / "index.json", info)  # written last: its presence marks a complete folder
             replace_folder(staging, folder)
         finally:
@@ -204,8 +213,13 @@ class VectorIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, chunk_rows: int = CHUNK_ROWS) -> VectorIndex:
+    def load(cls, folder: str | Path, *, chunk_rows: int = CHUNK_ROWS, dtype: str | None = None) -> VectorIndex:
         """Read an index folder written by `save`, checking its format, shapes and counts.
+
+        Args:
+            folder: the index folder.
+            chunk_rows: rows scored at once.
+            dtype: "float32" or "float16" to convert the stored rows on loading; None keeps the stored dtype.
 
         Raises:
             FileNotFoundError: no such folder, or a file missing from it.
@@ -226,23 +240,34 @@ class VectorIndex:
             vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         except (ValueError, EOFError) as err:  # object arrays, truncated or foreign files
             raise ValueError(f"{folder}/vectors.npy: unreadable without pickle ({err})") from err
-        if vectors.dtype != np.float32 or vectors.shape != (count, dim):
+        stored = info.get("dtype", "float32")  # folders written before float16 storage have no dtype
+        if stored not in DTYPES or vectors.dtype != np.dtype(stored) or vectors.shape != (count, dim):
             raise ValueError(f"{folder}/vectors.npy: {vectors.dtype} {vectors.shape}, "
-                             f"expected float32 ({count}, {dim})")
+                             f"expected {stored} ({count}, {dim}) with {stored} one of {DTYPES}")
         keys = _read_json(folder / "keys.json", list)
         meta = _read_json(folder / "meta.json", list)
         if len(keys) != count or len(meta) != count:
             raise ValueError(f"{folder}: {len(keys)} keys and {len(meta)} meta entries, expected {count} each")
-        index = cls(dim, str(info.get("model_id", "")), chunk_rows)
-        keys, meta = index._check_keys_meta(keys, meta)
-        index._buf, index._n, index._keys, index._meta = np.ascontiguousarray(vectors), count, keys, meta
+        keys, meta = cls._check_keys_meta(keys, meta)
+        return cls._adopt(keys, meta, vectors.astype(dtype or stored, copy=False), str(info.get("model_id", "")),
+                          chunk_rows)
+
+    @classmethod
+    def _adopt(cls, keys: list[str], meta: list[dict[str, str]], vectors: np.ndarray, model_id: str,
+               chunk_rows: int = CHUNK_ROWS) -> VectorIndex:
+        """An index holding already checked `keys` [N], `meta` [N] and normalised `vectors` [N, D] as they are.
+
+        `vectors` is not copied when it is C-contiguous (medcm.index_faiss shares FAISS's storage this way).
+        """
+        index = cls(vectors.shape[1], model_id, chunk_rows, vectors.dtype.name)
+        index._buf, index._n, index._keys, index._meta = np.ascontiguousarray(vectors), len(keys), keys, meta
         index._pos = {key: i for i, key in enumerate(keys)}
         return index
 
     # --- internals -----------------------------------------------------------------------------
 
     def _prepare(self, keys, vectors, meta) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
-        """Checked keys [M], normalised float32 copy of vectors [M, D], metadata copies [M]."""
+        """Checked keys [M], normalised copy of vectors [M, D] in the index's dtype, metadata copies [M]."""
         keys = _as_keys(keys)
         keys, meta = self._check_keys_meta(keys, [{} for _ in keys] if meta is None else list(meta))
         shape = np.shape(vectors)
@@ -254,7 +279,7 @@ class VectorIndex:
         if bad.size:
             raise ValueError(f"vector of key {keys[bad[0]]!r} has norm {norms[bad[0]]}, expected finite and non-zero")
         rows /= norms[:, None]
-        return keys, rows, meta
+        return keys, rows.astype(self.dtype, copy=False), meta
 
     @staticmethod
     def _check_keys_meta(keys: list, meta: list) -> tuple[list[str], list[dict[str, str]]]:
@@ -277,7 +302,7 @@ class VectorIndex:
     def _reserve(self, extra: int) -> None:
         need = self._n + extra
         if need > len(self._buf):  # amortised doubling keeps repeated small adds O(total rows)
-            grown = np.empty((max(need, 2 * len(self._buf), 16), self.dim), np.float32)
+            grown = np.empty((max(need, 2 * len(self._buf), 16), self.dim), self.dtype)
             grown[: self._n] = self._buf[: self._n]
             self._buf = grown
 
@@ -324,10 +349,11 @@ class VectorIndex:
             allowed = np.flatnonzero(mask)
             for a in range(0, len(allowed), step):
                 rows = allowed[a : a + step]
-                yield queries @ vecs[rows].T, rows
+                yield queries @ vecs[rows].astype(np.float32, copy=False).T, rows
             return
         for a in range(0, self._n, step):
-            scores, rows = queries @ vecs[a : a + step].T, np.arange(a, min(a + step, self._n))
+            chunk = vecs[a : a + step].astype(np.float32, copy=False)  # float16: one chunk cast at a time
+            scores, rows = queries @ chunk.T, np.arange(a, min(a + step, self._n))
             if mask is not None:
                 keep = mask[a : a + step]
                 scores, rows = scores[:, keep], rows[keep]
@@ -336,60 +362,6 @@ class VectorIndex:
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
         order = sorted(zip(scores.tolist(), rows.tolist()), key=lambda t: (-t[0], self._keys[t[1]]))
         return [Hit(self._keys[r], s, dict(self._meta[r])) for s, r in order]
-
-
-class _TopK:
-    """Running top-k under the order (score descending, key ascending), fed chunk by chunk."""
-
-    def __init__(self, keys: list[str], k: int) -> None:
-        self.keys, self.k = keys, k
-        self.scores, self.rows = np.empty(0, np.float32), np.empty(0, np.intp)
-
-    def push(self, scores: np.ndarray, rows: np.ndarray) -> None:
-        scores, rows = _select(scores, rows, self.k, self.keys)
-        self.scores, self.rows = _select(np.concatenate([self.scores, scores]),
-                                         np.concatenate([self.rows, rows]), self.k, self.keys)
-
-    def result(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.scores, self.rows  # already the k best
-
-
-class _GroupTop:
-    """Best (score, then smallest key) row per group, fed chunk by chunk; O(groups) memory."""
-
-    def __init__(self, keys: list[str], groups: np.ndarray, size: int) -> None:
-        self.keys, self.groups = keys, groups
-        self.best = np.full(size, -np.inf, np.float32)
-        self.row = np.full(size, -1, np.intp)
-
-    def push(self, scores: np.ndarray, rows: np.ndarray) -> None:
-        g = self.groups[rows]
-        before = self.best[g]
-        np.maximum.at(self.best, g, scores)
-        win = scores == self.best[g]  # rows equal to their group's best so far
-        gw, rw, improved = g[win], rows[win], scores[win] > before[win]
-        self.row[gw[improved]] = rw[improved]  # one of possibly several tied rows: fixed below
-        lost = self.row[gw] != rw  # exact ties (e.g. duplicated images) go to the smaller key
-        for group, row in zip(gw[lost].tolist(), rw[lost].tolist()):
-            if self.keys[row] < self.keys[self.row[group]]:
-                self.row[group] = row
-
-    def result(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        found = np.flatnonzero(self.row >= 0)
-        return _select(self.best[found], self.row[found], k, self.keys)
-
-
-def _select(scores: np.ndarray, rows: np.ndarray, k: int, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of scores/rows [m] under (score descending, key ascending), unordered."""
-    if len(scores) <= k:
-        return scores, rows
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]  # k-th largest score
-    above = np.flatnonzero(scores > kth)
-    tied = np.flatnonzero(scores == kth)
-    if len(tied) > k - len(above):  # exact ties at the cut: the smaller keys stay
-        tied = np.array(sorted(tied.tolist(), key=lambda i: keys[rows[i]])[: k - len(above)], np.intp)
-    keep = np.concatenate([above, tied])
-    return scores[keep], rows[keep]
 
 
 def _normalised_queries(queries: np.ndarray, dim: int) -> np.ndarray:

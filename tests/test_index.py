@@ -234,7 +234,8 @@ def test_save_load_round_trip_is_exact(data, index, tmp_path):
     folder = index.save(tmp_path / "idx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no staging folders left behind
     info = json.loads((folder / "index.json").read_text())
-    assert info == {"format": FORMAT, "format_version": 1, "model_id": "test-model", "dim": D, "count": N}
+    assert info == {"format": FORMAT, "format_version": 1, "model_id": "test-model", "dim": D, "count": N,
+                    "dtype": "float32"}
     loaded = VectorIndex.load(folder)
     assert np.array_equal(loaded.vectors, index.vectors) and loaded.vectors.dtype == np.float32
     assert loaded.keys == index.keys and loaded.meta == index.meta
@@ -289,6 +290,9 @@ def corrupt(folder: Path, name: str, content) -> None:
         ("keys.json", ["a", "b", "a"], "duplicate key 'a'"),
         ("meta.json", [{}, {}, {"x": 1}], "dict of str to str"),
         ("meta.json", [{}, {}, []], "dict of str to str"),
+        ("index.json", dict(INFO, dtype="float64"), "expected float64 \\(3, 4\\) with float64 one of"),
+        ("vectors.npy", np.zeros((3, 4), np.float16), "float16 \\(3, 4\\), expected float32 \\(3, 4\\)"),
+        ("index.json", dict(INFO, dtype="float16"), "float32 \\(3, 4\\), expected float16 \\(3, 4\\)"),
     ],
 )
 def test_load_refuses_corrupt_or_foreign_folders(tmp_path, name, content, message):
@@ -317,3 +321,46 @@ def test_comma_separated_meta_values_match_on_any_part():
     query = np.ones(3, np.float32)
     assert sorted(h.key for h in index.search(query, k=3, filters={"modality": "ct"})) == ["both"]
     assert sorted(h.key for h in index.search(query, k=3, filters={"modality": "MR"})) == ["both", "mr"]
+
+
+def test_float16_storage_matches_float32_at_half_the_size(tmp_path):
+    """Seeded 20k x 64 rows: top-10 of float16 storage against float32, scores within 1e-3, file half the size."""
+    rng = np.random.default_rng(7)
+    n, d = 20_000, 64
+    keys = [f"k{i}" for i in range(n)]
+    vectors = rng.standard_normal((n, d)).astype(np.float32)
+    meta = [{"modality": MODALITIES[i % 4], "study_uid": f"s{i // 5}"} for i in range(n)]
+    full = VectorIndex.build(keys, vectors, meta, "m", chunk_rows=3000)
+    half = VectorIndex.build(keys, vectors, meta, "m", chunk_rows=3000, dtype="float16")
+    assert half.vectors.dtype == np.float16 and half.vectors.nbytes * 2 == full.vectors.nbytes
+    queries = rng.standard_normal((50, d))
+    found = expected = 0
+    for args in [{}, {"filters": {"modality": "ct"}}, {"group_by": "study_uid"}]:
+        for got, want in zip(half.search_batch(queries, 10, **args), full.search_batch(queries, 10, **args)):
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=0, atol=1e-3)
+            found += len({h.key for h in got} & {h.key for h in want})
+            expected += len(want)
+    assert found / expected >= 0.99, f"recall@10 of float16 against float32: {found / expected:.4f}"
+
+    folder_full, folder_half = full.save(tmp_path / "f32"), half.save(tmp_path / "f16")
+    size_full, size_half = ((f / "vectors.npy").stat().st_size for f in (folder_full, folder_half))
+    assert abs(size_half / size_full - 0.5) < 0.01
+    loaded = VectorIndex.load(folder_half)
+    assert loaded.dtype == np.float16 and np.array_equal(loaded.vectors, half.vectors)
+    assert json.loads((folder_half / "index.json").read_text())["dtype"] == "float16"
+    assert loaded.search(queries[0], 10) == half.search(queries[0], 10)
+    converted = VectorIndex.load(folder_full, dtype="float16")  # a float32 folder read into half the memory
+    assert np.array_equal(converted.vectors, half.vectors)
+
+
+def test_float16_upsert_remove_and_bad_dtype(data):
+    keys, vectors, meta = data
+    index = VectorIndex(D, "m", dtype="float16")
+    index.add(keys[:10], vectors[:10], meta[:10])
+    index.add(keys[5:20], vectors[5:20], meta[5:20])  # 5 replaced, 10 appended
+    index.remove(keys[:2])
+    expected = VectorIndex.build(keys[2:20], vectors[2:20], meta[2:20], "m", dtype="float16")
+    assert index.keys == expected.keys and np.array_equal(index.vectors, expected.vectors)
+    assert index.vectors.dtype == np.float16
+    with pytest.raises(ValueError, match="dtype is 'int8', expected one of"):
+        VectorIndex(D, "m", dtype="int8")
