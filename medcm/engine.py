@@ -31,6 +31,7 @@ from medcm.deid_files import deidentify_images
 from medcm.dicom import DicomImage, DicomReadError, iter_dicom
 from medcm.draft import Draft, DraftConfig, SourceCase, draft_findings
 from medcm.index import Hit, VectorIndex
+from medcm.index_faiss import FaissIndex, check_backend, with_backend
 from medcm.preprocess import resize_and_pad, select_frame
 from medcm.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
 from medcm.runtime import select_device
@@ -139,6 +140,8 @@ class Engine:
             (`cases.db` → `cases.db.files/`); required with `deid` for other databases.
         device: "cpu", "cuda"...; default CUDA when present.
         draft_config: drafting settings.
+        index_backend: "exact" (`medcm.index.VectorIndex`) or "faiss" (`medcm.index_faiss.FaissIndex`,
+            built in memory from the saved exact index; needs `pip install 'medcm[faiss]'`).
     """
 
     def __init__(
@@ -150,7 +153,10 @@ class Engine:
         draft_config: DraftConfig = DraftConfig(),
         deid: DeidConfig | None = None,
         files_dir: str | Path | None = None,
+        index_backend: str = "exact",
     ) -> None:
+        check_backend(index_backend)  # an unknown name or a missing FAISS fails here, not at the first search
+        self.index_backend = index_backend
         self.store = store
         self.deid = deid
         self.files_dir = Path(files_dir) if files_dir else default_files_dir(store.url)
@@ -158,7 +164,7 @@ class Engine:
         self.checkpoint: Checkpoint | None = load_checkpoint(checkpoint, self.device) if checkpoint else None
         self.index_dir = Path(index_dir) if index_dir else _default_index_dir(store.url)
         self.draft_config = draft_config
-        self._indexes: dict[str, VectorIndex] = {}
+        self._indexes: dict[str, VectorIndex | FaissIndex] = {}
 
     @property
     def model_id(self) -> str:
@@ -305,7 +311,7 @@ class Engine:
         return records
 
     # ------------------------------------------------------------------- indexes
-    def index(self, kind: str) -> VectorIndex:
+    def index(self, kind: str) -> VectorIndex | FaissIndex:
         """The vector index of `kind` ("image" or "report") for this model, loaded or rebuilt from the store."""
         if kind not in self._indexes:
             self._indexes[kind] = self._load_or_rebuild(kind)
@@ -316,7 +322,7 @@ class Engine:
             return None
         return self.index_dir / f"{kind}-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.model_id)}"
 
-    def _load_or_rebuild(self, kind: str) -> VectorIndex:
+    def _load_or_rebuild(self, kind: str) -> VectorIndex | FaissIndex:
         folder = self._index_folder(kind)
         if folder is not None and (folder / _STAMP_FILE).is_file():
             stamp = self.store.embedding_stamp(kind, self.model_id)
@@ -324,12 +330,12 @@ class Engine:
                 if (folder / _STAMP_FILE).read_text(encoding="utf-8") == stamp:
                     index = VectorIndex.load(folder)
                     if index.model_id == self.model_id:
-                        return index
+                        return with_backend(index, self.index_backend)
             except (ValueError, FileNotFoundError) as err:
                 log.warning("rebuilding index %s: %s", folder, err)
         return self.rebuild_index(kind)
 
-    def rebuild_index(self, kind: str) -> VectorIndex:
+    def rebuild_index(self, kind: str) -> VectorIndex | FaissIndex:
         """Rebuild one index from the store's embeddings and persist it (the store is the truth)."""
         stamp = self.store.embedding_stamp(kind, self.model_id)
         matrix = self.store.embedding_matrix(kind, self.model_id)
@@ -343,8 +349,8 @@ class Engine:
             index.save(folder)
             # Written last: an index whose stamp is missing or stale is rebuilt, never trusted.
             (folder / _STAMP_FILE).write_text(stamp, encoding="utf-8")
-        self._indexes[kind] = index
-        return index
+        self._indexes[kind] = with_backend(index, self.index_backend)
+        return self._indexes[kind]
 
     # ------------------------------------------------------------------- queries
     def similar_cases(

@@ -117,6 +117,26 @@ def test_index_persists_and_reloads_without_rebuild(engine, trained_run, monkeyp
     assert len(fresh.index("image")) == len(engine.index("image"))
 
 
+def test_faiss_backend_answers_as_the_exact_one(engine, trained_run, synthetic_manifest, monkeypatch):
+    pytest.importorskip("faiss")
+    from medcm.index_faiss import FaissIndex
+
+    engine.index("image"), engine.index("report")  # saved: the FAISS engine loads them
+    fast = Engine(engine.store, checkpoint=trained_run.best_dir.parent, device="cpu", index_backend="faiss")
+    monkeypatch.setattr(fast, "rebuild_index", lambda kind: pytest.fail("index was rebuilt instead of loaded"))
+    assert isinstance(fast.index("report"), FaissIndex) and fast.index("image").keys == engine.index("image").keys
+    query = _query(synthetic_manifest, "dev-00002")
+    for ask in (lambda e: e.similar_cases(query, k=4), lambda e: e.similar_cases(query, k=3, filters={"modality": "dx"}),
+                lambda e: e.similar_images(query, k=5), lambda e: e.search_text("Small square opacity.", k=5)):
+        got, expected = ask(fast), ask(engine)
+        assert [c.study_uid for c in got] == [c.study_uid for c in expected]
+        np.testing.assert_allclose([c.score for c in got], [c.score for c in expected], atol=1e-6)
+    monkeypatch.undo()
+    assert isinstance(fast.rebuild_index("image"), FaissIndex) and isinstance(fast.index("image"), FaissIndex)
+    with pytest.raises(ValueError, match="index backend is 'annoy'"):
+        Engine(engine.store, index_backend="annoy")
+
+
 def test_preview_is_a_png_with_the_image_aspect():
     from io import BytesIO
 
