@@ -18,7 +18,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train the image–report dual encoder", description=(
         "Train images and reports into one shared space. Writes OUT/best (best validation recall) "
-        "and OUT/last (resumable)."))
+        "and OUT/last (resumable). For several GPUs or machines launch it with "
+        "`torchrun --nproc_per_node N -m medcm train ...`: --batch-size stays the global batch."))
     p.add_argument("--data", required=True,
                    help="a JSONL/CSV manifest (--format manifest) or a MedPix 2.0 folder (--format medpix)")
     p.add_argument("--format", default="manifest", choices=["manifest", "medpix"], help="data format (default: manifest)")
@@ -42,6 +43,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from medcm.config import get_config, with_overrides, with_volume_kind
     from medcm.data import read_dataset, split_records
+    from medcm.distributed import context_from_env
     from medcm.train import train
 
     config = with_overrides(get_config(args.config), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
@@ -50,6 +52,8 @@ def _run_train(args: argparse.Namespace) -> int:
     records = read_dataset(args.data, args.format)
     train_records, val_records = split_records(records, args.split, args.val_split, config.train.val_fraction, config.train.seed)
     result = train(config, train_records, val_records, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    if not context_from_env().is_main:  # under torchrun only rank 0 reports
+        return 0
     best = result.best_metrics
     if "image_to_text" in best:
         print(f"best checkpoint: {result.best_dir} (epoch {best.get('epoch')}, validation mean recall {best['score']:.3f})")

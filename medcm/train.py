@@ -3,6 +3,10 @@
 Nothing in the library imports this module. A run folder holds two checkpoints:
 `OUT/best` (best validation mean recall) and `OUT/last` (the latest epoch, with optimizer and
 trainer state for `--resume`).
+
+Under `torchrun` (see `medcm.distributed`) `config.train.batch_size` stays the global batch: each of
+the N processes takes a 1/N slice of every batch, the loss sees all of it, and only rank 0
+validates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from medcm.align import AlignmentLoss, DualEncoder, positive_mask
+from medcm import distributed as ddp
+from medcm.align import AlignmentLoss, DualEncoder
 from medcm.checkpoint import (
     load_trainer_state,
     load_weights,
@@ -181,12 +186,15 @@ def train(
     validate_config(config)
     seed_everything(config.train.seed)
     device = select_device(device)
+    ctx = ddp.init_distributed(device.type)  # a no-op outside torchrun
+    device, progress = ddp.rank_device(device, ctx), progress and ctx.is_main
     out_dir = Path(out_dir)
     config, train_set, val_set = _datasets(config, train_records, val_records, progress)
 
     model = DualEncoder(config.model, config.preprocess.image_size).to(device)
     model.text.warm_cache([p.text for p in train_set.pairs] + ([p.text for p in val_set.pairs] if val_set else []), progress)
     batch_size = min(config.train.batch_size, len(train_set))
+    ddp.check_batch_size(batch_size, ctx)
     steps_per_epoch = len(train_set) // batch_size
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -202,24 +210,35 @@ def train(
         state = _resume(Path(resume), model, optimizer, scheduler, config)
 
     result = TrainResult(best_dir=out_dir / BEST, last_dir=out_dir / LAST, history=state["history"])
+    net = ddp.wrap_model(model, ctx, device)  # after resuming: DDP starts from rank 0's weights
     for epoch in range(state["epoch"], config.train.epochs):
-        summary = _train_epoch(model, train_set, loss_fn, optimizer, scheduler, config, device, epoch, batch_size, progress)
+        summary = _train_epoch(net, train_set, loss_fn, optimizer, scheduler, config, device, epoch, batch_size,
+                               progress, ctx)
         state["step"] += steps_per_epoch
         summary.update(epoch=epoch + 1, step=state["step"])
-        if val_set is not None:
+        if val_set is None:
+            summary["score"] = float(epoch)  # without validation the latest epoch counts as best
+        elif ctx.is_main:
             metrics = evaluate_retrieval(model, val_set, config, device)
             summary.update(metrics, score=mean_recall(metrics))
-        else:
-            summary["score"] = float(epoch)  # without validation the latest epoch counts as best
+        summary = ddp.share_from_main(summary, ctx)  # ranks > 0 wait here while rank 0 validates
         state["history"].append(summary)
         state["epoch"] = epoch + 1
-        _log_epoch(summary, progress)
-        if summary["score"] > state["best_score"]:
-            state["best_score"] = summary["score"]
-            save_checkpoint(result.best_dir, model, config, metrics=summary)
-        save_checkpoint(result.last_dir, model, config, metrics=summary, trainer_state=state,
-                        optimizer_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        if ctx.is_main:
+            _end_epoch(result, model, config, summary, state, optimizer, scheduler, progress)
+    ddp.close_distributed(ctx)
     return result
+
+
+def _end_epoch(result: TrainResult, model: DualEncoder, config: MedcmConfig, summary: dict[str, Any],
+               state: dict[str, Any], optimizer, scheduler, progress: bool) -> None:
+    """Log the epoch and write `last` (and `best` when the score improved)."""
+    _log_epoch(summary, progress)
+    if summary["score"] > state["best_score"]:
+        state["best_score"] = summary["score"]
+        save_checkpoint(result.best_dir, model, config, metrics=summary)
+    save_checkpoint(result.last_dir, model, config, metrics=summary, trainer_state=state,
+                    optimizer_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
 
 def _datasets(
@@ -242,13 +261,14 @@ def _datasets(
     return config, train_set, val_set
 
 
-def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, epoch, batch_size, progress):
+def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, epoch, batch_size, progress, ctx):
     model.train()
-    # Per-epoch seeds make shuffling and augmentation identical whether or not the run was resumed.
+    # Per-epoch seeds make shuffling and augmentation identical whether or not the run was resumed;
+    # every rank draws the same order (and takes its slice of each batch), but its own augmentations.
     order = torch.Generator().manual_seed(config.train.seed * 1000 + epoch)
-    augment_rng = torch.Generator().manual_seed(config.train.seed * 1000 + epoch + 1)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=order,
-                        collate_fn=collate_pairs, num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+    augment_rng = torch.Generator().manual_seed(ddp.rank_seed(config.train.seed * 1000 + epoch + 1, ctx))
+    loader = ddp.epoch_loader(dataset, batch_size, order, ctx, collate_fn=collate_pairs,
+                              num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
     totals: dict[str, float] = {}
     if progress:
         from tqdm.auto import tqdm
@@ -261,7 +281,8 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
             out = model(images, [p.text for p in pairs], volumes)
         n_images = 0 if images is None else len(images)  # the multi-task head reads the 2D images only
         targets = aux_targets(config.model.aux_head, [p.label for p in pairs[:n_images]])
-        loss = loss_fn(out, positive_mask([p.case_id for p in pairs]), targets.to(device) if targets is not None else None)
+        targets = targets.to(device) if targets is not None else None
+        loss = ddp.global_loss(loss_fn, out, [p.case_id for p in pairs], targets, ctx)  # over every rank's batch
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
