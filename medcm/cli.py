@@ -105,7 +105,7 @@ def _open_engine(args: argparse.Namespace, need_model: bool = True):
     deid = deid_config_from_args(args, url) if hasattr(args, "no_deid") else None  # commands that store files
     return Engine(CaseStore(url), checkpoint=checkpoint, device=getattr(args, "device", None),
                   draft_config=_draft_config(getattr(args, "draft", None)), deid=deid,
-                  files_dir=getattr(args, "files", None))
+                  files_dir=getattr(args, "files", None), index_backend=getattr(args, "index_backend", "exact"))
 
 
 DRAFT_CHOICES = ("similarity", "consensus")
@@ -186,6 +186,13 @@ def _add_query_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-part", help="only cases of this body part (e.g. CHEST)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    _add_index_option(p)
+
+
+def _add_index_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index-backend", choices=["exact", "faiss"], default="exact", help=(
+        "vector search: 'exact' (default; chunked, bounded memory) or 'faiss' (an IndexFlatIP built in memory "
+        "from the saved index, the same answers; needs pip install 'medcm[faiss]')"))
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -267,6 +274,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _add_draft_option(p, "similarity")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    _add_index_option(p)
     _add_deid_options(p)
     p.set_defaults(handler=_run_serve)
 
@@ -279,7 +287,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     url = _db_url(args.db)
     serve(url, args.checkpoint, args.host, args.port, device=args.device, draft_config=_draft_config(args.draft),
-          deid=deid_config_from_args(args, url), files_dir=args.files)
+          deid=deid_config_from_args(args, url), files_dir=args.files, index_backend=args.index_backend)
     return 0
 
 

@@ -43,11 +43,12 @@ def data_dirs(db_url: str, base: Path | None = None) -> tuple[Path, Path]:
 def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860,
           demo_notice: str | None = None, block: bool = True, device: str | None = None,
           draft_config: DraftConfig | None = None, deid: DeidConfig | None = None,
-          files_dir: str | Path | None = None):
+          files_dir: str | Path | None = None, index_backend: str = "exact"):
     """Open the store and the model once, then serve the review app (blocking unless `block=False`).
 
     Uploads are de-identified with `deid` (None: stored as they are) into `files_dir` (default
-    beside a SQLite database file, see `medcm.engine.default_files_dir`).
+    beside a SQLite database file, see `medcm.engine.default_files_dir`). `index_backend` is
+    "exact" or "faiss" (see `medcm.engine.Engine`).
 
     Every page and call needs a login (`medcm users add`); the store's accounts are checked by
     `ui.auth.make_auth`.
@@ -78,7 +79,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
         raise ValueError(f"{db_url}: no enabled user account to log in with; "
                          f"create one with `medcm users add NAME --role admin --db {db_url}`")
     engine = Engine(store, checkpoint=checkpoint, device=device, draft_config=draft_config or DraftConfig(),
-                    deid=deid, files_dir=files_dir)
+                    deid=deid, files_dir=files_dir, index_backend=index_backend)
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
                max_file_size="2gb", auth=make_auth(store), **LAUNCH_OPTIONS)

@@ -59,6 +59,19 @@ def test_search_by_image_and_text_as_json(ingested, archive, trained_run):
     assert [set(hit) >= {"sop_instance_uid", "study_uid", "score"} for hit in json.loads(by_text.stdout)] == [True, True]
 
 
+def test_faiss_index_backend_answers_like_the_exact_one(ingested, archive, trained_run):
+    pytest.importorskip("faiss")
+    db, _ = ingested
+    ckpt = trained_run.best_dir.parent
+    answers = {}
+    for backend in ("exact", "faiss"):
+        done = medcm("search", "--image", archive / "case3" / "image.dcm", "--db", db, "--checkpoint", ckpt, "-k", 4,
+                     "--json", "--index-backend", backend)
+        assert done.returncode == 0, done.stderr
+        answers[backend] = [(case["study_uid"], round(case["score"], 5)) for case in json.loads(done.stdout)]
+    assert len(answers["exact"]) == 4 and answers["faiss"] == answers["exact"]
+
+
 def test_draft_prints_an_unverified_draft_with_sources(ingested, synthetic_manifest, trained_run):
     db, _ = ingested
     query = synthetic_manifest.parent / "cases" / "dev-00005" / "image.dcm"
