@@ -120,3 +120,18 @@ class EmbeddingMatrix:
     keys: list[str]  # sop_instance_uid for images, study_uid for reports
     vectors: np.ndarray  # [N, D] float32; [0, 0] when there are none
     meta: list[dict[str, str]]  # study_uid, modality, body_part (+ sop_instance_uid / report_version)
+
+
+@dataclass(frozen=True)
+class PendingStudy:
+    """A study that lacks embeddings of a model (see `CaseStore.studies_to_embed` for the rule).
+
+    `instances` are all the study's instances (by series, then storage order) when `needs_images`,
+    else empty; `report_text` is the latest report version's text when `needs_report`, else None.
+    """
+
+    study_uid: str
+    instances: tuple[InstanceView, ...]
+    report_text: str | None
+    needs_images: bool
+    needs_report: bool

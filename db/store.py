@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
-from db import _rows, _views, accounts
+from db import _rows, _views, accounts, embedding_queries
 from db._rows import check_json, check_text, latest_report, sections_of, study_or_error
 from db._views import report_view
 from db.accounts import UserView
@@ -41,6 +41,7 @@ from db.records import (
     IngestSummary,
     InstanceInput,
     InstanceView,
+    PendingStudy,
     ReportInput,
     ReportView,
     StoreError,
@@ -54,6 +55,7 @@ __all__ = [
     "IngestSummary",
     "InstanceInput",
     "InstanceView",
+    "PendingStudy",
     "ReportInput",
     "ReportView",
     "StoreError",
@@ -387,6 +389,23 @@ class CaseStore:
                     Embedding, Embedding.report_id == Report.id
                 )
             return s.scalar(query.where(Embedding.kind == kind, Embedding.model_id == model_id)) or 0
+
+    def studies_to_embed(self, model_id: str, after: str | None = None, limit: int = 32,
+                         shard: tuple[int, int] | None = None) -> list[PendingStudy]:
+        """The next `limit` studies lacking embeddings of `model_id`, by StudyInstanceUID after `after`.
+
+        Done means: at least one image embedding (when it has instances) and an embedding of its
+        latest report version (when it has a report); see `db.embedding_queries` for why not every
+        instance. `shard=(index, count)` keeps only studies with `shard_of(uid, count) == index`.
+
+        Raises:
+            StoreError: empty model_id, a limit below 1 or an invalid shard.
+        """
+        check_text("studies_to_embed model_id", model_id)
+        _rows.check_limit("studies_to_embed", limit)
+        shard = embedding_queries.check_shard(shard)
+        with self._session() as s:
+            return embedding_queries.pending_studies(s, model_id, after, limit, shard)
 
     def embedding_stamp(self, kind: str, model_id: str) -> str:
         """A short string that changes whenever embeddings of (kind, model_id) are added or replaced.

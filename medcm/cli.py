@@ -179,6 +179,39 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed the stored studies that lack vectors of a checkpoint (resumable)", description=(
+        "Embed the case store's studies in batches with a checkpoint; each batch is one transaction, so a rerun "
+        "after an interruption goes on where it stopped. A new checkpoint embeds everything again under its own "
+        "model id. For several GPUs: `torchrun --nproc_per_node N -m medcm embed ...` (each rank takes a share)."))
+    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    p.add_argument("--checkpoint", required=True, help="the model to embed with (a folder written by medcm train)")
+    p.add_argument("--batch-studies", type=int, default=32, help="studies per batch and transaction (default: 32)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present; cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from medcm.distributed import context_from_env
+
+    ctx = context_from_env()
+    if ctx.enabled:  # under torchrun: one GPU per rank, no process group (ranks never talk)
+        from medcm.distributed import rank_device
+        from medcm.runtime import select_device
+
+        args.device = str(rank_device(select_device(args.device), ctx))
+    summary = _open_engine(args).embed_archive(args.batch_studies, ctx.rank, ctx.world_size, progress=not args.quiet)
+    for line in summary.failed:
+        print(f"error: {line}", file=sys.stderr)
+    if ctx.is_main or summary.failed:
+        rank = f" (rank {ctx.rank} of {ctx.world_size})" if ctx.enabled else ""
+        print(f"embedded {summary.studies} study(ies){rank} with model {summary.model_id}: "
+              f"{summary.image_embeddings} image and {summary.report_embeddings} report embedding(s) in "
+              f"{summary.seconds:.1f} s; {len(summary.failed)} study(ies) failed")
+    return 1 if summary.failed else 0
+
+
 def _add_query_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--checkpoint", required=True, help="the model the store was embedded with")
@@ -477,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_synth(sub)
     _add_ingest(sub)
+    _add_embed(sub)
     add_import_parser(sub)
     _add_search(sub)
     _add_draft(sub)

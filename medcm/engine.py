@@ -29,6 +29,7 @@ from medcm.checkpoint import Checkpoint, load_checkpoint
 from medcm.deid import DeidConfig, pseudonymous_uid
 from medcm.deid_files import deidentify_images
 from medcm.dicom import DicomImage, DicomReadError, iter_dicom
+from medcm.embed_archive import EmbedSummary, embed_archive
 from medcm.draft import Draft, DraftConfig, SourceCase, draft_findings
 from medcm.index import Hit, VectorIndex
 from medcm.index_faiss import FaissIndex, check_backend, with_backend
@@ -61,6 +62,8 @@ class CaseStoreLike(Protocol):
     def instance_hashes(self, sop_instance_uids: list[str]) -> dict[str, str]: ...
     def report_versions(self, study_uid: str) -> list: ...
     def add_embeddings(self, embeddings: list) -> int: ...
+    def studies_to_embed(self, model_id: str, after: str | None = ..., limit: int = ...,
+                         shard: tuple[int, int] | None = ...) -> list: ...
     def log_event(self, kind: str, user: str, study_uid: str | None = ..., detail: dict | None = ...) -> None: ...
 
 
@@ -309,6 +312,18 @@ class Engine:
         vectors = self.embed_texts([report_text_for_training(texts[uid]) or texts[uid] for uid in uids])
         records += [EmbeddingRecord(REPORT, uid, model_id, vector) for uid, vector in zip(uids, vectors)]
         return records
+
+    def embed_archive(self, batch_studies: int = 32, rank: int = 0, world_size: int = 1,
+                      progress: bool = True) -> EmbedSummary:
+        """Embed the stored studies of shard `rank` lacking this checkpoint's vectors (`medcm.embed_archive`).
+
+        Resumable: each batch is one transaction. Cached indexes are dropped; the next search rebuilds them.
+        """
+        self._require_checkpoint()
+        try:
+            return embed_archive(self, self.store, batch_studies, rank, world_size, progress)
+        finally:
+            self._indexes.clear()
 
     # ------------------------------------------------------------------- indexes
     def index(self, kind: str) -> VectorIndex | FaissIndex:
