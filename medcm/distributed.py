@@ -273,6 +273,14 @@ def global_loss(loss_fn: AlignmentLoss, out: DualOutput, group_ids: list[str], a
 
     Under DDP every rank returns the same loss, the global batch's, unscaled; back-propagating it on
     every rank and letting DDP average gives one process's gradient on the global batch.
+
+    Raises:
+        ValueError: under DDP, multi-task logits that the loss would not use (weight 0 or no targets).
     """
+    if ctx.enabled and out.aux_logits is not None and (loss_fn.aux_weight <= 0 or aux_targets is None):
+        # DDP expects a gradient for every parameter its forward output reaches; an unused head would stall it.
+        raise ValueError(f"got multi-task logits but aux weight {loss_fn.aux_weight} and targets "
+                         f"{'None' if aux_targets is None else 'given'}; under DDP the head's loss must be used: "
+                         "give it a positive weight and targets, or remove model.aux_head")
     out, ids, targets = gather_output(out, group_ids, aux_targets, ctx)
     return loss_fn(out, positive_mask(ids), targets)
