@@ -17,6 +17,7 @@ Scoring uses numpy matmul: on 100k x 256 float32 with 2 CPU threads, `V @ q` too
 
 from __future__ import annotations
 
+import abc
 import json
 import shutil
 import tempfile
@@ -48,7 +49,40 @@ class Hit:
     meta: dict[str, str]
 
 
-class VectorIndex:
+class SingleQuerySearch(abc.ABC):
+    """`search` for one query, answered by the class's `search_batch`; shared by every index backend."""
+
+    dim: int
+
+    def search(self, query: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
+               exclude: Collection[str] = (), group_by: str | None = None) -> list[Hit]:
+        """The k rows most similar to `query` [D] (normalised here), best first, ties by key ascending.
+
+        Args:
+            query: embedding [D].
+            k: how many hits (or groups) at most.
+            filters: meta field -> allowed value or values; case-insensitive equality, and a row
+                lacking the field does not match. A comma-separated value ("CT,MR", a study with
+                two modalities) matches when any part does. Fields combine with AND.
+            exclude: keys to leave out (e.g. the query study's own images).
+            group_by: a meta field (e.g. "study_uid"): keep the best row per value, return the top-k
+                groups. A row lacking the field is a group of its own.
+
+        Raises:
+            ValueError: query not [D], zero or non-finite; k < 1; filter values not strings.
+        """
+        shape = np.shape(query)
+        if shape != (self.dim,):
+            raise ValueError(f"query has shape {shape}, expected ({self.dim},)")
+        return self.search_batch(np.reshape(query, (1, self.dim)), k, filters, exclude, group_by)[0]
+
+    @abc.abstractmethod
+    def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
+                     exclude: Collection[str] = (), group_by: str | None = None) -> list[list[Hit]]:
+        """`search` for each row of `queries` [Q, D]; [Q] hit lists."""
+
+
+class VectorIndex(SingleQuerySearch):
     """Exact cosine-similarity index: L2-normalised rows [N, D] (float32 or float16) with string keys and metadata."""
 
     def __init__(self, dim: int, model_id: str, chunk_rows: int = CHUNK_ROWS, dtype: str = "float32") -> None:
@@ -149,28 +183,6 @@ class VectorIndex:
         self._n = len(self._keys)
         self._codes.clear()
         return len(drop)
-
-    def search(self, query: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
-               exclude: Collection[str] = (), group_by: str | None = None) -> list[Hit]:
-        """The k rows most similar to `query` [D] (normalised here), best first, ties by key ascending.
-
-        Args:
-            query: embedding [D].
-            k: how many hits (or groups) at most.
-            filters: meta field -> allowed value or values; case-insensitive equality, and a row
-                lacking the field does not match. A comma-separated value ("CT,MR", a study with
-                two modalities) matches when any part does. Fields combine with AND.
-            exclude: keys to leave out (e.g. the query study's own images).
-            group_by: a meta field (e.g. "study_uid"): keep the best row per value, return the top-k
-                groups. A row lacking the field is a group of its own.
-
-        Raises:
-            ValueError: query not [D], zero or non-finite; k < 1; filter values not strings.
-        """
-        shape = np.shape(query)
-        if shape != (self.dim,):
-            raise ValueError(f"query has shape {shape}, expected ({self.dim},)")
-        return self.search_batch(np.reshape(query, (1, self.dim)), k, filters, exclude, group_by)[0]
 
     def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
                      exclude: Collection[str] = (), group_by: str | None = None) -> list[list[Hit]]:

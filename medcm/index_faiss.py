@@ -19,7 +19,7 @@ from collections.abc import Collection
 
 import numpy as np
 
-from medcm.index import CHUNK_ROWS, Hit, VectorIndex, _normalised_queries, _positive
+from medcm.index import CHUNK_ROWS, Hit, SingleQuerySearch, VectorIndex, _normalised_queries, _positive
 
 BACKENDS = ("exact", "faiss")  # VectorIndex, FaissIndex
 _FALLBACK = 0.25  # a query that would fetch more than this share of the allowed rows is scanned exactly
@@ -64,7 +64,7 @@ class _Storage:
         self.__array_interface__ = {"shape": (n, dim), "typestr": "<f4", "data": (address, True), "version": 3}
 
 
-class FaissIndex:
+class FaissIndex(SingleQuerySearch):
     """Exact cosine search over the rows of a `VectorIndex` on a FAISS `IndexFlatIP`; read-only.
 
     Args:
@@ -121,18 +121,6 @@ class FaissIndex:
 
     def __contains__(self, key: object) -> bool:
         return key in self._exact
-
-    def search(self, query: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
-               exclude: Collection[str] = (), group_by: str | None = None) -> list[Hit]:
-        """The k rows most similar to `query` [D]: `VectorIndex.search`, on FAISS.
-
-        Raises:
-            ValueError: query not [D], zero or non-finite; k < 1; filter values not strings.
-        """
-        shape = np.shape(query)
-        if shape != (self.dim,):
-            raise ValueError(f"query has shape {shape}, expected ({self.dim},)")
-        return self.search_batch(np.reshape(query, (1, self.dim)), k, filters, exclude, group_by)[0]
 
     def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
                      exclude: Collection[str] = (), group_by: str | None = None) -> list[list[Hit]]:
