@@ -188,8 +188,14 @@ class TrainConfig:
         warmup_steps: linear warm-up before the cosine decay.
         seed: seeds Python, NumPy and torch.
         val_fraction: share of cases held out for validation when the data has no validation split.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; each prefetches `prefetch_batches` batches, so the
+            GPU does not wait on batch assembly.
+        prefetch_batches: batches each worker prepares ahead (used only with workers).
         augment: random scale/shift and contrast jitter on training images.
+        channels_last: keep the image tower and its batches in channels-last memory (NHWC; a "3d"
+            volume encoder in channels_last_3d): faster convolutions on recent GPUs under bf16.
+        compile: `torch.compile` the image tower and the volume encoder in place (weights and
+            checkpoints unchanged): slower first steps, faster steady ones, mostly on GPUs.
     """
 
     epochs: int = 10
@@ -201,7 +207,10 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     num_workers: int = 0
+    prefetch_batches: int = 4
     augment: bool = True
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,7 +259,8 @@ NAMED_CONFIGS: dict[str, MedcmConfig] = {
             volume=VolumeEncoderConfig(arch_3d="resnet18", depth=64, size=160),
         ),
         preprocess=PreprocessConfig(image_size=256),
-        train=TrainConfig(epochs=30, batch_size=128, lr=3e-4, text_lr=2e-5, warmup_steps=200, num_workers=8),
+        train=TrainConfig(epochs=30, batch_size=128, lr=3e-4, text_lr=2e-5, warmup_steps=200, num_workers=8,
+                          channels_last=True),
     ),
 }
 
@@ -291,6 +301,8 @@ def validate_config(config: MedcmConfig) -> None:
     if volume is not None and volume.kind == "2.5d" and volume.size != config.preprocess.image_size:
         raise ValueError(f"model.volume.size: got {volume.size} for a '2.5d' encoder, expected preprocess.image_size "
                          f"({config.preprocess.image_size}): its slices go through the 2D tower")
+    if config.train.prefetch_batches < 1:
+        raise ValueError(f"train.prefetch_batches: got {config.train.prefetch_batches}, expected >= 1")
     if config.train.batch_size < 2:
         raise ValueError(f"train.batch_size: got {config.train.batch_size}, "
                          "expected >= 2 (contrastive loss needs negatives)")

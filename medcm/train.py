@@ -192,6 +192,7 @@ def train(
     config, train_set, val_set = _datasets(config, train_records, val_records, progress)
 
     model = DualEncoder(config.model, config.preprocess.image_size).to(device)
+    _speed_options(model, config)
     model.text.warm_cache([p.text for p in train_set.pairs] + ([p.text for p in val_set.pairs] if val_set else []), progress)
     batch_size = min(config.train.batch_size, len(train_set))
     ddp.check_batch_size(batch_size, ctx)
@@ -267,8 +268,10 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
     # every rank draws the same order (and takes its slice of each batch), but its own augmentations.
     order = torch.Generator().manual_seed(config.train.seed * 1000 + epoch)
     augment_rng = torch.Generator().manual_seed(ddp.rank_seed(config.train.seed * 1000 + epoch + 1, ctx))
-    loader = ddp.epoch_loader(dataset, batch_size, order, ctx, collate_fn=collate_pairs,
-                              num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+    workers = config.train.num_workers
+    loader = ddp.epoch_loader(dataset, batch_size, order, ctx, collate_fn=collate_pairs, num_workers=workers,
+                              pin_memory=device.type == "cuda",
+                              prefetch_factor=config.train.prefetch_batches if workers > 0 else None)
     totals: dict[str, float] = {}
     if progress:
         from tqdm.auto import tqdm
@@ -296,6 +299,32 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
     return {f"train_{k}": v / steps for k, v in totals.items()}
 
 
+def _speed_options(model: DualEncoder, config: MedcmConfig) -> None:
+    """Apply `TrainConfig.channels_last` and `TrainConfig.compile` to the visual encoders, in place.
+
+    Both keep parameter names and values, so checkpoints are the same as without them.
+    """
+    if config.train.channels_last:
+        model.image.to(memory_format=torch.channels_last)
+        if config.model.volume is not None and config.model.volume.kind == "3d":
+            model.volume.to(memory_format=torch.channels_last_3d)
+    if config.train.compile:
+        model.image.compile()  # nn.Module.compile: in place, unlike torch.compile(module), so state_dict keys stay
+        if config.model.volume is not None and config.model.volume.kind == "3d":
+            model.volume.compile()
+
+
+def _memory_format(tensor: torch.Tensor, config: MedcmConfig) -> torch.Tensor:
+    """A batch in the memory format of its encoder: channels-last for 2D images and "3d" volumes."""
+    if not config.train.channels_last:
+        return tensor
+    if tensor.ndim == 4:
+        return tensor.contiguous(memory_format=torch.channels_last)
+    if config.model.volume is not None and config.model.volume.kind == "3d":
+        return tensor.contiguous(memory_format=torch.channels_last_3d)
+    return tensor  # "2.5d" slices are flattened to 2D images inside the encoder
+
+
 def _batch_inputs(images: torch.Tensor | None, volumes: torch.Tensor | None, config: MedcmConfig,
                   device: torch.device, rng: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Move a batch's images and volumes to the device, augment them (if configured) and normalise them."""
@@ -305,7 +334,7 @@ def _batch_inputs(images: torch.Tensor | None, volumes: torch.Tensor | None, con
             tensor = tensor.to(device, non_blocking=True)
             if config.train.augment:
                 tensor = augment(tensor, rng)
-            tensor = normalize(tensor, config.preprocess)
+            tensor = _memory_format(normalize(tensor, config.preprocess), config)
         prepared.append(tensor)
     return prepared[0], prepared[1]
 
