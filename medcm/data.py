@@ -28,8 +28,11 @@ from torch.utils.data import Dataset
 
 from medcm.config import PreprocessConfig, VolumeEncoderConfig
 from medcm.dicom import DicomReadError, read_instance
+from medcm.encoders.volume import prepare_volume
 from medcm.preprocess import resize_and_pad, select_frame
 from medcm.text import report_text_for_training
+from medcm.volume import VolumeError
+from medcm.volume_io import group_series, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +337,6 @@ def records_to_pairs(records: list[ManifestRecord], label_field: str | None = No
 
 def _volume_series(files: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """Each file of a volume series → that series' files (first file first)."""
-    from medcm.volume_io import group_series
-
     return {name: group.files for group in group_series(files) if group.is_volume for name in group.files}
 
 
@@ -401,11 +402,6 @@ def _load_2d(pair: Pair, preprocess: PreprocessConfig) -> torch.Tensor:
 
 def _load_volume(pair: Pair, config: VolumeEncoderConfig | None) -> torch.Tensor:
     """A volume pair's encoder input in [0, 1]; ImageReadError naming the series' first file if it fails."""
-    from medcm.dicom import DicomReadError
-    from medcm.encoders.volume import prepare_volume
-    from medcm.volume import VolumeError
-    from medcm.volume_io import read_volume
-
     if config is None:
         raise ValueError(f"{pair.image}: a volume pair needs the model's volume settings (model.volume); got None")
     try:

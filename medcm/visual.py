@@ -29,7 +29,7 @@ from medcm.checkpoint import Checkpoint
 from medcm.dicom import DicomImage, DicomReadError
 from medcm.encoders.volume import study_embedding, volume_input
 from medcm.preprocess import prepare_image
-from medcm.volume import Volume
+from medcm.volume import VOLUME_MODALITIES, Volume
 from medcm.volume_io import SeriesFiles, group_series, read_volume
 
 __all__ = ["PreparedVolume", "VisualVector", "embed_images_2d", "embed_visual", "encode_inputs",
@@ -200,6 +200,9 @@ def _plan(checkpoint: Checkpoint, images: Sequence[DicomImage]) -> tuple[list[Di
     units: list[DicomImage | PreparedVolume] = []
     warnings: list[str] = []
     for members in series.values():
+        if not _may_be_volume(members):  # e.g. a radiograph: no need to read its header again
+            units.extend(members)
+            continue
         by_path: dict[str, list[DicomImage]] = {}
         for image in members:
             by_path.setdefault(image.meta.path, []).append(image)
@@ -214,6 +217,12 @@ def _plan(checkpoint: Checkpoint, images: Sequence[DicomImage]) -> tuple[list[Di
                 if prepared is not None:
                     warnings.append(prepared)
     return units, warnings
+
+
+def _may_be_volume(members: Sequence[DicomImage]) -> bool:
+    """From the metadata already read: CT/MR/PT with at least 3 slices (frames count), as `group_series` requires."""
+    return (members[0].meta.modality.strip().upper() in VOLUME_MODALITIES
+            and sum(max(1, image.meta.frames) for image in members) >= 3)
 
 
 def _image_vector(image: DicomImage, vector: np.ndarray) -> VisualVector:
