@@ -262,12 +262,13 @@ def add_reports(s: Session, items: Sequence[Any]) -> int:
     return added
 
 
-def put_embeddings(s: Session, items: Sequence[Any]) -> int:
-    """Insert or replace embeddings; returns how many were written."""
+def put_embeddings(s: Session, items: Sequence[Any]) -> list[Embedding]:
+    """Insert or replace embeddings; returns the row written for each item, in order."""
     s.flush()  # owners added in this transaction need their ids
     owners = _owners(s, items)
     dims: dict[tuple[str, str], int] = {}
     rows: dict[tuple[str, str, str], Embedding] = {}
+    written: list[Embedding] = []
     for kind, model_id in dict.fromkeys((item.kind, item.model_id) for item in items):
         same = (Embedding.kind == kind, Embedding.model_id == model_id)
         keys = [owner[0] for (owner_kind, _), owner in owners.items() if owner_kind == kind]
@@ -291,7 +292,8 @@ def put_embeddings(s: Session, items: Sequence[Any]) -> int:
             rows[(item.kind, item.model_id, owner_key)] = row
             s.add(row)
         row.dim, row.vector, row.created_at = dim, blob, utcnow()  # an embedding is derived: replace it
-    return len(items)
+        written.append(row)
+    return written
 
 
 def _owners(s: Session, items: Sequence[Any]) -> dict[tuple[str, str], tuple[str, int | None, int | None]]:

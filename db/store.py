@@ -11,18 +11,20 @@ latest version: "new" (no report), "drafted" or "signed".
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
-from db import _rows, _views, accounts, embedding_queries
+from db import _rows, _views, accounts, embedding_queries, pgvector
 from db._rows import check_json, check_text, latest_report, sections_of, study_or_error
 from db._views import report_view
 from db.accounts import UserView
 from db.engine import WRITE_OPTION, make_engine, migrate
+from db.pgvector import VectorHit
 from db.models import (
     STUDY_STATUSES,
     Embedding,
@@ -61,6 +63,7 @@ __all__ = [
     "StoreError",
     "StudyView",
     "UserView",
+    "VectorHit",
 ]
 
 
@@ -85,6 +88,8 @@ class CaseStore:
         self._closed = False
         try:
             migrate(self._engine)
+            with self._engine.connect() as connection:
+                self._pgvector = pgvector.is_enabled(connection)  # then every write fills its column too
         except BaseException:
             self._engine.dispose()
             raise
@@ -145,7 +150,7 @@ class CaseStore:
             added, skipped, studies = _rows.add_instances(s, instances)
             s.flush()  # reports and embeddings refer to the new rows' ids
             added_reports = _rows.add_reports(s, reports)
-            added_embeddings = _rows.put_embeddings(s, embeddings)
+            added_embeddings = len(self._put_embeddings(s, embeddings))
             studies |= {r.study_uid for r in reports}
             detail = {
                 "added_instances": added,
@@ -247,7 +252,14 @@ class CaseStore:
             StoreError: an invalid vector, an unknown key, or a study without a report.
         """
         with self._session(write=True) as s:
-            return _rows.put_embeddings(s, embeddings)
+            return len(self._put_embeddings(s, embeddings))
+
+    def _put_embeddings(self, s: Session, embeddings: Sequence[EmbeddingInput]) -> list[Embedding]:
+        rows = _rows.put_embeddings(s, embeddings)
+        if self._pgvector and rows:
+            s.flush()  # the rows need their ids, and the trigger must see the new blobs before their vectors
+            pgvector.write(s, [(row.id, row.vector) for row in rows])
+        return rows
 
     def log_event(self, kind: str, user: str, study_uid: str | None = None, detail: dict | None = None) -> None:
         """Append an event to the audit trail (e.g. "view", "export", "login").
@@ -421,6 +433,52 @@ class CaseStore:
                 )
             ).one()
         return f"{count}:{newest.isoformat() if newest is not None else '-'}"
+
+    # ------------------------------------------------------------------ pgvector
+    @property
+    def pgvector_enabled(self) -> bool:
+        """Whether this (PostgreSQL) store keeps its embeddings in pgvector too (`enable_pgvector`)."""
+        return self._pgvector
+
+    def enable_pgvector(self) -> int:
+        """Keep every embedding in a pgvector column as well, for `search_vectors`; idempotent.
+
+        Returns:
+            How many stored embeddings were converted now.
+
+        Raises:
+            StoreError: not PostgreSQL, no pgvector on the server, or a role that may not create it.
+        """
+        with self._session(write=True) as s:
+            converted = pgvector.enable(s.connection())
+        self._pgvector = True
+        return converted
+
+    def search_vectors(self, kind: str, model_id: str, queries: np.ndarray, k: int = 10,
+                       filters: dict[str, str | Collection[str]] | None = None, exclude: Collection[str] = (),
+                       group_by: str | None = None) -> list[list[VectorHit]]:
+        """Exact cosine search inside PostgreSQL, per row of `queries` [Q, D] (see `db.pgvector.search`).
+
+        Rows written without their pgvector value (by a process that opened the store before
+        pgvector was enabled) are converted first.
+
+        Raises:
+            StoreError: pgvector not enabled on this store, unknown kind, or a bad filter.
+        """
+        _rows.check_kind("search_vectors", kind)
+        if not self._pgvector:
+            with self._engine.connect() as connection:  # enabled since this store was opened?
+                self._pgvector = pgvector.is_enabled(connection)
+            if not self._pgvector:
+                raise StoreError(f"search_vectors: pgvector is not enabled on {self!r}; expected enable_pgvector() "
+                                 "first (PostgreSQL with the pgvector extension)")
+        with self._session() as s:
+            missing = pgvector.has_missing(s)
+        if missing:
+            with self._session(write=True) as s:
+                pgvector.fill_missing(s)
+        with self._session() as s:
+            return [pgvector.search(s, kind, model_id, query, k, filters, exclude, group_by) for query in queries]
 
     def events(self, study_uid: str | None = None, kind: str | None = None, limit: int = 1000,
                user: str | None = None) -> list[dict]:

@@ -33,6 +33,7 @@ from medcm.embed_archive import EmbedSummary, embed_archive
 from medcm.draft import Draft, DraftConfig, SourceCase, draft_findings
 from medcm.index import Hit, VectorIndex
 from medcm.index_faiss import FaissIndex, check_backend, with_backend
+from medcm.index_pgvector import PgVectorIndex
 from medcm.preprocess import resize_and_pad, select_frame
 from medcm.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
 from medcm.runtime import select_device
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 IMAGE, REPORT = "image", "report"
 PREVIEW_SIZE = 256
 _STAMP_FILE = "store_stamp.txt"
+INDEX_BACKENDS = ("exact", "faiss", "pgvector")  # in memory, in memory on FAISS, inside PostgreSQL
 _BATCH = 32
 INGEST_CHUNK_IMAGES = 64  # images per store transaction during ingest (whole studies)
 
@@ -62,6 +64,10 @@ class CaseStoreLike(Protocol):
     def instance_hashes(self, sop_instance_uids: list[str]) -> dict[str, str]: ...
     def report_versions(self, study_uid: str) -> list: ...
     def add_embeddings(self, embeddings: list) -> int: ...
+    def count_embeddings(self, kind: str, model_id: str) -> int: ...
+    def enable_pgvector(self) -> int: ...
+    def search_vectors(self, kind: str, model_id: str, queries: np.ndarray, k: int = ..., filters: dict | None = ...,
+                       exclude: Any = ..., group_by: str | None = ...) -> list: ...
     def studies_to_embed(self, model_id: str, after: str | None = ..., limit: int = ...,
                          shard: tuple[int, int] | None = ...) -> list: ...
     def log_event(self, kind: str, user: str, study_uid: str | None = ..., detail: dict | None = ...) -> None: ...
@@ -143,8 +149,10 @@ class Engine:
             (`cases.db` → `cases.db.files/`); required with `deid` for other databases.
         device: "cpu", "cuda"...; default CUDA when present.
         draft_config: drafting settings.
-        index_backend: "exact" (`medcm.index.VectorIndex`) or "faiss" (`medcm.index_faiss.FaissIndex`,
-            built in memory from the saved exact index; needs `pip install 'medcm[faiss]'`).
+        index_backend: "exact" (`medcm.index.VectorIndex`), "faiss" (`medcm.index_faiss.FaissIndex`,
+            built in memory from the saved exact index; needs `pip install 'medcm[faiss]'`) or
+            "pgvector" (`medcm.index_pgvector.PgVectorIndex`: the PostgreSQL store searches its own
+            vectors; enabled on the store here, which converts the stored vectors once).
     """
 
     def __init__(
@@ -158,7 +166,13 @@ class Engine:
         files_dir: str | Path | None = None,
         index_backend: str = "exact",
     ) -> None:
-        check_backend(index_backend)  # an unknown name or a missing FAISS fails here, not at the first search
+        # An unknown name, a missing FAISS or a store without pgvector fails here, not at the first search.
+        if index_backend not in INDEX_BACKENDS:
+            raise ValueError(f"index backend is {index_backend!r}, expected one of {INDEX_BACKENDS}")
+        if index_backend == "pgvector":
+            store.enable_pgvector()
+        else:
+            check_backend(index_backend)
         self.index_backend = index_backend
         self.store = store
         self.deid = deid
@@ -167,7 +181,7 @@ class Engine:
         self.checkpoint: Checkpoint | None = load_checkpoint(checkpoint, self.device) if checkpoint else None
         self.index_dir = Path(index_dir) if index_dir else _default_index_dir(store.url)
         self.draft_config = draft_config
-        self._indexes: dict[str, VectorIndex | FaissIndex] = {}
+        self._indexes: dict[str, VectorIndex | FaissIndex] = {}  # not used by pgvector
 
     @property
     def model_id(self) -> str:
@@ -326,8 +340,10 @@ class Engine:
             self._indexes.clear()
 
     # ------------------------------------------------------------------- indexes
-    def index(self, kind: str) -> VectorIndex | FaissIndex:
+    def index(self, kind: str) -> VectorIndex | FaissIndex | PgVectorIndex:
         """The vector index of `kind` ("image" or "report") for this model, loaded or rebuilt from the store."""
+        if self.index_backend == "pgvector":  # the store itself: nothing to load, never stale
+            return PgVectorIndex(self.store, kind, self.model_id, self._require_checkpoint().config.model.embed_dim)
         if kind not in self._indexes:
             self._indexes[kind] = self._load_or_rebuild(kind)
         return self._indexes[kind]

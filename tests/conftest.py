@@ -115,3 +115,22 @@ def untrained_checkpoint(tmp_path_factory):
         return save_checkpoint(folder, DualEncoder(config.model, 32).eval(), config)
 
     return make
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL database URL, emptied after the test; skips without a server.
+
+    CI starts one with scripts/start_test_postgres.sh and sets MEDCM_TEST_POSTGRES_URL.
+    """
+    url = os.environ.get("MEDCM_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server: set MEDCM_TEST_POSTGRES_URL (scripts/start_test_postgres.sh starts one)")
+    yield url
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    with engine.begin() as conn:  # leave an empty database for the next test
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()

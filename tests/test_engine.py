@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from db.store import CaseStore
+from db.store import CaseStore, StoreError
 from medcm.engine import Engine, read_images, render_preview
 
 N_POOL = 132  # 4 training cases per class
@@ -328,3 +328,25 @@ def test_a_series_with_a_missing_slice_is_stored_slice_by_slice_with_a_warning(v
     assert warning.startswith(f"series {images[0].meta.series_uid} (") and "about 1 slice(s) missing" in warning
     keys = set(volume_engine.store.embedding_matrix("image", volume_engine.model_id).keys)
     assert {image.meta.sop_instance_uid for image in images} <= keys
+
+
+def test_pgvector_backend_answers_as_the_exact_one(pool, trained_run, synthetic_manifest, postgres_url, tmp_path):
+    checkpoint = trained_run.best_dir.parent
+    exact = Engine(CaseStore(postgres_url), checkpoint=checkpoint, device="cpu")
+    exact.ingest([pool], user="tester")
+    in_db = Engine(CaseStore(postgres_url), checkpoint=checkpoint, device="cpu", index_backend="pgvector")
+    assert len(in_db.index("image")) == N_POOL
+    query = _query(synthetic_manifest, "dev-00002")
+    asks = (lambda e: e.similar_cases(query, k=4), lambda e: e.similar_cases(query, k=3, filters={"modality": "dx"}),
+            lambda e: e.similar_images(query, k=5), lambda e: e.search_text("Small square opacity.", k=5))
+    for ask in asks:
+        got, expected = ask(in_db), ask(exact)
+        assert [c.study_uid for c in got] == [c.study_uid for c in expected]
+        np.testing.assert_allclose([c.score for c in got], [c.score for c in expected], atol=1e-5)
+
+    shutil.copy(synthetic_manifest.parent / "cases" / "dev-00002" / "image.dcm", tmp_path / "new.dcm")
+    new_uid = exact.ingest([tmp_path]).studies[0]  # written by another engine: searchable at once, no rebuild
+    assert [m.study_uid for m in in_db.similar_images(_query(synthetic_manifest, "dev-00007"), k=N_POOL + 1)
+            ].count(new_uid) == 1
+    with pytest.raises(StoreError, match="the store is on sqlite; expected PostgreSQL"):
+        Engine(CaseStore(f"sqlite:///{tmp_path / 'cases.db'}"), index_backend="pgvector")

@@ -11,6 +11,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlalchemy.engine import Connection
 
+from db import pgvector
 from db.models import Base, UTCDateTime
 
 config = context.config
@@ -31,6 +32,7 @@ def _configure(dialect_name: str, **kwargs) -> None:
         # SQLite cannot ALTER most things: autogenerate then writes "move and copy" batch operations.
         render_as_batch=dialect_name == "sqlite",
         render_item=_render_item,
+        include_object=pgvector.include_object,  # its column is made on demand, not here
         **kwargs,
     )
 
