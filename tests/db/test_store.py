@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sqlite3
 from datetime import timezone
 
@@ -85,17 +84,8 @@ def url(request, tmp_path) -> str:
     CI starts one with scripts/start_test_postgres.sh and sets MEDCM_TEST_POSTGRES_URL.
     """
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store' / 'cases.db'}"
-        return
-    pg_url = os.environ.get("MEDCM_TEST_POSTGRES_URL")
-    if not pg_url:
-        pytest.skip("no PostgreSQL server: set MEDCM_TEST_POSTGRES_URL (scripts/start_test_postgres.sh starts one)")
-    yield pg_url
-    engine = create_engine(pg_url)
-    with engine.begin() as conn:  # leave an empty database for the next test
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
+        return f"sqlite:///{tmp_path / 'store' / 'cases.db'}"
+    return request.getfixturevalue("postgres_url")  # skips without a server; emptied after the test
 
 
 @pytest.fixture
