@@ -17,8 +17,8 @@ Data are decoded to memory first (as `medcm train` does) and DataLoader workers 
 (default 0: each timed chunk builds a new loader, and worker start-up would be timed with it).
 On CUDA everything runs under bf16 autocast with the config's channels_last, as training does,
 and the tower FLOP/s are also given as a share of `--peak-tflops`. On a CPU gpu-default is slow
-(DenseNet121 at 256 px, the text transformer trained too): unless `--batch-size`, `--steps` or
-`--warmup` are given, it runs at batch 16 (not its 128), 1 warm-up step and chunks of 1 step there. Usage:
+(DenseNet121 at 256 px, the text transformer trained too): there it runs at batch 16 (not its 128),
+1 warm-up step and chunks of 1 step, each unless `--batch-size`, `--warmup` or `--steps` is given. Usage:
 
     .venv/bin/python scripts/bench_train_configs.py [--configs cpu-small medpix-cpu gpu-default]
         [--steps 5] [--repeats 3] [--warmup 2] [--batch-size N] [--volume-batch 4] [--peak-tflops 989]
