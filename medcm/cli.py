@@ -29,6 +29,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-split", help="validate on this split (default: hold out a share of training cases)")
     p.add_argument("--epochs", type=int, help="override the config's number of epochs")
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
+    p.add_argument("--accum-steps", type=int, metavar="N",
+                   help="split each batch into N micro-batches: the same contrastive batch and gradients "
+                        "at the memory of batch-size/N pairs (default: the config's, 1)")
     p.add_argument("--lr", type=float, help="override the config's learning rate")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--volume-encoder", choices=["3d", "2.5d", "none"],
@@ -46,12 +49,15 @@ def _run_train(args: argparse.Namespace) -> int:
     from medcm.distributed import context_from_env
     from medcm.train import train
 
-    config = with_overrides(get_config(args.config), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = with_overrides(get_config(args.config), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.seed, accum_steps=args.accum_steps)
     if args.volume_encoder:
         config = with_volume_kind(config, args.volume_encoder)
     records = read_dataset(args.data, args.format)
-    train_records, val_records = split_records(records, args.split, args.val_split, config.train.val_fraction, config.train.seed)
-    result = train(config, train_records, val_records, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    train_records, val_records = split_records(records, args.split, args.val_split, config.train.val_fraction,
+                                               config.train.seed)
+    result = train(config, train_records, val_records, args.out, resume=args.resume, device=args.device,
+                   progress=not args.quiet)
     if not context_from_env().is_main:  # under torchrun only rank 0 reports
         return 0
     best = result.best_metrics
@@ -399,7 +405,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     pool = _eval_records(args.pool_data, args.format, args.pool_split, "--pool-split")
     queries = _eval_records(args.query_data, args.format, args.query_split, "--query-split")
-    overrides = {k: v for k, v in {"top_k_cases": args.top_k_cases, "max_findings": args.max_findings}.items() if v is not None}
+    overrides = {k: v for k, v in {"top_k_cases": args.top_k_cases, "max_findings": args.max_findings}.items()
+                 if v is not None}
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint, device)
     results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(_draft_config(args.draft), **overrides),

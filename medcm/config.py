@@ -196,6 +196,11 @@ class TrainConfig:
             volume encoder in channels_last_3d): faster convolutions on recent GPUs under bf16.
         compile: `torch.compile` the image tower and the volume encoder in place (weights and
             checkpoints unchanged): slower first steps, faster steady ones, mostly on GPUs.
+        accum_steps: micro-batches per step. The contrastive batch stays `batch_size` (all its
+            negatives, the same gradients) while the activations in memory are those of
+            `batch_size / accum_steps` pairs: every micro-batch is embedded once without gradients,
+            then again with them against the cached rest of the batch (open_clip's `accum_freq`).
+            `batch_size` must be a multiple of accum_steps × processes.
     """
 
     epochs: int = 10
@@ -211,6 +216,7 @@ class TrainConfig:
     augment: bool = True
     channels_last: bool = False
     compile: bool = False
+    accum_steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -279,8 +285,13 @@ def get_config(name: str) -> MedcmConfig:
     return NAMED_CONFIGS[name]
 
 
-def validate_config(config: MedcmConfig) -> None:
+def validate_config(config: MedcmConfig, world_size: int = 1) -> None:
     """Check values that would otherwise fail deep inside training.
+
+    Args:
+        config: the config to check.
+        world_size: training processes (torchrun's WORLD_SIZE): `batch_size` is the global batch and
+            must split into `accum_steps` micro-batches on each of them.
 
     Raises:
         ValueError: naming the field, the value received and what is expected.
@@ -306,6 +317,13 @@ def validate_config(config: MedcmConfig) -> None:
     if config.train.batch_size < 2:
         raise ValueError(f"train.batch_size: got {config.train.batch_size}, "
                          "expected >= 2 (contrastive loss needs negatives)")
+    accum = config.train.accum_steps
+    if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+        raise ValueError(f"train.accum_steps: got {accum!r}, expected a positive integer")
+    unit = accum * world_size
+    if config.train.batch_size % unit:
+        raise ValueError(f"train.batch_size: got {config.train.batch_size} with train.accum_steps {accum} over "
+                         f"{world_size} process(es), expected a multiple of accum_steps × processes = {unit}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
