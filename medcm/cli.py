@@ -229,9 +229,10 @@ def _add_query_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_index_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index-backend", choices=["exact", "faiss"], default="exact", help=(
-        "vector search: 'exact' (default; chunked, bounded memory) or 'faiss' (an IndexFlatIP built in memory "
-        "from the saved index, the same answers; needs pip install 'medcm[faiss]')"))
+    p.add_argument("--index-backend", choices=["exact", "faiss", "pgvector"], default="exact", help=(
+        "vector search: 'exact' (default; chunked, bounded memory), 'faiss' (an IndexFlatIP built in memory "
+        "from the saved index, the same answers; needs pip install 'medcm[faiss]') or 'pgvector' (a PostgreSQL "
+        "--db with the pgvector extension searches its own vectors; enabled on first use)"))
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:

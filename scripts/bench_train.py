@@ -21,9 +21,10 @@ import torch
 from medcm.align import AlignmentLoss, DualEncoder
 from medcm.config import get_config
 from medcm.data import PairedImageDataset, read_manifest, records_to_pairs
+from medcm.distributed import DistributedContext
 from medcm.preprocess import normalize
-from medcm.synthetic import write_dataset
 from medcm.runtime import seed_everything
+from medcm.synthetic import write_dataset
 from medcm.train import _train_epoch
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     rows = [("torch threads", str(torch.get_num_threads()))]
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_dataset(tmp, n_train=args.pairs, n_dev=0, image_size=256)
-        files = sorted(Path(tmp, "images").glob("*.dcm"))
+        files = sorted(Path(tmp).rglob("*.dcm"))
         start = time.perf_counter()
         for file in files:
             pydicom.dcmread(file).pixel_array
@@ -65,7 +66,8 @@ def main() -> None:
     loss_fn = AlignmentLoss(config.model.losses)
     batch = config.train.batch_size
     start = time.perf_counter()
-    _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, torch.device("cpu"), 0, batch, progress=False)
+    _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, torch.device("cpu"), 0, batch, False,
+                 DistributedContext())
     epoch = time.perf_counter() - start
     rows.append((f"training epoch, batch {batch}", f"{(len(dataset) // batch) * batch / epoch:.0f} pairs/s ({epoch:.1f} s)"))
 
