@@ -157,9 +157,14 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device, tmp:
     own = "" if batch == get_config(name).train.batch_size else f" (the config's own: {get_config(name).train.batch_size})"
     print(f"{name}: batch {batch}{own}, {warmup} warm-up step(s), {repeats_text(args.repeats, steps)}", flush=True)
 
-    seed_everything(0)
-    rows = [Result(name, "full step", f"{arch}, {size} px", batch, steps,
-                   bench_full_step(config, pairs, batch, warmup, steps, args.repeats, device), text)]
+    rows = []
+    for accum in args.accum_steps:  # gradient accumulation: the same batch in `accum` micro-batches
+        seed_everything(0)
+        part = "full step" if accum == 1 else f"full step, accum_steps {accum}"
+        accumulated = with_overrides(config, accum_steps=accum)
+        validate_config(accumulated)
+        rows.append(Result(name, part, f"{arch}, {size} px", batch, steps,
+                           bench_full_step(accumulated, pairs, batch, warmup, steps, args.repeats, device), text))
 
     seed_everything(0)
     model = DualEncoder(config.model, size).to(device)
@@ -218,6 +223,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; 1 for gpu-default on a CPU)")
     parser.add_argument("--batch-size", type=int, help="pairs per step for every config (default: each config's own)")
     parser.add_argument("--volume-batch", type=int, default=4, help="volumes per volume-encoder step (default 4)")
+    parser.add_argument("--accum-steps", type=int, nargs="+", default=[1],
+                        help="time the full step at each of these TrainConfig.accum_steps (default 1)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the full step (default 0)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak dense bf16 TFLOP/s, for the share")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
