@@ -18,6 +18,7 @@ part when any of its study's instances has it), `exclude`, `group_by`, ties by k
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,10 @@ from db.records import StoreError
 COLUMN = "pg_vector"
 TRIGGER = "embeddings_pg_vector_stale"
 MISSING_INDEX = "ix_embeddings_pg_vector_missing"
+HNSW_PREFIX = "ix_embeddings_hnsw_"  # + kind + "_" + a hash of the model id: one HNSW index per (kind, model)
 FILL_BATCH = 2_000  # rows converted per statement batch by fill_missing
+HNSW_MAX_FETCH = 1_000  # candidates an HNSW search may ask for (pgvector's ef_search limit); beyond: exact
+HNSW_EF_SEARCH = 200  # the least ef_search: recall@10 0.69 at 40 on random 256-d vectors, see BENCHMARKS.md
 
 # Per kind: SQL of each meta field a filter or group_by may name, over the aliases of _search_sql.
 _IMAGE_FIELDS = {"study_uid": "st.study_uid", "sop_instance_uid": "i.sop_instance_uid",
@@ -53,7 +57,7 @@ class VectorHit:
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Alembic's `include_object` hook: leave this module's column and index out of schema comparison."""
-    return not (reflected and name in (COLUMN, MISSING_INDEX))
+    return not (reflected and (name in (COLUMN, MISSING_INDEX) or (name or "").startswith(HNSW_PREFIX)))
 
 
 def is_enabled(connection: Connection) -> bool:
@@ -143,27 +147,97 @@ def has_missing(connection: Connection | Session) -> bool:
     return connection.execute(text(f"SELECT 1 FROM embeddings WHERE {COLUMN} IS NULL LIMIT 1")).first() is not None
 
 
+def hnsw_name(kind: str, model_id: str) -> str:
+    """The name of the HNSW index of (kind, model_id) embeddings (PostgreSQL names are at most 63 bytes)."""
+    return f"{HNSW_PREFIX}{kind}_{hashlib.sha1(model_id.encode()).hexdigest()[:16]}"
+
+
+def create_hnsw(connection: Connection, kind: str, model_id: str, m: int = 16, ef_construction: int = 64) -> int:
+    """Build an HNSW index over the (kind, model_id) embeddings; searches of them become approximate.
+
+    A partial expression index: only this kind and model, at their dimension (an HNSW index needs one).
+    Idempotent. Later writes are indexed as they come.
+
+    Returns:
+        The embedding dimension indexed.
+
+    Raises:
+        StoreError: pgvector not enabled, or no embeddings of (kind, model_id) to index.
+    """
+    if not is_enabled(connection):
+        raise StoreError("pgvector HNSW: pgvector is not enabled on this store; expected enable_pgvector() first")
+    dim = _dim(connection, kind, model_id)
+    if dim is None:
+        raise StoreError(f"pgvector HNSW: no {kind} embeddings of model {model_id!r}; expected them embedded first")
+    connection.execute(text(
+        f"CREATE INDEX IF NOT EXISTS {hnsw_name(kind, model_id)} ON embeddings USING hnsw"
+        f" ((CAST({COLUMN} AS vector({dim}))) vector_cosine_ops)"
+        f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) WHERE {_rows_of(kind, model_id)}"))
+    return dim
+
+
+def hnsw_dim(s: Connection | Session, kind: str, model_id: str) -> int | None:
+    """The dimension of the HNSW index of (kind, model_id), or None when there is none."""
+    found = s.execute(text("SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = :name"),
+                      {"name": hnsw_name(kind, model_id)}).first()
+    return None if found is None else _dim(s, kind, model_id)
+
+
 def search(s: Session, kind: str, model_id: str, query: np.ndarray, k: int,
            filters: dict[str, str | Collection[str]] | None = None, exclude: Collection[str] = (),
            group_by: str | None = None) -> list[VectorHit]:
     """The k embeddings of (kind, model_id) nearest `query` [D] by cosine, best first, ties by key.
 
     Keys and metadata are those of `CaseStore.embedding_matrix` ("image": SOPInstanceUID;
-    "report": StudyInstanceUID, its newest report version that has an embedding).
+    "report": StudyInstanceUID, its newest report version that has an embedding). Exact, unless
+    (kind, model_id) has an HNSW index (`create_hnsw`): then the hits are searched among the index's
+    approximate nearest candidates (4k at first, 4x more while fewer than k pass the filters,
+    exact past HNSW_MAX_FETCH) and scored exactly.
 
     Raises:
         StoreError: a filter value that is not a string.
     """
-    sql, params = _search_sql(kind, filters or {}, exclude, group_by)
-    params.update(model_id=model_id, k=k, q=np.asarray(query, np.float32).tolist())
+    q = np.asarray(query, np.float32).tolist()
+    dim = hnsw_dim(s, kind, model_id)
+    fetch = max(40, 4 * k)
+    while dim is not None and fetch <= HNSW_MAX_FETCH:
+        # The graph search keeps ef_search candidates: at least HNSW_EF_SEARCH, for recall (pgvector's default: 40).
+        s.execute(text(f"SET LOCAL hnsw.ef_search = {max(fetch, HNSW_EF_SEARCH)}"))
+        hits = _run(s, kind, model_id, q, k, filters, exclude, group_by, (dim, fetch))
+        if len(hits) >= k:
+            return hits
+        fetch *= 4
+    return _run(s, kind, model_id, q, k, filters, exclude, group_by, None)
+
+
+def _run(s: Session, kind: str, model_id: str, q: list[float], k: int, filters, exclude, group_by,
+         candidates: tuple[int, int] | None) -> list[VectorHit]:
+    sql, params = _search_sql(kind, filters or {}, exclude, group_by, model_id, candidates)
+    params.update(model_id=model_id, k=k, q=q)
     rows = s.execute(sql, params).all()
     hits = [VectorHit(row.key, 1.0 - float(row.distance), _meta(kind, row)) for row in rows]
     return _with_study_tags(s, hits) if kind == "report" else hits
 
 
+def _dim(s: Connection | Session, kind: str, model_id: str) -> int | None:
+    return s.execute(text("SELECT dim FROM embeddings WHERE kind = :kind AND model_id = :model_id LIMIT 1"),
+                     {"kind": kind, "model_id": model_id}).scalar()
+
+
+def _rows_of(kind: str, model_id: str) -> str:
+    """SQL literal condition for the rows of (kind, model_id): an HNSW index's predicate, and the search's
+    (the planner uses a partial index only for a query whose WHERE visibly implies its predicate)."""
+    if kind not in ("image", "report"):
+        raise StoreError(f"pgvector: kind {kind!r}; expected 'image' or 'report'")
+    return f"kind = '{kind}' AND model_id = '{model_id.replace(chr(39), chr(39) * 2)}'"
+
+
 def _search_sql(kind: str, filters: dict[str, str | Collection[str]], exclude: Collection[str],
-                group_by: str | None):
-    """The search statement and its parameters (all but model_id, k and q)."""
+                group_by: str | None, model_id: str = "", candidates: tuple[int, int] | None = None):
+    """The search statement and its parameters (all but model_id, k and q).
+
+    `candidates=(dim, fetch)` restricts the search to the `fetch` rows the HNSW index finds nearest.
+    """
     fields = _IMAGE_FIELDS if kind == "image" else _REPORT_FIELDS
     key = "i.sop_instance_uid" if kind == "image" else "st.study_uid"
     where, params, expanding = [], {}, []
@@ -184,6 +258,13 @@ def _search_sql(kind: str, filters: dict[str, str | Collection[str]], exclude: C
     if excluded:
         params["exclude"], expanding = excluded, expanding + ["exclude"]
         where.append(f"{key} NOT IN :exclude")
+    prefix = ""
+    if candidates is not None:
+        dim, fetch = candidates
+        prefix = (f"WITH candidates AS MATERIALIZED (SELECT id FROM embeddings WHERE {_rows_of(kind, model_id)}"
+                  f" ORDER BY CAST({COLUMN} AS vector({dim})) <=> CAST(CAST(:q AS REAL[]) AS vector({dim}))"
+                  f" LIMIT {int(fetch)}) ")
+        where.append("e.id IN (SELECT id FROM candidates)")
     condition = " AND ".join(["TRUE", *where])
     distance = f"e.{COLUMN} <=> CAST(CAST(:q AS REAL[]) AS vector)"
     if kind == "image":
@@ -204,7 +285,7 @@ def _search_sql(kind: str, filters: dict[str, str | Collection[str]], exclude: C
     else:  # the best row of each group, then the best groups
         sql = (f"SELECT * FROM (SELECT DISTINCT ON ({group}) {columns} {source} ORDER BY {group}, distance, key) best"
                " ORDER BY distance, key LIMIT :k")
-    statement = text(sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
+    statement = text(prefix + sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
     return statement, params
 
 

@@ -454,10 +454,25 @@ class CaseStore:
         self._pgvector = True
         return converted
 
+    def create_pgvector_hnsw(self, kind: str, model_id: str, m: int = 16, ef_construction: int = 64) -> int:
+        """Build an HNSW index over the (kind, model_id) embeddings: `search_vectors` of them becomes
+        approximate (the index's nearest candidates, scored exactly); idempotent.
+
+        Returns:
+            The embedding dimension indexed.
+
+        Raises:
+            StoreError: pgvector not enabled, unknown kind, or no such embeddings yet.
+        """
+        _rows.check_kind("create_pgvector_hnsw", kind)
+        with self._session(write=True) as s:
+            return pgvector.create_hnsw(s.connection(), kind, model_id, m, ef_construction)
+
     def search_vectors(self, kind: str, model_id: str, queries: np.ndarray, k: int = 10,
                        filters: dict[str, str | Collection[str]] | None = None, exclude: Collection[str] = (),
                        group_by: str | None = None) -> list[list[VectorHit]]:
-        """Exact cosine search inside PostgreSQL, per row of `queries` [Q, D] (see `db.pgvector.search`).
+        """Cosine search inside PostgreSQL, per row of `queries` [Q, D] (see `db.pgvector.search`): exact,
+        or among an HNSW index's candidates where `create_pgvector_hnsw` built one.
 
         Rows written without their pgvector value (by a process that opened the store before
         pgvector was enabled) are converted first.

@@ -195,6 +195,9 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-studies", type=int, default=32, help="studies per batch and transaction (default: 32)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present; cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--pgvector-hnsw", action="store_true", help=(
+        "PostgreSQL with pgvector: then build HNSW indexes over this model's vectors, so that "
+        "--index-backend pgvector searches them approximately (fast on millions) instead of exactly"))
     p.set_defaults(handler=_run_embed)
 
 
@@ -207,7 +210,10 @@ def _run_embed(args: argparse.Namespace) -> int:
         from medcm.runtime import select_device
 
         args.device = str(rank_device(select_device(args.device), ctx))
-    summary = _open_engine(args).embed_archive(args.batch_studies, ctx.rank, ctx.world_size, progress=not args.quiet)
+    engine = _open_engine(args)
+    if args.pgvector_hnsw:
+        engine.store.enable_pgvector()  # before embedding: fails at once on SQLite or without the extension
+    summary = engine.embed_archive(args.batch_studies, ctx.rank, ctx.world_size, progress=not args.quiet)
     for line in summary.failed:
         print(f"error: {line}", file=sys.stderr)
     if ctx.is_main or summary.failed:
@@ -215,6 +221,11 @@ def _run_embed(args: argparse.Namespace) -> int:
         print(f"embedded {summary.studies} study(ies){rank} with model {summary.model_id}: "
               f"{summary.image_embeddings} image and {summary.report_embeddings} report embedding(s) in "
               f"{summary.seconds:.1f} s; {len(summary.failed)} study(ies) failed")
+    if args.pgvector_hnsw and ctx.is_main:  # the other ranks' later writes join the index as they come
+        for kind in ("image", "report"):
+            if engine.store.count_embeddings(kind, summary.model_id):
+                dim = engine.store.create_pgvector_hnsw(kind, summary.model_id)
+                print(f"HNSW index over the {kind} vectors of model {summary.model_id} (dimension {dim})")
     return 1 if summary.failed else 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from db import pgvector
 from db.embedding_queries import shard_of
 from db.store import CaseStore, StoreError
 from medcm.engine import Engine
@@ -191,3 +192,26 @@ def test_a_volume_series_is_one_vector_and_its_study_counts_as_done(untrained_ch
         np.testing.assert_allclose(got[key], vector, atol=1e-5)
     assert store.studies_to_embed(engine.model_id) == []
     assert engine.embed_archive(progress=False).studies == 0
+
+
+def test_medcm_embed_builds_hnsw_indexes_that_pgvector_search_uses(cases, trained_run, postgres_url, tmp_path):
+    assert Engine(CaseStore(postgres_url)).ingest([cases]).added_embeddings == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    checkpoint = str(trained_run.best_dir.parent)
+    run = subprocess.run([sys.executable, "-m", "medcm", "embed", "--db", postgres_url, "--checkpoint", checkpoint,
+                          "--device", "cpu", "--quiet", "--pgvector-hnsw"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    engine = Engine(CaseStore(postgres_url), checkpoint=checkpoint, device="cpu", index_backend="pgvector")
+    assert f"HNSW index over the image vectors of model {engine.model_id}" in run.stdout
+    assert f"HNSW index over the report vectors of model {engine.model_id}" in run.stdout
+    with engine.store._session() as s:
+        assert pgvector.hnsw_dim(s, "image", engine.model_id) == pgvector.hnsw_dim(s, "report", engine.model_id) > 0
+    exact = Engine(CaseStore(postgres_url), checkpoint=checkpoint, device="cpu")
+    assert [m.study_uid for m in engine.search_text("Small square opacity.", k=5)] == [
+        m.study_uid for m in exact.search_text("Small square opacity.", k=5)]  # 10 vectors: HNSW finds them all
+
+    sqlite = subprocess.run([sys.executable, "-m", "medcm", "embed", "--db", f"sqlite:///{tmp_path / 'x.db'}",
+                             "--checkpoint", checkpoint, "--quiet", "--pgvector-hnsw"], capture_output=True, text=True,
+                            env=env, cwd=ROOT, timeout=300)
+    assert sqlite.returncode == 1 and "the store is on sqlite; expected PostgreSQL" in sqlite.stderr

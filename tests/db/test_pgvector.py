@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from db import pgvector
 from db.models import Base
@@ -141,3 +142,39 @@ def test_pgvector_needs_postgres_and_enabling(tmp_path, postgres_url):
         with pytest.raises(StoreError, match="filter 'modality' has values"):
             store.enable_pgvector()
             store.search_vectors("image", MODEL, np.ones((1, DIM), np.float32), filters={"modality": [1]})
+
+
+def test_an_hnsw_index_is_used_and_finds_nearly_the_exact_hits(postgres_url):
+    with filled_store(postgres_url) as store:
+        with pytest.raises(StoreError, match="pgvector is not enabled"):
+            store.create_pgvector_hnsw("image", MODEL)
+        store.enable_pgvector()
+        with pytest.raises(StoreError, match="no image embeddings of model 'unknown'"):
+            store.create_pgvector_hnsw("image", "unknown")
+        for kind in ("image", "report"):
+            assert store.create_pgvector_hnsw(kind, MODEL) == DIM
+        assert store.create_pgvector_hnsw("image", MODEL) == DIM  # idempotent
+        queries = np.random.default_rng(2).standard_normal((20, DIM)).astype(np.float32)
+        with Session(store._engine) as s, s.begin():
+            # A table this small is scanned and sorted, not searched through its index: forbid scans
+            # and sorts, so these searches go through HNSW; the plan shows the partial index matches.
+            for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+                s.execute(text(f"SET LOCAL {setting} = off"))
+            sql, params = pgvector._search_sql("image", {}, (), None, MODEL, (DIM, 40))
+            params.update(model_id=MODEL, k=10, q=queries[0].tolist())
+            plan = "\n".join(row[0] for row in s.execute(text("EXPLAIN " + sql.text), params))
+            assert f"Index Scan using {pgvector.hnsw_name('image', MODEL)}" in plan
+            for kind, options in [("image", {}), ("image", {"group_by": "study_uid"}),
+                                  ("report", {"exclude": ["2.1"]}), ("image", {"filters": {"modality": "MR"}})]:
+                index = exact_index(store, kind)
+                found = [{h.key for h in pgvector.search(s, kind, MODEL, q, 5, **options)} for q in queries]
+                exact = [{h.key for h in index.search(q, 5, **options)} for q in queries]
+                recall = sum(len(f & e) for f, e in zip(found, exact)) / sum(map(len, exact))
+                assert [len(f) for f in found] == [len(e) for e in exact] and recall >= 0.9, (kind, options, recall)
+            # A filter too selective for the candidates: the search widens, then scans exactly.
+            only = exact_index(store, "image").search(queries[0], 3, filters={"sop_instance_uid": "2.7.0.0"})
+            assert [h.key for h in pgvector.search(s, "image", MODEL, queries[0], 3,
+                                                  filters={"sop_instance_uid": "2.7.0.0"})] == [h.key for h in only]
+        with store._engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"include_object": pgvector.include_object})
+            assert compare_metadata(context, Base.metadata) == []
