@@ -144,6 +144,7 @@ def test_pgvector_needs_postgres_and_enabling(tmp_path, postgres_url):
             store.search_vectors("image", MODEL, np.ones((1, DIM), np.float32), filters={"modality": [1]})
 
 
+@pytest.mark.filterwarnings("ignore:Did not recognize type 'vector'")  # SQLAlchemy reflects it as NullType
 def test_an_hnsw_index_is_used_and_finds_nearly_the_exact_hits(postgres_url):
     with filled_store(postgres_url) as store:
         with pytest.raises(StoreError, match="pgvector is not enabled"):
