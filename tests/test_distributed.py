@@ -76,12 +76,17 @@ def _gradients(model: DualEncoder) -> dict[str, torch.Tensor | None]:
     return {name: None if p.grad is None else p.grad.detach().clone() for name, p in model.named_parameters()}
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank: its rows of the global batch through the DDP-wrapped model, gathered loss, backward."""
+def _join_gloo(rank: int, world_size: int, port: int):
+    """This process as rank `rank` of a gloo group on loopback, one thread; its DistributedContext."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    return init_distributed("cpu")
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One rank: its rows of the global batch through the DDP-wrapped model, gathered loss, backward."""
+    ctx = _join_gloo(rank, world_size, port)
     model, loss_fn = _model_and_loss()
     net = wrap_model(model, ctx, torch.device("cpu"))
     results = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -21,12 +20,12 @@ from medcm.align import positive_mask
 from medcm.checkpoint import load_trainer_state
 from medcm.config import validate_config
 from medcm.data import read_manifest, split_records
-from medcm.distributed import DistributedContext, close_distributed, init_distributed, wrap_model
+from medcm.distributed import DistributedContext, close_distributed, wrap_model
 from medcm.synthetic import write_dataset
 from medcm.train import _accumulated_step, micro_batch_size, train
 
 sys.path.insert(0, str(Path(__file__).parent))  # spawned workers import this module and test_distributed by name
-from test_distributed import CASES, TEXTS, _free_port, _gradients, _model_and_loss, _rows  # noqa: E402
+from test_distributed import CASES, TEXTS, _free_port, _gradients, _join_gloo, _model_and_loss, _rows  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -159,10 +158,7 @@ DDP_SCENARIOS = [8, 6, 5]
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = _join_gloo(rank, world_size, port)
     model, loss_fn = _model_and_loss()
     net = wrap_model(model, ctx, CPU)
     results = []
