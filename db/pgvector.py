@@ -13,7 +13,9 @@ this store), and `fill_missing` converts NULL rows before each search (a partial
 
 Search is exact (a sequential scan, `<=>` cosine distance) with the semantics of
 `medcm.index.VectorIndex.search`: case-insensitive filters (a report matches a modality or body
-part when any of its study's instances has it), `exclude`, `group_by`, ties by key ascending.
+part when any of its study's instances has it), `exclude`, `group_by`, ties by key ascending. An
+HNSW index built by `create_hnsw` makes the search of its (kind, model) approximate and fast: the
+same query over the index's nearest candidates.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def search(s: Session, kind: str, model_id: str, query: np.ndarray, k: int,
     Keys and metadata are those of `CaseStore.embedding_matrix` ("image": SOPInstanceUID;
     "report": StudyInstanceUID, its newest report version that has an embedding). Exact, unless
     (kind, model_id) has an HNSW index (`create_hnsw`): then the hits are searched among the index's
-    approximate nearest candidates (4k at first, 4x more while fewer than k pass the filters,
+    approximate nearest candidates (max(40, 4k) at first, 4x more while fewer than k pass the filters,
     exact past HNSW_MAX_FETCH) and scored exactly.
 
     Raises:
