@@ -199,8 +199,20 @@ def search(s: Session, kind: str, model_id: str, query: np.ndarray, k: int,
     Raises:
         StoreError: a filter value that is not a string.
     """
-    q = np.asarray(query, np.float32).tolist()
+    return search_batch(s, kind, model_id, np.reshape(query, (1, -1)), k, filters, exclude, group_by)[0]
+
+
+def search_batch(s: Session, kind: str, model_id: str, queries: np.ndarray, k: int,
+                 filters: dict[str, str | Collection[str]] | None = None, exclude: Collection[str] = (),
+                 group_by: str | None = None) -> list[list[VectorHit]]:
+    """`search` for each row of `queries` [Q, D]; the HNSW index is looked up once."""
     dim = hnsw_dim(s, kind, model_id)
+    return [_search_one(s, kind, model_id, np.asarray(query, np.float32).tolist(), k, filters, exclude, group_by, dim)
+            for query in queries]
+
+
+def _search_one(s: Session, kind: str, model_id: str, q: list[float], k: int, filters, exclude, group_by,
+                dim: int | None) -> list[VectorHit]:
     fetch = max(40, 4 * k)
     while dim is not None and fetch <= HNSW_MAX_FETCH:
         # The graph search keeps ef_search candidates: at least HNSW_EF_SEARCH, for recall (pgvector's default: 40).
@@ -217,8 +229,18 @@ def _run(s: Session, kind: str, model_id: str, q: list[float], k: int, filters, 
     sql, params = _search_sql(kind, filters or {}, exclude, group_by, model_id, candidates)
     params.update(model_id=model_id, k=k, q=q)
     rows = s.execute(sql, params).all()
-    hits = [VectorHit(row.key, 1.0 - float(row.distance), _meta(kind, row)) for row in rows]
-    return _with_study_tags(s, hits) if kind == "report" else hits
+    if kind == "image":
+        return [VectorHit(row.key, 1.0 - float(row.distance), {"study_uid": row.study_uid, "sop_instance_uid": row.key,
+                                                              "modality": row.modality, "body_part": row.body_part})
+                for row in rows]
+    tags = study_tags(s, [row.study_id for row in rows])  # a report's meta: its study's modalities and body parts
+    hits = []
+    for row in rows:
+        modalities, body_parts = tags.get(row.study_id, ((), ()))
+        meta = {"study_uid": row.key, "modality": ",".join(modalities), "body_part": ",".join(body_parts),
+                "report_version": str(row.version)}
+        hits.append(VectorHit(row.key, 1.0 - float(row.distance), meta))
+    return hits
 
 
 def _dim(s: Connection | Session, kind: str, model_id: str) -> int | None:
@@ -289,23 +311,3 @@ def _search_sql(kind: str, filters: dict[str, str | Collection[str]], exclude: C
                " ORDER BY distance, key LIMIT :k")
     statement = text(prefix + sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
     return statement, params
-
-
-def _meta(kind: str, row) -> dict[str, str]:
-    if kind == "image":
-        return {"study_uid": row.study_uid, "sop_instance_uid": row.key, "modality": row.modality,
-                "body_part": row.body_part}
-    return {"study_uid": row.key, "report_version": str(row.version), "_study_id": str(row.study_id)}
-
-
-def _with_study_tags(s: Session, hits: list[VectorHit]) -> list[VectorHit]:
-    """Report hits with their study's modalities and body parts, as `embedding_matrix` gives them."""
-    ids = [int(hit.meta["_study_id"]) for hit in hits]
-    tags = study_tags(s, ids)
-    tagged = []
-    for hit, study_id in zip(hits, ids):
-        modalities, body_parts = tags.get(study_id, ((), ()))
-        meta = {"study_uid": hit.key, "modality": ",".join(modalities), "body_part": ",".join(body_parts),
-                "report_version": hit.meta["report_version"]}
-        tagged.append(VectorHit(hit.key, hit.score, meta))
-    return tagged

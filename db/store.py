@@ -493,7 +493,7 @@ class CaseStore:
             with self._session(write=True) as s:
                 pgvector.fill_missing(s)
         with self._session() as s:
-            return [pgvector.search(s, kind, model_id, query, k, filters, exclude, group_by) for query in queries]
+            return pgvector.search_batch(s, kind, model_id, queries, k, filters, exclude, group_by)
 
     def events(self, study_uid: str | None = None, kind: str | None = None, limit: int = 1000,
                user: str | None = None) -> list[dict]:

@@ -333,10 +333,7 @@ class VectorIndex(SingleQuerySearch):
     def _row_mask(self, filters, exclude) -> np.ndarray | None:
         """Rows allowed by `filters` and not in `exclude`, bool [N]; None when every row is allowed."""
         mask = None
-        for field, allowed in (filters or {}).items():
-            values = list(allowed) if isinstance(allowed, Collection) and not isinstance(allowed, str) else [allowed]
-            if not all(isinstance(v, str) for v in values):
-                raise ValueError(f"filter {field!r} has values {values!r}, expected str or a collection of str")
+        for field, values in filter_values(filters).items():
             codes, table = self._field_codes(field, fold=True)
             allowed_set = {v.casefold() for v in values}
             # A comma-separated value (a study with several modalities: "CT,MR") matches on any part.
@@ -387,6 +384,21 @@ def _normalised_queries(queries: np.ndarray, dim: int) -> np.ndarray:
     if bad.size:
         raise ValueError(f"query {bad[0]} has norm {norms[bad[0]]}, expected finite and non-zero")
     return (q / norms[:, None]).astype(np.float32)
+
+
+def filter_values(filters: dict[str, str | Collection[str]] | None) -> dict[str, list[str]]:
+    """Each filter field's allowed values as a list (one string is one value, not its characters).
+
+    Raises:
+        ValueError: a value that is not a string.
+    """
+    checked = {}
+    for field, allowed in (filters or {}).items():
+        values = list(allowed) if isinstance(allowed, Collection) and not isinstance(allowed, str) else [allowed]
+        if not all(isinstance(v, str) for v in values):
+            raise ValueError(f"filter {field!r} has values {values!r}, expected str or a collection of str")
+        checked[field] = values
+    return checked
 
 
 def _positive(name: str, value: int) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medcm.index import Hit, SingleQuerySearch, _normalised_queries, _positive
+from medcm.index import Hit, SingleQuerySearch, _normalised_queries, _positive, filter_values
 
 
 class VectorSearchStore(Protocol):
@@ -46,9 +46,5 @@ class PgVectorIndex(SingleQuerySearch):
         """`search` for each row of `queries` [Q, D], sharing filters, exclude and group_by; [Q] hit lists."""
         q = _normalised_queries(queries, self.dim)
         k = _positive("k", k)
-        for field, allowed in (filters or {}).items():
-            values = [allowed] if isinstance(allowed, str) else list(allowed)
-            if not all(isinstance(v, str) for v in values):
-                raise ValueError(f"filter {field!r} has values {values!r}, expected str or a collection of str")
-        found = self.store.search_vectors(self.kind, self.model_id, q, k, filters, exclude, group_by)
+        found = self.store.search_vectors(self.kind, self.model_id, q, k, filter_values(filters), exclude, group_by)
         return [[Hit(hit.key, hit.score, dict(hit.meta)) for hit in hits] for hits in found]
