@@ -12,7 +12,7 @@ trigger resets it to NULL when a blob is replaced without it (a writer that pred
 this store), and `fill_missing` converts NULL rows before each search (a partial index finds them).
 
 Search is exact (a sequential scan, `<=>` cosine distance) with the semantics of
-`medcm.index.VectorIndex.search`: case-insensitive filters (a report matches a modality or body
+`medcm.index.exact.VectorIndex.search`: case-insensitive filters (a report matches a modality or body
 part when any of its study's instances has it), `exclude`, `group_by`, ties by key ascending. An
 HNSW index built by `create_hnsw` makes the search of its (kind, model) approximate and fast: the
 same query over the index's nearest candidates.

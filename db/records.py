@@ -1,7 +1,7 @@
 """What goes into the case store and what comes out: plain frozen records keyed by DICOM UIDs.
 
 `db.store` re-exports all of these; import them from there. The store only reads the attributes of
-its inputs, so any object with the same fields (e.g. `medcm.records`) will do.
+its inputs, so any object with the same fields (e.g. `medcm.engine.records`) will do.
 """
 
 from __future__ import annotations

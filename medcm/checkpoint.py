@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from medcm.align import DualEncoder
+from medcm.model.align import DualEncoder
 from medcm.config import MedcmConfig, config_from_dict, config_to_dict, validate_config
-from medcm.encoders.text import weights_fingerprint
+from medcm.model.encoders.text import weights_fingerprint
 from medcm.fileio import replace_folder, sha256_of_files
 
 CONFIG_FILE = "config.json"

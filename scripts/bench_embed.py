@@ -1,14 +1,14 @@
 """Benchmark: embedding throughput of `medcm embed` (studies/s, images/s) over a synthetic case store.
 
 Two SQLite stores are built (ingested without a checkpoint, so nothing is embedded yet):
-- "2D": `--studies` synthetic radiographs (`medcm.synthetic.write_dataset`, one image and one
+- "2D": `--studies` synthetic radiographs (`medcm.data.synthetic_radiographs.write_dataset`, one image and one
   report per study, `--size` px);
-- "CT": `--ct-studies` synthetic chest CT series (`medcm.synthetic_volume`, `--depth` slices of
+- "CT": `--ct-studies` synthetic chest CT series (`medcm.data.synthetic_ct`, `--depth` slices of
   `--size` px; `--ct-studies 0` skips them), embedded one vector per series by the volume encoder.
 
 Each repeat embeds the whole store with a NEW untrained checkpoint of `--config` (another seed, so
 another model_id: a study is "done" once it has vectors of that model_id, so every repeat embeds
-everything again; the store keeps the earlier models' rows). The run is `medcm.embed_archive.
+everything again; the store keeps the earlier models' rows). The run is `medcm.engine.embed_archive.
 embed_archive`, the function `Engine.embed_archive` (and `medcm embed`) calls, with the engine and
 store wrapped in timers: image encoder (`Engine.embed_visual`: resizing or volume assembly and the
 encoders), text encoder, store queries (`studies_to_embed`), store writes (`add_embeddings`); the
@@ -35,15 +35,15 @@ import pydicom
 import torch
 
 from db.store import CaseStore
-from medcm.align import DualEncoder
+from medcm.model.align import DualEncoder
 from medcm.checkpoint import save_checkpoint
 from medcm.config import MedcmConfig, get_config
-from medcm.dicom import read_instance
-from medcm.embed_archive import EmbedSummary, embed_archive
-from medcm.engine import Engine
+from medcm.dicom.read import read_instance
+from medcm.engine.embed_archive import EmbedSummary, embed_archive
+from medcm.engine.facade import Engine
 from medcm.runtime import cpu_name
-from medcm.synthetic import write_dataset
-from medcm.synthetic_volume import write_volume_dataset
+from medcm.data.synthetic_radiographs import write_dataset
+from medcm.data.synthetic_ct import write_volume_dataset
 
 PARTS = ("read + decode + display (rest)", "image encoder", "text encoder", "store queries", "store writes")
 

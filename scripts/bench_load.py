@@ -36,9 +36,9 @@ def main() -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from db.store import CaseStore
-    from medcm.deid import DeidConfig
-    from medcm.deid_files import default_key_file, load_or_create_key
-    from medcm.serve import data_dirs, prepare_demo, serve
+    from medcm.dicom.deid import DeidConfig
+    from medcm.dicom.deid_copies import default_key_file, load_or_create_key
+    from medcm.cli.serve import data_dirs, prepare_demo, serve
     from ui.load import check_store, format_summary, run_load
 
     _, run = prepare_demo(args.demo_dir, progress=False)

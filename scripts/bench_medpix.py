@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-MEDCM = [sys.executable, "-m", "medcm.cli"]
+MEDCM = [sys.executable, "-m", "medcm.cli.commands"]
 METRICS = ("BLEU-1", "BLEU-4", "ROUGE-L", "METEOR")
 
 

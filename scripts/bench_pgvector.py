@@ -28,14 +28,14 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from db import pgvector  # noqa: E402
 from db.store import CaseStore, EmbeddingInput, InstanceInput  # noqa: E402
-from medcm.index import VectorIndex  # noqa: E402
+from medcm.index.exact import VectorIndex  # noqa: E402
 from medcm.runtime import cpu_name  # noqa: E402
 
 from bench_search import DIM, K, timed  # noqa: E402
 
 MODEL, PER_STUDY, CHUNK, RECALL_QUERIES = "bench", 4, 5_000, 50
 CLUSTER_SPREAD = 0.5  # noise norm around a centre: cosine to the centre ~0.9
-SEARCHES = {  # name -> search options, as medcm.engine asks them
+SEARCHES = {  # name -> search options, as medcm.engine.facade asks them
     "top-10 images": {},
     "top-10 studies (best image each)": {"group_by": "study_uid"},
     "top-10 studies, modality MR": {"group_by": "study_uid", "filters": {"modality": "MR"}},

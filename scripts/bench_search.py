@@ -21,7 +21,7 @@ from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from medcm.index import VectorIndex  # noqa: E402
+from medcm.index.exact import VectorIndex  # noqa: E402
 from medcm.runtime import cpu_name  # noqa: E402
 
 DIM, K, BATCH = 256, 10, 64
@@ -59,7 +59,7 @@ def methods(vectors: np.ndarray, keys: list[str]) -> dict[str, tuple[float, int,
         print("faiss-cpu not installed: FAISS rows skipped (pip install 'medcm[faiss]')")
         return out
     faiss.omp_set_num_threads(2)
-    from medcm.index_faiss import FaissIndex
+    from medcm.index.faiss import FaissIndex
 
     start = time.perf_counter()
     flat = faiss.IndexFlatIP(DIM)

@@ -24,12 +24,12 @@ import pydicom
 import torch
 
 from db.store import CaseStore
-from medcm.align import DualEncoder
+from medcm.model.align import DualEncoder
 from medcm.checkpoint import save_checkpoint
 from medcm.config import get_config
-from medcm.engine import Engine, read_images
-from medcm.index import VectorIndex
-from medcm.synthetic import write_dataset
+from medcm.engine.facade import Engine, read_images
+from medcm.index.exact import VectorIndex
+from medcm.data.synthetic_radiographs import write_dataset
 
 
 def _median_seconds(function, repeats: int) -> float:

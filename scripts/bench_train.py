@@ -18,14 +18,14 @@ from pathlib import Path
 import pydicom
 import torch
 
-from medcm.align import AlignmentLoss, DualEncoder
+from medcm.model.align import AlignmentLoss, DualEncoder
 from medcm.config import get_config
-from medcm.data import PairedImageDataset, read_manifest, records_to_pairs
-from medcm.distributed import DistributedContext
-from medcm.preprocess import normalize
+from medcm.data.manifest import PairedImageDataset, read_manifest, records_to_pairs
+from medcm.model.distributed import DistributedContext
+from medcm.model.preprocess import normalize
 from medcm.runtime import seed_everything
-from medcm.synthetic import write_dataset
-from medcm.train import _train_epoch
+from medcm.data.synthetic_radiographs import write_dataset
+from medcm.model.train import _train_epoch
 
 
 def _rate(count: int, seconds: float) -> str:

@@ -4,13 +4,13 @@ For each config (default: cpu-small, medpix-cpu, gpu-default), at the config's o
 batch size (`--batch-size` overrides it for all), three measurements, each a warm-up of `--warmup`
 steps and then the median (min–max) over `--repeats` timed chunks of `--steps` steps:
 
-- "full step": `medcm.train._train_epoch` (the real loop: augmentation, normalisation, forward of
+- "full step": `medcm.model.train._train_epoch` (the real loop: augmentation, normalisation, forward of
   both towers, InfoNCE (+ the multi-task head), backward, clipping, AdamW) on synthetic 2D pairs
-  (`medcm.synthetic.write_dataset`), each chunk one "epoch" of exactly `steps` batches;
+  (`medcm.data.synthetic_radiographs.write_dataset`), each chunk one "epoch" of exactly `steps` batches;
 - "image tower": forward+backward of the 2D image encoder alone, InfoNCE against cached text
   vectors, AdamW on the tower; its FLOPs counted once (FlopCounterMode), so FLOP/s are reported;
 - "volume encoder" (configs with `model.volume`): the same for the volume encoder on synthetic CT
-  series (`medcm.synthetic_volume`), `--volume-batch` volumes per step; pairs = volumes.
+  series (`medcm.data.synthetic_ct`), `--volume-batch` volumes per step; pairs = volumes.
 
 medpix-cpu's multi-task head is trained on the synthetic class labels (same cost as its region head).
 Data are decoded to memory first (as `medcm train` does) and DataLoader workers are `--workers`
@@ -39,15 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from medcm.align import AlignmentLoss, DualEncoder, infonce_loss
+from medcm.model.align import AlignmentLoss, DualEncoder, infonce_loss
 from medcm.config import MedcmConfig, get_config, validate_config, with_overrides
-from medcm.data import PairedImageDataset, read_manifest, records_to_pairs
-from medcm.distributed import DistributedContext
-from medcm.preprocess import normalize
+from medcm.data.manifest import PairedImageDataset, read_manifest, records_to_pairs
+from medcm.model.distributed import DistributedContext
+from medcm.model.preprocess import normalize
 from medcm.runtime import cpu_name, seed_everything
-from medcm.synthetic import write_dataset
-from medcm.synthetic_volume import write_volume_dataset
-from medcm.train import _autocast, _memory_format, _speed_options, _train_epoch, build_optimizer, with_aux_classes
+from medcm.data.synthetic_radiographs import write_dataset
+from medcm.data.synthetic_ct import write_volume_dataset
+from medcm.model.train import _autocast, _memory_format, _speed_options, _train_epoch, build_optimizer, with_aux_classes
 
 CONFIGS = ("cpu-small", "medpix-cpu", "gpu-default")
 # On a CPU, unless given: (warm-up steps, steps per chunk, batch). DenseNet121 at 256 px costs ~21 GFLOP per
@@ -90,7 +90,7 @@ def _timed_rates(chunk: Callable[[int], None], pairs: int, repeats: int, device:
 
 def bench_full_step(config: MedcmConfig, pairs: list, batch: int, warmup: int, steps: int, repeats: int,
                     device: torch.device) -> list[float]:
-    """Pairs/s of `medcm.train._train_epoch` over chunks of exactly `steps` batches of 2D pairs."""
+    """Pairs/s of `medcm.model.train._train_epoch` over chunks of exactly `steps` batches of 2D pairs."""
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, volume=None))  # 2D data only
     model = DualEncoder(config.model, config.preprocess.image_size).to(device)
     _speed_options(model, config)

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcm.align import infonce_loss
+from medcm.model.align import infonce_loss
 from medcm.config import get_config
-from medcm.encoders.image import ImageEncoder
-from medcm.encoders.volume import VolumeEncoderConfig, build_volume_encoder, prepare_volume
+from medcm.model.encoders.image import ImageEncoder
+from medcm.model.encoders.volume import VolumeEncoderConfig, build_volume_encoder, prepare_volume
 from medcm.runtime import cpu_name
 
 

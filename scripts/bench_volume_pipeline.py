@@ -1,7 +1,7 @@
 """Benchmark: volume encoders through the real training loop, "3d" vs "2.5d" vs slice by slice (issue 7).
 
 Unlike `bench_volume_retrieval.py` (each encoder in its own minimal loop against fixed text
-vectors), every run here is `medcm.train.train` as `medcm train --volume-encoder KIND` runs it: the
+vectors), every run here is `medcm.model.train.train` as `medcm train --volume-encoder KIND` runs it: the
 named config (default cpu-small: frozen MiniLM with a trained projection, augmentation, warm-up
 and cosine schedule), the checkpoint picked on 10% of the training cases held out, then reloaded.
 
@@ -10,7 +10,7 @@ and cosine schedule), the checkpoint picked on 10% of the training cases held ou
 - "none": no volume encoder: every slice is a 2D training pair, and a study is the normalised mean
   of its slices' embeddings, as the engine does for a checkpoint without a volume encoder.
 
-Data: `medcm.synthetic_volume` chest CT series (nodule, effusion, rib fracture or normal, with side
+Data: `medcm.data.synthetic_ct` chest CT series (nodule, effusion, rib fracture or normal, with side
 and level in the report), a new set per seed. On the dev split: image→report R@1/5/10 among the
 distinct dev reports, finding P@1 (the nearest dev report names the case's finding) overall and per
 finding, training seconds, and query embedding volumes/s (series already prepared in memory).
@@ -35,10 +35,10 @@ import torch.nn.functional as F
 
 from medcm.checkpoint import load_checkpoint
 from medcm.config import get_config, with_overrides, with_volume_kind
-from medcm.data import PairedImageDataset, read_manifest, records_to_pairs, split_records
+from medcm.data.manifest import PairedImageDataset, read_manifest, records_to_pairs, split_records
 from medcm.runtime import cpu_name
-from medcm.synthetic_volume import FINDINGS, write_volume_dataset
-from medcm.train import embed_dataset, train
+from medcm.data.synthetic_ct import FINDINGS, write_volume_dataset
+from medcm.model.train import embed_dataset, train
 
 KINDS = ("3d", "2.5d", "none")
 

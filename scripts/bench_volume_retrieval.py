@@ -1,6 +1,6 @@
 """Benchmark: retrieval quality and CPU speed of the volume encoders, "3d" vs "2.5d" (issue 7, point 2).
 
-On the synthetic chest-CT set (`medcm.synthetic_volume`: nodule / effusion / rib fracture / normal,
+On the synthetic chest-CT set (`medcm.data.synthetic_ct`: nodule / effusion / rib fracture / normal,
 side and level in the report), each encoder's image side is trained with InfoNCE against the FROZEN
 text tower of a `cpu-small` `DualEncoder` (each report embedded once, under no_grad, through the
 transformer and the text projection as initialised); only the image side and the logit scale learn.
@@ -10,8 +10,8 @@ transformer and the text projection as initialised); only the image side and the
   `n_slices` evenly spaced slices of `size` px, gated attention pooling;
 - "middle slice 2D": the same 2D tower on the middle slice only (the baseline a volume encoder must beat).
 
-The series are written as DICOM, read back with `medcm.volume_io.read_volumes` and prepared once with
-`prepare_volume` (CT window 40/400, `medcm.preprocess.normalize`); tensors stay in memory. No
+The series are written as DICOM, read back with `medcm.dicom.series.read_volumes` and prepared once with
+`prepare_volume` (CT window 40/400, `medcm.model.preprocess.normalize`); tensors stay in memory. No
 augmentation. Reported on the dev split: image→report R@1/5/10 (rank of the case's own report among
 the distinct dev reports; identical texts count as one), finding P@1 (the nearest dev report has the
 case's finding class), P@1 per finding, train seconds, and inference volumes/s (eval forward on
@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcm.align import DualEncoder, infonce_loss, positive_mask
+from medcm.model.align import DualEncoder, infonce_loss, positive_mask
 from medcm.config import get_config
-from medcm.encoders.volume import VolumeEncoderConfig, build_volume_encoder, prepare_volume
-from medcm.preprocess import normalize
+from medcm.model.encoders.volume import VolumeEncoderConfig, build_volume_encoder, prepare_volume
+from medcm.model.preprocess import normalize
 from medcm.runtime import cpu_name
-from medcm.synthetic_volume import FINDINGS, write_volume_dataset
-from medcm.volume_io import read_volumes
+from medcm.data.synthetic_ct import FINDINGS, write_volume_dataset
+from medcm.dicom.series import read_volumes
 
 ENCODERS = ("3d", "2.5d", "middle slice 2D")
 METRICS = ("R@1", "R@5", "R@10", "finding P@1", "train s", "infer vol/s", "prepare ms/vol")
@@ -61,7 +61,7 @@ class Case:
 
 
 def load_cases(args: argparse.Namespace, seed: int, folder: Path) -> list[Case]:
-    """Write the synthetic set for `seed` and read every series back through `medcm.volume`."""
+    """Write the synthetic set for `seed` and read every series back through `medcm.dicom.volume`."""
     manifest = write_volume_dataset(folder, args.train, args.dev, seed=seed, depth=args.depth, size=args.size)
     cases = []
     for line in map(json.loads, manifest.read_text(encoding="utf-8").splitlines()):
@@ -84,7 +84,7 @@ def prepare(name: str, cases: list[Case], config: VolumeEncoderConfig) -> tuple[
     preprocess = get_config("cpu-small").preprocess
     start, tensors = time.perf_counter(), []
     for case in cases:
-        if name == "middle slice 2D":  # the slice `medcm.preprocess.select_frame` would pick
+        if name == "middle slice 2D":  # the slice `medcm.model.preprocess.select_frame` would pick
             middle = case.voxels.shape[0] // 2
             tensors.append(prepare_volume(case.voxels[middle : middle + 1], case.spacing, "CT", config)[0])
         else:

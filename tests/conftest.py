@@ -43,7 +43,7 @@ def tiny_model(tiny_config):
     """A freshly initialised tiny dual encoder (shared: tests must not train it in place)."""
     import torch
 
-    from medcm.align import DualEncoder
+    from medcm.model.align import DualEncoder
 
     torch.manual_seed(0)
     return DualEncoder(tiny_config.model, tiny_config.preprocess.image_size).eval()
@@ -52,7 +52,7 @@ def tiny_model(tiny_config):
 @pytest.fixture(scope="session")
 def synthetic_manifest(tmp_path_factory):
     """Synthetic shapes cases at 64 px: 20 training cases per class, one dev case per class."""
-    from medcm.synthetic import CLASSES, write_dataset
+    from medcm.data.synthetic_radiographs import CLASSES, write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("synth"), n_train=20 * len(CLASSES), n_dev=len(CLASSES), image_size=64)
 
@@ -76,8 +76,8 @@ def small_model_config(arch: str = "resnet10", epochs: int = 1, batch_size: int 
 @pytest.fixture(scope="session")
 def trained_run(synthetic_manifest, tmp_path_factory):
     """A model trained for a few hundred steps on the synthetic cases (about half a minute on 2 cores)."""
-    from medcm.data import read_manifest, split_records
-    from medcm.train import train
+    from medcm.data.manifest import read_manifest, split_records
+    from medcm.model.train import train
 
     train_records, dev_records = split_records(read_manifest(synthetic_manifest), "train", "dev", 0.0, 0)
     return train(small_model_config(epochs=15, batch_size=32), train_records, dev_records,
@@ -100,7 +100,7 @@ def untrained_checkpoint(tmp_path_factory):
 
     import torch
 
-    from medcm.align import DualEncoder
+    from medcm.model.align import DualEncoder
     from medcm.checkpoint import save_checkpoint
     from medcm.config import VolumeEncoderConfig, get_config
 

@@ -16,11 +16,11 @@ import gradio as gr
 from gradio import utils as gradio_utils
 
 from db.store import CaseStore, ReportView
-from medcm.dicom import DicomImage
-from medcm.draft import Draft
-from medcm.engine import Engine, SimilarCase
-from medcm.export import EXPORT_FORMATS, export_filename, export_report, pick_report, save_export
-from medcm.text import split_sections
+from medcm.dicom.read import DicomImage
+from medcm.report.draft import Draft
+from medcm.engine.facade import Engine, SimilarCase
+from medcm.dicom.sr import EXPORT_FORMATS, export_filename, export_report, pick_report, save_export
+from medcm.report.text import split_sections
 from ui.auth import Login, log_view, require
 from ui.errors import readable_errors, user_error
 from ui.study import ingest_upload, load_study, read_study

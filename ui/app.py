@@ -56,8 +56,8 @@ from typing import Any
 import gradio as gr
 
 from db.store import CaseStore
-from medcm.engine import Engine
-from medcm.export import EXPORT_FORMATS
+from medcm.engine.facade import Engine
+from medcm.dicom.sr import EXPORT_FORMATS
 from ui.api import MAX_K, Endpoints
 from ui.handlers import (
     AUDIT_KINDS,

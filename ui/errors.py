@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-from medcm.dicom import DicomReadError
+from medcm.dicom.read import DicomReadError
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import pandas as pd
 from PIL import Image
 
 from db.store import CaseStore
-from medcm.draft import DraftSentence
-from medcm.engine import Engine, ImageMatch, SimilarCase
-from medcm.text import split_sections
+from medcm.report.draft import DraftSentence
+from medcm.engine.facade import Engine, ImageMatch, SimilarCase
+from medcm.report.text import split_sections
 from ui import render
 from ui.api import check_k, draft_study, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require

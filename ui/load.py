@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from medcm.dicom import write_image
+from medcm.dicom.read import write_image
 
 RESEND_EVERY = 4  # every 4th round re-sends an earlier upload (it must not be stored twice)
 

@@ -12,9 +12,9 @@ import pandas as pd
 from PIL import Image
 
 from db.store import CaseStore, ReportView, StoreError, StudyView, UserView
-from medcm.dicom import DicomImage
-from medcm.draft import Draft, DraftSentence
-from medcm.engine import ImageMatch, SimilarCase
+from medcm.dicom.read import DicomImage
+from medcm.report.draft import Draft, DraftSentence
+from medcm.engine.facade import ImageMatch, SimilarCase
 
 VIEW_MAX_PX = 1024
 VIEW_MIN_PX = 512  # small images are magnified (nearest neighbour: every pixel stays a visible square)

@@ -26,11 +26,11 @@ from gradio import utils as gradio_utils
 from pydicom.errors import InvalidDicomError
 
 from db.store import CaseStore, InstanceView
-from medcm.deid_files import read_source
-from medcm.dicom import WINDOW_PRESETS, DicomImage, DicomReadError, read_instance
-from medcm.engine import Engine, IngestResult
-from medcm.limits import UploadLimits, UploadRejected, check_upload
-from medcm.volume import VOLUME_MODALITIES, slice_positions, spacing_problems
+from medcm.dicom.deid_copies import read_source
+from medcm.dicom.read import WINDOW_PRESETS, DicomImage, DicomReadError, read_instance
+from medcm.engine.facade import Engine, IngestResult
+from medcm.dicom.limits import UploadLimits, UploadRejected, check_upload
+from medcm.dicom.volume import VOLUME_MODALITIES, slice_positions, spacing_problems
 from ui.errors import one_line, user_error
 
 DEFAULT_PRESET = "default"

@@ -6,7 +6,7 @@ query's own case); image→image region/modality precision and drafting use the 
 query never sees its own report. Draft metrics compare each query case's drafted FINDINGS with
 its written Findings, and the same metrics are computed in the same run for the baselines of
 `medcm.eval.baselines`. An image row is one image, or, when the checkpoint has a volume encoder, one
-CT/MR/PT series embedded as a volume (`medcm.visual`).
+CT/MR/PT series embedded as a volume (`medcm.engine.embed`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from medcm.checkpoint import Checkpoint
-from medcm.data import ImageReadError, ManifestRecord, load_image
-from medcm.draft import DraftConfig, SourceCase, draft_findings
+from medcm.data.manifest import ImageReadError, ManifestRecord, load_image
+from medcm.report.draft import DraftConfig, SourceCase, draft_findings
 from medcm.eval.baselines import (
     consensus_report,
     oracle_reports,
@@ -30,10 +30,10 @@ from medcm.eval.baselines import (
 )
 from medcm.eval.metrics import corpus_meteor, draft_metrics
 from medcm.eval.retrieval import DEFAULT_KS, case_retrieval_metrics, first_hit_ranks
-from medcm.preprocess import prepare_image
-from medcm.text import findings_text, report_text_for_training
-from medcm.visual import PreparedVolume, encode_inputs, has_volume_encoder, try_prepare_series
-from medcm.volume_io import group_series
+from medcm.model.preprocess import prepare_image
+from medcm.report.text import findings_text, report_text_for_training
+from medcm.engine.embed import PreparedVolume, encode_inputs, has_volume_encoder, try_prepare_series
+from medcm.dicom.series import group_series
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def embed_records(checkpoint: Checkpoint, records: list[ManifestRecord], device:
                   progress: bool = False) -> EmbeddedSet:
     """Embed every readable image and every report of `records` with the checkpoint's model.
 
-    Each image is one row; with a volume encoder (`medcm.visual`), each CT/MR/PT series of a case is
+    Each image is one row; with a volume encoder (`medcm.engine.embed`), each CT/MR/PT series of a case is
     one row instead (metadata: that of the series' first file), and a series that does not read as
     a trustworthy volume falls back to one row per image, with a line in `errors` naming it.
     Unreadable images are skipped and listed in `errors` (one line each, naming the file); a case

@@ -1,6 +1,6 @@
 """Report-generation metrics: BLEU-1..4, ROUGE-L and, where Java is present, METEOR.
 
-Texts are normalised with :func:`medcm.text.normalize_for_metrics` (lower case, no
+Texts are normalised with :func:`medcm.report.text.normalize_for_metrics` (lower case, no
 punctuation) and split on spaces. BLEU and ROUGE-L then reproduce pycocoevalcap's
 ``Bleu(4)`` (``option="closest"``) and ``Rouge`` operation for operation, so the numbers
 match the ones report-generation papers quote. METEOR needs the METEOR 1.5 jar, which
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcm.text import ngram_counts, normalize_for_metrics
+from medcm.report.text import ngram_counts, normalize_for_metrics
 
 __all__ = ["NgramStats", "best_by_sentence_bleu", "corpus_bleu", "corpus_meteor",
            "draft_metrics", "mean_rouge_l", "meteor_available", "rouge_l", "sentence_bleu",

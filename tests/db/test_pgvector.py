@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from db import pgvector
 from db.models import Base
 from db.store import CaseStore, EmbeddingInput, InstanceInput, ReportInput, StoreError
-from medcm.index import VectorIndex
+from medcm.index.exact import VectorIndex
 
 MODEL, OTHER_MODEL, DIM = "model-a", "model-b", 16
 MODALITIES, BODY_PARTS = ("CT", "MR", "CR"), ("CHEST", "HEAD", "Abdomen")

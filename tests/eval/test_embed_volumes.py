@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from medcm.checkpoint import load_checkpoint
-from medcm.data import load_image, read_manifest
-from medcm.encoders.volume import volume_input
+from medcm.data.manifest import load_image, read_manifest
+from medcm.model.encoders.volume import volume_input
 from medcm.eval.evaluate import embed_records
-from medcm.preprocess import prepare_image
-from medcm.volume_io import read_volume
+from medcm.model.preprocess import prepare_image
+from medcm.dicom.series import read_volume
 
 DEPTH, SIZE = 8, 32
 
@@ -23,7 +23,7 @@ DEPTH, SIZE = 8, 32
 @pytest.fixture(scope="module")
 def records(tmp_path_factory, synthetic_manifest):
     """Two CT cases; the first also lists a DX radiograph after its slices."""
-    from medcm.synthetic_volume import write_volume_dataset
+    from medcm.data.synthetic_ct import write_volume_dataset
 
     cases = read_manifest(write_volume_dataset(tmp_path_factory.mktemp("ct"), n_train=2, n_dev=0, depth=DEPTH, size=SIZE))
     radiograph = str(synthetic_manifest.parent / "cases" / "train-00000" / "image.dcm")

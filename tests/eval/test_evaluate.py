@@ -14,8 +14,8 @@ import pytest
 import medcm.eval.evaluate as evaluate_module
 import medcm.eval.metrics as metrics_module
 from medcm.checkpoint import load_checkpoint, save_checkpoint
-from medcm.data import ManifestRecord, read_manifest
-from medcm.draft import DraftConfig
+from medcm.data.manifest import ManifestRecord, read_manifest
+from medcm.report.draft import DraftConfig
 from medcm.eval.baselines import consensus_report, oracle_reports
 from medcm.eval.evaluate import (
     CURVE_KS,
@@ -31,7 +31,7 @@ from medcm.eval.evaluate import (
 )
 from medcm.eval.metrics import draft_metrics
 from medcm.eval.report import markdown_table, output_paths, write_results
-from medcm.text import split_sentences
+from medcm.report.text import split_sentences
 
 FAKE_METEOR = 0.25
 BLEU_ROUGE = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L"]
@@ -339,7 +339,7 @@ def small_manifest(synthetic_manifest, tmp_path):
 
 
 def test_cli_eval_writes_the_four_files(checkpoint_dir, small_manifest, tmp_path, monkeypatch, capsys):
-    from medcm.cli import main
+    from medcm.cli.commands import main
 
     _patch_meteor(monkeypatch, [])
     out = tmp_path / "r.json"
@@ -361,7 +361,7 @@ def test_cli_eval_writes_the_four_files(checkpoint_dir, small_manifest, tmp_path
 
 
 def test_cli_eval_unknown_split_is_a_one_line_error(checkpoint_dir, small_manifest, tmp_path, capsys):
-    from medcm.cli import main
+    from medcm.cli.commands import main
 
     code = main(["eval", "--checkpoint", str(checkpoint_dir), "--pool-data", str(small_manifest), "--pool-split", "train",
                  "--query-data", str(small_manifest), "--query-split", "test", "--out", str(tmp_path / "r.json"),

@@ -22,8 +22,8 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from db.store import CaseStore  # noqa: E402
-from medcm.dicom import write_image  # noqa: E402
-from medcm.engine import Engine  # noqa: E402
+from medcm.dicom.read import write_image  # noqa: E402
+from medcm.engine.facade import Engine  # noqa: E402
 from ui.app import DISCLAIMER, LAUNCH_OPTIONS, build_app  # noqa: E402
 from ui.auth import make_auth  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
@@ -392,7 +392,7 @@ def test_request_handlers_keep_resolvable_request_hints():
 
 
 def test_a_volume_upload_scrolls_by_position_and_gets_cases_and_a_draft(served, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the series generator
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))  # the series generator
     from test_volume import make_slice
 
     study_uid, series_uid = generate_uid(), generate_uid()
@@ -423,7 +423,7 @@ def _dataset_bytes(ds) -> bytes:
 
 
 def test_a_volume_with_a_missing_slice_is_shown_with_a_warning_naming_the_series(served, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))
     from test_volume import make_slice
 
     study_uid, series_uid = generate_uid(), generate_uid()

@@ -16,13 +16,13 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from db.store import CaseStore  # noqa: E402
-from medcm.deid import DeidConfig  # noqa: E402
-from medcm.engine import Engine  # noqa: E402
+from medcm.dicom.deid import DeidConfig  # noqa: E402
+from medcm.engine.facade import Engine  # noqa: E402
 from ui.app import LAUNCH_OPTIONS, build_app  # noqa: E402
 from ui.auth import make_auth  # noqa: E402
 from ui.load import check_store, run_load  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the planted-identifier dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))  # the planted-identifier dataset
 from test_deid import _bytes, _ct, _planted_strings  # noqa: E402
 
 KEY = b"served-site-secret-0123"
@@ -138,7 +138,7 @@ def _absurd_dicom(path: Path) -> Path:
     ("too many", r"upload refused, nothing stored: .*over the limit of 2"),
 ])
 def test_bad_uploads_are_refused_with_one_line_and_store_nothing(tmp_path, kind, expected):
-    from medcm.limits import UploadLimits
+    from medcm.dicom.limits import UploadLimits
     from ui.study import ingest_upload
 
     good = _bytes(_ct())

@@ -1,0 +1,9 @@
+"""The engine room: the facade the CLI and the app use (`facade.Engine`: ingest, similar cases, text
+search, drafts, sign-off), built from the ingest pipeline (`ingest`), the index cache with its stamp
+files (`indexes`), the embedding pipeline that turns a study into vectors (`embed`), batch embedding of
+a stored archive (`embed_archive`) and the plain records handed to the store (`records`). It talks to
+the store through a protocol and never imports `db/`."""
+
+from medcm.engine.facade import Engine, ImageMatch, IngestResult, SimilarCase
+
+__all__ = ["Engine", "ImageMatch", "IngestResult", "SimilarCase"]

@@ -1,0 +1,222 @@
+"""The dual encoder that puts images and reports in one shared space, and its losses.
+
+Follows open_clip's split: the model owns `encode_image`, `encode_text(normalize=...)` and a
+learnable `logit_scale`; each loss is a small function and `AlignmentLoss` weighs them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcm.config import LOSS_NAMES, ModelConfig
+from medcm.model.encoders.image import ImageEncoder
+from medcm.model.encoders.text import TextEncoder
+from medcm.model.encoders.volume import build_volume_encoder
+
+MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1/temperature, which keeps training stable
+
+
+@dataclass
+class DualOutput:
+    """What one forward pass produces.
+
+    Attributes:
+        image: `[B, D]` L2-normalised visual embeddings: the 2D images' rows, then the volumes' rows.
+        text: `[B, D]` L2-normalised text embeddings, row i paired with `image` row i.
+        logit_scale: scalar, 1/temperature (already exponentiated and clamped).
+        aux_logits: `[B2, K]` multi-task head logits of the 2D images (the first B2 rows), or None
+            without a head or without 2D images.
+    """
+
+    image: torch.Tensor
+    text: torch.Tensor
+    logit_scale: torch.Tensor
+    aux_logits: torch.Tensor | None = None
+
+
+class DualEncoder(nn.Module):
+    """Image tower + text tower + learnable temperature (+ optional multi-task head on the image trunk).
+
+    With `config.volume`, a volume encoder (`medcm.model.encoders.volume`) embeds CT/MR/PT series into the
+    same space: "2.5d" shares the image tower's trunk and projection, "3d" has its own; both are
+    trained against the same reports as the 2D images, in the same batches.
+    """
+
+    def __init__(self, config: ModelConfig, image_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.image = ImageEncoder(config.image, config.embed_dim, config.projection, image_size)
+        self.text = TextEncoder(config.text, config.embed_dim, config.projection)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        head = config.aux_head
+        n_classes = len(head.classes) if head is not None else 0
+        if head is not None and n_classes < 2 and not head.multi_label:
+            raise ValueError(f"aux_head.classes: got {head.classes}, expected at least 2 classes")
+        head_in = config.embed_dim if head is not None and head.on_embedding else self.image.feature_dim
+        self.aux_head = nn.Linear(head_in, n_classes) if head is not None else None
+        self.volume = (build_volume_encoder(config.volume, self.image, config.embed_dim, config.projection)
+                       if config.volume is not None else None)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Embed images `[B, 1, H, W]` (preprocessed) into `[B, D]`."""
+        emb = self.image(images)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_volume(self, volumes: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Embed prepared volumes into `[B, D]`: `[B, 1, D, H, W]` for "3d", `[B, K, 1, H, W]` for "2.5d".
+
+        Raises:
+            ValueError: the model has no volume encoder (its config has no `volume`).
+        """
+        if self.volume is None:
+            raise ValueError("this model has no volume encoder (its config has no model.volume); "
+                             "embed the slices with encode_image instead")
+        emb = self.volume(volumes)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """Embed texts into `[B, D]`."""
+        emb = self.text(texts)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def scale(self) -> torch.Tensor:
+        """1/temperature, clamped to `MAX_LOGIT_SCALE`."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(self, images: torch.Tensor | None, texts: list[str], volumes: torch.Tensor | None = None) -> DualOutput:
+        """Embed a batch: 2D images `[B2, 1, H, W]` and/or volumes `[B3, ...]`, and their B2 + B3 texts.
+
+        The visual rows are the images' then the volumes', so one contrastive loss sees both kinds:
+        each volume's negatives include 2D images and their reports, which keeps one shared space.
+        """
+        visual, aux = [], None
+        if images is not None and len(images):
+            feats = self.image.features(images)
+            visual.append(F.normalize(self.image.proj(feats), dim=-1))
+            if self.aux_head is not None:
+                aux = self.aux_head(visual[0] if self.config.aux_head.on_embedding else feats)
+        if volumes is not None and len(volumes):
+            visual.append(self.encode_volume(volumes))
+        if not visual:
+            raise ValueError("forward: got no images and no volumes; expected at least one of them")
+        text = self.encode_text(texts)
+        image = torch.cat(visual) if len(visual) > 1 else visual[0]
+        if len(image) != len(text):
+            raise ValueError(f"forward: got {len(image)} images and volumes but {len(text)} texts; expected one text each")
+        return DualOutput(image=image, text=text, logit_scale=self.scale(), aux_logits=aux)
+
+
+def positive_mask(group_ids: list[str]) -> torch.Tensor:
+    """`[B, B]` float mask, 1 where two items share a group (e.g. the images and texts of one case).
+
+    When one case contributes different texts to a batch (an image caption and the case findings),
+    plain InfoNCE would push each image away from its own case's other text; the mask counts them
+    as matches. Identical texts get identical embeddings, so for them it changes nothing.
+    """
+    index = {g: i for i, g in enumerate(dict.fromkeys(group_ids))}
+    ids = torch.tensor([index[g] for g in group_ids])
+    return (ids[:, None] == ids[None, :]).float()
+
+
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def infonce_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP / ConVIRT) over a batch of pairs.
+
+    Args:
+        image: `[B, D]` normalised image embeddings.
+        text: `[B, D]` normalised text embeddings; row i is paired with image row i.
+        logit_scale: 1/temperature.
+        positives: optional `[B, B]` mask of pairs that count as matches (from `positive_mask`).
+
+    Returns:
+        Scalar: the mean of the image→text and text→image cross-entropies.
+    """
+    logits = logit_scale * image @ text.t()
+    if positives is None:
+        positives = torch.eye(len(image), device=image.device)
+    positives = positives.to(logits.device, logits.dtype)
+    return 0.5 * (_soft_cross_entropy(logits, positives) + _soft_cross_entropy(logits.t(), positives.t()))
+
+
+def mse_loss(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between paired embeddings (sum over dimensions, mean over the batch)."""
+    return (image - text).pow(2).sum(dim=-1).mean()
+
+
+def kl_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric KL divergence between the image→text and text→image similarity distributions.
+
+    Row i of softmax(S) says where image i puts its mass over the texts; row i of softmax(Sᵀ) says
+    where text i puts its mass over the images. For a well-aligned pair they agree. Alone this can be
+    satisfied by a symmetric similarity matrix, so use it as a regulariser beside InfoNCE.
+    """
+    logits = logit_scale * image @ text.t()
+    log_p = F.log_softmax(logits, dim=1)
+    log_q = F.log_softmax(logits.t(), dim=1)
+    forward = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+    backward = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+    return 0.5 * (forward + backward)
+
+
+@dataclass
+class LossOutput:
+    """The weighted total and each named part (unweighted), for logging."""
+
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class AlignmentLoss(nn.Module):
+    """Weighted sum of the selected alignment losses plus the optional multi-task loss.
+
+    Args:
+        weights: loss name (`infonce`, `mse`, `kl`) → weight.
+        aux_weight: weight of the multi-task head loss.
+        aux_multi_label: the head is multi-label (BCE) rather than single-label (CE).
+    """
+
+    def __init__(self, weights: dict[str, float], aux_weight: float = 0.0, aux_multi_label: bool = False) -> None:
+        super().__init__()
+        unknown = set(weights) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"losses: got unknown {sorted(unknown)}, expected names in {LOSS_NAMES}")
+        self.weights = {k: float(v) for k, v in weights.items() if v > 0}
+        self.aux_weight = aux_weight
+        self.aux_multi_label = aux_multi_label
+
+    def forward(
+        self, out: DualOutput, positives: torch.Tensor | None = None, aux_targets: torch.Tensor | None = None
+    ) -> LossOutput:
+        # Similarities in float32 even under bf16 autocast: logits scaled by up to 100 need the precision.
+        out = DualOutput(out.image.float(), out.text.float(), out.logit_scale.float(), out.aux_logits)
+        parts: dict[str, torch.Tensor] = {}
+        if "infonce" in self.weights:
+            parts["infonce"] = infonce_loss(out.image, out.text, out.logit_scale, positives)
+        if "mse" in self.weights:
+            parts["mse"] = mse_loss(out.image, out.text)
+        if "kl" in self.weights:
+            parts["kl"] = kl_loss(out.image, out.text, out.logit_scale)
+        total = sum(self.weights[name] * value for name, value in parts.items())
+        if out.aux_logits is not None and aux_targets is not None and self.aux_weight > 0:
+            parts["aux"] = self._aux_loss(out.aux_logits, aux_targets)
+            total = total + self.aux_weight * parts["aux"]
+        return LossOutput(total=total, parts={k: float(v.detach()) for k, v in parts.items()})
+
+    def _aux_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.aux_multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+        labelled = targets >= 0  # -1 marks a record without a label
+        if not labelled.any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[labelled].float(), targets[labelled])

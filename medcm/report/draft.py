@@ -1,0 +1,439 @@
+"""Retrieval-based drafting (after CXR-RePaiR): a draft report from similar cases' sentences.
+
+1. FINDINGS and IMPRESSION sentences of the ``top_k_cases`` best cases are collected (a report
+   with neither header gives its header-less text as FINDINGS); each distinct sentence is
+   embedded once and ``similarity = cosine(query, sentence)``.
+2. Same-section, same-polarity sentences with one :func:`~medcm.report.text.sentence_key` or an
+   embedding cosine >= ``duplicate_threshold`` merge, keeping every source.
+3. ``score = max similarity over sources + support_weight * support``; ``support`` (0..1) is
+   the sources' share of the retrieval-score mass (case weight ``max(case score, 0)``), so
+   a sentence every retrieved case wrote gets the full bonus: consensus is evidence.
+4. Of two sentences with opposite claims about one finding, the one with less ``evidence =
+   sum over sources of max(similarity, 0) + support_weight * support`` is dropped.
+   With ``agreement_weight > 0``, ``score`` and ``evidence`` also gain ``agreement_weight *
+   agreement``: how much of the sentence the *other* retrieved reports also say (their
+   weighted n-gram precision, :func:`~medcm.report.text.ngram_precision`). This is minimum-Bayes-risk
+   selection: among what similar cases wrote, prefer what most of them would agree with.
+5. Per section the best sentences within ``relative_margin`` of the best and above
+   ``min_score`` are kept (at most ``max_findings`` / ``max_impression``), in the order the
+   sources wrote them (mean relative position). With ``length_from_sources`` a section stops
+   once it holds as many words as the median source case wrote there. A draft is always
+   ``verified=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from medcm.report.assertions import claims_contradict, same_finding_elsewhere, sentence_claims
+from medcm.report.text import (
+    SECTION_ALIASES,
+    is_negated,
+    ngram_counts,
+    ngram_precision,
+    normalize_for_metrics,
+    section_order,
+    sentence_key,
+    split_sections,
+    split_sentences,
+)
+
+__all__ = ["SourceCase", "Provenance", "DraftSentence", "DroppedSentence", "Draft",
+           "DraftConfig", "DRAFT_PRESETS", "draft_findings"]
+
+_DRAFT_SECTIONS = ("FINDINGS", "IMPRESSION")
+
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """A retrieved past case; ``score`` is its retrieval cosine to the query."""
+    case_id: str
+    score: float
+    report: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """One source of a draft sentence: the case and the sentence as written there."""
+    case_id: str
+    case_score: float
+    sentence_score: float  # cosine(query, this source sentence)
+    original: str
+
+
+@dataclass(frozen=True)
+class DraftSentence:
+    """A drafted sentence; ``sources`` best first (by sentence_score, then case_score)."""
+    text: str
+    section: str  # "FINDINGS" or "IMPRESSION"
+    score: float  # the final score used for selection
+    sources: tuple[Provenance, ...]
+
+
+@dataclass(frozen=True)
+class DroppedSentence:
+    """A candidate left out of the draft, with the reason."""
+    text: str
+    reason: str
+    sources: tuple[Provenance, ...]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A draft report: sentences in report order, what was dropped, the cases read."""
+    sentences: tuple[DraftSentence, ...]
+    dropped: tuple[DroppedSentence, ...]
+    source_cases: tuple[str, ...]
+    verified: bool = False
+
+    def section_text(self, section: str) -> str:
+        """The sentences of one section (name or alias, any case) joined by spaces."""
+        name = " ".join(section.upper().split())
+        name = SECTION_ALIASES.get(name, name)
+        return " ".join(s.text for s in self.sentences if s.section == name)
+
+    def text(self) -> str:
+        """``"FINDINGS: s1 s2\\nIMPRESSION: s3"``; empty sections omitted, ``""`` if none."""
+        parts = ((name, self.section_text(name)) for name in section_order)
+        return "\n".join(f"{name}: {body}" for name, body in parts if body)
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    """Drafting knobs.
+
+    Attributes:
+        top_k_cases: only this many best-scoring cases are read.
+        max_findings: most FINDINGS sentences in a draft.
+        max_impression: most IMPRESSION sentences in a draft.
+        duplicate_threshold: embedding cosine from which two sentences are one.
+        support_weight: weight of cross-case support (0..1) added to the similarity.
+        relative_margin: per section, keep scores >= best - relative_margin * |best|.
+        min_score: absolute floor on the score (model-dependent; calibrate per model).
+        max_extra_terms: a finding mentioned with more than this many extra content words
+            (site words not counted) is a different statement, not a contradiction.
+        agreement_weight: weight of the other retrieved reports' agreement with a sentence
+            (0 turns it off).
+        length_from_sources: stop a section at the median length the source cases wrote.
+    """
+    top_k_cases: int = 5
+    max_findings: int = 6
+    max_impression: int = 2
+    duplicate_threshold: float = 0.92
+    support_weight: float = 0.1
+    relative_margin: float = 0.25
+    min_score: float = 0.0
+    max_extra_terms: int = 2
+    agreement_weight: float = 0.0
+    length_from_sources: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {"top_k_cases": self.top_k_cases >= 1, "max_findings": self.max_findings >= 0,
+                  "max_impression": self.max_impression >= 0,
+                  "max_extra_terms": self.max_extra_terms >= 0,
+                  "duplicate_threshold": -1.0 < self.duplicate_threshold <= 1.0,
+                  "support_weight": 0.0 <= self.support_weight < math.inf,
+                  "relative_margin": 0.0 <= self.relative_margin < math.inf,
+                  "min_score": math.isfinite(self.min_score),
+                  "agreement_weight": 0.0 <= self.agreement_weight < math.inf}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"DraftConfig.{name} out of range: {getattr(self, name)!r}")
+
+
+DRAFT_PRESETS: dict[str, DraftConfig] = {
+    # Few, near cases; a sentence must match the query image: short drafts of what this study shows.
+    "similarity": DraftConfig(),
+    # Many neighbours and minimum-Bayes-risk agreement: the sentences most similar cases would
+    # also write, as long as they usually write. Best on MedPix 2.0 dev (BENCHMARKS.md).
+    "consensus": DraftConfig(top_k_cases=40, max_findings=30, relative_margin=100.0, min_score=-100.0,
+                             agreement_weight=100.0, length_from_sources=True),
+}
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One sentence occurrence in one source case."""
+    case: SourceCase
+    weight: float  # the case's share of the support mass
+    section: str
+    position: float  # relative position in its section, (i + 0.5) / n
+    text: str
+    key: str
+    order: int  # first-seen order, the last tie-break
+
+
+@dataclass
+class _Group:
+    """Merged duplicates; the fields after ``units`` are filled by :func:`_summarise`."""
+    section: str
+    negated: bool
+    units: list[_Unit]
+    text: str = ""
+    score: float = 0.0
+    evidence: float = 0.0
+    position: float = 0.0
+    first: int = 0
+    sources: tuple[Provenance, ...] = ()
+    claims: tuple[frozenset[str], tuple[frozenset[str], ...]] = (frozenset(), ())
+
+
+def _case_sentences(report: str) -> dict[str, list[str]]:
+    """FINDINGS (plus unknown ALL-CAPS subsections after it) and IMPRESSION sentences.
+
+    Without either, header-less text and unknown sections are FINDINGS; known other sections
+    (INDICATION, TECHNIQUE, COMPARISON...) never count.
+    """
+    sections = split_sections(report).sections
+    known = set(SECTION_ALIASES.values())
+    has_main = any(name in _DRAFT_SECTIONS for name, _ in sections)
+    out: dict[str, list[str]] = {name: [] for name in _DRAFT_SECTIONS}
+    current: str | None = None
+    for name, body in sections:
+        if name in _DRAFT_SECTIONS:
+            current = name
+        elif name in known or (has_main and current != "FINDINGS"):
+            current = None  # a preamble before FINDINGS is usually the exam title
+        elif not has_main:
+            current = "FINDINGS"
+        if current is not None:
+            out[current].extend(split_sentences(body))
+    return out
+
+
+def _top_cases(cases: Sequence[SourceCase], k: int) -> list[SourceCase]:
+    cases = list(cases)  # also accepts a one-shot iterable
+    for case in cases:
+        if not isinstance(case, SourceCase):
+            raise TypeError(f"cases must hold SourceCase, got {type(case).__name__}")
+        if not math.isfinite(case.score):
+            raise ValueError(f"case {case.case_id!r} has a non-finite score {case.score}")
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return sorted(cases, key=lambda c: -c.score)[:k]  # stable: ties keep the caller's order
+
+
+def _extract_units(cases: list[SourceCase]) -> list[_Unit]:
+    mass = [max(c.score, 0.0) for c in cases]
+    # With no positive case score there is no ranking information: count cases equally.
+    weights = [m / sum(mass) for m in mass] if sum(mass) > 0 else [1 / len(cases)] * len(cases)
+    units: list[_Unit] = []
+    for case, weight in zip(cases, weights):
+        for section, sentences in _case_sentences(case.report).items():
+            keyed = [(s, k) for s in sentences if (k := sentence_key(s))]
+            for i, (text, key) in enumerate(keyed):
+                pos = (i + 0.5) / len(keyed)
+                units.append(_Unit(case, weight, section, pos, text, key, len(units)))
+    return units
+
+
+def _check_query(query: np.ndarray) -> np.ndarray:
+    q = np.asarray(query, dtype=np.float64)
+    if q.ndim != 1 or q.size == 0:
+        raise ValueError(f"query must have shape [D] with D > 0, got {tuple(q.shape)}")
+    norm = float(np.linalg.norm(q))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ValueError(f"query must be finite and non-zero, got norm {norm}")
+    return q / norm
+
+
+def _embed(units: list[_Unit], embed_sentences: Callable[[list[str]], np.ndarray],
+           dim: int) -> tuple[dict[str, int], np.ndarray]:
+    """Embeds one text per sentence key in a single call: ``(key -> row, [K, D])``."""
+    texts: dict[str, str] = {}
+    for u in units:
+        texts.setdefault(u.key, u.text)  # the first wording of each key
+    emb = np.asarray(embed_sentences(list(texts.values())), dtype=np.float64)
+    if emb.shape != (len(texts), dim):
+        raise ValueError(f"embed_sentences returned shape {tuple(emb.shape)} for "
+                         f"{len(texts)} sentences, expected ({len(texts)}, {dim})")
+    if not np.isfinite(emb).all():
+        raise ValueError("embed_sentences returned non-finite values")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)  # cheap insurance for cosines
+    return {key: i for i, key in enumerate(texts)}, emb / np.where(norms > 0, norms, 1.0)
+
+
+def _cluster(units: list[_Unit], row: dict[str, int], emb: np.ndarray, sims: np.ndarray,
+             threshold: float) -> list[_Group]:
+    """Leader clustering, best-scoring first, within a section and a polarity.
+
+    Polarity must match because text encoders place "No effusion." next to "Effusion.".
+    """
+    exact: dict[tuple[str, str], list[_Unit]] = {}
+    for u in units:
+        exact.setdefault((u.section, u.key), []).append(u)
+    leaders: list[tuple[int, _Group]] = []
+    for (section, key), members in sorted(exact.items(), key=lambda kv: -sims[row[kv[0][1]]]):
+        negated, r = is_negated(members[0].text), row[key]
+        matches = [(float(emb[lr] @ emb[r]), g) for lr, g in leaders
+                   if g.section == section and g.negated == negated]
+        best = max(matches, key=lambda m: m[0], default=(-math.inf, None))
+        if best[1] is not None and best[0] >= threshold:
+            best[1].units.extend(members)
+        else:
+            leaders.append((r, _Group(section, negated, list(members))))
+    return [g for _, g in leaders]
+
+
+def _summarise(group: _Group, row: dict[str, int], sims: np.ndarray, weight: float) -> None:
+    """Fills text, sources, score, evidence, position and claims of a group."""
+    best: dict[str, tuple[float, _Unit]] = {}  # per case, its best-matching occurrence
+    for u in sorted(group.units, key=lambda u: u.order):
+        s = float(sims[row[u.key]])
+        if u.case.case_id not in best or s > best[u.case.case_id][0]:
+            best[u.case.case_id] = (s, u)
+    group.sources = tuple(sorted(
+        (Provenance(u.case.case_id, float(u.case.score), s, u.text) for s, u in best.values()),
+        key=lambda p: (-p.sentence_score, -p.case_score)))
+    support = sum(u.weight for _, u in best.values())
+    group.score = group.sources[0].sentence_score + weight * support
+    group.evidence = sum(max(p.sentence_score, 0.0) for p in group.sources) + weight * support
+    group.position = float(np.mean([u.position for u in group.units]))
+    group.first = min(u.order for u in group.units)
+    # The wording most cases used, then the most query-like, then the first seen.
+    wordings: dict[str, list[float]] = {}
+    for s, u in best.values():
+        wordings.setdefault(u.text, []).append(s)
+    group.text = max(wordings, key=lambda t: (len(wordings[t]), max(wordings[t])))
+    group.claims = sentence_claims(group.text)
+
+
+def _section_counts(cases: list[SourceCase]) -> dict[tuple[str, str], tuple]:
+    """(case id, section) → n-gram counts of that section's text, for the agreement score."""
+    out = {}
+    for case in cases:
+        for section, sentences in _case_sentences(case.report).items():
+            if sentences:
+                out[(case.case_id, section)] = ngram_counts(normalize_for_metrics(" ".join(sentences)).split())
+    return out
+
+
+def _add_agreement(groups: list[_Group], units: list[_Unit], counts: dict[tuple[str, str], tuple],
+                   weight: float) -> None:
+    """Adds ``weight * agreement`` to each group's score and evidence (see the module doc)."""
+    case_weight = {u.case.case_id: u.weight for u in units}
+    for g in groups:
+        own = {p.case_id for p in g.sources}
+        others = [(case_weight[c], ref) for (c, section), ref in counts.items()
+                  if section == g.section and c not in own and c in case_weight]
+        mass = sum(w for w, _ in others)
+        if mass <= 0:
+            continue
+        mine = ngram_counts(normalize_for_metrics(g.text).split())
+        agreement = sum(w * ngram_precision(mine, ref) for w, ref in others) / mass
+        g.score += weight * agreement
+        g.evidence += weight * agreement
+
+
+def _median_words(cases: list[SourceCase], section: str) -> float:
+    lengths = [len(normalize_for_metrics(" ".join(s)).split())
+               for c in cases if (s := _case_sentences(c.report)[section])]
+    return float(np.median(lengths)) if lengths else math.inf
+
+
+def _alternatives(a: _Group, b: _Group, max_extra: int) -> bool:
+    """The same positive finding at another site or degree, written by different cases: the
+    query has one of them. Sentences that one source case wrote together (a bilateral finding
+    described side by side) are not alternatives.
+    """
+    if a.section != b.section or {p.case_id for p in a.sources} & {p.case_id for p in b.sources}:
+        return False
+    return same_finding_elsewhere(a.claims, b.claims, a.text, b.text, max_extra)
+
+
+def _resolve_contradictions(groups: list[_Group], config: DraftConfig,
+                            ) -> tuple[list[_Group], list[DroppedSentence]]:
+    """Keeps groups strongest-evidence first; one clashing with, or an alternative to, a kept
+    group is dropped."""
+    kept: list[_Group] = []
+    dropped: list[DroppedSentence] = []  # the order drops happen in
+    for g in sorted(groups, key=lambda g: (-g.evidence, -g.score, g.first)):
+        rival = next((k for k in kept if claims_contradict(k.claims, g.claims, config.max_extra_terms)), None)
+        other = None if rival else next((k for k in kept if _alternatives(k, g, config.max_extra_terms)), None)
+        if rival is not None:
+            dropped.append(DroppedSentence(
+                g.text, f"contradicts '{rival.text}' (weaker evidence)", g.sources))
+        elif other is not None:
+            dropped.append(DroppedSentence(
+                g.text, f"alternative to '{other.text}' (same finding, other site or degree; weaker evidence)",
+                g.sources))
+        else:
+            kept.append(g)
+    return kept, dropped
+
+
+def _select(groups: list[_Group], config: DraftConfig, cases: list[SourceCase],
+            ) -> tuple[list[_Group], list[DroppedSentence]]:
+    """Per section, greedily by score within the margin, above the floor, up to the limit."""
+    chosen: list[_Group] = []
+    dropped: list[DroppedSentence] = []
+    for section in _DRAFT_SECTIONS:
+        limit = config.max_findings if section == "FINDINGS" else config.max_impression
+        words_limit = _median_words(cases, section) if config.length_from_sources else math.inf
+        ranked = sorted((g for g in groups if g.section == section),
+                        key=lambda g: (-g.score, g.first))
+        best = ranked[0].score if ranked else 0.0
+        cutoff, taken, words = best - config.relative_margin * abs(best), 0, 0
+        for g in ranked:
+            if g.score < config.min_score:
+                reason = f"below threshold: score {g.score:.3f} < min_score {config.min_score:.3f}"
+            elif g.score < cutoff:
+                reason = (f"below threshold: score {g.score:.3f} outside the relative margin "
+                          f"of the best {best:.3f}")
+            elif taken >= limit:
+                reason = f"over limit: max_{section.lower()}={limit}"
+            elif words >= words_limit:
+                reason = f"over length: the source cases' median {section.lower()} is {words_limit:.0f} words"
+            else:
+                chosen.append(g)
+                taken += 1
+                words += len(normalize_for_metrics(g.text).split())
+                continue
+            dropped.append(DroppedSentence(g.text, reason, g.sources))
+    return chosen, dropped
+
+
+def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
+                   embed_sentences: Callable[[list[str]], np.ndarray],
+                   config: DraftConfig = DraftConfig()) -> Draft:
+    """Drafts FINDINGS/IMPRESSION from the reports of retrieved cases (see module doc).
+
+    Args:
+        query: ``[D]`` image embedding in the shared image-text space (normalised here).
+        cases: retrieved cases in any order; the ``config.top_k_cases`` best by score are used.
+        embed_sentences: maps ``n`` sentences to ``[n, D]`` L2-normalised text embeddings;
+            called at most once, with one text per distinct :func:`sentence_key`.
+        config: selection weights and limits.
+
+    Returns:
+        An unverified :class:`Draft`; empty (not an error) when there is nothing to use.
+
+    Raises:
+        ValueError: ``query`` is not a finite non-zero ``[D]`` vector, the embedder's
+            output is not ``[n, D]`` and finite, or case ids repeat / scores are not finite.
+        TypeError: an element of ``cases`` is not a :class:`SourceCase`.
+    """
+    q = _check_query(query)
+    used = _top_cases(cases, config.top_k_cases)
+    case_ids = tuple(c.case_id for c in used)
+    units = _extract_units(used) if used else []
+    if not units:
+        return Draft((), (), case_ids)
+    row, emb = _embed(units, embed_sentences, q.shape[0])
+    sims = emb @ q  # [K] cosine of each distinct sentence with the query
+    groups = _cluster(units, row, emb, sims, config.duplicate_threshold)
+    for g in groups:
+        _summarise(g, row, sims, config.support_weight)
+    if config.agreement_weight > 0:
+        _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
+    kept, contradicted = _resolve_contradictions(groups, config)
+    chosen, unselected = _select(kept, config, used)
+    chosen.sort(key=lambda g: (section_order.index(g.section), g.position, -g.score, g.first))
+    sentences = tuple(DraftSentence(g.text, g.section, g.score, g.sources) for g in chosen)
+    return Draft(sentences, tuple(contradicted + unselected), case_ids)

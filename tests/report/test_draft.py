@@ -1,0 +1,441 @@
+"""Tests for medcm.report.draft with a fake bag-of-words embedder, so every cosine is known."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from medcm.report.draft import (
+    Draft,
+    DraftConfig,
+    DraftSentence,
+    DroppedSentence,
+    Provenance,
+    SourceCase,
+    draft_findings,
+)
+
+VOCAB = ("no", "pleural", "effusion", "small", "left", "right", "lungs", "clear", "acute",
+         "osseous", "abnormality", "heart", "normal", "nodule", "change", "pneumothorax",
+         "cardiomegaly", "mild", "consolidation", "cardiopulmonary", "process", "seen",
+         "identified", "atelectasis", "fracture", "stable")
+STOP = frozenset({"the", "is", "are", "a", "in", "of", "or", "and", "but",
+                   "without"})
+# Low-weight words make near-duplicates: cos("No pleural effusion.", "... seen.") = 0.985.
+WEIGHTS = {"seen": 0.3, "identified": 0.3}
+# Everything is kept unless a test says otherwise.
+LOOSE = DraftConfig(relative_margin=10.0, min_score=-10.0, max_findings=20, max_impression=20)
+
+
+class FakeEmbedder:
+    """Bag of words over VOCAB, L2-normalised, float32; records every call."""
+
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        self.weights = {**WEIGHTS, **(weights or {})}
+        self.calls: list[list[str]] = []
+
+    def vec(self, text: str) -> np.ndarray:
+        v = np.zeros(len(VOCAB))
+        for word in re.findall(r"[a-z]+", text.lower()):
+            if word not in STOP:
+                v[VOCAB.index(word)] += self.weights.get(word, 1.0)  # unknown word: a test bug
+        return v / np.linalg.norm(v)
+
+    def __call__(self, sentences: list[str]) -> np.ndarray:
+        self.calls.append(list(sentences))
+        return np.stack([self.vec(s) for s in sentences]).astype(np.float32)
+
+
+def query_of(**words: float) -> np.ndarray:
+    """A unit query vector weighting the given vocabulary words."""
+    q = np.zeros(len(VOCAB))
+    for word, w in words.items():
+        q[VOCAB.index(word)] = w
+    return q / np.linalg.norm(q)
+
+
+Q = query_of(pleural=1, effusion=1, lungs=0.5, clear=0.5, small=0.3, left=0.3, no=0.2)
+
+
+def cos(embed: FakeEmbedder, text: str, q: np.ndarray = Q) -> float:
+    return float(embed.vec(text) @ q)
+
+
+def by_text(draft: Draft) -> dict[str, DraftSentence]:
+    return {s.text: s for s in draft.sentences}
+
+
+def case(case_id: str, score: float, findings: str, impression: str = "") -> SourceCase:
+    report = f"FINDINGS: {findings}" + (f"\nIMPRESSION: {impression}" if impression else "")
+    return SourceCase(case_id, score, report)
+
+
+# --- provenance and scoring ---------------------------------------------------------------
+def test_provenance_lists_each_source_with_its_scores_best_first() -> None:
+    embed = FakeEmbedder()
+    cases = [case("A", 0.9, "The lungs are clear. No pleural effusion."),
+             case("B", 0.8, "The lungs are clear. No pleural effusion identified."),
+             case("C", 0.7, "Mild cardiomegaly.")]
+    got = by_text(draft_findings(Q, cases, embed, LOOSE))
+    assert set(got) == {"The lungs are clear.", "No pleural effusion.", "Mild cardiomegaly."}
+    s_clear, s_eff = cos(embed, "lungs clear"), cos(embed, "no pleural effusion")
+    s_ident = cos(embed, "no pleural effusion identified")
+    assert s_ident < s_eff
+    assert got["The lungs are clear."].sources == (
+        Provenance("A", 0.9, pytest.approx(s_clear), "The lungs are clear."),
+        Provenance("B", 0.8, pytest.approx(s_clear), "The lungs are clear."))
+    assert got["No pleural effusion."].sources == (
+        Provenance("A", 0.9, pytest.approx(s_eff), "No pleural effusion."),
+        Provenance("B", 0.8, pytest.approx(s_ident), "No pleural effusion identified."))
+    assert [p.case_id for p in got["Mild cardiomegaly."].sources] == ["C"]
+    assert all(isinstance(p.sentence_score, float) for s in got.values() for p in s.sources)
+
+
+def test_score_is_best_similarity_plus_weighted_support() -> None:
+    embed = FakeEmbedder()
+    config = DraftConfig(support_weight=0.5, relative_margin=10.0, min_score=-10.0)
+    cases = [case("A", 0.6, "The lungs are clear."), case("B", 0.3, "The lungs are clear."),
+             case("C", 0.1, "Mild cardiomegaly."), case("D", -0.2, "Mild cardiomegaly.")]
+    got = by_text(draft_findings(Q, cases, embed, config))
+    # Support = the sources' shares of sum(max(score, 0)) = 1.0; D's negative score adds 0.
+    assert got["The lungs are clear."].score == pytest.approx(cos(embed, "lungs clear") + 0.5 * 0.9)
+    assert got["Mild cardiomegaly."].score == pytest.approx(cos(embed, "mild cardiomegaly") + 0.5 * 0.1)
+
+
+def test_consensus_outranks_a_slightly_more_similar_single_sentence() -> None:
+    embed = FakeEmbedder()
+    q = query_of(pleural=1, effusion=1, small=1, left=1, lungs=1.3, clear=1.3)
+    cases = [case("A", 0.5, "Small left pleural effusion."), case("B", 0.5, "The lungs are clear."),
+             case("C", 0.5, "The lungs are clear."), case("D", 0.5, "The lungs are clear.")]
+    assert cos(embed, "small left pleural effusion", q) > cos(embed, "lungs clear", q)
+    draft = draft_findings(q, cases, embed, DraftConfig(support_weight=0.5, max_findings=1))
+    assert draft.section_text("FINDINGS") == "The lungs are clear."
+    assert [d.reason for d in draft.dropped] == ["over limit: max_findings=1"]
+
+
+# --- de-duplication ------------------------------------------------------------------------
+def test_near_and_exact_duplicates_merge_into_one_sentence_with_all_sources() -> None:
+    embed = FakeEmbedder()
+    cases = [case("A", 0.9, "No pleural effusion."), case("B", 0.8, "No pleural effusion seen."),
+             case("C", 0.7, "No pleural effusion."), case("D", 0.6, "NO PLEURAL EFFUSION.")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == ["No pleural effusion."]  # the majority wording
+    (sentence,) = draft.sentences
+    assert [p.case_id for p in sentence.sources] == ["A", "C", "D", "B"]  # B's wording scores less
+    assert sentence.sources[-1].original == "No pleural effusion seen."
+    assert draft.dropped == ()
+    # One call, one text per distinct sentence key ("NO PLEURAL EFFUSION." is a repeat).
+    assert embed.calls == [["No pleural effusion.", "No pleural effusion seen."]]
+
+
+def test_below_duplicate_threshold_stays_separate() -> None:
+    embed = FakeEmbedder()
+    cases = [case("A", 0.9, "No pleural effusion."), case("B", 0.8, "No pleural effusion seen.")]
+    draft = draft_findings(Q, cases, embed, DraftConfig(duplicate_threshold=0.99,
+                                                        relative_margin=10.0, min_score=-10.0))
+    assert [s.text for s in draft.sentences] == ["No pleural effusion.", "No pleural effusion seen."]
+
+
+def test_opposite_polarity_never_merges_even_when_embeddings_agree() -> None:
+    embed = FakeEmbedder(weights={"no": 0.1})  # like real encoders, nearly ignores "no"
+    assert float(embed.vec("No pleural effusion.") @ embed.vec("Pleural effusion.")) > 0.99
+    cases = [case("A", 0.9, "Pleural effusion."), case("B", 0.8, "Pleural effusion."),
+             case("C", 0.7, "No pleural effusion.")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == ["Pleural effusion."]
+    assert [d.text for d in draft.dropped] == ["No pleural effusion."]
+
+
+# --- contradictions ------------------------------------------------------------------------
+def test_contradiction_keeps_the_side_with_more_evidence() -> None:
+    embed = FakeEmbedder()
+    cases = [case("W", 0.5, "No pleural effusion."),
+             *(case(c, 0.8, "Small left pleural effusion.") for c in "XYZ")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == ["Small left pleural effusion."]
+    (dropped,) = draft.dropped
+    assert dropped.text == "No pleural effusion."
+    assert dropped.reason == "contradicts 'Small left pleural effusion.' (weaker evidence)"
+    assert [p.case_id for p in dropped.sources] == ["W"]
+
+
+def test_contradiction_reversed_evidence_reverses_the_outcome() -> None:
+    embed = FakeEmbedder()
+    cases = [case("W", 0.5, "Small left pleural effusion."),
+             *(case(c, 0.8, "No pleural effusion.") for c in "XYZ")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == ["No pleural effusion."]
+    assert [(d.text, d.reason) for d in draft.dropped] == [
+        ("Small left pleural effusion.", "contradicts 'No pleural effusion.' (weaker evidence)")]
+
+
+@pytest.mark.parametrize(
+    ("weak", "strong"),
+    [
+        ("No pleural effusion or pneumothorax.", "Small left pleural effusion."),  # listed denial
+        ("No pneumothorax.", "Small left pleural effusion, pneumothorax."),
+        ("The heart is normal, no cardiomegaly.", "Mild cardiomegaly."),  # clause after a comma
+        ("No pneumothorax.", "No pleural effusion, but small pneumothorax."),  # "but" ends scope
+        ("Lungs are clear without pleural effusion.", "Small left pleural effusion."),
+    ],
+)
+def test_contradiction_variants(weak: str, strong: str) -> None:
+    embed = FakeEmbedder()
+    cases = [case("W", 0.2, weak), case("X", 0.9, strong), case("Y", 0.9, strong)]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == [strong]
+    assert [d.reason for d in draft.dropped] == [f"contradicts '{strong}' (weaker evidence)"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("No change in the nodule.", "Nodule."),  # "no change" is not a negation
+        ("No right pleural effusion.", "Small left pleural effusion."),  # different sides
+        ("Small left pleural effusion, no pneumothorax.", "Small left pleural effusion."),
+        ("No acute fracture.", "Stable nodule."),
+        ("Lungs are clear without consolidation.", "The lungs are clear."),  # "without" cuts
+        ("Mild cardiomegaly and no pneumothorax.", "Mild cardiomegaly."),
+        ("No pneumothorax.", "Right lungs clear stable nodule, mild atelectasis, pneumothorax."),
+    ],
+)
+def test_not_contradictions(a: str, b: str) -> None:
+    embed = FakeEmbedder()
+    draft = draft_findings(Q, [case("A", 0.9, a), case("B", 0.8, b)], embed, LOOSE)
+    assert sorted(s.text for s in draft.sentences) == sorted([a, b])
+    assert draft.dropped == ()
+
+
+# --- ordering ------------------------------------------------------------------------------
+def test_order_follows_sections_then_mean_source_position() -> None:
+    embed = FakeEmbedder()
+    q = query_of(acute=1, osseous=1, abnormality=1, cardiopulmonary=1, process=1, lungs=0.1)
+    cases = [case("A", 0.9, "The lungs are clear. No pleural effusion. No acute osseous abnormality.",
+                  "No acute cardiopulmonary process."),
+             case("B", 0.8, "The lungs are clear. No acute osseous abnormality.")]
+    draft = draft_findings(q, cases, embed, LOOSE)
+    # Scores would put osseous first; sources put it last (mean positions 1/6+1/4, 1/2, 5/6+3/4).
+    assert by_text(draft)["No acute osseous abnormality."].score > by_text(draft)["The lungs are clear."].score
+    assert [(s.section, s.text) for s in draft.sentences] == [
+        ("FINDINGS", "The lungs are clear."), ("FINDINGS", "No pleural effusion."),
+        ("FINDINGS", "No acute osseous abnormality."),
+        ("IMPRESSION", "No acute cardiopulmonary process.")]
+    assert draft.text() == ("FINDINGS: The lungs are clear. No pleural effusion. "
+                            "No acute osseous abnormality.\n"
+                            "IMPRESSION: No acute cardiopulmonary process.")
+
+
+def test_equal_positions_break_ties_by_score() -> None:
+    embed = FakeEmbedder()
+    cases = [case("A", 0.9, "Mild cardiomegaly."), case("B", 0.9, "The lungs are clear.")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == ["The lungs are clear.", "Mild cardiomegaly."]
+
+
+# --- selection -----------------------------------------------------------------------------
+def test_limits_per_section() -> None:
+    embed = FakeEmbedder()
+    cases = [case("A", 0.9, "The lungs are clear. Small left pleural effusion. Mild cardiomegaly.",
+                  "Small left pleural effusion. Mild cardiomegaly.")]
+    config = DraftConfig(max_findings=2, max_impression=1, relative_margin=10.0, min_score=-10.0)
+    draft = draft_findings(Q, cases, embed, config)
+    assert draft.section_text("findings") == "The lungs are clear. Small left pleural effusion."
+    assert draft.section_text("IMPRESSION") == "Small left pleural effusion."
+    assert [(d.text, d.reason) for d in draft.dropped] == [
+        ("Mild cardiomegaly.", "over limit: max_findings=2"),
+        ("Mild cardiomegaly.", "over limit: max_impression=1")]
+
+
+def test_min_score_and_relative_margin() -> None:
+    embed = FakeEmbedder()
+    s_eff = cos(embed, "small left pleural effusion")  # 0.788
+    s_clear = cos(embed, "lungs clear")  # 0.429
+    cases = [case("A", 0.9, "Small left pleural effusion. The lungs are clear. Mild cardiomegaly.")]
+    margin = (1 - (s_clear + 0.01) / s_eff)  # the cutoff falls just above "lungs clear"
+    draft = draft_findings(Q, cases, embed, DraftConfig(support_weight=0.0, relative_margin=margin,
+                                                        min_score=-10.0))
+    assert [s.text for s in draft.sentences] == ["Small left pleural effusion."]
+    assert draft.dropped[0].reason.startswith(f"below threshold: score {s_clear:.3f}")
+    assert "relative margin" in draft.dropped[0].reason
+    floor = DraftConfig(support_weight=0.0, relative_margin=10.0, min_score=0.1)
+    draft = draft_findings(Q, cases, embed, floor)  # cardiomegaly is orthogonal to Q: 0.0
+    assert [s.text for s in draft.sentences] == ["Small left pleural effusion.", "The lungs are clear."]
+    assert [(d.text, d.reason) for d in draft.dropped] == [
+        ("Mild cardiomegaly.", "below threshold: score 0.000 < min_score 0.100")]
+
+
+def test_only_top_k_cases_are_read() -> None:
+    embed = FakeEmbedder()
+    cases = [case(f"C{i}", 0.5 + i / 100, "The lungs are clear.") for i in range(5)]
+    cases.insert(2, case("LOW", 0.1, "Mild cardiomegaly."))  # 6th by score, not by position
+    draft = draft_findings(Q, iter(cases), embed, LOOSE)
+    assert draft.source_cases == ("C4", "C3", "C2", "C1", "C0")
+    assert [s.text for s in draft.sentences] == ["The lungs are clear."]
+    assert all("cardiomegaly" not in t for call in embed.calls for t in call)
+    assert not any(d.text == "Mild cardiomegaly." for d in draft.dropped)
+    wider = draft_findings(Q, cases, FakeEmbedder(), DraftConfig(top_k_cases=6, relative_margin=10.0,
+                                                                  min_score=-10.0))
+    assert "Mild cardiomegaly." in wider.section_text("FINDINGS")
+
+
+# --- sections ------------------------------------------------------------------------------
+def test_headerless_report_is_findings_and_indication_is_ignored() -> None:
+    embed = FakeEmbedder()
+    cases = [SourceCase("A", 0.9, "The lungs are clear. No pneumothorax."),
+             SourceCase("B", 0.8, "INDICATION: Rule out pneumonia. Fever.\n"
+                                  "TECHNIQUE: Frontal and lateral views.\n"
+                                  "COMPARISON: None.\nFINDINGS: Mild cardiomegaly.\n"
+                                  "IMPRESSION: Mild cardiomegaly."),
+             SourceCase("C", 0.7, "CHEST TWO VIEWS\nFINDINGS:\nLUNGS: Small left pleural effusion.")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    # Positions 0.25 | 0.5, 0.5 (tie: by score) | 0.75; C's "LUNGS:" subsection is findings.
+    assert [(s.section, s.text) for s in draft.sentences] == [
+        ("FINDINGS", "The lungs are clear."), ("FINDINGS", "Small left pleural effusion."),
+        ("FINDINGS", "Mild cardiomegaly."), ("FINDINGS", "No pneumothorax."),
+        ("IMPRESSION", "Mild cardiomegaly.")]
+    (call,) = embed.calls
+    assert sorted(call) == ["Mild cardiomegaly.", "No pneumothorax.",
+                            "Small left pleural effusion.", "The lungs are clear."]
+
+
+# --- the Draft object ----------------------------------------------------------------------
+def test_draft_text_format_and_unverified() -> None:
+    f1 = DraftSentence("The lungs are clear.", "FINDINGS", 0.5, ())
+    f2 = DraftSentence("No pneumothorax.", "FINDINGS", 0.4, ())
+    imp = DraftSentence("Normal chest.", "IMPRESSION", 0.3, ())
+    draft = Draft((f1, f2, imp), (), ("A",))
+    assert draft.text() == "FINDINGS: The lungs are clear. No pneumothorax.\nIMPRESSION: Normal chest."
+    assert draft.section_text("conclusion") == "Normal chest."
+    assert Draft((imp,), (), ()).text() == "IMPRESSION: Normal chest."
+    assert Draft((), (), ()).text() == ""
+    assert draft.verified is False
+    real = draft_findings(Q, [case("A", 0.9, "The lungs are clear.")], FakeEmbedder(), LOOSE)
+    assert real.verified is False
+    assert isinstance(real.dropped, tuple) and isinstance(real.sentences, tuple)
+
+
+def test_empty_inputs_give_an_empty_draft_without_embedding() -> None:
+    embed = FakeEmbedder()
+    assert draft_findings(Q, [], embed) == Draft((), (), ())
+    only_history = [SourceCase("A", 0.9, "INDICATION: Cough.\nCOMPARISON: None."),
+                    SourceCase("B", 0.8, "")]
+    assert draft_findings(Q, only_history, embed) == Draft((), (), ("A", "B"))
+    assert embed.calls == []
+
+
+# --- errors --------------------------------------------------------------------------------
+@pytest.mark.parametrize("query", [np.ones((1, len(VOCAB))), np.ones(()), np.zeros(0),
+                                   np.zeros(len(VOCAB)), np.full(len(VOCAB), np.nan)])
+def test_bad_query(query: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="query"):
+        draft_findings(query, [case("A", 0.9, "The lungs are clear.")], FakeEmbedder())
+
+
+@pytest.mark.parametrize(
+    ("output", "match"),
+    [(np.ones((2, len(VOCAB)), np.float32), r"shape \(2, 26\) for 1 sentences, expected \(1, 26\)"),
+     (np.ones((1, 5), np.float32), r"shape \(1, 5\)"),
+     (np.ones(len(VOCAB), np.float32), r"shape \(26,\)"),
+     (np.full((1, len(VOCAB)), np.inf), "non-finite")],
+)
+def test_bad_embedder_output(output: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        draft_findings(Q, [case("A", 0.9, "The lungs are clear.")], lambda s: output)
+
+
+def test_bad_cases_and_config() -> None:
+    with pytest.raises(ValueError, match="duplicate case ids"):
+        draft_findings(Q, [case("A", 0.9, "x."), case("A", 0.8, "y.")], FakeEmbedder())
+    with pytest.raises(ValueError, match="non-finite score"):
+        draft_findings(Q, [case("A", math.nan, "x.")], FakeEmbedder())
+    with pytest.raises(TypeError, match="SourceCase"):
+        draft_findings(Q, [("A", 0.9, "x.")], FakeEmbedder())  # type: ignore[list-item]
+    for bad in ({"top_k_cases": 0}, {"max_findings": -1}, {"duplicate_threshold": 1.5},
+                {"support_weight": -0.1}, {"relative_margin": math.inf}, {"min_score": math.nan}):
+        with pytest.raises(ValueError):
+            DraftConfig(**bad)
+
+
+def test_dropped_sentence_carries_sources() -> None:
+    d = DroppedSentence("x.", "below threshold", (Provenance("A", 0.9, 0.1, "x."),))
+    assert d.sources[0].case_id == "A"
+
+
+def test_same_finding_at_another_site_from_another_case_is_an_alternative() -> None:
+    embed = FakeEmbedder()
+    cases = [
+        case("A", 0.9, "FINDINGS: Small right pleural effusion."),
+        case("B", 0.8, "FINDINGS: Small right pleural effusion."),
+        case("C", 0.7, "FINDINGS: Small left pleural effusion."),
+    ]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences] == ["Small right pleural effusion."]
+    assert [d.text for d in draft.dropped] == ["Small left pleural effusion."]
+    assert draft.dropped[0].reason.startswith("alternative to 'Small right pleural effusion.'")
+
+
+def test_sites_written_together_by_one_case_are_both_kept() -> None:
+    embed = FakeEmbedder()
+    cases = [case("A", 0.9, "FINDINGS: Small right pleural effusion. Small left pleural effusion.")]
+    draft = draft_findings(Q, cases, embed, LOOSE)
+    assert sorted(s.text for s in draft.sentences) == ["Small left pleural effusion.", "Small right pleural effusion."]
+
+
+# --- agreement (minimum Bayes risk) and length from the sources ----------------------------
+
+def test_agreement_prefers_what_other_cases_also_wrote():
+    # Case a's two sentences match the query equally; only "Small left pleural effusion."
+    # is (almost) also written by cases b and c, so agreement ranks it first.
+    cases = [SourceCase("a", 0.9, "FINDINGS: Small left pleural effusion. Heart normal."),
+             SourceCase("b", 0.8, "FINDINGS: Small left pleural effusion seen."),
+             SourceCase("c", 0.7, "FINDINGS: Small left pleural effusion identified.")]
+    q = query_of(effusion=1, heart=1)
+    plain = draft_findings(q, cases, FakeEmbedder(), DraftConfig(support_weight=0.0, max_findings=1, duplicate_threshold=1.0))
+    agreed = draft_findings(q, cases, FakeEmbedder(), DraftConfig(support_weight=0.0, max_findings=1, duplicate_threshold=1.0,
+                                                                  agreement_weight=10.0))
+    assert plain.section_text("FINDINGS") == "Heart normal."
+    assert agreed.section_text("FINDINGS").startswith("Small left pleural effusion")
+    top = agreed.sentences[0]
+    # Its own case is not a judge: the agreement comes from the two other cases only.
+    assert top.score > plain.sentences[0].score
+
+
+def test_agreement_value_is_the_weighted_ngram_precision_of_the_other_cases():
+    from medcm.report.text import ngram_counts, ngram_precision
+
+    cases = [SourceCase("a", 0.5, "FINDINGS: Lungs clear."), SourceCase("b", 0.5, "FINDINGS: Lungs clear. No nodule.")]
+    q = query_of(lungs=1, clear=1)
+    base = draft_findings(q, cases[:1], FakeEmbedder(), LOOSE)
+    agreed = draft_findings(q, cases, FakeEmbedder(), DraftConfig(**{**LOOSE.__dict__, "agreement_weight": 2.0,
+                                                                     "support_weight": 0.0}))
+    nodule = next(s for s in agreed.sentences if "nodule" in s.text)
+    # "No nodule." is written by b only; a's FINDINGS "lungs clear" shares none of its n-grams.
+    expected = 2.0 * ngram_precision(ngram_counts(["no", "nodule"]), ngram_counts(["lungs", "clear"]))
+    assert nodule.score == pytest.approx(nodule.sources[0].sentence_score + expected, abs=1e-9)
+    assert expected < 1e-3
+    assert base.sentences[0].text == "Lungs clear."
+
+
+def test_length_from_sources_stops_at_the_median_source_length():
+    cases = [SourceCase("a", 0.9, "FINDINGS: Small left pleural effusion. Lungs clear. Heart normal. No nodule."),
+             SourceCase("b", 0.8, "FINDINGS: Mild cardiomegaly."),
+             SourceCase("c", 0.7, "FINDINGS: No pneumothorax. Stable nodule.")]
+    config = DraftConfig(**{**LOOSE.__dict__, "length_from_sources": True})
+    draft = draft_findings(Q, cases, FakeEmbedder(), config)
+    # Source FINDINGS lengths are 10, 2 and 4 words: the draft stops once it holds >= 4 words.
+    words = [len(s.text.split()) for s in draft.sentences]
+    assert sum(words[:-1]) < 4 <= sum(words)
+    assert any(d.reason.startswith("over length: the source cases' median findings is 4 words") for d in draft.dropped)
+
+
+def test_consensus_preset_is_valid_and_differs_from_the_default():
+    from medcm.report.draft import DRAFT_PRESETS
+
+    assert DRAFT_PRESETS["similarity"] == DraftConfig()
+    consensus = DRAFT_PRESETS["consensus"]
+    assert consensus.agreement_weight > 0 and consensus.length_from_sources and consensus.top_k_cases > 5
+    with pytest.raises(ValueError, match="agreement_weight"):
+        DraftConfig(agreement_weight=-1.0)
