@@ -2,7 +2,8 @@
 
 A hash is one self-describing string, ``scrypt$16384$8$1$<salt b64>$<hash b64>``: the cost settings
 travel with it, so they can be raised later without breaking stored passwords. Verification
-recomputes the hash with the stored settings and compares in constant time.
+recomputes the hash with the stored settings and compares in constant time. `AccountMethods` are
+the account methods of `db.store.CaseStore`, each one transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-from db.models import USER_ROLES
+from sqlalchemy import select
+
+import db.write as write
+from db.connect import Database
+from db.models import USER_ROLES, User
 from db.records import StoreError
 
 SCHEME = "scrypt"
@@ -113,3 +118,90 @@ def dummy_hash() -> str:
     """A hash of a random password: verified against when a name is unknown, so that a login costs
     one KDF either way and its timing does not reveal which names exist."""
     return hash_password(secrets.token_urlsafe(16))
+
+
+def user_view(user: User) -> UserView:
+    """The public view of an account row (without its password hash)."""
+    return UserView(name=user.name, role=user.role, created_at=user.created_at, disabled=user.disabled)
+
+
+class AccountMethods(Database):
+    """The accounts of the review app, as methods of `db.store.CaseStore`; every change is audited."""
+
+    def add_user(self, name: str, role: str, password: str, actor: str = "system") -> UserView:
+        """Create an account (password hashed with scrypt); records a "user" event by `actor`.
+
+        Raises:
+            StoreError: an invalid name, role or password (under 8 characters), or a name in use.
+        """
+        check_name(name)
+        check_role(role)
+        write.check_text("add_user actor", actor)
+        encoded = hash_password(password)  # outside the transaction: the KDF takes a while
+        with self._session(write=True) as s:
+            if s.scalar(select(User.id).where(User.name == name)) is not None:
+                raise StoreError(f"user {name!r}: already exists; expected a new name (or use set_password)")
+            user = User(name=name, role=role, password_hash=encoded, disabled=False)
+            s.add(user)
+            s.flush()
+            write.log(s, "user", actor, None, {"action": "add", "name": name, "role": role})
+            return user_view(user)
+
+    def set_password(self, name: str, password: str, actor: str = "system") -> None:
+        """Replace an account's password; records a "user" event (never the password).
+
+        Raises:
+            StoreError: unknown user, or an invalid password.
+        """
+        encoded = hash_password(password)
+        self._change_user(name, actor, {"action": "password"}, password_hash=encoded)
+
+    def set_role(self, name: str, role: str, actor: str = "system") -> None:
+        """Change an account's role; records a "user" event.
+
+        Raises:
+            StoreError: unknown user or role.
+        """
+        self._change_user(name, actor, {"action": "role", "role": check_role(role)}, role=role)
+
+    def set_disabled(self, name: str, disabled: bool = True, actor: str = "system") -> None:
+        """Disable (or enable again) an account: a disabled one cannot log in; records a "user" event.
+
+        Raises:
+            StoreError: unknown user.
+        """
+        self._change_user(name, actor, {"action": "disable" if disabled else "enable"}, disabled=bool(disabled))
+
+    def _change_user(self, name: str, actor: str, detail: dict, **values: object) -> None:
+        write.check_text("user change actor", actor)
+        with self._session(write=True) as s:
+            user = s.scalar(select(User).where(User.name == name))
+            if user is None:
+                raise StoreError(f"user {name!r}: no such account; expected one of `medcm users list`")
+            for key, value in values.items():
+                setattr(user, key, value)
+            write.log(s, "user", actor, None, {**detail, "name": name})
+
+    def users(self) -> list[UserView]:
+        """Every account, by name (disabled ones included)."""
+        with self._session() as s:
+            return [user_view(u) for u in s.scalars(select(User).order_by(User.name))]
+
+    def user_role(self, name: str | None) -> str | None:
+        """The role of an enabled account; None for no name, an unknown name or a disabled account."""
+        if not name:
+            return None
+        with self._session() as s:
+            row = s.execute(select(User.role, User.disabled).where(User.name == name)).first()
+        return None if row is None or row.disabled else row.role
+
+    def authenticate(self, name: str, password: str) -> str | None:
+        """The role of the enabled account `name` if `password` is its password, else None.
+
+        Costs one scrypt computation whether or not the name exists, so the time taken does not
+        reveal which names are accounts; the hashes are compared in constant time.
+        """
+        with self._session() as s:
+            row = s.execute(select(User.role, User.disabled, User.password_hash).where(User.name == name)).first()
+        ok = verify_password(password, row.password_hash if row else dummy_hash())
+        return row.role if ok and row is not None and not row.disabled else None

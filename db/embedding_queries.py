@@ -20,7 +20,7 @@ import zlib
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from db import _views
+import db.read as read
 from db.models import Embedding, Instance, Report, Series, Study
 from db.records import InstanceView, PendingStudy, StoreError
 
@@ -106,7 +106,7 @@ def _load(s: Session, rows: list[tuple[int, str, int | None, bool, bool]]) -> li
             .order_by(Series.id, Instance.id)
         ).all()
         for study_id, instance, series_uid in found:
-            instances.setdefault(study_id, []).append(_views.instance_view(instance, series_uid, uids[study_id]))
+            instances.setdefault(study_id, []).append(read.instance_view(instance, series_uid, uids[study_id]))
     report_ids = [row[2] for row in rows if row[4]]
     texts: dict[int, str] = {}
     for start in range(0, len(report_ids), 500):

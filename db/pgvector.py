@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db._views import study_tags
+from db.read import study_tags
 from db.records import StoreError
 
 COLUMN = "pg_vector"

@@ -90,10 +90,10 @@ class VolumeEncoderConfig:
         n_slices: slices sampled for "2.5d", evenly spaced and including the first and last.
         attention_dim: hidden size of the gated attention pooling ("2.5d").
         ct_window: CT (center, width) in HU, applied with the DICOM LINEAR window function like
-            `medcm.dicom.read`. (40, 400) is the soft-tissue window `medcm.dicom.read.default_window` gives a
+            `medcm.dicom.read`. (40, 400) is the soft-tissue window `medcm.dicom.display.default_window` gives a
             CT image without its own VOI, so 2D CT images and CT volumes look alike by default.
         head_ct_window: the CT window of a series whose BodyPartExamined is HEAD, BRAIN or SKULL: the
-            brain window (40, 80) that `medcm.dicom.read.default_window` gives a head CT image.
+            brain window (40, 80) that `medcm.dicom.display.default_window` gives a head CT image.
         mr_percentiles: for every modality but CT, these volume percentiles map to 0 and 1; (0.5, 99.5)
             are the ones `medcm.dicom.read` uses for a 2D image without a window.
     """

@@ -1,7 +1,7 @@
 """Load test of the review app on loopback: N clinicians upload, draft and sign at once for a fixed time.
 
 Serves a copy of the synthetic demo (built once in --demo-dir, about 2 minutes) with logins and
-de-identification on, drives it with `ui.load.run_load`, then checks that every accepted upload and
+de-identification on, drives it with `load_test.run_load`, then checks that every accepted upload and
 signature is in the store exactly once. Prints users, duration, requests, p50/p95 latency per
 endpoint and the store check; `--out FILE.json` keeps the numbers.
 
@@ -39,7 +39,7 @@ def main() -> int:
     from medcm.dicom.deid import DeidConfig
     from medcm.dicom.deid_copies import default_key_file, load_or_create_key
     from medcm.cli.serve import data_dirs, prepare_demo, serve
-    from ui.load import check_store, format_summary, run_load
+    from load_test import check_store, format_summary, run_load  # scripts/load_test.py, beside this file
 
     _, run = prepare_demo(args.demo_dir, progress=False)
     with tempfile.TemporaryDirectory(prefix="medcm-load-") as tmp:

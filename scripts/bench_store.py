@@ -27,7 +27,8 @@ from db.store import CaseStore
 from medcm.model.align import DualEncoder
 from medcm.checkpoint import save_checkpoint
 from medcm.config import get_config
-from medcm.engine.facade import Engine, read_images
+from medcm.engine.facade import Engine
+from medcm.engine.ingest import read_images
 from medcm.index.exact import VectorIndex
 from medcm.data.synthetic_radiographs import write_dataset
 

@@ -3,12 +3,14 @@
 They need no UI state: each one that takes a DICOM file saves and ingests it exactly as an upload
 in the browser does, then answers in JSON-ready dicts (see `ui.app` for the exact contract).
 Each one acts as the logged-in account of its `gr.Request` and checks that account's role first
-(`ui.auth`). The helpers `draft_study`, `sign_study` and `export_study` are shared with the browser
-handlers.
+(`ui.auth`). The helpers `sign_study` and `export_study` are shared with the browser handlers.
+Searching and drafting reuse the vectors ingest just stored for the study (`Engine.similar_cases_for_study`,
+`Engine.draft_for_study`): an upload is decoded and embedded once.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,17 +18,15 @@ import gradio as gr
 from gradio import utils as gradio_utils
 
 from db.store import CaseStore, ReportView
-from medcm.dicom.read import DicomImage
-from medcm.report.draft import Draft
+from medcm.dicom.sr import EXPORT_FORMATS
 from medcm.engine.facade import Engine, SimilarCase
-from medcm.dicom.sr import EXPORT_FORMATS, export_filename, export_report, pick_report, save_export
-from medcm.report.text import split_sections
+from medcm.engine.reports import export_study_report
+from medcm.report.draft import Draft
 from ui.auth import Login, log_view, require
 from ui.errors import readable_errors, user_error
-from ui.study import ingest_upload, load_study, read_study
+from ui.study import ingest_upload
 
 MAX_K = 50
-DRAFT_AUTHOR = "medcm-draft"
 
 
 def check_k(k: float | int | None, default: int = 5) -> int:
@@ -40,23 +40,6 @@ def check_k(k: float | int | None, default: int = 5) -> int:
     if float(k) != int(k) or not 1 <= int(k) <= MAX_K:
         raise user_error(f"k: got {k}, expected a whole number from 1 to {MAX_K}")
     return int(k)
-
-
-def draft_study(engine: Engine, store: CaseStore, study_uid: str, images: list[DicomImage], user: str) -> Draft:
-    """Draft findings for a study and keep the draft in the store, so the worklist shows "drafted".
-
-    The draft is saved only over nothing or over an earlier machine draft: a person's edit and a
-    signed report are never replaced (signing later adds a new version as usual). The saved
-    version's author is `DRAFT_AUTHOR` (the model wrote the text); its "draft" audit event names
-    `user`, the person who asked for it.
-    """
-    draft = engine.draft(images)
-    latest = store.latest_report(study_uid)
-    text = draft.text()
-    if text and (latest is None or (latest.status == "draft" and latest.source == "draft")):
-        store.save_draft(study_uid, text, list(split_sections(text).sections), author=DRAFT_AUTHOR, source="draft",
-                         user=user)
-    return draft
 
 
 def sign_study(engine: Engine, study_uid: str | None, text: str | None, signer: str | None) -> ReportView:
@@ -90,13 +73,12 @@ def export_study(store: CaseStore, study_uid: str | None, fmt: str | None, login
         raise user_error("no study to export: open a study (or give its study UID) first")
     if fmt not in EXPORT_FORMATS:
         raise user_error(f"export format: got {fmt!r}, expected one of {', '.join(EXPORT_FORMATS)}")
-    study_uid = study_uid.strip()
-    report = pick_report(study_uid, store.report_versions(study_uid))
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=_cache_folder()))
-    path = save_export(export_report(store.get_study(study_uid), report, fmt), folder / export_filename(report, fmt))
-    store.log_event("export", login.name, study_uid, {"format": fmt, "version": report.version,
-                                                      "report_id": report.id, "status": report.status})
-    return str(path)
+    try:
+        return str(export_study_report(store, study_uid.strip(), fmt, login.name, folder=folder).path)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # e.g. a study without a report: leave no empty folder
+        raise
 
 
 def _cache_folder() -> Path:
@@ -137,11 +119,11 @@ class Endpoints:
         self.engine, self.store = engine, store
         self.upload_dir = Path(upload_dir).resolve()  # stored file locations must not depend on the cwd
 
-    def _ingest(self, dicom_file: str | None, login: Login, progress: gr.Progress) -> tuple[str, list[DicomImage]]:
-        progress(0.1, desc="storing the upload")
+    def _ingest(self, dicom_file: str | None, login: Login, progress: gr.Progress) -> str:
+        """Store and embed the upload; its first study's UID (searched and drafted from its stored vectors)."""
+        progress(0.1, desc="storing and embedding the upload")
         study_uid, _notes = ingest_upload(self.engine, dicom_file, self.upload_dir, user=login.name)
-        progress(0.5, desc="reading the study")
-        return study_uid, read_study(load_study(self.store, study_uid))
+        return study_uid
 
     @readable_errors
     def search(self, dicom_file: str | None, k: float, request: gr.Request,
@@ -149,9 +131,9 @@ class Endpoints:
         """Similar past cases of a DICOM file or .zip (ingested first), best first (clinicians)."""
         login = require(self.store, request, "ingest")
         count = check_k(k)
-        study_uid, images = self._ingest(dicom_file, login, progress)
+        study_uid = self._ingest(dicom_file, login, progress)
         progress(0.8, desc="searching similar cases")
-        cases = self.engine.similar_cases(images, k=count)
+        cases = self.engine.similar_cases_for_study(study_uid, k=count)
         log_view(self.store, login, study_uid, "api /search", [c.study_uid for c in cases])
         return [case_json(case) for case in cases]
 
@@ -159,9 +141,9 @@ class Endpoints:
     def draft(self, dicom_file: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:
         """An unverified draft of the findings of a DICOM file or .zip (ingested first; clinicians)."""
         login = require(self.store, request, "draft")
-        study_uid, images = self._ingest(dicom_file, login, progress)
+        study_uid = self._ingest(dicom_file, login, progress)
         progress(0.7, desc="drafting from similar cases")
-        return draft_json(study_uid, draft_study(self.engine, self.store, study_uid, images, login.name))
+        return draft_json(study_uid, self.engine.draft_for_study(study_uid, save=True, user=login.name))
 
     @readable_errors
     def sign(self, study_uid: str | None, text: str | None, request: gr.Request) -> dict:

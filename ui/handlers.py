@@ -26,10 +26,10 @@ from medcm.report.draft import DraftSentence
 from medcm.engine.facade import Engine, ImageMatch, SimilarCase
 from medcm.report.text import split_sections
 from ui import render
-from ui.api import check_k, draft_study, export_study, sign_study
+from ui.api import check_k, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
-from ui.study import ImageRef, ReviewStudy, ingest_upload, load_study, read_study, read_view, window_of
+from ui.study import ImageRef, ReviewStudy, ingest_upload, load_study, read_view, window_of
 
 TOP_K = 5
 REVIEW_TAB = "review"
@@ -165,7 +165,7 @@ class Handlers:
         if study is None:
             raise user_error(NO_STUDY)
         progress(0.3, desc="searching similar cases")
-        cases = self.engine.similar_cases(read_study(study), k=self.top_k)
+        cases = self.engine.similar_cases_for_study(study.study_uid, k=self.top_k)  # from the stored vectors
         log_view(self.store, login, study.study_uid, "similar cases", [c.study_uid for c in cases])
         gallery = [(render.study_preview(self.store, c.study_uid) or render.blank(),
                     render.case_caption(c.score, c.modality, c.body_part)) for c in cases]
@@ -194,7 +194,7 @@ class Handlers:
         if study is None:
             raise user_error(NO_STUDY)
         progress(0.3, desc="drafting findings from similar cases")
-        draft = draft_study(self.engine, self.store, study.study_uid, read_study(study), login.name)
+        draft = self.engine.draft_for_study(study.study_uid, save=True, user=login.name)
         if not draft.sentences:
             gr.Warning("no draft: the similar cases gave no usable sentence; write the findings yourself")
         return list(draft.sentences), draft.text(), render.provenance_rows(draft), DRAFT_MARKER

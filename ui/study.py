@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -21,23 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-import pydicom
 from gradio import utils as gradio_utils
-from pydicom.errors import InvalidDicomError
 
 from db.store import CaseStore, InstanceView
-from medcm.dicom.deid_copies import read_source
-from medcm.dicom.read import WINDOW_PRESETS, DicomImage, DicomReadError, read_instance
-from medcm.engine.facade import Engine, IngestResult
+from medcm.dicom.display import WINDOW_PRESETS
 from medcm.dicom.limits import UploadLimits, UploadRejected, check_upload
-from medcm.dicom.volume import VOLUME_MODALITIES, slice_positions, spacing_problems
+from medcm.dicom.read import DicomImage, DicomReadError, read_instance
+from medcm.dicom.series import StoredFile, is_stored_volume, slice_order
+from medcm.engine.facade import Engine, IngestResult
 from ui.errors import one_line, user_error
 
 DEFAULT_PRESET = "default"
 PRESETS: tuple[str, ...] = (DEFAULT_PRESET, *WINDOW_PRESETS)
-_ZIP_MEMBER = re.compile(r"^(?P<archive>.+?\.zip):(?P<member>.+)$", re.IGNORECASE)
 _CHUNK = 1 << 20
-MIN_VOLUME_SLICES = 3
 
 
 @dataclass(frozen=True)
@@ -174,8 +168,9 @@ def load_study(store: CaseStore, study_uid: str) -> ReviewStudy:
     refs: list[ImageRef] = []
     warnings: list[str] = []
     for number, views in enumerate(by_series.values(), start=1):
-        if _is_volume(views):
-            ref, problems = _volume_ref(views, number)
+        files = [_stored_file(view) for view in views]
+        if is_stored_volume(files):
+            ref, problems = _volume_ref(views, files, number)
             refs.append(ref)
             warnings += problems
         else:
@@ -183,47 +178,21 @@ def load_study(store: CaseStore, study_uid: str) -> ReviewStudy:
     return ReviewStudy(study_uid, tuple(refs), tuple(warnings))
 
 
-def _is_volume(views: list[InstanceView]) -> bool:
-    """A CT/MR/PT series of at least `MIN_VOLUME_SLICES` single-frame slices: scrolled as one volume."""
-    return len(views) >= MIN_VOLUME_SLICES and all(
-        view.modality in VOLUME_MODALITIES and int((view.metadata or {}).get("frames") or 1) == 1 for view in views)
+def _stored_file(view: InstanceView) -> StoredFile:
+    meta = view.metadata or {}
+    return StoredFile(view.path, view.modality or "", int(meta.get("frames") or 1), meta.get("instance_number"))
 
 
-def _volume_ref(views: list[InstanceView], series_number: int) -> tuple[ImageRef, list[str]]:
-    """One selector entry for a whole series, its slices sorted along the normal (else by InstanceNumber),
-    and warnings about its spacing (repeated positions, missing slices)."""
-    ordered, positions = _by_position(views)
+def _volume_ref(views: list[InstanceView], files: list[StoredFile], series_number: int) -> tuple[ImageRef, list[str]]:
+    """One selector entry for a whole series, its slices in scrolling order (`slice_order`), and warnings
+    about its spacing (repeated positions, missing slices)."""
     what = (views[0].metadata or {}).get("series_description") or views[0].modality
+    order = slice_order(files, f"series {series_number} ({what})")
+    ordered = [views[k] for k in order.order]
     label = f"series {series_number} · {what} volume · {len(ordered)} slices"
     first = ordered[0]
-    problems = spacing_problems(positions, f"series {series_number} ({what})") if positions else []
     return ImageRef(first.path, first.sop_instance_uid, first.series_uid, label, len(ordered),
-                    tuple(view.path for view in ordered)), problems
-
-
-def _header(path: str) -> pydicom.Dataset:
-    """A stored instance's attributes without its pixel data (a plain file is read only that far)."""
-    source = path if _ZIP_MEMBER.match(path) is None else io.BytesIO(read_source(path))
-    return pydicom.dcmread(source, stop_before_pixels=True, force=True)
-
-
-def _by_position(views: list[InstanceView]) -> tuple[list[InstanceView], list[float] | None]:
-    headers = []
-    for view in views:
-        try:
-            headers.append(_header(view.path))
-        except (DicomReadError, OSError, ValueError, InvalidDicomError):
-            headers = []
-            break
-    positions = slice_positions(headers) if headers else None
-    if positions is not None:
-        return [view for _, view in sorted(zip(positions, views), key=lambda pair: pair[0])], positions
-
-    def by_number(view: InstanceView) -> tuple[bool, int, str]:
-        number = (view.metadata or {}).get("instance_number")
-        return number is None, number or 0, view.path
-
-    return sorted(views, key=by_number), None
+                    tuple(view.path for view in ordered)), list(order.problems)
 
 
 def _ref(view: InstanceView, series_number: int) -> ImageRef:
@@ -256,9 +225,7 @@ def read_ref(ref: ImageRef, window: tuple[float, float] | None = None) -> DicomI
     Raises:
         DicomReadError: the file is gone or unreadable.
     """
-    if _ZIP_MEMBER.match(ref.path) is None:
-        return read_instance(ref.path, window=window)
-    return read_instance(read_source(ref.path), name=ref.path, window=window)
+    return read_instance(ref.path, window=window)
 
 
 def read_view(ref: ImageRef, frame: int, window: tuple[float, float] | None = None) -> tuple[DicomImage, int]:

@@ -1,4 +1,9 @@
-"""The `medcm` command line."""
+"""The `medcm` command line: `build_parser`, `main` and the verbs over the case store.
+
+Here: ingest, embed, search, draft, serve, demo, export, users. The verbs on data sets and checkpoints
+(synth, train, eval) are in `medcm.cli.model_commands`, `medcm import` in `medcm.cli.import_command`, and
+the options several verbs share (and opening an engine from them) in `medcm.cli.options`.
+"""
 
 from __future__ import annotations
 
@@ -10,123 +15,18 @@ import sys
 from pathlib import Path
 
 from medcm import __version__
-from medcm.data.importer import add_import_parser
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from medcm.config import NAMED_CONFIGS
-
-    p = sub.add_parser("train", help="train the image–report dual encoder", description=(
-        "Train images and reports into one shared space. Writes OUT/best (best validation recall) "
-        "and OUT/last (resumable). For several GPUs or machines launch it with "
-        "`torchrun --nproc_per_node N -m medcm train ...`: --batch-size stays the global batch."))
-    p.add_argument("--data", required=True,
-                   help="a JSONL/CSV manifest (--format manifest) or a MedPix 2.0 folder (--format medpix)")
-    p.add_argument("--format", default="manifest", choices=["manifest", "medpix"], help="data format (default: manifest)")
-    p.add_argument("--config", default="cpu-small", choices=sorted(NAMED_CONFIGS), help="named config (default: cpu-small)")
-    p.add_argument("--out", required=True, help="run folder for the checkpoints")
-    p.add_argument("--split", help="train on records of this split (default: all)")
-    p.add_argument("--val-split", help="validate on this split (default: hold out a share of training cases)")
-    p.add_argument("--epochs", type=int, help="override the config's number of epochs")
-    p.add_argument("--batch-size", type=int, help="override the config's batch size")
-    p.add_argument("--accum-steps", type=int, metavar="N",
-                   help="split each batch into N micro-batches: the same contrastive batch and gradients "
-                        "at the memory of batch-size/N pairs (default: the config's, 1)")
-    p.add_argument("--lr", type=float, help="override the config's learning rate")
-    p.add_argument("--seed", type=int, help="override the config's seed")
-    p.add_argument("--volume-encoder", choices=["3d", "2.5d", "none"],
-                   help="how CT/MR/PT series are encoded: a 3D network, the 2D tower over sampled slices with "
-                        "attention, or slice by slice as 2D images (default: the config's, 3d)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    p.add_argument("--resume", help="continue a run from its folder (or its 'last' checkpoint)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from medcm.config import get_config, with_overrides, with_volume_kind
-    from medcm.data.manifest import read_dataset, split_records
-    from medcm.model.distributed import context_from_env
-    from medcm.model.train import train
-
-    config = with_overrides(get_config(args.config), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed, accum_steps=args.accum_steps)
-    if args.volume_encoder:
-        config = with_volume_kind(config, args.volume_encoder)
-    records = read_dataset(args.data, args.format)
-    train_records, val_records = split_records(records, args.split, args.val_split, config.train.val_fraction,
-                                               config.train.seed)
-    result = train(config, train_records, val_records, args.out, resume=args.resume, device=args.device,
-                   progress=not args.quiet)
-    if not context_from_env().is_main:  # under torchrun only rank 0 reports
-        return 0
-    best = result.best_metrics
-    if "image_to_text" in best:
-        print(f"best checkpoint: {result.best_dir} (epoch {best.get('epoch')}, validation mean recall {best['score']:.3f})")
-    else:
-        print(f"checkpoint: {result.best_dir} (epoch {best.get('epoch')}; no validation cases, so the last epoch)")
-    return 0
-
-
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="write a small synthetic paired data set (DICOM + manifest)")
-    p.add_argument("--out", required=True, help="folder to write into")
-    p.add_argument("--train", type=int, default=660, help="training cases (default: 660)")
-    p.add_argument("--dev", type=int, default=99, help="dev cases (default: 99)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--volumes", type=int, metavar="DEPTH",
-                   help="write chest CT series of DEPTH slices (nodule, effusion, rib fracture or normal) instead of "
-                        "single images")
-    p.set_defaults(handler=_run_synth)
-
-
-def _run_synth(args: argparse.Namespace) -> int:
-    from medcm.data.synthetic_radiographs import write_dataset
-    from medcm.data.synthetic_ct import write_volume_dataset
-
-    if args.volumes:
-        manifest = write_volume_dataset(args.out, args.train, args.dev, args.seed, depth=args.volumes, size=args.size)
-    else:
-        manifest = write_dataset(args.out, args.train, args.dev, args.seed, args.size)
-    print(f"wrote {args.train + args.dev} cases; manifest: {manifest}")
-    return 0
-
-
-def _db_url(value: str) -> str:
-    """A SQLAlchemy URL as given, or a plain file path as a SQLite URL."""
-    return value if "://" in value else f"sqlite:///{Path(value).expanduser().resolve()}"
-
-
-def _open_engine(args: argparse.Namespace, need_model: bool = True):
-    # The command line is a composition root: it alone wires the library to the case store.
-    from db.store import CaseStore
-    from medcm.dicom.deid_copies import deid_config_from_args
-    from medcm.engine.facade import Engine
-
-    checkpoint = getattr(args, "checkpoint", None)
-    if need_model and not checkpoint:
-        raise ValueError("--checkpoint CKPT_DIR is required (a folder written by medcm train)")
-    url = _db_url(args.db)
-    deid = deid_config_from_args(args, url) if hasattr(args, "no_deid") else None  # commands that store files
-    return Engine(CaseStore(url), checkpoint=checkpoint, device=getattr(args, "device", None),
-                  draft_config=_draft_config(getattr(args, "draft", None)), deid=deid,
-                  files_dir=getattr(args, "files", None), index_backend=getattr(args, "index_backend", "exact"))
-
-
-DRAFT_CHOICES = ("similarity", "consensus")
-
-
-def _add_draft_option(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--draft", choices=DRAFT_CHOICES, default=default, help=(
-        f"drafting preset (default: {default}): 'similarity' keeps the few sentences of the 5 nearest cases "
-        "that best match the image; 'consensus' composes what most of the 40 nearest cases agree on"))
-
-
-def _draft_config(name: str | None):
-    from medcm.report.draft import DRAFT_PRESETS
-
-    return DRAFT_PRESETS[name or "similarity"]
+from medcm.cli.import_command import add_import_parser
+from medcm.cli.model_commands import add_eval, add_synth, add_train
+from medcm.cli.options import (
+    add_deid_options,
+    add_draft_option,
+    add_index_option,
+    add_query_options,
+    db_url,
+    deid_config_from_args,
+    draft_config,
+    open_engine,
+)
 
 
 def _read_report_option(path: str | None) -> tuple[dict[str, str], str | None]:
@@ -159,19 +59,13 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
                    "(default: a report.txt beside each study's files)")
     p.add_argument("--user", default="cli", help="name recorded in the audit trail")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
-    _add_deid_options(p)
+    add_deid_options(p)
     p.set_defaults(handler=_run_ingest)
-
-
-def _add_deid_options(p: argparse.ArgumentParser, files_option: bool = True) -> None:
-    from medcm.dicom.deid_copies import add_deid_options
-
-    add_deid_options(p, files_option)
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
     reports, default_report = _read_report_option(args.report)
-    engine = _open_engine(args, need_model=False)
+    engine = open_engine(args, need_model=False)
     result = engine.ingest(args.paths, reports, default_report, user=args.user)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
@@ -210,7 +104,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         from medcm.runtime import select_device
 
         args.device = str(rank_device(select_device(args.device), ctx))
-    engine = _open_engine(args)
+    engine = open_engine(args)
     if args.pgvector_hnsw:
         engine.store.enable_pgvector()  # before embedding: fails at once on SQLite or without the extension
     summary = engine.embed_archive(args.batch_studies, ctx.rank, ctx.world_size, progress=not args.quiet)
@@ -229,23 +123,6 @@ def _run_embed(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _add_query_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
-    p.add_argument("--checkpoint", required=True, help="the model the store was embedded with")
-    p.add_argument("--modality", help="only cases of this modality (e.g. CT)")
-    p.add_argument("--body-part", help="only cases of this body part (e.g. CHEST)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
-    _add_index_option(p)
-
-
-def _add_index_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index-backend", choices=["exact", "faiss", "pgvector"], default="exact", help=(
-        "vector search: 'exact' (default; chunked, bounded memory), 'faiss' (an IndexFlatIP built in memory "
-        "from the saved index, the same answers; needs pip install 'medcm[faiss]') or 'pgvector' (a PostgreSQL "
-        "--db with the pgvector extension searches its own vectors; enabled on first use)"))
-
-
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find similar cases for a DICOM study, or images matching a phrase")
     what = p.add_mutually_exclusive_group(required=True)
@@ -254,12 +131,12 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["reports", "images"], default="reports",
                    help="with --image: similar cases by their reports (default) or by their images")
     p.add_argument("-k", type=int, default=5, help="number of results (default: 5)")
-    _add_query_options(p)
+    add_query_options(p)
     p.set_defaults(handler=_run_search)
 
 
 def _query_images(engine, path: str) -> list:
-    from medcm.engine.facade import read_images
+    from medcm.engine.ingest import read_images
 
     images, errors = read_images([path])
     for error in errors:
@@ -270,7 +147,7 @@ def _query_images(engine, path: str) -> list:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    engine = _open_engine(args)
+    engine = open_engine(args)
     filters = {"modality": args.modality, "body_part": args.body_part}
     if args.text:
         results = engine.search_text(args.text, args.k, filters)
@@ -298,13 +175,13 @@ def _run_search(args: argparse.Namespace) -> int:
 def _add_draft(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("draft", help="draft findings for a DICOM study from similar cases (unverified)")
     p.add_argument("dicom_path", help="a DICOM file, folder or zip")
-    _add_draft_option(p, "similarity")
-    _add_query_options(p)
+    add_draft_option(p, "similarity")
+    add_query_options(p)
     p.set_defaults(handler=_run_draft)
 
 
 def _run_draft(args: argparse.Namespace) -> int:
-    engine = _open_engine(args)
+    engine = open_engine(args)
     draft = engine.draft(_query_images(engine, args.dicom_path), {"modality": args.modality, "body_part": args.body_part})
     if args.json:
         print(json.dumps(dataclasses.asdict(draft), indent=2))
@@ -322,11 +199,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--checkpoint", required=True, help="the model the store was embedded with")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    _add_draft_option(p, "similarity")
+    add_draft_option(p, "similarity")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
-    _add_index_option(p)
-    _add_deid_options(p)
+    add_index_option(p)
+    add_deid_options(p)
     p.set_defaults(handler=_run_serve)
 
 
@@ -334,10 +211,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from medcm.cli.serve import serve
 
     print(f"medcm review app: http://{args.host}:{args.port}  (Ctrl+C stops it)")
-    from medcm.dicom.deid_copies import deid_config_from_args
-
-    url = _db_url(args.db)
-    serve(url, args.checkpoint, args.host, args.port, device=args.device, draft_config=_draft_config(args.draft),
+    url = db_url(args.db)
+    serve(url, args.checkpoint, args.host, args.port, device=args.device, draft_config=draft_config(args.draft),
           deid=deid_config_from_args(args, url), files_dir=args.files, index_backend=args.index_backend)
     return 0
 
@@ -375,69 +250,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="measure retrieval and draft quality against baselines", description=(
-        "Index the pool cases, run every query case, and write FILE.json, FILE.md and PNG plots beside it."))
-    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder (from medcm train)")
-    p.add_argument("--pool-data", required=True, help="the remembered cases: a manifest or a MedPix folder")
-    p.add_argument("--pool-split", help="use only this split of the pool data")
-    p.add_argument("--query-data", required=True, help="the new cases: a manifest or a MedPix folder")
-    p.add_argument("--query-split", help="use only this split of the query data")
-    p.add_argument("--format", choices=["manifest", "medpix"],
-                   help="data format (default: medpix for a folder, manifest for a file)")
-    p.add_argument("--out", required=True, help="the JSON file to write (the .md and .png go beside it)")
-    _add_draft_option(p, "consensus")
-    p.add_argument("--top-k-cases", type=int, help="cases a draft reads (default: the preset's)")
-    p.add_argument("--max-findings", type=int, help="most FINDINGS sentences in a draft")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default: 0)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_run_eval)
-
-
-def _eval_records(path: str, data_format: str | None, split: str | None, option: str) -> list:
-    from medcm.data.manifest import read_dataset
-
-    data_format = data_format or ("medpix" if Path(path).is_dir() else "manifest")
-    records = read_dataset(path, data_format)
-    if split is None:
-        return records
-    chosen = [r for r in records if r.split == split]
-    if not chosen:
-        found = sorted({str(r.split) for r in records})
-        raise ValueError(f"{option} {split!r}: no cases of that split in {path}; it has splits {found}")
-    return chosen
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from medcm.checkpoint import load_checkpoint
-    from medcm.eval.evaluate import evaluate
-    from medcm.eval.report import write_results
-    from medcm.runtime import select_device
-
-    pool = _eval_records(args.pool_data, args.format, args.pool_split, "--pool-split")
-    queries = _eval_records(args.query_data, args.format, args.query_split, "--query-split")
-    overrides = {k: v for k, v in {"top_k_cases": args.top_k_cases, "max_findings": args.max_findings}.items()
-                 if v is not None}
-    device = select_device(args.device)
-    checkpoint = load_checkpoint(args.checkpoint, device)
-    results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(_draft_config(args.draft), **overrides),
-                       device=device, seed=args.seed, progress=not args.quiet)
-    for error in results["errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    paths = write_results(results, args.out)
-    i2r, draft = results["retrieval"]["image_to_report"], results["draft"]
-    print(f"image→report R@1/5/10 {i2r['R@1']:.3f}/{i2r['R@5']:.3f}/{i2r['R@10']:.3f}; "
-          f"region P@1 {_fmt_optional(results['retrieval']['region_P@1'])}; "
-          f"draft BLEU-4 {draft['BLEU-4']:.4f} ROUGE-L {draft['ROUGE-L']:.4f}")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-def _fmt_optional(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def _add_export(sub: argparse._SubParsersAction) -> None:
     from medcm.dicom.sr import EXPORT_FORMATS
 
@@ -458,7 +270,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from db.store import CaseStore
     from medcm.dicom.sr import export_report, pick_report, save_export
 
-    with CaseStore(_db_url(args.db)) as store:
+    with CaseStore(db_url(args.db)) as store:
         study = store.get_study(args.study_uid)
         report = pick_report(args.study_uid, store.report_versions(args.study_uid), args.version, args.signed_only)
         path = save_export(export_report(study, report, args.format), args.out)
@@ -503,7 +315,7 @@ def _read_password(confirm: bool = True) -> str:
 def _run_users(args: argparse.Namespace) -> int:
     from db.store import CaseStore
 
-    with CaseStore(_db_url(args.db)) as store:
+    with CaseStore(db_url(args.db)) as store:
         if args.action == "list":
             for user in store.users():
                 state = "  (disabled)" if user.disabled else ""
@@ -526,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcm", description="medcm: similar cases and draft findings for DICOM studies.")
     parser.add_argument("--version", action="version", version=f"medcm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_synth(sub)
+    add_train(sub)
+    add_synth(sub)
     _add_ingest(sub)
     _add_embed(sub)
     add_import_parser(sub)
@@ -535,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_draft(sub)
     _add_serve(sub)
     _add_demo(sub)
-    _add_eval(sub)
+    add_eval(sub)
     _add_users(sub)
     _add_export(sub)
     return parser

@@ -33,7 +33,7 @@ def data_dirs(db_url: str, base: Path | None = None) -> tuple[Path, Path]:
 
     Beside a SQLite database file (`cases.db` → `cases.db.uploads/`), else under `base` or the cwd.
     """
-    from medcm.engine.facade import sqlite_file
+    from medcm.paths import sqlite_file
 
     file = sqlite_file(db_url)
     root = file.with_name(file.name + ".uploads") if file else (base or Path.cwd()) / "medcm-uploads"
@@ -47,7 +47,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     """Open the store and the model once, then serve the review app (blocking unless `block=False`).
 
     Uploads are de-identified with `deid` (None: stored as they are) into `files_dir` (default
-    beside a SQLite database file, see `medcm.engine.facade.default_files_dir`). `index_backend` is
+    beside a SQLite database file, see `medcm.paths.default_files_dir`). `index_backend` is
     "exact" or "faiss" (see `medcm.engine.facade.Engine`).
 
     Every page and call needs a login (`medcm users add`); the store's accounts are checked by

@@ -477,7 +477,7 @@ def write_demo_archive(out_dir: str | Path, n_train: int = 480, n_dev: int = 60,
     Raises:
         ValueError: `n_train` < 1 or `n_dev` < 0.
     """
-    from medcm.dicom.read import write_image
+    from medcm.dicom.write import write_image
 
     if n_train < 1 or n_dev < 0:
         raise ValueError(f"got n_train={n_train}, n_dev={n_dev}; expected n_train >= 1 and n_dev >= 0")

@@ -1,4 +1,4 @@
-"""Put paired archives (JSONL/CSV manifests) and MedPix 2.0 into the case store: `medcm import`.
+"""Put paired archives (JSONL/CSV manifests) and MedPix 2.0 into the case store: the library half of `medcm import`.
 
 DICOM images are stored as they are, under their own UIDs; the case's report goes to each of their
 studies. PNG/JPEG images are loaded as training loads them (a data set's burned-in text masked, see
@@ -7,18 +7,17 @@ derived from the case id and the image's position in the case. Importing the sam
 the same bytes under the same UIDs, so the store skips them and adds nothing.
 
 Cases go to the store `BATCH_CASES` at a time, one transaction per batch: an interrupted import
-loses at most the batch in flight, and no case is ever half-stored.
+loses at most the batch in flight, and no case is ever half-stored. The command line half (options,
+summary) is `medcm.cli.import_command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import unicodedata
 import uuid
@@ -170,7 +169,7 @@ def _convert_image(record: ManifestRecord, index: int, files_dir: Path) -> Path:
         _ConflictError: the target exists with different bytes.
     """
     from medcm.data.manifest import load_image
-    from medcm.dicom.read import write_image
+    from medcm.dicom.write import write_image
 
     pixels = load_image(record.images[index], record.mask)
     meta = record.meta_of_image(index)
@@ -289,78 +288,3 @@ def _ingest_batch(engine: Engine, cases: list[_Case], user: str, totals: _Totals
         if studies:
             totals.case_studies[case.case_id] = studies
 
-
-# --------------------------------------------------------------------------- command line
-def add_import_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `medcm import {manifest,medpix} PATH --db URL ...`."""
-    p = sub.add_parser("import", help="put a manifest's cases or a MedPix 2.0 folder into the case store", description=(
-        "Store every case's images and report. DICOM files are stored as they are; PNG/JPEG images are "
-        "converted to DICOM under --files. Importing the same data again adds nothing."))
-    p.add_argument("format", choices=["manifest", "medpix"], help="a JSONL/CSV manifest, or a MedPix 2.0 folder")
-    p.add_argument("path", help="the manifest file or the MedPix folder")
-    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
-    p.add_argument("--checkpoint", help="model to embed images and reports with (omit to store without embeddings)")
-    p.add_argument("--files", help="folder for the stored images: de-identified copies, or converted PNG/JPEG "
-                   "with --no-deid (default: beside a SQLite file, cases.db → cases.db.files/; required for "
-                   "other databases)")
-    p.add_argument("--split", help="import only the cases of this split (default: all)")
-    p.add_argument("--user", default="import", help="name recorded in the audit trail (default: import)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (for --checkpoint)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    from medcm.dicom.deid_copies import add_deid_options
-
-    add_deid_options(p, files_option=False)  # --files above also holds the de-identified copies
-    p.set_defaults(handler=run_import)
-
-
-def run_import(args: argparse.Namespace) -> int:
-    """Run `medcm import`: print errors on stderr and a one-line summary; 1 when no case was stored.
-
-    Raises:
-        ValueError: no --files for a database that is not a SQLite file, or an empty --split.
-        FileNotFoundError: the manifest or folder does not exist.
-    """
-    from medcm.cli.commands import _db_url, _open_engine
-    from medcm.data.manifest import read_dataset
-
-    files_dir = default_files_dir(_db_url(args.db), args.files)
-    records = select_split(read_dataset(args.path, args.format), args.split)
-    engine = _open_engine(args, need_model=False)
-    result = import_records(engine, records, files_dir, user=args.user, progress=not args.quiet)
-    for error in result.errors:
-        print(f"error: {error}", file=sys.stderr)
-    print(f"imported {result.cases} of {len(records)} case(s) into {result.studies} study(ies): "
-          f"{result.added_instances} new instance(s), {result.skipped_instances} already stored; "
-          f"{result.added_reports} report(s); {result.added_embeddings} embedding(s); {len(result.errors)} error(s)")
-    return 0 if result.cases else 1
-
-
-def default_files_dir(db_url: str, files: str | None) -> Path:
-    """`--files` if given, else `<db file>.files` beside a SQLite database file.
-
-    Raises:
-        ValueError: no `files` for another database (e.g. PostgreSQL), which has no folder to sit beside.
-    """
-    from medcm.engine.facade import sqlite_file
-
-    if files:
-        return Path(files).expanduser().resolve()
-    file = sqlite_file(db_url)
-    if file is None:
-        scheme = db_url.split("://", 1)[0]  # never echo the URL: it may hold a password
-        raise ValueError(f"--files: not given, and a {scheme}:// database has no folder beside it; "
-                         "expected --files DIR for the converted PNG/JPEG images")
-    return file.with_name(file.name + ".files")
-
-
-def select_split(records: Sequence[ManifestRecord], split: str | None) -> list[ManifestRecord]:
-    """The records of `split` (all of them for None).
-
-    Raises:
-        ValueError: the split has no records; the message lists the splits the data has.
-    """
-    chosen = [record for record in records if split is None or record.split == split]
-    if not chosen:
-        found = sorted({str(record.split) for record in records})
-        raise ValueError(f"--split: got {split!r}, which has no cases; expected one of {found}")
-    return chosen

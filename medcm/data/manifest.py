@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,50 +33,12 @@ from medcm.model.preprocess import resize_and_pad, select_frame
 from medcm.report.text import report_text_for_training
 from medcm.dicom.volume import VolumeError
 from medcm.dicom.series import group_series, read_volume
+from medcm.data.medpix import mask_medpix, read_medpix
+from medcm.data.records import ImageReadError, ManifestRecord
 
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class ImageReadError(Exception):
-    """An image file (DICOM, PNG or JPEG) could not be read; `str()` is "<path>: <reason>"."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class ManifestRecord:
-    """One case: its images, its report and optional ids and metadata.
-
-    Attributes:
-        images: absolute image paths (DICOM, PNG or JPEG).
-        report: the case's report text.
-        case_id: the case (study) identifier.
-        split: e.g. "train" or "dev"; None when the data has no splits.
-        meta: case-level metadata, e.g. "region", "modality", "diagnosis".
-        patient_id: the patient, when known.
-        image_meta: per-image metadata parallel to `images` (e.g. "modality", "region", "caption"),
-            or empty when only case-level metadata exists.
-        mask: the name of a burned-in-text mask in `MASK_NAMES` applied when an image is loaded.
-    """
-
-    images: tuple[str, ...]
-    report: str
-    case_id: str
-    split: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    patient_id: str | None = None
-    image_meta: tuple[dict[str, Any], ...] = ()
-    mask: str | None = None
-
-    def meta_of_image(self, index: int) -> dict[str, Any]:
-        """Case metadata overlaid with image `index`'s own."""
-        own = self.image_meta[index] if index < len(self.image_meta) else {}
-        return {**self.meta, **own}
 
 
 DATA_FORMATS = ("manifest", "medpix")
@@ -96,8 +58,6 @@ def read_dataset(path: str | Path, data_format: str = "manifest") -> list[Manife
     if data_format == "manifest":
         return read_manifest(path)
     if data_format == "medpix":
-        from medcm.data.medpix import read_medpix
-
         return read_medpix(path)
     raise ValueError(f"--format: got {data_format!r}, expected one of {DATA_FORMATS}")
 
@@ -271,8 +231,6 @@ def apply_mask(pixels: np.ndarray, name: str) -> np.ndarray:
         ValueError: an unknown mask name.
     """
     if name == "medpix":
-        from medcm.data.medpix import mask_medpix
-
         return mask_medpix(pixels)
     raise ValueError(f"mask: got {name!r}, expected one of {MASK_NAMES}")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medcm.data.manifest import ManifestRecord
+from medcm.data.records import ManifestRecord
 
 # The watermark is drawn at a roughly fixed pixel size (about 105 × 25 px on 512-px images, up to
 # 110 × 35 px on smaller ones) and the footer is 20–25 px of text under the image. The box is

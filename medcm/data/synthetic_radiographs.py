@@ -119,7 +119,7 @@ def write_dataset(out_dir: str | Path, n_train: int = 660, n_dev: int = 99, seed
     Returns:
         The manifest's path.
     """
-    from medcm.dicom.read import write_image
+    from medcm.dicom.write import write_image
 
     out_dir = Path(out_dir)
     lines = []

@@ -13,21 +13,17 @@ written over (the store may point at the first one).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
 import os
-import re
 import secrets
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from medcm.dicom.deid import (
     BurnedInAnnotationError,
@@ -37,11 +33,13 @@ from medcm.dicom.deid import (
     pseudonymous_uid,
     scrub_report,
 )
-from medcm.dicom.read import DicomImage, DicomReadError, instance_meta
+from medcm.dicom.meta import instance_meta
+from medcm.dicom.read import DicomImage, DicomReadError, read_dataset
+from medcm.dicom.read import read_source as read_bytes
+from medcm.paths import sqlite_file
 
 log = logging.getLogger(__name__)
 
-_ZIP_MEMBER = re.compile(r"^(?P<archive>.+?\.zip):(?P<member>.+)$", re.IGNORECASE)
 KEY_BYTES = 32
 
 
@@ -65,19 +63,17 @@ class DeidentifiedBatch:
 
 
 def read_source(label: str) -> bytes:
-    """The bytes of a file, or of a zip member named `archive.zip:member` (as `medcm.dicom.read` names them).
+    """The bytes of an image read before, to copy it: a file, or a zip member named `archive.zip:member`.
+
+    `medcm.dicom.read.read_source`, with errors saying that the image read before is now unreadable.
 
     Raises:
         DicomReadError: the file or member cannot be read.
     """
-    match = _ZIP_MEMBER.match(label)
     try:
-        if match is None:
-            return Path(label).read_bytes()
-        with zipfile.ZipFile(match["archive"]) as archive:
-            return archive.read(match["member"])
-    except (OSError, KeyError, zipfile.BadZipFile) as err:
-        raise DicomReadError(label, f"cannot read it again: {err}") from err
+        return read_bytes(label)
+    except DicomReadError as err:
+        raise DicomReadError(label, f"cannot read it again: {err.reason}") from (err.__cause__ or err)
 
 
 def load_or_create_key(path: str | Path) -> bytes:
@@ -109,44 +105,8 @@ def load_or_create_key(path: str | Path) -> bytes:
     return key
 
 
-def add_deid_options(parser: argparse.ArgumentParser, files_option: bool = True) -> None:
-    """Register `--no-deid`, `--deid-key`, `--burned-in` (and `--files`) on a command that stores files."""
-    group = parser.add_argument_group("de-identification (on by default: PS3.15 Basic Profile)")
-    group.add_argument("--no-deid", action="store_true",
-                       help="store files and reports as they are; only for data that is already de-identified")
-    group.add_argument("--deid-key", help="file holding the site's secret de-identification key (hex); default: "
-                       "beside a SQLite database (cases.db → cases.db.deid-key), created on first use; keep it "
-                       "out of backups of the store")
-    group.add_argument("--burned-in", choices=("refuse", "flag"), default="refuse",
-                       help="images declaring burned-in annotation: refuse them (default) or store them flagged "
-                       "for review")
-    if files_option:
-        group.add_argument("--files", help="folder for the de-identified copies (default: beside a SQLite "
-                           "database, cases.db → cases.db.files/; required for other databases)")
-
-
-def deid_config_from_args(args: argparse.Namespace, db_url: str) -> DeidConfig | None:
-    """The `DeidConfig` the options of `add_deid_options` ask for; None with `--no-deid`.
-
-    Raises:
-        ValueError: no `--deid-key` for a database that is not a SQLite file, or an invalid key file.
-    """
-    if getattr(args, "no_deid", False):
-        log.warning("de-identification is OFF (--no-deid): files and reports are stored as they are")
-        return None
-    key_file = getattr(args, "deid_key", None) or default_key_file(db_url)
-    if key_file is None:
-        scheme = db_url.split("://", 1)[0]  # never echo the URL: it may hold a password
-        raise ValueError(f"--deid-key: not given, and a {scheme}:// database has no folder beside it; expected "
-                         "--deid-key FILE (created on first use), or --no-deid for already de-identified data")
-    refuse = getattr(args, "burned_in", "refuse") != "flag"
-    return DeidConfig(load_or_create_key(key_file), refuse_burned_in=refuse)
-
-
 def default_key_file(db_url: str) -> Path | None:
     """`sqlite:///x/cases.db` → `x/cases.db.deid-key`; None for other databases."""
-    from medcm.engine.facade import sqlite_file  # here: the engine imports this module
-
     file = sqlite_file(db_url)
     return file.with_name(file.name + ".deid-key") if file else None
 
@@ -189,9 +149,10 @@ def _dataset(image: DicomImage) -> pydicom.Dataset:
     label = image.meta.path
     data = read_source(label)
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, OSError, ValueError) as err:
-        raise DicomReadError(label, f"cannot parse it again for de-identification: {err}") from err
+        return read_dataset(data, label, force=True)  # it read as an image before: no image checks again
+    except DicomReadError as err:
+        reason = f"cannot parse it again for de-identification: {err.reason}"
+        raise DicomReadError(label, reason) from (err.__cause__ or err)
 
 
 def _write_copy(ds: pydicom.Dataset, image: DicomImage, config: DeidConfig,

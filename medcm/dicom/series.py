@@ -1,31 +1,39 @@
-"""Finding volumes in files: every series under a path, or the series among one case's files.
+"""Finding volumes in files: every series under a path, the series among one case's files, or
+whether a stored series is scrolled as one volume and in which order.
 
 `medcm.dicom.volume` assembles datasets already read; this module reads them. Files are named as
 `medcm.dicom.read` names them: a path, or ``"archive.zip:member"`` for a zip member, so a `DicomImage`'s
-`meta.path` (or a manifest's image path) is enough to read its series again as a volume.
+`meta.path` (or a manifest's image path, or a case store's instance path) is enough to read its
+series again as a volume.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import re
-import warnings
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 
-# A private helper of medcm.dicom.read, imported so that "a safe read" has one definition.
-from medcm.dicom.read import DicomReadError, _load, iter_sources
-from medcm.dicom.volume import Volume, VolumeError, assemble_volume, could_be_volume, is_volume_series
+from medcm.dicom.read import DicomReadError, read_dataset
+from medcm.dicom.volume import (
+    VOLUME_MODALITIES,
+    Volume,
+    VolumeError,
+    assemble_volume,
+    could_be_volume,
+    is_volume_series,
+    slice_positions,
+    spacing_problems,
+)
+from medcm.dicom.walk import iter_sources
 
-__all__ = ["SeriesFiles", "group_series", "read_volume", "read_volumes", "split_stacks"]
+__all__ = ["MIN_VOLUME_SLICES", "SeriesFiles", "SliceOrder", "StoredFile", "group_series", "is_stored_volume",
+           "read_volume", "read_volumes", "slice_order", "split_stacks"]
 
-_ZIP_MEMBER = re.compile(r"^(?P<archive>.+\.zip):(?P<member>.+)$", re.IGNORECASE)
+MIN_VOLUME_SLICES = 3  # fewest slices (frames count) of a series treated as a volume
 _RASTER = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -44,7 +52,7 @@ class SeriesFiles:
     is_volume: bool
 
 
-def group_series(files: Sequence[str], min_slices: int = 3) -> list[SeriesFiles]:
+def group_series(files: Sequence[str], min_slices: int = MIN_VOLUME_SLICES) -> list[SeriesFiles]:
     """Group a case's image files by series and stack (`split_stacks`), from headers alone, and tell
     volumes from single images.
 
@@ -111,7 +119,7 @@ def _stack_key(ds: pydicom.Dataset) -> tuple:
 
 def _header(name: str) -> pydicom.Dataset | None:
     try:
-        return _read_named(name, headers_only=True)
+        return read_dataset(name, headers_only=True)
     except DicomReadError:
         return None
 
@@ -130,36 +138,11 @@ def read_volume(files: Sequence[str], label: str = "", allow_gaps: bool = False)
     """
     if not files:
         raise VolumeError(f"series{f' ({label})' if label else ''}: no files; expected the slices of one series")
-    datasets = [_read_named(name) for name in files]
+    datasets = [read_dataset(name) for name in files]
     return assemble_volume(datasets, label=label or os.path.dirname(files[0]), allow_gaps=allow_gaps)
 
 
-def _read_named(name: str, headers_only: bool = False) -> pydicom.Dataset:
-    """The dataset of a file path or of an ``"archive.zip:member"`` name."""
-    path = Path(name)
-    if not path.is_file():
-        match = _ZIP_MEMBER.match(name)
-        if match is None:
-            raise DicomReadError(name, "no such file; expected a DICOM file or an 'archive.zip:member' name")
-        try:
-            with zipfile.ZipFile(match["archive"]) as archive:
-                data = archive.read(match["member"])
-        except (OSError, KeyError, zipfile.BadZipFile) as exc:
-            raise DicomReadError(name, f"cannot read zip member: {exc}") from exc
-        ds = _load(data, name)
-    elif headers_only:
-        try:
-            with warnings.catch_warnings():  # a forced read of a non-DICOM file warns before it fails
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable header"
-            raise DicomReadError(name, f"not a readable DICOM header ({type(exc).__name__}: {exc})") from exc
-    else:
-        ds = _read_dataset(path, name)
-    return ds
-
-
-def read_volumes(path: str | os.PathLike, min_slices: int = 3) -> tuple[list[Volume], list[VolumeError | DicomReadError]]:
+def read_volumes(path: str | os.PathLike, min_slices: int = MIN_VOLUME_SLICES) -> tuple[list[Volume], list[VolumeError | DicomReadError]]:
     """Assemble every CT/MR/PT series under a file, folder (recursive) or .zip.
 
     Series of other modalities, series with fewer than `min_slices` slices (frames count) and
@@ -188,7 +171,7 @@ def read_volumes(path: str | os.PathLike, min_slices: int = 3) -> tuple[list[Vol
             if isinstance(item, DicomReadError):
                 raise item
             label, folder, source = item
-            ds = _read_dataset(source, label)
+            ds = read_dataset(source, label)
         except DicomReadError as err:
             errors.append(err)
             continue
@@ -221,11 +204,78 @@ def _split_note(uid: str, stacks: list[list[pydicom.Dataset]], usable: list[list
     return note + (f"; {left_out} slice(s) in stacks too small for a volume left out" if left_out else "")
 
 
-def _read_dataset(source: Path | bytes, label: str) -> pydicom.Dataset:
-    """A dataset whose pixel data, for files, stays on disk until decoded; DicomReadError if unreadable."""
-    if isinstance(source, Path):
-        with contextlib.suppress(Exception):  # anything odd: the careful reader below explains it
-            ds = pydicom.dcmread(source, defer_size="64 KB")
-            if ds.file_meta.get("TransferSyntaxUID"):
-                return ds
-    return _load(source, label)
+@dataclass(frozen=True)
+class StoredFile:
+    """One stored instance of a series, as a case store records it (no file is read to make one).
+
+    Attributes:
+        path: The file, or ``"archive.zip:member"``.
+        modality: DICOM Modality ("" when unknown).
+        frames: Frames in the file.
+        instance_number: InstanceNumber, None when absent.
+    """
+
+    path: str
+    modality: str = ""
+    frames: int = 1
+    instance_number: int | None = None
+
+
+@dataclass(frozen=True)
+class SliceOrder:
+    """The order in which a stored volume's slices are scrolled.
+
+    Attributes:
+        order: Indices into the files given, first slice first.
+        by_position: True when ordered along the slice normal, False when by InstanceNumber.
+        problems: Warnings about the slice spacing (repeated positions, missing slices); none
+            when the positions are unknown.
+    """
+
+    order: tuple[int, ...]
+    by_position: bool
+    problems: tuple[str, ...] = ()
+
+
+def is_stored_volume(files: Sequence[StoredFile], min_slices: int = MIN_VOLUME_SLICES) -> bool:
+    """Whether a stored series is shown as one volume: at least `min_slices` single-frame CT/MR/PT files.
+
+    Decided from stored values alone. Unlike `medcm.dicom.volume.is_volume_series`, which decides
+    whether a series can be encoded as one volume, plane geometry is not required: slices without
+    it are still scrolled, in InstanceNumber order (`slice_order`).
+    """
+    return len(files) >= min_slices and all(
+        file.modality in VOLUME_MODALITIES and file.frames == 1 for file in files)
+
+
+def slice_order(files: Sequence[StoredFile], name: str) -> SliceOrder:
+    """Order a stored volume's slices along the series normal, from their headers alone.
+
+    When every header is readable and has plane geometry of one orientation, slices are sorted by
+    position along the normal, and the spacing checked (`medcm.dicom.volume.spacing_problems`);
+    otherwise they are sorted by InstanceNumber (absent ones last), then path.
+
+    Args:
+        files: The stored files of one series (e.g. those `is_stored_volume` accepts).
+        name: Names the series in warnings, e.g. ``"series 2 (CT)"``.
+
+    Returns:
+        The order, and the spacing warnings, each starting with `name`.
+    """
+    headers = []
+    for file in files:
+        try:
+            headers.append(read_dataset(file.path, headers_only=True))
+        except DicomReadError:
+            headers = []
+            break
+    positions = slice_positions(headers) if headers else None
+    if positions is not None:
+        order = sorted(range(len(files)), key=lambda k: positions[k])
+        return SliceOrder(tuple(order), True, tuple(spacing_problems(positions, name)))
+
+    def by_number(k: int) -> tuple[bool, int, str]:
+        number = files[k].instance_number
+        return number is None, number or 0, files[k].path
+
+    return SliceOrder(tuple(sorted(range(len(files)), key=by_number)), False)

@@ -17,8 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, pixel_array
 
-# A private helper of medcm.dicom.read, imported so that "whole pixel data" has one definition.
-from medcm.dicom.read import DicomReadError, _check_pixel_data
+from medcm.dicom.read import DicomReadError, check_pixel_data
 
 __all__ = ["VOLUME_MODALITIES", "Volume", "VolumeError", "assemble_volume", "could_be_volume", "is_volume_series",
            "slice_positions", "spacing_problems"]
@@ -314,7 +313,7 @@ class _Pixels:
         key = id(s.ds)  # the datasets outlive this object, so ids stay unique
         if key not in self.cache:
             try:
-                _check_pixel_data(s.ds, s.uid or self.name)
+                check_pixel_data(s.ds, s.uid or self.name)
                 self.cache[key] = pixel_array(s.ds).reshape(-1, *s.size)  # not cached on the caller's dataset
             except DicomReadError as exc:
                 raise VolumeError(f"{self.name}: instance {exc}") from exc

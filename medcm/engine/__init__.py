@@ -1,8 +1,10 @@
 """The engine room: the facade the CLI and the app use (`facade.Engine`: ingest, similar cases, text
-search, drafts, sign-off), built from the ingest pipeline (`ingest`), the index cache with its stamp
-files (`indexes`), the embedding pipeline that turns a study into vectors (`embed`), batch embedding of
-a stored archive (`embed_archive`) and the plain records handed to the store (`records`). It talks to
-the store through a protocol and never imports `db/`."""
+search, drafts, sign-off), built from the ingest pipeline (`ingest`, with its PNG `previews`), the index
+cache with its stamp files (`indexes`), the embedding pipeline that turns a study into vectors
+(`embed`), a stored study's vectors and files read back (`stored`), batch embedding of a stored archive
+(`embed_archive`), the machine-draft rule and export shared by the CLI and the app (`reports`) and the
+plain records handed to the store (`records`). It talks to the store through a protocol and never
+imports `db/`."""
 
 from medcm.engine.facade import Engine, ImageMatch, IngestResult, SimilarCase
 

@@ -33,7 +33,8 @@ from medcm.dicom.volume import VOLUME_MODALITIES, Volume
 from medcm.dicom.series import SeriesFiles, group_series, read_volume
 
 __all__ = ["PreparedVolume", "VisualVector", "embed_images_2d", "embed_visual", "encode_inputs",
-           "has_volume_encoder", "prepare_series", "study_vector", "try_prepare_series", "volume_key"]
+           "has_volume_encoder", "prepare_series", "series_study_vector", "study_vector", "try_prepare_series",
+           "volume_key"]
 
 VOLUME_BATCH = 8  # volumes per forward pass: a "3d" input is depth × size² voxels
 
@@ -167,7 +168,7 @@ def embed_visual(checkpoint: Checkpoint, images: Sequence[DicomImage], device: t
 
     Args:
         checkpoint: the model and its preprocessing.
-        images: read images (e.g. `medcm.engine.facade.read_images`); a volume's files are read again
+        images: read images (e.g. `medcm.engine.ingest.read_images`); a volume's files are read again
             from each image's `meta.path`.
         device: where the model runs.
         batch_size: 2D images per forward pass.
@@ -236,10 +237,19 @@ def study_vector(vectors: Sequence[VisualVector]) -> np.ndarray:
     Raises:
         ValueError: no vectors.
     """
-    if not vectors:
+    return series_study_vector([(item.series_uid, item.vector) for item in vectors])
+
+
+def series_study_vector(rows: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+    """`study_vector` of (SeriesInstanceUID, `[D]` vector) rows, e.g. the vectors ingest stored.
+
+    Raises:
+        ValueError: no rows.
+    """
+    if not rows:
         raise ValueError("no readable DICOM image to search with")
     per_series: dict[str, list[np.ndarray]] = {}
-    for item in vectors:
-        per_series.setdefault(item.series_uid, []).append(item.vector)
+    for series_uid, vector in rows:
+        per_series.setdefault(series_uid, []).append(vector)
     means = torch.stack([torch.from_numpy(np.stack(rows)).mean(dim=0) for rows in per_series.values()])
     return study_embedding(means).numpy()  # normalises each series, then the mean

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from medcm.dicom.deid_copies import read_source
-from medcm.dicom.read import DicomImage, DicomReadError, read_instance
+from medcm.dicom.read import DicomImage, DicomReadError
 from medcm.engine.records import EmbeddingRecord
+from medcm.engine.stored import read_stored
 from medcm.report.text import report_text_for_training
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def _embed_batch(embedder: EmbedderLike, page: list[PendingStudyLike], failed: l
     records = [EmbeddingRecord(IMAGE, item.key, model_id, item.vector)
                for item in (embedder.embed_visual(images, warnings) if images else [])]
     stray = [record.key for record in records if record.key not in owner]
-    if stray:  # read_instance returns the file's own UID, checked against the store in `_read_study`
+    if stray:  # read_instance returns the file's own UID, checked against the store in `read_stored`
         raise ValueError(f"embedded instance {stray[0]!r} is not one of the batch's stored instances")
     reports = [study for study in ok if study.needs_report and study.report_text]
     texts = [report_text_for_training(study.report_text) or study.report_text for study in reports]
@@ -172,14 +172,9 @@ def _read_study(study: PendingStudyLike, failed: list[str]) -> list[DicomImage] 
     images = []
     for instance in study.instances:
         try:
-            image = read_instance(read_source(instance.path), name=instance.path)
+            images.append(read_stored(instance))
         except DicomReadError as err:
             return _fail(study, failed, " ".join(str(err).split()))
-        if image.meta.sop_instance_uid != instance.sop_instance_uid or (
-                instance.content_sha256 and image.meta.content_sha256 != instance.content_sha256):
-            return _fail(study, failed, f"{instance.path}: changed since it was stored (SOPInstanceUID "
-                                        f"{instance.sop_instance_uid}); expected the stored file")
-        images.append(image)
     return images
 
 

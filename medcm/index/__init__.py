@@ -1,7 +1,9 @@
 """The vector-search room: exact cosine search in memory (`exact`, the reference every backend must
-equal), the same answers on FAISS (`faiss`) and inside PostgreSQL with pgvector (`pgvector`), and the
-top-k helpers they share (`topk`). Rows are keyed by plain string ids, the join key with the store."""
+equal), the same answers on FAISS (`faiss`) and inside PostgreSQL with pgvector (`pgvector`), the result
+type and query checks every backend shares (`query`) and the top-k helpers of exact search (`topk`).
+Rows are keyed by plain string ids, the join key with the store."""
 
-from medcm.index.exact import Hit, VectorIndex
+from medcm.index.exact import VectorIndex
+from medcm.index.query import Hit
 
 __all__ = ["Hit", "VectorIndex"]

@@ -17,17 +17,16 @@ Scoring uses numpy matmul: on 100k x 256 float32 with 2 CPU threads, `V @ q` too
 
 from __future__ import annotations
 
-import abc
 import json
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medcm.fileio import replace_folder
+from medcm.index.query import Hit, SingleQuerySearch, filter_values, normalised_queries, positive_int
 from medcm.index.topk import GroupTop, TopK
 
 FORMAT = "medcm-index"
@@ -38,48 +37,6 @@ _GATHER_BELOW = 0.25  # a filter keeping fewer rows than this scores only those 
 _GROUP_STATE = 1 << 22  # group_by state elements (queries x groups) held at once
 _FILES = ("index.json", "vectors.npy", "keys.json", "meta.json")
 DTYPES = ("float32", "float16")  # storage types of the rows; scoring is always float32
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: the row's key, its cosine similarity to the query and its metadata."""
-
-    key: str
-    score: float
-    meta: dict[str, str]
-
-
-class SingleQuerySearch(abc.ABC):
-    """`search` for one query, answered by the class's `search_batch`; shared by every index backend."""
-
-    dim: int
-
-    def search(self, query: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
-               exclude: Collection[str] = (), group_by: str | None = None) -> list[Hit]:
-        """The k rows most similar to `query` [D] (normalised here), best first, ties by key ascending.
-
-        Args:
-            query: embedding [D].
-            k: how many hits (or groups) at most.
-            filters: meta field -> allowed value or values; case-insensitive equality, and a row
-                lacking the field does not match. A comma-separated value ("CT,MR", a study with
-                two modalities) matches when any part does. Fields combine with AND.
-            exclude: keys to leave out (e.g. the query study's own images).
-            group_by: a meta field (e.g. "study_uid"): keep the best row per value, return the top-k
-                groups. A row lacking the field is a group of its own.
-
-        Raises:
-            ValueError: query not [D], zero or non-finite; k < 1; filter values not strings.
-        """
-        shape = np.shape(query)
-        if shape != (self.dim,):
-            raise ValueError(f"query has shape {shape}, expected ({self.dim},)")
-        return self.search_batch(np.reshape(query, (1, self.dim)), k, filters, exclude, group_by)[0]
-
-    @abc.abstractmethod
-    def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
-                     exclude: Collection[str] = (), group_by: str | None = None) -> list[list[Hit]]:
-        """`search` for each row of `queries` [Q, D]; [Q] hit lists."""
 
 
 class VectorIndex(SingleQuerySearch):
@@ -95,8 +52,8 @@ class VectorIndex(SingleQuerySearch):
                 (plus a float32 copy of the chunk, chunk_rows x D x 4 bytes, for float16 storage).
             dtype: row storage, "float32" or "float16" (half the memory; scores within ~1e-3).
         """
-        self.dim, self.model_id = _positive("dim", dim), str(model_id)
-        self.chunk_rows = _positive("chunk_rows", chunk_rows)
+        self.dim, self.model_id = positive_int("dim", dim), str(model_id)
+        self.chunk_rows = positive_int("chunk_rows", chunk_rows)
         if dtype not in DTYPES:
             raise ValueError(f"dtype is {dtype!r}, expected one of {DTYPES}")
         self.dtype = np.dtype(dtype)
@@ -187,8 +144,8 @@ class VectorIndex(SingleQuerySearch):
     def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
                      exclude: Collection[str] = (), group_by: str | None = None) -> list[list[Hit]]:
         """`search` for each row of `queries` [Q, D], sharing filters, exclude and group_by; [Q] hit lists."""
-        q = _normalised_queries(queries, self.dim)
-        k = _positive("k", k)
+        q = normalised_queries(queries, self.dim)
+        k = positive_int("k", k)
         mask = self._row_mask(filters, exclude)
         groups = None if group_by is None else self._groups(group_by)
         n_groups = 0 if groups is None else int(groups.max(initial=-1)) + 1
@@ -371,40 +328,6 @@ class VectorIndex(SingleQuerySearch):
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
         order = sorted(zip(scores.tolist(), rows.tolist()), key=lambda t: (-t[0], self._keys[t[1]]))
         return [Hit(self._keys[r], s, dict(self._meta[r])) for s, r in order]
-
-
-def _normalised_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    """Float32 [Q, D] unit rows; raises ValueError on wrong shape, zero or non-finite rows."""
-    shape = np.shape(queries)
-    if len(shape) != 2 or shape[1] != dim:
-        raise ValueError(f"queries have shape {shape}, expected (Q, {dim})")
-    q = np.asarray(queries, dtype=np.float64)
-    norms = np.linalg.norm(q, axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if bad.size:
-        raise ValueError(f"query {bad[0]} has norm {norms[bad[0]]}, expected finite and non-zero")
-    return (q / norms[:, None]).astype(np.float32)
-
-
-def filter_values(filters: dict[str, str | Collection[str]] | None) -> dict[str, list[str]]:
-    """Each filter field's allowed values as a list (one string is one value, not its characters).
-
-    Raises:
-        ValueError: a value that is not a string.
-    """
-    checked = {}
-    for field, allowed in (filters or {}).items():
-        values = list(allowed) if isinstance(allowed, Collection) and not isinstance(allowed, str) else [allowed]
-        if not all(isinstance(v, str) for v in values):
-            raise ValueError(f"filter {field!r} has values {values!r}, expected str or a collection of str")
-        checked[field] = values
-    return checked
-
-
-def _positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _as_keys(keys: Collection[str]) -> list[str]:

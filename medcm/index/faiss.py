@@ -19,7 +19,8 @@ from collections.abc import Collection
 
 import numpy as np
 
-from medcm.index.exact import CHUNK_ROWS, Hit, SingleQuerySearch, VectorIndex, _normalised_queries, _positive
+from medcm.index.exact import CHUNK_ROWS, VectorIndex
+from medcm.index.query import Hit, SingleQuerySearch, normalised_queries, positive_int
 
 BACKENDS = ("exact", "faiss")  # VectorIndex, FaissIndex
 _FALLBACK = 0.25  # a query that would fetch more than this share of the allowed rows is scanned exactly
@@ -125,8 +126,8 @@ class FaissIndex(SingleQuerySearch):
     def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
                      exclude: Collection[str] = (), group_by: str | None = None) -> list[list[Hit]]:
         """`search` for each row of `queries` [Q, D], sharing filters, exclude and group_by; [Q] hit lists."""
-        q = _normalised_queries(queries, self.dim)
-        k = _positive("k", k)
+        q = normalised_queries(queries, self.dim)
+        k = positive_int("k", k)
         mask = self._exact._row_mask(filters, exclude)
         allowed = len(self) if mask is None else int(mask.sum())
         groups = None if group_by is None else self._exact._groups(group_by)

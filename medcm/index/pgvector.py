@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medcm.index.exact import Hit, SingleQuerySearch, _normalised_queries, _positive, filter_values
+from medcm.index.query import Hit, SingleQuerySearch, filter_values, normalised_queries, positive_int
 
 
 class VectorSearchStore(Protocol):
@@ -36,7 +36,7 @@ class PgVectorIndex(SingleQuerySearch):
     """
 
     def __init__(self, store: VectorSearchStore, kind: str, model_id: str, dim: int) -> None:
-        self.store, self.kind, self.model_id, self.dim = store, kind, model_id, _positive("dim", dim)
+        self.store, self.kind, self.model_id, self.dim = store, kind, model_id, positive_int("dim", dim)
 
     def __len__(self) -> int:
         return self.store.count_embeddings(self.kind, self.model_id)
@@ -44,7 +44,7 @@ class PgVectorIndex(SingleQuerySearch):
     def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict[str, str | Collection[str]] | None = None,
                      exclude: Collection[str] = (), group_by: str | None = None) -> list[list[Hit]]:
         """`search` for each row of `queries` [Q, D], sharing filters, exclude and group_by; [Q] hit lists."""
-        q = _normalised_queries(queries, self.dim)
-        k = _positive("k", k)
+        q = normalised_queries(queries, self.dim)
+        k = positive_int("k", k)
         found = self.store.search_vectors(self.kind, self.model_id, q, k, filter_values(filters), exclude, group_by)
         return [[Hit(hit.key, hit.score, dict(hit.meta)) for hit in hits] for hits in found]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import os
 from pathlib import Path
@@ -14,62 +12,19 @@ from PIL import Image
 
 from db.store import CaseStore
 from medcm.data.manifest import ManifestRecord, load_image, read_dataset
-from medcm.dicom.read import read_instance, write_image
+from medcm.dicom.read import read_instance
+from medcm.dicom.write import write_image
 from medcm.engine.facade import Engine
 from medcm.data.importer import (
     BATCH_CASES,
-    add_import_parser,
     case_folder,
     case_uid,
-    default_files_dir,
     dicom_code_string,
     dicom_modality,
     import_records,
-    run_import,
 )
 from medcm.data.medpix import mask_medpix
-
-REPORTS = {
-    "c1": "FINDINGS: Small left pleural effusion. IMPRESSION: Effusion.",
-    "c2": "FINDINGS: Normal brain. IMPRESSION: Normal.",
-    "c3/x": "FINDINGS: Liver lesion. IMPRESSION: Lesion.",
-}
-
-
-def _grey(seed: int, shape: tuple[int, int] = (40, 48)) -> np.ndarray:
-    return np.random.default_rng(seed).random(shape)
-
-
-def _write_sources(folder: Path) -> dict[str, list[str]]:
-    """Case id → image file names: c1 an 8-bit PNG and a JPEG, c2 a DICOM, c3/x a 16-bit PNG."""
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((_grey(1) * 255).astype(np.uint8)).save(folder / "c1a.png")
-    Image.fromarray((_grey(2) * 255).astype(np.uint8)).save(folder / "c1b.jpg", quality=90)
-    write_image(folder / "c2.dcm", _grey(3), patient_id="P2", modality="MR", body_part="HEAD")
-    Image.fromarray((_grey(4) * 65535).astype(np.uint16)).save(folder / "c3.png")
-    return {"c1": ["c1a.png", "c1b.jpg"], "c2": ["c2.dcm"], "c3/x": ["c3.png"]}
-
-
-META = {"c1": {"modality": "CT", "region": "Thorax", "title": "Effusion"}, "c2": {}, "c3/x": {"modality": "mri"}}
-
-
-def _write_manifest(folder: Path, kind: str) -> Path:
-    cases = _write_sources(folder / "images")
-    if kind == "csv":
-        path = folder / "manifest.csv"
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", "report", "case_id", "split", "modality", "region", "title"])
-            for case_id, names in cases.items():
-                meta = META[case_id]
-                writer.writerow([";".join(f"images/{n}" for n in names), REPORTS[case_id], case_id, "train",
-                                 meta.get("modality", ""), meta.get("region", ""), meta.get("title", "")])
-        return path
-    path = folder / "manifest.jsonl"
-    lines = [{"images": [f"images/{n}" for n in names], "report": REPORTS[case_id], "case_id": case_id,
-              "split": "train", "meta": META[case_id]} for case_id, names in cases.items()]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    return path
+from paired_archive import REPORTS, grey, write_manifest, write_sources
 
 
 def _engine(tmp_path: Path, checkpoint: Path | None = None) -> Engine:
@@ -78,7 +33,7 @@ def _engine(tmp_path: Path, checkpoint: Path | None = None) -> Engine:
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv"])
 def test_manifest_import_stores_cases_pixels_and_tags(tmp_path, kind):
-    records = read_dataset(_write_manifest(tmp_path / "data", kind), "manifest")
+    records = read_dataset(write_manifest(tmp_path / "data", kind), "manifest")
     engine = _engine(tmp_path)
     result = import_records(engine, records, tmp_path / "files")
     assert (result.cases, result.studies, result.added_instances, result.added_reports) == (3, 3, 4, 3)
@@ -111,7 +66,7 @@ def test_manifest_import_stores_cases_pixels_and_tags(tmp_path, kind):
 
 def test_broken_image_is_one_error_and_the_rest_imports(tmp_path):
     folder = tmp_path / "data"
-    cases = _write_sources(folder)
+    cases = write_sources(folder)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     record = ManifestRecord(images=(str(folder / "broken.png"), *(str(folder / n) for n in cases["c1"])),
                             report=REPORTS["c1"], case_id="c1")
@@ -126,12 +81,12 @@ def test_broken_image_is_one_error_and_the_rest_imports(tmp_path):
 
 def test_changed_source_is_refused_and_the_stored_file_kept(tmp_path):
     folder = tmp_path / "data"
-    _write_sources(folder)
+    write_sources(folder)
     record = ManifestRecord(images=(str(folder / "c1a.png"),), report=REPORTS["c1"], case_id="c1")
     engine = _engine(tmp_path)
     first = import_records(engine, [record], tmp_path / "files")
     stored = (tmp_path / "files" / "c1" / "1.dcm").read_bytes()
-    Image.fromarray((_grey(9) * 255).astype(np.uint8)).save(folder / "c1a.png")
+    Image.fromarray((grey(9) * 255).astype(np.uint8)).save(folder / "c1a.png")
     again = import_records(engine, [record], tmp_path / "files")
     assert first.added_instances == 1 and again.added_instances == 0
     assert len(again.errors) == 1 and "exists with other content" in again.errors[0]
@@ -141,12 +96,12 @@ def test_changed_source_is_refused_and_the_stored_file_kept(tmp_path):
 
 def test_a_refused_batch_is_one_error_and_the_next_batch_imports(tmp_path, monkeypatch):
     folder = tmp_path / "data"
-    cases = _write_sources(folder)
+    cases = write_sources(folder)
     dicom = ManifestRecord(images=(str(folder / "c2.dcm"),), report=REPORTS["c2"], case_id="c2")
     engine = _engine(tmp_path)
     assert import_records(engine, [dicom], tmp_path / "files").added_instances == 1
     meta = read_instance(folder / "c2.dcm").meta  # now change its pixels under the same UIDs
-    write_image(folder / "c2.dcm", _grey(8), patient_id="P2", study_uid=meta.study_uid, series_uid=meta.series_uid,
+    write_image(folder / "c2.dcm", grey(8), patient_id="P2", study_uid=meta.study_uid, series_uid=meta.series_uid,
                 sop_instance_uid=meta.sop_instance_uid)
     png = ManifestRecord(images=(str(folder / cases["c1"][0]),), report=REPORTS["c1"], case_id="c1")
     monkeypatch.setattr("medcm.data.importer.BATCH_CASES", 1)
@@ -160,7 +115,7 @@ def test_batches_and_embeddings_with_a_checkpoint(tmp_path, tiny_model, tiny_con
     from medcm.checkpoint import save_checkpoint
 
     source = tmp_path / "a.png"
-    Image.fromarray((_grey(5) * 255).astype(np.uint8)).save(source)
+    Image.fromarray((grey(5) * 255).astype(np.uint8)).save(source)
     records = [ManifestRecord(images=(str(source),), report=f"FINDINGS: case {i}.", case_id=f"k{i}")
                for i in range(BATCH_CASES + 2)]  # two batches
     engine = _engine(tmp_path, save_checkpoint(tmp_path / "ckpt", tiny_model, tiny_config))
@@ -220,56 +175,6 @@ def test_medpix_slice_of_the_real_data(tmp_path, shared_data):
             np.testing.assert_allclose(stored, load_image(image, "medpix"), atol=1e-4)
             watermark_seen |= bool(load_image(image)[masked].max() > 0)  # the mask hid real pixels
     assert watermark_seen
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medcm")
-    add_import_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def test_command_line_prints_a_summary_and_errors(tmp_path, capsys):
-    manifest = _write_manifest(tmp_path / "data", "jsonl")
-    (tmp_path / "data" / "images" / "c1b.jpg").write_bytes(b"broken")
-    db = tmp_path / "db" / "cases.db"
-    args = _parser().parse_args(["import", "manifest", str(manifest), "--db", str(db), "--quiet"])
-    assert args.handler(args) == 0
-    out, err = capsys.readouterr()
-    assert out == ("imported 3 of 3 case(s) into 3 study(ies): 3 new instance(s), 0 already stored; 3 report(s); "
-                   "0 embedding(s); 1 error(s)\n")
-    assert err.startswith(f"error: {tmp_path / 'data' / 'images' / 'c1b.jpg'}: cannot read image")
-    assert len(err.splitlines()) == 1
-    files = tmp_path / "db" / "cases.db.files"  # default: beside the database
-    stored = sorted(files.glob("2.25.*/*.dcm"))  # de-identified copies, one folder per (new) study UID
-    assert len(stored) == 3 and not (files / "c1").exists()  # the converted originals were only staged
-    assert not [p for p in files.iterdir() if p.name.startswith(".")]
-    assert len(bytes.fromhex((tmp_path / "db" / "cases.db.deid-key").read_text())) == 32
-
-    args = _parser().parse_args(["import", "manifest", str(manifest), "--db", str(tmp_path / "raw.db"), "--quiet",
-                                 "--no-deid"])
-    assert args.handler(args) == 0
-    assert (tmp_path / "raw.db.files" / "c1" / "1.dcm").is_file()  # --no-deid: the converted files are stored
-    capsys.readouterr()
-
-    args = _parser().parse_args(["import", "manifest", str(manifest), "--db", str(db), "--split", "train", "--quiet"])
-    assert run_import(args) == 0  # everything already stored is still a success
-    assert "0 new instance(s), 3 already stored; 0 report(s)" in capsys.readouterr().out
-
-
-def test_command_line_refusals(tmp_path, capsys):
-    manifest = _write_manifest(tmp_path / "data", "jsonl")
-    db = str(tmp_path / "cases.db")
-    with pytest.raises(ValueError, match=r"--split: got 'dev', which has no cases; expected one of \['train'\]"):
-        run_import(_parser().parse_args(["import", "manifest", str(manifest), "--db", db, "--split", "dev"]))
-    with pytest.raises(ValueError, match=r"--files: not given, and a postgresql\+psycopg:// database") as err:
-        default_files_dir("postgresql+psycopg://user:secret@host/medcm", None)
-    assert "secret" not in str(err.value)
-    assert default_files_dir("postgresql+psycopg://host/medcm", str(tmp_path / "f")) == tmp_path / "f"
-    for name in ("c1a.png", "c1b.jpg", "c2.dcm", "c3.png"):
-        (tmp_path / "data" / "images" / name).write_bytes(b"broken")
-    assert run_import(_parser().parse_args(["import", "manifest", str(manifest), "--db", db, "--quiet"])) == 1
-    out, err = capsys.readouterr()
-    assert out.startswith("imported 0 of 3 case(s)") and len(err.splitlines()) == 4
 
 
 @pytest.mark.parametrize("value, expected", [

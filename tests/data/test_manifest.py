@@ -8,7 +8,7 @@ from PIL import Image
 
 from medcm.config import PreprocessConfig
 from medcm.data.manifest import ImageReadError, PairedImageDataset, load_image, read_manifest, records_to_pairs, split_records
-from medcm.dicom.read import write_image
+from medcm.dicom.write import write_image
 
 
 def _write_manifest(path, lines):

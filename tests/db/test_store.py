@@ -17,8 +17,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
-from db import _rows
-from db.engine import alembic_config
+from db import write
+from db.connect import alembic_config
 from db.models import Base, Event, Report
 from db.store import (
     CaseStore,
@@ -155,7 +155,7 @@ def test_an_unexpected_exception_after_the_writes_rolls_everything_back(store, m
     def fail(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(_rows, "log", fail)  # the audit event is the last write of an ingest
+    monkeypatch.setattr(write, "log", fail)  # the audit event is the last write of an ingest
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.ingest(archive(), reports(), [EmbeddingInput("image", "1.1", "m", vec(1))])
     assert set(counts(store).values()) == {0}

@@ -18,8 +18,9 @@ from test_deid import KEY, _bytes, _ct, _planted_strings
 
 from db.store import CaseStore
 from medcm.dicom.deid import DeidConfig, pseudonymous_uid
-from medcm.dicom.deid_copies import deid_config_from_args, load_or_create_key, read_source
-from medcm.dicom.read import read_instance, write_image
+from medcm.dicom.deid_copies import load_or_create_key, read_source
+from medcm.dicom.read import read_instance
+from medcm.dicom.write import write_image
 from medcm.engine.facade import Engine
 
 REPORT = ("HISTORY: Mr PLANTFAMILY, seen 12/03/2021, MRN: PAT-REAL-0001, phone 555-123-4567.\n"
@@ -173,18 +174,6 @@ def test_key_file_is_created_private_once_and_checked(tmp_path):
         load_or_create_key(path)
 
 
-def test_command_line_settings(tmp_path):
-    from argparse import Namespace
-
-    url = f"sqlite:///{tmp_path / 'cases.db'}"
-    config = deid_config_from_args(Namespace(no_deid=False, deid_key=None, burned_in="flag"), url)
-    assert config.refuse_burned_in is False and (tmp_path / "cases.db.deid-key").is_file()
-    assert deid_config_from_args(Namespace(no_deid=True), url) is None
-    with pytest.raises(ValueError, match=r"--deid-key: not given, and a postgresql\+psycopg:// database") as err:
-        deid_config_from_args(Namespace(no_deid=False, deid_key=None), "postgresql+psycopg://u:secret@h/db")
-    assert "secret" not in str(err.value)
-
-
 def test_read_source_reads_zip_members_and_names_failures(tmp_path):
     import zipfile
 
@@ -197,14 +186,14 @@ def test_read_source_reads_zip_members_and_names_failures(tmp_path):
 
 _KILLED_INGEST = textwrap.dedent("""
     import os, signal, sys
-    from db import _rows
+    from db import write
     from db.store import CaseStore
     import medcm.engine.facade as engine_module
     from medcm.dicom.deid import DeidConfig
 
     engine_module.INGEST_CHUNK_IMAGES = 2  # 6 one-image studies: three transactions
     calls = {"n": 0}
-    add_reports = _rows.add_reports
+    add_reports = write.add_reports
 
     def add_reports_then_die(session, reports):
         calls["n"] += 1
@@ -212,7 +201,7 @@ _KILLED_INGEST = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return add_reports(session, reports)
 
-    _rows.add_reports = add_reports_then_die
+    write.add_reports = add_reports_then_die
     engine = engine_module.Engine(CaseStore(sys.argv[2]), deid=DeidConfig(b"site-secret-0123456789"))
     result = engine.ingest([sys.argv[1]])
     print(result.added_instances, result.skipped_instances, result.added_reports)

@@ -14,14 +14,9 @@ import pytest
 from pydicom.uid import JPEGLSLossless, RLELossless
 
 from medcm.dicom import read as dicom
-from medcm.dicom.read import (
-    MAX_IMAGE_PIXELS,
-    DicomImage,
-    DicomReadError,
-    iter_dicom,
-    read_instance,
-    write_image,
-)
+from medcm.dicom.read import MAX_IMAGE_PIXELS, DicomImage, DicomReadError, read_instance
+from medcm.dicom.walk import iter_dicom
+from medcm.dicom.write import write_image
 
 
 def _dicom(path: Path, **attributes: object) -> Path:

@@ -12,7 +12,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medcm.dicom.read import read_instance, write_image
+from medcm.dicom.read import read_instance
+from medcm.dicom.write import write_image
 
 UNCOMPRESSED_SAMPLES = [
     "CR_chest_440_nometa__fo-dicom_CR-MONO1-10-chest.dcm",  # MONOCHROME1, no file meta
@@ -69,7 +70,7 @@ def test_written_images_validate_with_dciodvfy(tmp_path, shape, monochrome1):
 
 @pytest.mark.parametrize("preset", ["lung", "bone"])
 def test_window_presets_match_dcmtk(shared_data, tmp_path, preset):
-    from medcm.dicom.read import WINDOW_PRESETS
+    from medcm.dicom.display import WINDOW_PRESETS
 
     source = shared_data / "dicom-samples" / "CT_512__pydicom-data_693_UNCR.dcm"
     center, width = WINDOW_PRESETS[preset]

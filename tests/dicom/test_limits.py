@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medcm.dicom.read import write_image
+from medcm.dicom.write import write_image
 from medcm.dicom.limits import UploadLimits, UploadRejected, check_upload, zip_member_problem
 
 BOMB_BYTES = 50 * 1024**2  # 50 MB of zeros deflate to ~50 KB: a ratio of about 1000

@@ -1,4 +1,4 @@
-"""Tests for medcm.dicom.read: pixel pipeline numbers, codecs, real files, bad input, grouping."""
+"""Tests for medcm.dicom.read, display and walk: pixel pipeline numbers, codecs, real files, bad input, grouping."""
 
 from __future__ import annotations
 
@@ -23,17 +23,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from medcm.dicom.read import (
-    DicomImage,
-    DicomReadError,
-    ReadResult,
-    default_window,
-    iter_dicom,
-    read_instance,
-    read_studies,
-    to_display,
-    write_image,
-)
+from medcm.dicom.display import default_window, to_display
+from medcm.dicom.read import DicomImage, DicomReadError, read_instance
+from medcm.dicom.walk import ReadResult, iter_dicom, read_studies
+from medcm.dicom.write import write_image
 
 SOP_CLASS = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",

@@ -1,4 +1,5 @@
-"""Finding volumes in files: stacks within one series, a case's files grouped by series, zip member names."""
+"""Finding volumes in files: stacks within one series, a case's files grouped by series, zip member names,
+and the scrolling order of a stored series."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ import pytest
 from numpy.testing import assert_array_equal
 from test_volume import AXIAL, N, expected_hu, make_slice, series, shuffled
 
-from medcm.dicom.read import DicomReadError, write_image
+from medcm.dicom.read import DicomReadError
+from medcm.dicom.series import (
+    StoredFile,
+    group_series,
+    is_stored_volume,
+    read_volume,
+    read_volumes,
+    slice_order,
+    split_stacks,
+)
 from medcm.dicom.volume import VolumeError
-from medcm.dicom.series import group_series, read_volume, read_volumes, split_stacks
+from medcm.dicom.write import write_image
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -106,3 +116,49 @@ def test_read_volume_from_zip_member_names_equals_from_files(tmp_path):
         read_volume([str(tmp_path / "nowhere.dcm")])
     with pytest.raises(VolumeError, match="no files"):
         read_volume([])
+
+
+# --- a stored series shown as one volume, and its scrolling order ---------------------------------
+
+
+@pytest.mark.parametrize(("modalities", "frames", "expected"), [
+    (["CT"] * 3, 1, True),
+    (["MR"] * 5, 1, True),
+    (["PT"] * 3, 1, True),
+    (["CT"] * 2, 1, False),  # too few slices
+    (["CT"] * 3, 4, False),  # multi-frame files are scrolled by frame, not as slices
+    (["CR"] * 3, 1, False),  # not a volume modality
+    (["CT", "CT", ""], 1, False),  # one file of unknown modality
+    ([], 1, False),
+])
+def test_is_stored_volume_table(modalities, frames, expected):
+    files = [StoredFile(f"/s/{i}.dcm", modality, frames) for i, modality in enumerate(modalities)]
+    assert is_stored_volume(files) is expected
+
+
+def test_slice_order_follows_positions_and_names_a_missing_slice(tmp_path):
+    indexes = [5, 2, 0, 3, 1, 4]
+    datasets = [make_slice(i) for i in indexes]
+    for ds in datasets:
+        ds.InstanceNumber = 1  # numbers that would give no order
+    files = [StoredFile(name, "CT", 1, 1) for name in save(datasets, tmp_path / "ct")]
+    order = slice_order(files, "series 1 (CT)")
+    assert order.by_position and [indexes[k] for k in order.order] == [0, 1, 2, 3, 4, 5] and order.problems == ()
+    gappy = [f for f, index in zip(files, indexes) if index != 3]  # slice 3 at 7.5 mm is gone
+    order = slice_order(gappy, "series 1 (CT)")
+    assert order.problems == ("series 1 (CT): gap of 5 mm after the slice at 5 mm, 2.0× the median spacing 2.5 mm: "
+                              "about 1 slice(s) missing",)
+
+
+def test_slice_order_falls_back_to_instance_numbers_from_zip_members(tmp_path):
+    datasets = [make_slice(i, orientation=None) for i in range(4)]  # no plane geometry: no positions
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, name in enumerate(save(datasets, tmp_path / "ct")):
+            zf.write(name, arcname=f"ct/{i}.dcm")
+    numbers = [3, None, 1, 2]
+    files = [StoredFile(f"{archive}:ct/{i}.dcm", "CT", 1, number) for i, number in enumerate(numbers)]
+    order = slice_order(files, "series 1")
+    assert not order.by_position and order.order == (2, 3, 0, 1) and order.problems == ()  # None last
+    files[0] = StoredFile(str(tmp_path / "gone.dcm"), "CT", 1, 3)  # one unreadable header: numbers again
+    assert slice_order(files, "series 1").order == (2, 3, 0, 1)

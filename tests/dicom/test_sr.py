@@ -16,7 +16,8 @@ from pydicom.valuerep import DT
 
 from db.store import CaseStore
 from medcm.cli.commands import main
-from medcm.dicom.read import read_instance, write_image
+from medcm.dicom.read import read_instance
+from medcm.dicom.write import write_image
 from medcm.dicom.sr import (
     BASIC_TEXT_SR,
     EXPORT_FORMATS,

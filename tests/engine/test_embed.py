@@ -17,7 +17,7 @@ import torch
 
 from medcm.checkpoint import load_checkpoint
 from medcm.model.encoders.volume import volume_input
-from medcm.engine.facade import read_images
+from medcm.engine.ingest import read_images
 from medcm.engine.embed import VisualVector, embed_images_2d, embed_visual, study_vector, volume_key
 from medcm.dicom.series import read_volume
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from db.store import CaseStore, StoreError
-from medcm.engine.facade import Engine, read_images, render_preview
+from medcm.engine.facade import Engine
+from medcm.engine.ingest import read_images
+from medcm.engine.previews import render_preview
 
 N_POOL = 132  # 4 training cases per class
 

@@ -14,7 +14,7 @@ from medcm.model.align import AlignmentLoss, DualEncoder, positive_mask
 from medcm.checkpoint import load_checkpoint
 from medcm.config import VolumeEncoderConfig
 from medcm.data.manifest import PairedImageDataset, collate_pairs, read_manifest, records_to_pairs, split_records
-from medcm.dicom.read import write_image
+from medcm.dicom.write import write_image
 from medcm.model.encoders.volume import prepare_volume
 from medcm.model.preprocess import augment_volumes, normalize
 from medcm.data.synthetic_ct import write_volume_dataset

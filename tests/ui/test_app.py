@@ -22,7 +22,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from db.store import CaseStore  # noqa: E402
-from medcm.dicom.read import write_image  # noqa: E402
+from medcm.dicom.write import write_image  # noqa: E402
 from medcm.engine.facade import Engine  # noqa: E402
 from ui.app import DISCLAIMER, LAUNCH_OPTIONS, build_app  # noqa: E402
 from ui.auth import make_auth  # noqa: E402
@@ -440,3 +440,31 @@ def test_a_volume_with_a_missing_slice_is_shown_with_a_warning_naming_the_series
     assert warning == ("series 1 (CT): gap of 5 mm after the slice at 7.5 mm, 2.0× the median spacing 2.5 mm: "
                        "about 1 slice(s) missing")
     assert "about 1 slice(s) missing" in info and study.images[0].frames == 6
+
+
+def test_upload_then_similar_cases_then_draft_embeds_the_study_once(served, cases, monkeypatch):
+    """Similar cases and the draft reuse the vectors ingest stored: one embedding pass, one image forward."""
+    import medcm.engine.facade as facade
+
+    engine, calls = served.engine, {"embed_visual": 0, "encode_image": 0, "read_stored": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(engine, "embed_visual", counting("embed_visual", engine.embed_visual))
+    monkeypatch.setattr(engine.checkpoint.model, "encode_image", counting("encode_image", engine.checkpoint.model.encode_image))
+    monkeypatch.setattr(facade, "read_stored", counting("read_stored", facade.read_stored))  # the fallback's re-read
+    h = served.handlers
+    study = h.on_upload([_dev(cases, 28)], "default", CLINICIAN)[0]
+    found, _, _ = h.on_similar(study, CLINICIAN)
+    sentences, text, _, _ = h.on_draft(study, CLINICIAN)
+    assert len(found) == 5 and sentences and text
+    assert calls == {"embed_visual": 1, "encode_image": 1, "read_stored": 0}
+    assert served.store.latest_report(study.study_uid).author == "medcm-draft"
+
+    drafted = served.client.predict(gradio_client.handle_file(_dev(cases, 29)), api_name="/draft")  # the API
+    served.client.predict(gradio_client.handle_file(_dev(cases, 29)), 3, api_name="/search")  # stored: not again
+    assert drafted["text"] and calls == {"embed_visual": 2, "encode_image": 2, "read_stored": 0}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from medcm.engine.facade import read_images
+from medcm.engine.ingest import read_images
 
 CHROMIUM = Path("/usr/bin/chromium")
 LOGIN = ("dr.browser", "browser-password")

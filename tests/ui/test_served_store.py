@@ -20,10 +20,12 @@ from medcm.dicom.deid import DeidConfig  # noqa: E402
 from medcm.engine.facade import Engine  # noqa: E402
 from ui.app import LAUNCH_OPTIONS, build_app  # noqa: E402
 from ui.auth import make_auth  # noqa: E402
-from ui.load import check_store, run_load  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))  # the planted-identifier dataset
 from test_deid import _bytes, _ct, _planted_strings  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the load-test driver
+from load_test import check_store, run_load  # noqa: E402
 
 KEY = b"served-site-secret-0123"
 USERS = [(f"dr.load{i}", f"password-{i:04d}") for i in range(3)]
@@ -103,7 +105,7 @@ def test_concurrent_users_lose_and_double_nothing(served, tmp_path):
 
 
 def test_check_store_notices_a_missing_signature(served):
-    from ui.load import LoadResult, UserLog
+    from load_test import LoadResult, UserLog
 
     log = UserLog("dr.load0")
     log.signatures.append({"study_uid": served.store.list_studies()[0].study_uid, "report_id": -1, "version": 9})

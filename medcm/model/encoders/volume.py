@@ -45,7 +45,7 @@ def sample_slice_indices(n_total: int, n_samples: int) -> list[int]:
     return [int(i) for i in np.linspace(0, n_total - 1, n_samples).round()]
 
 
-_HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL"})  # as medcm.dicom.read.default_window
+_HEAD_PARTS = frozenset({"HEAD", "BRAIN", "SKULL"})  # as medcm.dicom.display.default_window
 
 
 def _value_range(voxels: np.ndarray, modality: str, body_part: str, config: VolumeEncoderConfig) -> tuple[float, float]:

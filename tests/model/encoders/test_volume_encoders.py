@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from medcm.config import ImageEncoderConfig, PreprocessConfig
-from medcm.dicom.read import _window
+from medcm.dicom.display import apply_window as _window
 from medcm.model.encoders.image import ImageEncoder, build_trunk_3d
 from medcm.model.encoders.volume import (
     GatedAttentionPool,

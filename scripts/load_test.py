@@ -4,7 +4,8 @@ Each simulated clinician logs in with its own client and, until the time is up, 
 one-image DICOM study, send it to `/draft` (which stores and drafts it), and sign the draft with
 `/sign`. Every few rounds it also sends an earlier file again to `/search`, as a retrying client
 would. `check_store` then proves that every accepted upload and every signature is in the store
-exactly once. Used by `tests/ui/test_load.py` (a few seconds) and `scripts/bench_load.py`.
+exactly once. Used by `scripts/bench_load.py` (minutes, against the demo) and tested by
+`tests/ui/test_served_store.py` (3 users for 12 seconds against an in-process app).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medcm.dicom.read import write_image
+from medcm.dicom.write import write_image
 
 RESEND_EVERY = 4  # every 4th round re-sends an earlier upload (it must not be stored twice)
 

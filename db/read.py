@@ -1,4 +1,4 @@
-"""Read-side helpers of `db.store`: public views of rows and embedding matrices, inside the caller's Session.
+"""Read-side helpers of `db.store`: lookups, queries and the public views of rows, inside the caller's Session.
 
 Nothing here opens a Session; `CaseStore` owns the transactions.
 """
@@ -11,9 +11,26 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db._rows import CHUNK
-from db.models import Embedding, Instance, Report, Series, Study
+from db.models import Embedding, Event, Instance, Patient, Report, Series, Study
 from db.records import EmbeddingMatrix, InstanceView, ReportView, StoreError, StudyView
+
+CHUNK = 500  # keys per IN (...) query: well under SQLite's bound-parameter limit
+
+
+def study_or_error(s: Session, study_uid: str) -> Study:
+    """The stored study `study_uid`, else StoreError."""
+    study = s.scalar(select(Study).where(Study.study_uid == study_uid))
+    if study is None:
+        raise StoreError(f"study {study_uid!r}: not in the store; expected a stored StudyInstanceUID")
+    return study
+
+
+def latest_report(s: Session, study: Study, signed_only: bool = False) -> Report | None:
+    """The study's highest report version (highest signed one if `signed_only`)."""
+    query = select(Report).where(Report.study_id == study.id)
+    if signed_only:
+        query = query.where(Report.status == "signed")
+    return s.scalar(query.order_by(Report.version.desc()).limit(1))
 
 
 def study_tags(s: Session, study_ids: list[int]) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -61,6 +78,46 @@ def study_view(
         description=study.description, status=study.status, modalities=modalities, body_parts=body_parts,
         instances=instances, created_at=study.created_at,
     )
+
+
+def study_with_instances(s: Session, study_uid: str) -> StudyView:
+    """A study with all its instances (by series, then in storage order); StoreError if unknown."""
+    study = study_or_error(s, study_uid)
+    rows = s.execute(
+        select(Instance, Series.series_uid)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study.id)
+        .order_by(Series.id, Instance.id)
+    ).all()
+    instances = tuple(instance_view(inst, series_uid, study_uid) for inst, series_uid in rows)
+    pseudonym = study.patient.pseudonym if study.patient else ""
+    return study_view(study, pseudonym, study_tags(s, [study.id]).get(study.id), instances)
+
+
+def newest_studies(s: Session, status: str | None, limit: int) -> list[StudyView]:
+    """At most `limit` studies (of `status` if given), most recently stored first, without instances."""
+    query = select(Study, Patient.pseudonym).outerjoin(Patient, Study.patient_id == Patient.id)
+    if status is not None:
+        query = query.where(Study.status == status)
+    rows = s.execute(query.order_by(Study.created_at.desc(), Study.id.desc()).limit(limit)).all()
+    tags = study_tags(s, [study.id for study, _ in rows])
+    return [study_view(study, pseudonym or "", tags.get(study.id), ()) for study, pseudonym in rows]
+
+
+def events(s: Session, study_uid: str | None, kind: str | None, user: str | None, limit: int) -> list[dict]:
+    """Audit events as dicts, newest first, optionally only those of one study, kind or user."""
+    query = select(Event)
+    if study_uid is not None:
+        query = query.where(Event.study_uid == study_uid)
+    if kind is not None:
+        query = query.where(Event.kind == kind)
+    if user is not None:
+        query = query.where(Event.user == user)
+    rows = s.scalars(query.order_by(Event.time.desc(), Event.id.desc()).limit(limit))
+    return [
+        {"id": e.id, "time": e.time, "kind": e.kind, "user": e.user, "study_uid": e.study_uid, "detail": e.detail_json}
+        for e in rows
+    ]
 
 
 def _matrix(keys: list[str], dims: list[int], blobs: list[bytes], meta: list[dict[str, str]]) -> EmbeddingMatrix:

@@ -1,4 +1,4 @@
-"""Connecting to the case store's database and migrating it to the newest schema.
+"""Connecting to the case store's database and migrating it to the newest schema; `Database` holds the connection.
 
 SQLite gets per-connection settings (foreign keys, WAL, a busy timeout) and SQLAlchemy, not the
 sqlite3 driver, emits BEGIN: the driver's legacy mode runs DDL and SELECTs outside any transaction,
@@ -12,10 +12,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from db.records import StoreError
@@ -46,6 +48,7 @@ BUSY_TIMEOUT_MS = 15_000
 # Execution option marking a connection that will write: SQLite then takes the write lock at BEGIN,
 # so two writers queue on busy_timeout instead of one failing when it upgrades a read lock.
 WRITE_OPTION = "medcm_write"
+_Open = TypeVar("_Open", bound="Database")
 
 
 def make_engine(url: str) -> Engine:
@@ -138,3 +141,53 @@ def _check_foreign_keys(connection: Connection) -> None:
         raise StoreError(
             f"migration: {len(bad)} rows violate foreign keys, e.g. {table} row {rowid} → {parent}; expected none"
         )
+
+
+class Database:
+    """An open database at a SQLAlchemy URL, migrated to the newest schema; the base of `db.store.CaseStore`.
+
+    Subclasses (and the method groups `CaseStore` is built from) run each public method as one
+    `_session` transaction.
+
+    Args:
+        url: a SQLAlchemy URL, e.g. "sqlite:///cases.db".
+
+    Raises:
+        StoreError: `url` is not a database URL.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self._engine = make_engine(url)
+        except ArgumentError as err:
+            raise StoreError(f"url {url!r}: {err}; expected e.g. sqlite:///cases.db") from None
+        self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._closed = False
+        try:
+            migrate(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    def __enter__(self: _Open) -> _Open:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connections; the store cannot be used afterwards."""
+        self._closed = True
+        self._engine.dispose()
+
+    @contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        # The one place a Session is opened: one transaction, committed on success, else rolled back.
+        if self._closed:
+            raise StoreError(f"{self!r}: is closed; expected an open store")
+        with Session(self._writer if write else self._engine) as s, s.begin():
+            yield s

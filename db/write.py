@@ -1,4 +1,4 @@
-"""Write-side helpers of `db.store`: checks, lookups and writes inside the caller's Session.
+"""Write-side helpers of `db.store`: input checks and writes inside the caller's Session.
 
 Nothing here opens a Session or commits; `CaseStore` owns the transactions.
 """
@@ -25,10 +25,10 @@ from db.models import (
     Study,
     utcnow,
 )
+from db.read import CHUNK, latest_report, study_or_error
 from db.records import StoreError
 
 KINDS = ("image", "report")
-CHUNK = 500  # keys per IN (...) query: well under SQLite's bound-parameter limit
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DATE = re.compile(r"\d{8}")
 
@@ -90,7 +90,7 @@ def _vector(item: Any) -> tuple[bytes, int]:
     return array.astype("<f4", copy=False).tobytes(), int(array.size)
 
 
-# ------------------------------------------------------------------- lookups
+# ------------------------------------------------------------------- lookup
 def by_key(s: Session, column: InstrumentedAttribute, keys: Iterable[str], *where: Any) -> dict[str, Any]:
     """Rows of `column`'s entity whose `column` is in `keys`, by key (one query per chunk)."""
     unique = list(dict.fromkeys(keys))
@@ -99,22 +99,6 @@ def by_key(s: Session, column: InstrumentedAttribute, keys: Iterable[str], *wher
         query = select(column.class_).where(column.in_(unique[start : start + CHUNK]), *where)
         found.update({getattr(row, column.key): row for row in s.scalars(query)})
     return found
-
-
-def study_or_error(s: Session, study_uid: str) -> Study:
-    """The stored study `study_uid`, else StoreError."""
-    study = s.scalar(select(Study).where(Study.study_uid == study_uid))
-    if study is None:
-        raise StoreError(f"study {study_uid!r}: not in the store; expected a stored StudyInstanceUID")
-    return study
-
-
-def latest_report(s: Session, study: Study, signed_only: bool = False) -> Report | None:
-    """The study's highest report version (highest signed one if `signed_only`)."""
-    query = select(Report).where(Report.study_id == study.id)
-    if signed_only:
-        query = query.where(Report.status == "signed")
-    return s.scalar(query.order_by(Report.version.desc()).limit(1))
 
 
 # -------------------------------------------------------------------- writes

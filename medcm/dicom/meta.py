@@ -1,0 +1,138 @@
+"""The metadata of one DICOM instance (`InstanceMeta`), taken from its dataset's attributes alone."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.multival import MultiValue
+
+__all__ = ["InstanceMeta", "attribute_floats", "instance_meta"]
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    """Metadata of one DICOM instance; empty strings stand for absent text attributes.
+
+    ``study_uid`` and ``series_uid`` are never empty: when the file lacks them they
+    are ``"unknown-study:<folder>"`` / ``"unknown-series:<folder>"``, so UID-less
+    files group together per containing folder (or zip folder) and nowhere else.
+    """
+
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    modality: str
+    body_part: str
+    view: str
+    plane: str
+    study_date: str
+    study_description: str
+    series_description: str
+    rows: int
+    columns: int
+    frames: int
+    pixel_spacing: tuple[float, float] | None
+    instance_number: int | None
+    photometric: str
+    bits_stored: int
+    transfer_syntax: str
+    content_sha256: str = ""  # sha256 of the file's bytes: tells a re-sent copy from a changed file
+
+
+def instance_meta(ds: pydicom.Dataset, path: str | os.PathLike, frames: int, content_sha256: str,
+                  folder: str | None = None) -> InstanceMeta:
+    """The metadata of `ds` stored at `path`, without decoding its pixels.
+
+    `medcm.dicom.read.read_instance` calls it after decoding; a caller that already holds the
+    pixels (e.g. of a de-identified copy of an image it has read) calls it directly.
+
+    Args:
+        ds: The dataset (with file meta).
+        path: The file, or ``"archive.zip:member"``, recorded as ``meta.path``.
+        frames: Frames decoded from it.
+        content_sha256: sha256 of the file's bytes.
+        folder: Where UID-less files are grouped (see `InstanceMeta`); default the folder of `path`.
+
+    Raises:
+        AttributeError, TypeError, ValueError: Rows, Columns or BitsAllocated is missing or malformed.
+    """
+    label = os.fspath(path)
+    folder = os.path.dirname(label) if folder is None else folder
+    date, number = _text(ds, "StudyDate"), attribute_floats(ds.get("InstanceNumber"))
+    return InstanceMeta(
+        path=label,
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        study_uid=_text(ds, "StudyInstanceUID") or f"unknown-study:{folder}",
+        series_uid=_text(ds, "SeriesInstanceUID") or f"unknown-series:{folder}",
+        patient_id=_text(ds, "PatientID"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        view=_text(ds, "ViewPosition"),
+        plane=_plane(ds),
+        study_date=date if len(date) == 8 and date.isdigit() else "",
+        study_description=_text(ds, "StudyDescription"),
+        series_description=_text(ds, "SeriesDescription"),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        frames=frames,
+        pixel_spacing=_spacing(ds),
+        instance_number=int(number[0]) if len(number) == 1 else None,
+        photometric=_text(ds, "PhotometricInterpretation"),
+        bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        content_sha256=content_sha256,
+    )
+
+
+def attribute_floats(value: object) -> list[float]:
+    """Numbers of a (possibly multi-valued) attribute; [] when absent, malformed or not finite."""
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, (MultiValue, list, tuple)) else [value]
+    try:
+        out = [float(v) for v in items]
+    except (TypeError, ValueError):
+        return []
+    return out if all(math.isfinite(v) for v in out) else []
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def _spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    # Zero or negative spacings occur in the wild (e.g. "0\0") and mean "unknown".
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        values = attribute_floats(ds.get(keyword))
+        if len(values) == 2 and min(values) > 0:
+            return (values[0], values[1])
+    return None
+
+
+def _plane(ds: pydicom.Dataset) -> str:
+    """Classify ImageOrientationPatient by the dominant axis of the slice normal."""
+    values = attribute_floats(ds.get("ImageOrientationPatient"))
+    if len(values) != 6:
+        return ""
+    normal = np.cross(values[:3], values[3:])
+    norm = float(np.linalg.norm(normal))
+    if norm < 1e-6:
+        return ""
+    normal = np.abs(normal) / norm
+    axis = int(np.argmax(normal))
+    if normal[axis] < 0.8:  # more than ~37 degrees off every patient axis
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]

@@ -1,0 +1,226 @@
+"""The ingest pipeline: read → de-identify → previews → embeddings → store, a few whole studies at a time.
+
+`ingest_paths` reads every DICOM file under the given paths (files, folders, zips), optionally
+writes de-identified copies and scrubs the reports (`medcm.dicom.deid_copies`), skips what the
+store already holds byte for byte, and stores the rest in chunks of whole studies, one transaction
+each: instances with PNG previews (`medcm.engine.previews`), report versions, and, given an
+embedder, one "image" vector per image or volume and one "report" vector per new report text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from medcm.dicom.deid import DeidConfig
+from medcm.dicom.deid_copies import deidentify_images
+from medcm.dicom.read import DicomImage, DicomReadError
+from medcm.dicom.walk import iter_dicom
+from medcm.engine.embed_archive import EmbedderLike
+from medcm.engine.previews import render_preview
+from medcm.engine.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
+from medcm.report.text import report_text_for_training, split_sections
+
+__all__ = ["IMAGE", "REPORT", "IngestResult", "IngestStoreLike", "ingest_paths", "read_images"]
+
+IMAGE, REPORT = "image", "report"
+
+
+class IngestStoreLike(Protocol):
+    """The part of `db.store.CaseStore` ingest uses."""
+
+    def ingest(self, instances: list, reports: list = ..., embeddings: list = ..., user: str = ...) -> Any: ...
+    def instance_hashes(self, sop_instance_uids: list[str]) -> dict[str, str]: ...
+    def report_versions(self, study_uid: str) -> list: ...
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest stored and which files failed (each error names its file)."""
+
+    studies: tuple[str, ...]
+    added_instances: int
+    skipped_instances: int
+    added_reports: int
+    added_embeddings: int
+    errors: tuple[DicomReadError, ...] = field(default_factory=tuple)
+    study_uids: dict[str, str] = field(default_factory=dict)  # UID in the files → UID stored (de-identified)
+    burned_in: tuple[str, ...] = ()  # stored SOPInstanceUIDs whose pixels may show identifiers: review them
+    warnings: tuple[str, ...] = ()  # one line each, e.g. a series stored slice by slice, not as one volume
+
+
+def read_images(paths: Iterable[str | Path]) -> tuple[list[DicomImage], list[DicomReadError]]:
+    """Every readable image under `paths` (files, folders, zips) and an error per unreadable file."""
+    images, errors = [], []
+    for path in paths:
+        for item in iter_dicom(path):
+            (errors if isinstance(item, DicomReadError) else images).append(item)
+    return images, errors
+
+
+def ingest_paths(
+    store: IngestStoreLike,
+    paths: Iterable[str | Path],
+    embedder: EmbedderLike | None,
+    chunk_images: int,
+    reports: Mapping[str, str] | None = None,
+    default_report: str | None = None,
+    user: str = "system",
+    deid: DeidConfig | None = None,
+    files_dir: Path | None = None,
+    on_stored: Callable[[], None] | None = None,
+) -> IngestResult:
+    """Read DICOM under `paths` and store it, with previews, reports and (given an embedder) embeddings.
+
+    Args:
+        store: the case store.
+        paths: files, folders or zips.
+        embedder: embeds images and texts (the `Engine`); None stores no vectors.
+        chunk_images: about this many images per store transaction (whole studies; a larger study is one).
+        reports: study UID (as in the files) → report text, e.g. from a manifest.
+        default_report: report for studies not in `reports` (e.g. `--report FILE` for one study).
+            Without either, a `report.txt` in the folder of a study's first file is used.
+        user: recorded in the audit trail.
+        deid: de-identify with these settings: only copies under `files_dir` and scrubbed reports are stored.
+        files_dir: where de-identified copies are written (required with `deid`).
+        on_stored: called after each transaction that stored something (e.g. to drop cached indexes).
+
+    Raises:
+        ValueError: `deid` without a `files_dir`.
+    """
+    images, errors = read_images(paths)
+    images, missing_uid = _with_instance_uids(images)
+    errors += missing_uid
+    texts = _study_reports(images, reports or {}, default_report)
+    uid_map = {image.meta.study_uid: image.meta.study_uid for image in images}
+    flagged: tuple[str, ...] = ()
+    if deid is not None:
+        if files_dir is None:
+            raise ValueError("de-identified copies need a folder: pass files_dir (--files DIR) for a database "
+                             "that is not a SQLite file")
+        batch = deidentify_images(images, texts, deid, files_dir)
+        images, texts, uid_map, flagged = batch.images, batch.reports, batch.study_uids, tuple(batch.burned_in)
+        errors += batch.errors
+    counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
+    warnings: list[str] = []
+    for chunk in _study_chunks(images, chunk_images):
+        stored = _ingest_chunk(store, embedder, chunk, texts, set(flagged), user, warnings)
+        for key, value in stored.items():
+            counts[key] += value
+        added = stored["added_instances"] + stored["added_reports"] + stored["added_embeddings"]
+        if on_stored is not None and added:
+            on_stored()
+    return IngestResult(studies=tuple(dict.fromkeys(image.meta.study_uid for image in images)),
+                        errors=tuple(errors), study_uids=uid_map, burned_in=flagged, warnings=tuple(warnings),
+                        **counts)
+
+
+def _ingest_chunk(store: IngestStoreLike, embedder: EmbedderLike | None, images: list[DicomImage],
+                  texts: Mapping[str, str], flagged: set[str], user: str, warnings: list[str]) -> dict[str, int]:
+    """Store whole studies in one transaction; their counts by `IngestResult` field (warnings appended)."""
+    fresh, already_stored = _split_stored(store, images)
+    own = dict.fromkeys(image.meta.study_uid for image in images)
+    new_texts = _new_reports(store, {uid: texts[uid] for uid in own if uid in texts})
+    counts = {"added_instances": 0, "skipped_instances": already_stored, "added_reports": 0, "added_embeddings": 0}
+    if not (fresh or new_texts):
+        return counts
+    records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in new_texts.items()]
+    embeddings = _embeddings(embedder, fresh, new_texts, warnings) if embedder is not None else []
+    instances = [_flag_burned_in(instance_record(image, render_preview(image.pixels)), flagged) for image in fresh]
+    summary = store.ingest(instances, records, embeddings, user=user)
+    counts["skipped_instances"] += summary.skipped_instances
+    for key in ("added_instances", "added_reports", "added_embeddings"):
+        counts[key] = getattr(summary, key)
+    return counts
+
+
+def _split_stored(store: IngestStoreLike, images: list[DicomImage]) -> tuple[list[DicomImage], int]:
+    """Images the store does not hold yet, and how many it already holds byte for byte.
+
+    Re-sending a stored file costs no preview and no embedding. A changed file under a stored
+    SOPInstanceUID stays in the list, so the store refuses it with a clear error.
+    """
+    stored = store.instance_hashes([image.meta.sop_instance_uid for image in images])
+    fresh = [im for im in images if stored.get(im.meta.sop_instance_uid) != im.meta.content_sha256]
+    return fresh, len(images) - len(fresh)
+
+
+def _new_reports(store: IngestStoreLike, texts: dict[str, str]) -> dict[str, str]:
+    """The reports the store will add: a text equal to a stored version of its study is skipped there,
+    and its embedding must not be attached to that study's newer (possibly signed) version."""
+    new = {}
+    for uid, text in texts.items():
+        try:
+            versions = store.report_versions(uid)
+        except ValueError:  # the study is not stored yet
+            versions = []
+        if all(version.text != text for version in versions):
+            new[uid] = text
+    return new
+
+
+def _embeddings(embedder: EmbedderLike, images: list[DicomImage], texts: Mapping[str, str],
+                warnings: list[str]) -> list[EmbeddingRecord]:
+    """One "image" row per image or per volume (under its middle slice's UID), one "report" row per text."""
+    model_id = embedder.model_id
+    vectors = embedder.embed_visual(images, warnings)
+    records = [EmbeddingRecord(IMAGE, item.key, model_id, item.vector) for item in vectors]
+    uids = list(texts)
+    vectors = embedder.embed_texts([report_text_for_training(texts[uid]) or texts[uid] for uid in uids])
+    records += [EmbeddingRecord(REPORT, uid, model_id, vector) for uid, vector in zip(uids, vectors)]
+    return records
+
+
+def _study_chunks(images: list[DicomImage], max_images: int) -> Iterator[list[DicomImage]]:
+    """Images in groups of whole studies, each of about `max_images` (a larger study is one group)."""
+    studies: dict[str, list[DicomImage]] = {}
+    for image in images:
+        studies.setdefault(image.meta.study_uid, []).append(image)
+    chunk: list[DicomImage] = []
+    for study in studies.values():
+        if chunk and len(chunk) + len(study) > max_images:
+            yield chunk
+            chunk = []
+        chunk.extend(study)
+    if chunk:
+        yield chunk
+
+
+def _flag_burned_in(record: InstanceRecord, flagged: set[str]) -> InstanceRecord:
+    if record.sop_instance_uid not in flagged:
+        return record
+    return dataclasses.replace(record, metadata={**record.metadata, "burned_in_annotation": True})
+
+
+def _with_instance_uids(images: list[DicomImage]) -> tuple[list[DicomImage], list[DicomReadError]]:
+    """Images that can be stored (they have a SOPInstanceUID) and an error for each one that cannot."""
+    kept, errors = [], []
+    for image in images:
+        if image.meta.sop_instance_uid:
+            kept.append(image)
+        else:
+            errors.append(DicomReadError(image.meta.path, "no SOPInstanceUID: cannot store an instance without one"))
+    return kept, errors
+
+
+def _study_reports(images: list[DicomImage], reports: Mapping[str, str], default: str | None) -> dict[str, str]:
+    """Report text per study: given explicitly, else the default, else a report.txt beside its first file."""
+    texts: dict[str, str] = {}
+    for image in images:
+        uid = image.meta.study_uid
+        if uid in texts:
+            continue
+        text = reports.get(uid) or default or _report_beside(image.meta.path)
+        if text and text.strip():
+            texts[uid] = text
+    return texts
+
+
+def _report_beside(path: str) -> str | None:
+    if ".zip:" in path:
+        return None
+    candidate = Path(path).parent / "report.txt"
+    return candidate.read_text(encoding="utf-8") if candidate.is_file() else None
