@@ -47,7 +47,8 @@ from medcm.model.preprocess import normalize
 from medcm.runtime import cpu_name, seed_everything
 from medcm.data.synthetic_radiographs import write_dataset
 from medcm.data.synthetic_ct import write_volume_dataset
-from medcm.model.train import _autocast, _memory_format, _speed_options, _train_epoch, build_optimizer, with_aux_classes
+from medcm.runtime import autocast as _autocast
+from medcm.model.train import _memory_format, _speed_options, _train_epoch, build_optimizer, with_aux_classes
 
 CONFIGS = ("cpu-small", "medpix-cpu", "gpu-default")
 # On a CPU, unless given: (warm-up steps, steps per chunk, batch). DenseNet121 at 256 px costs ~21 GFLOP per

@@ -8,15 +8,17 @@ one radiograph) and calls the app's handlers in the order the page chains them:
 not counted; the median of the rest is reported.
 
 The script runs against both code layouts, the flat `medcm/` before the subpackages and the current
-one, so one sitting measures before and after on the same machine, data and checkpoint:
+one. `--before DIR` measures both in one sitting on the same machine, data and checkpoint: it runs
+the current code and the code in DIR (put first on PYTHONPATH) alternately, `--rounds` times each,
+and compares the medians of all their uploads (wall time, and the process's CPU time, which a busy
+shared machine disturbs less):
 
-    git worktree add /tmp/before ae23d5b
-    .venv/bin/python scripts/bench_upload.py --label after --json /tmp/upload-after.json
-    PYTHONPATH=/tmp/before .venv/bin/python scripts/bench_upload.py --label before --json /tmp/upload-before.json
-    .venv/bin/python scripts/bench_upload.py --compare /tmp/upload-before.json /tmp/upload-after.json
+    git worktree add --detach /tmp/before ae23d5b
+    .venv/bin/python scripts/bench_upload.py --before /tmp/before
 
-The work folder (default /tmp/medcm-bench-upload) keeps the data and the checkpoint, so the second
-run trains nothing and both runs use the same weights.
+One run of one layout: `[PYTHONPATH=DIR] .venv/bin/python scripts/bench_upload.py --label NAME`.
+The work folder (default /tmp/medcm-bench-upload) keeps the data and the checkpoint, so only the
+first run trains, and every run uses the same weights.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +40,8 @@ from types import SimpleNamespace
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402  (after the environment: gradio and transformers read it at import)
 
 
 def _library() -> SimpleNamespace:
@@ -101,6 +106,7 @@ def _upload_files(case: Path, into: Path) -> list[str]:
 
 
 def _measure(lib: SimpleNamespace, args: argparse.Namespace) -> dict:
+    import medcm
     from db.store import CaseStore
     from ui.handlers import Handlers
 
@@ -116,77 +122,104 @@ def _measure(lib: SimpleNamespace, args: argparse.Namespace) -> dict:
     store.add_user("bench", "clinician", "bench-password")
     handlers, request = Handlers(engine, store, root / "uploads"), SimpleNamespace(username="bench")
     kinds = {"ct": lambda i: ct / f"case-dev-{i:05d}", "dx": lambda i: radiographs / "cases" / f"dev-{i:05d}"}
-    import medcm
-
     result = {"label": args.label, "layout": lib.layout, "medcm": str(Path(medcm.__file__).parent),
-              "pool_studies": len(stored.studies), "slices": args.slices,
-              "size": args.size, "threads": torch_threads(), "seconds": {}}
+              "pool_studies": len(stored.studies), "slices": args.slices, "size": args.size,
+              "threads": torch.get_num_threads(), "uploads": {}}
     for kind, case in kinds.items():
-        times = []
-        for i in range(args.uploads):
-            files = _upload_files(case(i), root / "incoming" / f"{kind}-{i}")
-            start = time.perf_counter()
-            study = handlers.on_upload(files, "default", request)[0]
-            handlers.on_similar(study, request)
-            sentences = handlers.on_draft(study, request)[0]
-            times.append(time.perf_counter() - start)
-            if not sentences:
-                raise RuntimeError(f"{kind} upload {i}: the draft is empty; expected sentences from the pool")
-        result["seconds"][kind] = times
+        result["uploads"][kind] = [_upload(handlers, request, _upload_files(case(i), root / "incoming" / f"{kind}-{i}"))
+                                   for i in range(args.uploads)]
     store.close()
     shutil.rmtree(root, ignore_errors=True)
     return result
 
 
-def torch_threads() -> int:
-    import torch
+def _upload(handlers, request, files: list[str]) -> dict[str, float]:
+    """One upload as the page chains it: wall seconds of each step, and the process's CPU seconds in all."""
+    times, cpu, start = {}, time.process_time(), time.perf_counter()
+    study = handlers.on_upload(files, "default", request)[0]
+    times["upload"] = time.perf_counter() - start
+    handlers.on_similar(study, request)
+    times["similar"] = time.perf_counter() - start - times["upload"]
+    sentences = handlers.on_draft(study, request)[0]
+    times["total"] = time.perf_counter() - start
+    times["draft"] = times["total"] - times["upload"] - times["similar"]
+    times["cpu"] = time.process_time() - cpu
+    if not sentences:
+        raise RuntimeError(f"upload of {files[0]}: the draft is empty; expected sentences from the pool")
+    return times
 
-    return torch.get_num_threads()
+
+def _median(runs: list[dict], kind: str, key: str) -> float:
+    """Median of `key` over the uploads of `kind` in `runs`, each run's first upload (warm-up) left out."""
+    return statistics.median(upload[key] for run in runs for upload in run["uploads"][kind][1:])
 
 
-def _summary(result: dict) -> str:
-    lines = [f"{result['label']} ({result['layout']} layout at {result['medcm']}, {result['threads']} torch thread(s), "
-             f"{result['pool_studies']} studies in the pool)"]
-    for kind, times in result["seconds"].items():
-        what = f"{result['slices']} CT slices of {result['size']} px" if kind == "ct" else "one radiograph"
-        lines.append(f"  {kind}: upload → similar cases → draft, {what}: median {statistics.median(times[1:]):.3f} s "
-                     f"over {len(times) - 1} uploads (first, {times[0]:.3f} s, not counted)")
+def _summary(runs: list[dict]) -> str:
+    first = runs[0]
+    lines = [f"{first['label']} ({first['layout']} layout at {first['medcm']}, {first['threads']} torch thread(s), "
+             f"{first['pool_studies']} studies in the pool, {len(runs)} run(s))"]
+    for kind in first["uploads"]:
+        what = f"{first['slices']} CT slices of {first['size']} px" if kind == "ct" else "one radiograph"
+        steps = ", ".join(f"{key} {_median(runs, kind, key):.3f}" for key in ("upload", "similar", "draft"))
+        lines.append(f"  {kind} ({what}): upload → draft median {_median(runs, kind, 'total'):.3f} s wall "
+                     f"({steps}), {_median(runs, kind, 'cpu'):.3f} s CPU")
     return "\n".join(lines)
 
 
-def _compare(before_path: str, after_path: str) -> None:
-    before, after = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (before_path, after_path))
-    for kind in before["seconds"]:
-        b, a = (statistics.median(r["seconds"][kind][1:]) for r in (before, after))
-        print(f"{kind}: before {b:.3f} s, after {a:.3f} s: after takes {a / b:.2f}x the time ({b / a:.2f}x faster)")
+def _compare(before: list[dict], after: list[dict]) -> str:
+    lines = []
+    for kind in before[0]["uploads"]:
+        for key, what in (("total", "wall"), ("cpu", "CPU")):
+            b, a = _median(before, kind, key), _median(after, kind, key)
+            lines.append(f"{kind} {what}: before {b:.3f} s, after {a:.3f} s: before/after = {b / a:.2f}")
+    return "\n".join(lines)
+
+
+def _sitting(args: argparse.Namespace) -> None:
+    """Alternate runs of the current code and of the code at `args.before`, then compare the pooled uploads."""
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for round_ in range(args.rounds):
+            for label in ("after", "before"):
+                out = Path(folder) / f"{label}-{round_}.json"
+                env = dict(os.environ)
+                if label == "before":
+                    env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.before, env.get("PYTHONPATH")]))
+                command = [sys.executable, __file__, "--label", label, "--json", str(out), "--work", args.work,
+                           "--uploads", str(args.uploads), "--slices", str(args.slices), "--size", str(args.size),
+                           "--threads", str(args.threads)]
+                subprocess.run(command, env=env, check=True, cwd=Path(__file__).resolve().parent)
+                runs[label] += json.loads(out.read_text(encoding="utf-8"))
+    for label in ("before", "after"):
+        print(_summary(runs[label]))
+    print(_compare(runs["before"], runs["after"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", default="run", help="name of this measurement (e.g. before, after)")
     parser.add_argument("--work", default="/tmp/medcm-bench-upload", help="folder for data, checkpoint and stores")
-    parser.add_argument("--uploads", type=int, default=6, help="uploads of each kind; the first is not counted")
+    parser.add_argument("--uploads", type=int, default=6, help="uploads of each kind per run; the first is not counted")
     parser.add_argument("--slices", type=int, default=16, help="CT slices per uploaded study")
     parser.add_argument("--size", type=int, default=128, help="CT slice size in pixels")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
-    parser.add_argument("--json", help="also write the result as JSON to this file")
-    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print the ratio of two JSON results")
+    parser.add_argument("--json", help="also write the result (a list of one run) as JSON to this file")
+    parser.add_argument("--before", help="a checkout of the code before (e.g. a worktree of ae23d5b): run it and "
+                                         "the current code alternately, --rounds times each, and compare")
+    parser.add_argument("--rounds", type=int, default=2, help="with --before: runs of each (default: 2)")
     args = parser.parse_args()
-    if args.compare:
-        _compare(*args.compare)
-        return
     if args.uploads < 2:
         parser.error(f"--uploads: got {args.uploads}, expected at least 2 (the first is not counted)")
-    import torch
-
+    if args.before:
+        _sitting(args)
+        return
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # gr.Warning outside a page is a UserWarning
-    lib = _library()
-    result = _measure(lib, args)
-    print(_summary(result))
+    runs = [_measure(_library(), args)]
+    print(_summary(runs))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

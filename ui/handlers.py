@@ -25,7 +25,7 @@ from db.store import CaseStore
 from medcm.report.draft import DraftSentence
 from medcm.engine.facade import Engine, ImageMatch, SimilarCase
 from medcm.report.text import split_sections
-from ui import render
+import ui.render as render
 from ui.api import check_k, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error

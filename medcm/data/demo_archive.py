@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcm.report.text import is_negated
+from medcm.data.demo_reports import demo_report, pick
 
 FINDINGS_CR: tuple[str, ...] = (
     "normal", "pleural effusion", "pulmonary nodule", "cardiomegaly", "pneumothorax", "consolidation")
@@ -52,10 +52,6 @@ class _Scene:
 
 
 # --- drawing helpers -------------------------------------------------------------------------
-
-
-def _pick(rng: np.random.Generator, options):
-    return options[int(rng.integers(len(options)))]
 
 
 def _ellipse(s: _Scene, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
@@ -154,7 +150,7 @@ def _heart_and_ribs(image: np.ndarray, s: _Scene) -> None:
 
 
 def _cr_effusion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
-    side, severity = _pick(rng, ("left", "right", "bilateral")), _pick(rng, ("small", "moderate", "large"))
+    side, severity = pick(rng, ("left", "right", "bilateral")), pick(rng, ("small", "moderate", "large"))
     height = {"small": 0.08, "moderate": 0.16, "large": 0.28}[severity] * rng.uniform(0.9, 1.15)
     p, u = s.params, np.abs(s.xx - 0.5)
     for each in SIDES if side == "bilateral" else (side,):
@@ -165,7 +161,7 @@ def _cr_effusion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict
 
 
 def _cr_nodule(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
-    side, zone, mm = _pick(rng, SIDES), _pick(rng, ("upper", "lower")), int(rng.integers(12, 31))
+    side, zone, mm = pick(rng, SIDES), pick(rng, ("upper", "lower")), int(rng.integers(12, 31))
     u, p = np.abs(s.xx - 0.5), s.params
     if zone == "upper":
         box = (s.yy > p["apex"] + 0.14) & (s.yy < 0.44) & (u > 0.13)
@@ -182,7 +178,7 @@ def _cr_cardiomegaly(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> 
 
 
 def _cr_pneumothorax(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
-    side, severity = _pick(rng, SIDES), _pick(rng, ("small", "large"))
+    side, severity = pick(rng, SIDES), pick(rng, ("small", "large"))
     f = {"small": 0.22, "large": 0.45}[severity] * rng.uniform(0.9, 1.1)
     p, u = s.params, np.abs(s.xx - 0.5)
     # The lung falls away from the apex and the lateral wall towards the hilum, leaving air without markings.
@@ -195,7 +191,7 @@ def _cr_pneumothorax(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> 
 
 
 def _cr_consolidation(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
-    side, zone = _pick(rng, SIDES), _pick(rng, ("upper", "lower"))
+    side, zone = pick(rng, SIDES), pick(rng, ("upper", "lower"))
     region = s.masks[side] & ((s.yy < 0.45) if zone == "upper" else (s.yy >= 0.45))
     patch = np.zeros_like(s.yy)
     for _ in range(6):
@@ -253,7 +249,7 @@ def _ct_abdomen(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> None:
 
 
 def _ct_nodule(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
-    side, zone, mm = _pick(rng, SIDES), _pick(rng, ("upper", "lower")), int(rng.integers(8, 26))
+    side, zone, mm = pick(rng, SIDES), pick(rng, ("upper", "lower")), int(rng.integers(8, 26))
     radius = mm / _FOV_MM / 2
     # On an axial slice the upper lobe lies anterior to the major fissure, the lower lobe posterior.
     half = s.yy < 0.5 if zone == "upper" else s.yy >= 0.5
@@ -264,7 +260,7 @@ def _ct_nodule(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[s
 
 
 def _ct_effusion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
-    side, severity = _pick(rng, ("left", "right", "bilateral")), _pick(rng, ("small", "moderate", "large"))
+    side, severity = pick(rng, ("left", "right", "bilateral")), pick(rng, ("small", "moderate", "large"))
     depth = {"small": 0.05, "moderate": 0.1, "large": 0.16}[severity] * rng.uniform(0.9, 1.1)
     for each in SIDES if side == "bilateral" else (side,):
         # Supine: fluid layers in a posterior crescent; the lung floats anteriorly.
@@ -274,7 +270,7 @@ def _ct_effusion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict
 
 
 def _ct_liver_lesion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
-    side, mm = _pick(rng, SIDES), int(rng.integers(12, 41))
+    side, mm = pick(rng, SIDES), int(rng.integers(12, 41))
     cy, cx = (rng.uniform(0.42, 0.52), rng.uniform(0.25, 0.33)) if side == "right" else (0.38, rng.uniform(0.48, 0.54))
     image -= 0.28 * _disc(s, cy, cx, mm / _FOV_MM / 2) * s.masks["liver"]  # hypodense
     return {"side": side, "size_mm": str(mm)}
@@ -286,121 +282,6 @@ _DRAWERS = {
     ("CR", "consolidation"): _cr_consolidation, ("CT", "pulmonary nodule"): _ct_nodule,
     ("CT", "pleural effusion"): _ct_effusion, ("CT", "liver lesion"): _ct_liver_lesion,
 }
-
-# --- reports -----------------------------------------------------------------------------------
-
-# Normal statements per exam: wording variants -> the findings (comma-separated; "lung": any lung finding)
-# that would make the statement false.
-_NORMALS: dict[str, dict[tuple[str, ...], str]] = {
-    "CR": {
-        ("The heart size is normal.", "Normal cardiac silhouette.",
-         "The cardiomediastinal silhouette is within normal limits."): "cardiomegaly",
-        ("The lungs are clear.", "The lungs are well expanded and clear."): "lung",
-        ("No focal consolidation.", "No focal airspace opacity."): "consolidation,pulmonary nodule",
-        ("No pleural effusion.", "No pleural effusions.", "The costophrenic angles are sharp."): "pleural effusion",
-        ("No pneumothorax.", "There is no pneumothorax."): "pneumothorax",
-        ("No suspicious pulmonary nodule.",): "pulmonary nodule",
-        ("The osseous structures are intact.", "No acute osseous abnormality."): "",
-    },
-    "CT CHEST": {
-        ("The lungs are clear.",): "lung",
-        ("No pulmonary nodules.", "No suspicious pulmonary nodule."): "pulmonary nodule",
-        ("No pleural effusion.", "No pleural effusion or thickening."): "pleural effusion",
-        ("Heart size is normal.", "Normal heart size."): "",
-        ("No mediastinal lymphadenopathy.", "No enlarged mediastinal lymph nodes."): "",
-        ("No pneumothorax.",): "",
-        ("The visualized osseous structures are unremarkable.",): "",
-    },
-    "CT ABDOMEN": {
-        ("The liver is normal in size and attenuation.", "The liver is unremarkable."): "liver lesion",
-        ("No focal liver lesion.", "No focal hepatic lesion."): "liver lesion",
-        ("The spleen is unremarkable.", "Normal spleen."): "",
-        ("The kidneys are unremarkable.",): "",
-        ("No free fluid.", "No ascites."): "",
-        ("No acute osseous abnormality.",): "",
-    },
-}
-_LUNG = "pleural effusion,pulmonary nodule,pneumothorax,consolidation"
-_NORMAL_IMPRESSIONS = {
-    "CR": ("No acute cardiopulmonary abnormality.", "Normal chest radiograph.", "No acute cardiopulmonary process."),
-    "CT CHEST": ("No acute intrathoracic abnormality.", "Normal CT of the chest."),
-    "CT ABDOMEN": ("No acute abnormality in the abdomen.", "Unremarkable CT of the abdomen."),
-}
-_EFFUSION_IMPRESSIONS = ("{Sev} {side} pleural {effusion}.", "{Side} pleural {effusion}, {sev}.")
-# (modality, finding) -> (findings variants, impression variants). No template may hold a negation.
-_TEMPLATES: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
-    ("CR", "pleural effusion"): (
-        ("{Sev} {side} pleural {effusion}.", "There {is} {a}{sev} {side} pleural {effusion} with blunting of {angle}.",
-         "Blunting of {angle}, consistent with {a}{sev} {side} pleural {effusion}."), _EFFUSION_IMPRESSIONS),
-    ("CR", "pulmonary nodule"): (
-        ("There is a {mm} mm rounded nodule in the {zone}.", "A {cm} cm pulmonary nodule projects over the {zone}.",
-         "Well-circumscribed {mm} mm nodular opacity in the {zone}."),
-        ("{Mm} mm pulmonary nodule in the {zone}; CT is recommended for further evaluation.",
-         "Pulmonary nodule in the {zone}, measuring {cm} cm.")),
-    ("CR", "cardiomegaly"): (
-        ("The heart is {deg}enlarged.", "Cardiomegaly, cardiothoracic ratio approximately {ctr}.",
-         "The cardiac silhouette is {deg}enlarged, with a cardiothoracic ratio of about {ctr}."),
-        ("{Sev} cardiomegaly.", "Enlarged cardiac silhouette.")),
-    ("CR", "pneumothorax"): (
-        ("There is a {sev} {side} pneumothorax.", "{Sev} {side} apical pneumothorax with a visible visceral pleural line.",
-         "A {sev} {side} pneumothorax is present, the lung edge separated from the chest wall."),
-        ("{Sev} {side} pneumothorax.", "{Side} pneumothorax, {sev}.")),
-    ("CR", "consolidation"): (
-        ("Patchy airspace opacity in the {lobe}, consistent with pneumonia.", "Consolidation in the {lobe}.",
-         "There is focal consolidation in the {lobe}."), ("{Lobe} pneumonia.", "{Lobe} consolidation, likely pneumonia.")),
-    ("CT", "pulmonary nodule"): (
-        ("{Mm} mm solid nodule in the {lobe}.", "There is a {mm} mm pulmonary nodule in the {lobe}.",
-         "A solid {cm} cm nodule is seen in the {lobe}."),
-        ("{Mm} mm {lobe} pulmonary nodule.", "Pulmonary nodule in the {lobe}, {mm} mm; follow-up CT recommended.")),
-    ("CT", "pleural effusion"): (
-        ("{Sev} {side} pleural {effusion} layering dependently.", "{Sev} dependent {side} pleural {effusion}.",
-         "There {is} {a}{sev} {side} pleural {effusion} with adjacent compressive atelectasis."), _EFFUSION_IMPRESSIONS),
-    ("CT", "liver lesion"): (
-        ("There is a {cm} cm hypodense lesion in the {lobe} of the liver.",
-         "Hypoattenuating {cm} cm hepatic lesion in the {lobe}.",
-         "A well-defined {mm} mm low-attenuation lesion in the {lobe} of the liver."),
-        ("{Cm} cm hypodense liver lesion, likely a cyst; MRI may be considered.",
-         "Hypodense lesion in the {lobe} of the liver.")),
-}
-_SYNONYMS = {"moderate": ("moderate", "moderate-sized"), "large": ("large", "large-volume")}
-
-
-def _words(finding: str, details: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
-    """Template words for one case's details, each also with a capitalised key (`Side`)."""
-    side, severity, zone, mm = (details.get(k, "") for k in ("side", "severity", "zone", "size_mm"))
-    both = side == "bilateral"
-    words = {
-        "side": side, "sev": _pick(rng, _SYNONYMS.get(severity, (severity,))) if finding == "pleural effusion" else severity,
-        "effusion": "effusions" if both else "effusion", "is": "are" if both else "is", "a": "" if both else "a ",
-        "angle": "both costophrenic angles" if both else f"the {side} costophrenic angle",
-        "zone": f"{side} {zone} {_pick(rng, ('zone', 'lung zone'))}", "lobe": f"{side} {zone} lobe".replace("  ", " "),
-        "mm": mm, "cm": f"{int(mm) / 10:.1f}" if mm else "", "ctr": details.get("ctr", ""), "deg": f"{severity}ly ",
-    }
-    words.update({key.capitalize(): value[:1].upper() + value[1:] for key, value in list(words.items())})
-    return words
-
-
-def _report(finding: str, modality: str, body_part: str, details: dict[str, str], rng: np.random.Generator) -> str:
-    exam = "CR" if modality == "CR" else f"CT {body_part}"
-    normals = [_pick(rng, variants) for variants, false_for in _NORMALS[exam].items()
-               if finding not in false_for.replace("lung", _LUNG).split(",")]
-    keep = np.sort(rng.choice(len(normals), size=int(rng.integers(2, min(5, len(normals)) + 1)), replace=False))
-    sentences = [normals[i] for i in keep]
-    negatives = [n for n in normals if is_negated(n)]
-    if negatives and not any(is_negated(x) for x in sentences):  # radiologists state pertinent negatives
-        sentences.append(_pick(rng, negatives))
-    if rng.random() < 0.3:  # radiologists mostly keep a fixed order, but not always
-        rng.shuffle(sentences)
-    if finding == "normal":
-        impression = _pick(rng, _NORMAL_IMPRESSIONS[exam])
-    else:
-        findings, impressions = _TEMPLATES[(modality, finding)]
-        words = _words(finding, details, rng)
-        where = 0 if rng.random() < 0.6 else int(rng.integers(len(sentences) + 1))
-        sentences.insert(where, _pick(rng, findings).format(**words))
-        impression = _pick(rng, impressions).format(**words)
-    return f"FINDINGS: {' '.join(sentences)}\nIMPRESSION: {impression}"
-
 
 # --- public API --------------------------------------------------------------------------------
 
@@ -440,7 +321,7 @@ def make_demo_case(finding: str, modality: str, rng: np.random.Generator, size: 
     if modality == "CR":
         _heart_and_ribs(image, scene)
     pixels = _finish(image, noise, blur_px=0.004 * size if modality == "CR" else 0.5, noise=0.015)
-    return DemoCase(pixels, _report(finding, modality, body_part, details, wording), finding, modality, body_part, details)
+    return DemoCase(pixels, demo_report(finding, modality, body_part, details, wording), finding, modality, body_part, details)
 
 
 def make_demo_cases(n: int, seed: int = 0, size: int = 192) -> list[DemoCase]:

@@ -28,7 +28,7 @@ import torch
 from medcm.checkpoint import Checkpoint, load_checkpoint
 from medcm.dicom.deid import DeidConfig, pseudonymous_uid
 from medcm.dicom.read import DicomImage, DicomReadError
-from medcm.engine import embed as visual
+import medcm.engine.embed as visual
 from medcm.engine.embed_archive import EmbedSummary, embed_archive
 from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths

@@ -1,8 +1,8 @@
-"""The model room: the image, volume and text towers (`encoders`), the dual encoder and its contrastive
-losses (`align`, the open_clip model/loss split), the input transforms every checkpoint records
-(`preprocess`), and training (`train`, with `distributed` for DDP). Import `medcm.model.train` for
-`train()`; this package itself only names the model and the loss, so importing it never pulls in data
-loading."""
+"""The model room: the image, volume and text towers (`encoders`), the dual encoder and its contrastive losses
+(`align`, the open_clip model/loss split), the input transforms every checkpoint records (`preprocess`), and
+training (`train`, with `accumulate` for gradient accumulation and `distributed` for DDP). Import
+`medcm.model.train` for `train()`; this package itself only names the model and the loss, so importing it
+never pulls in data loading."""
 
 from medcm.model.align import AlignmentLoss, DualEncoder, DualOutput, LossOutput
 

@@ -7,12 +7,11 @@ trainer state for `--resume`).
 Under `torchrun` (see `medcm.model.distributed`) `config.train.batch_size` stays the global batch: each of
 the N processes takes a 1/N slice of every batch, the loss sees all of it, and only rank 0
 validates, logs and writes checkpoints. With `config.train.accum_steps` > 1 each slice goes through
-the encoders in that many micro-batches, with the same loss and gradients (`_accumulated_step`).
+the encoders in that many micro-batches, with the same loss and gradients (`medcm.model.accumulate`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -24,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medcm.model import distributed as ddp
-from medcm.model.align import AlignmentLoss, DualEncoder, DualOutput, LossOutput
+from medcm.model.align import AlignmentLoss, DualEncoder
 from medcm.checkpoint import (
     load_trainer_state,
     load_weights,
@@ -35,7 +34,8 @@ from medcm.config import AuxHeadConfig, MedcmConfig, config_from_dict, validate_
 from medcm.data.manifest import ManifestRecord, PairedImageDataset, collate_pairs, records_to_pairs
 from medcm.eval.retrieval import case_retrieval_metrics, mean_recall
 from medcm.model.preprocess import augment_batch, augment_volumes, normalize
-from medcm.runtime import seed_everything, select_device
+from medcm.model.accumulate import accumulated_step, micro_batch_size
+from medcm.runtime import autocast, seed_everything, select_device
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def embed_dataset(model: DualEncoder, dataset: PairedImageDataset, config: Medcm
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
     for images, volumes, indices in loader:
         parts = []
-        with _autocast(device):
+        with autocast(device):
             if images is not None:
                 parts.append(model.encode_image(normalize(images.to(device), config.preprocess)).float())
             if volumes is not None:
@@ -154,11 +154,6 @@ def evaluate_retrieval(
     text_emb = torch.cat([model.encode_text(texts[s : s + 64]).float() for s in range(0, len(texts), 64)])
     image_cases = [p.case_id for p in dataset.pairs]
     return case_retrieval_metrics(image_emb, image_cases, text_emb.cpu(), cases)
-
-
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA only: on CPU it is slower than float32 for these convolutions.
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def train(
@@ -289,12 +284,12 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
         targets = targets.to(device) if targets is not None else None
         optimizer.zero_grad(set_to_none=True)
         if accum == 1:
-            with _autocast(device):
+            with autocast(device):
                 out = model(images, texts, volumes)
             loss = ddp.global_loss(loss_fn, out, ids, targets, ctx)  # over every rank's batch
             loss.total.backward()
         else:
-            loss, out = _accumulated_step(model, loss_fn, images, volumes, texts, ids, targets, accum, device, ctx)
+            loss, out = accumulated_step(model, loss_fn, images, volumes, texts, ids, targets, accum, device, ctx)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -304,111 +299,6 @@ def _train_epoch(model, dataset, loss_fn, optimizer, scheduler, config, device, 
             loader.set_postfix(loss=f"{float(loss.total.detach()):.3f}", temp=f"{1 / float(out.logit_scale.detach()):.4f}")
     steps = max(1, len(dataset) // batch_size)
     return {f"train_{k}": v / steps for k, v in totals.items()}
-
-
-def micro_batch_size(batch_size: int, accum_steps: int, ctx: ddp.DistributedContext) -> int:
-    """Pairs per micro-batch: this process's share of a global batch of `batch_size`, split `accum_steps` ways.
-
-    Raises:
-        ValueError: the batch does not split evenly over the processes and then into `accum_steps` parts.
-    """
-    local = ddp.check_batch_size(batch_size, ctx)
-    if accum_steps < 1 or local % accum_steps:
-        raise ValueError(f"train.accum_steps: got {accum_steps}, expected a positive divisor of each process's "
-                         f"{local} pairs (batch size {batch_size} over {ctx.world_size} process(es))")
-    return local // accum_steps
-
-
-def _accumulated_step(model: torch.nn.Module, loss_fn: AlignmentLoss, images: torch.Tensor | None,
-                      volumes: torch.Tensor | None, texts: list[str], group_ids: list[str],
-                      targets: torch.Tensor | None, accum_steps: int, device: torch.device,
-                      ctx: ddp.DistributedContext) -> tuple[LossOutput, DualOutput]:
-    """Back-propagate the whole batch's loss in `accum_steps` micro-batches (open_clip's `accum_freq`).
-
-    Summing micro-batch losses would be wrong for a contrastive loss: each micro-batch would only see
-    its own negatives. Instead every micro-batch is embedded once without gradients; then each is
-    embedded again with gradients, put in place of its cached rows, and the loss over the whole batch
-    is back-propagated. Only the fresh rows carry gradients, so the sum over micro-batches is the
-    whole batch's gradient (exactly so with BatchNorm in eval mode; in train mode it normalises with
-    micro-batch statistics). Under DDP gradients are all-reduced once, in the last micro-step.
-
-    Args:
-        model: the dual encoder, DDP-wrapped under torchrun; in the mode the caller set.
-        loss_fn: the alignment loss.
-        images: this process's prepared 2D images `[B2, ...]` or None.
-        volumes: its prepared volumes `[B3, ...]` or None; the batch's rows are the images', then the volumes'.
-        texts: B2 + B3 texts, one per row.
-        group_ids: B2 + B3 case ids, one per row.
-        targets: the multi-task head's targets of the B2 images, or None.
-        accum_steps: micro-batches; must divide B2 + B3.
-        device: where the model runs (for autocast and the CUDA random state).
-        ctx: the run's distributed context.
-
-    Returns:
-        The whole batch's loss and its (detached) output; the parameters' `.grad` hold its gradients.
-
-    Raises:
-        ValueError: `accum_steps` does not divide the batch.
-    """
-    n_images = 0 if images is None else len(images)
-    rows = n_images + (0 if volumes is None else len(volumes))
-    if accum_steps < 1 or rows % accum_steps:
-        raise ValueError(f"accum_steps: got {accum_steps} for a batch of {rows} pairs, expected a divisor of {rows}")
-    size = rows // accum_steps
-    micro = []  # contiguous row ranges keep the batch's order: images first, then volumes
-    for lo in range(0, rows, size):
-        hi = lo + size
-        micro.append((None if images is None or lo >= n_images else images[lo : min(hi, n_images)],
-                      None if volumes is None or hi <= n_images else volumes[max(lo, n_images) - n_images : hi - n_images],
-                      texts[lo:hi]))
-
-    # Pass 1: cache every micro-batch's rows. Its BatchNorm updates are undone (pass 2 makes them), and
-    # the random state before each forward is kept so pass 2 draws the same dropout masks.
-    saved_stats = [(buffer, buffer.clone()) for buffer in _running_stats(model)]
-    cached, rng_states = [], []
-    with torch.no_grad():
-        for micro_images, micro_volumes, micro_texts in micro:
-            rng_states.append(_rng_state(device))
-            with _autocast(device):
-                cached.append(model(micro_images, micro_texts, micro_volumes))
-        for buffer, value in saved_stats:
-            buffer.copy_(value)
-
-    # Pass 2: one micro-batch with gradients against the cached rest, the whole batch's loss, backward.
-    for j, (micro_images, micro_volumes, micro_texts) in enumerate(micro):
-        last = j == accum_steps - 1
-        with model.no_sync() if ctx.enabled and not last else contextlib.nullcontext():
-            _set_rng_state(rng_states[j], device)
-            with _autocast(device):
-                fresh = model(micro_images, micro_texts, micro_volumes)
-            outputs = cached[:j] + [fresh] + cached[j + 1 :]
-            aux = [o.aux_logits for o in outputs if o.aux_logits is not None]
-            # logit_scale is used in every micro-step at the same value: 1/A of its gradient each time.
-            scale = fresh.logit_scale.detach() + (fresh.logit_scale - fresh.logit_scale.detach()) / accum_steps
-            out = DualOutput(image=torch.cat([o.image for o in outputs]), text=torch.cat([o.text for o in outputs]),
-                             logit_scale=scale, aux_logits=torch.cat(aux) if aux else None)
-            loss = ddp.global_loss(loss_fn, out, group_ids, targets, ctx)
-            loss.total.backward()
-    detached = DualOutput(out.image.detach(), out.text.detach(), out.logit_scale.detach(),
-                          None if out.aux_logits is None else out.aux_logits.detach())
-    return LossOutput(total=loss.total.detach(), parts=loss.parts), detached
-
-
-def _running_stats(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The running-statistics buffers of the normalisation layers that update them in this mode."""
-    return [buffer for module in model.modules()
-            if module.training and getattr(module, "track_running_stats", False)
-            for buffer in module.buffers(recurse=False)]
-
-
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 def _speed_options(model: DualEncoder, config: MedcmConfig) -> None:

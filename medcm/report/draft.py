@@ -42,118 +42,21 @@ from medcm.report.text import (
     split_sentences,
 )
 
+from medcm.report.draft_types import (
+    DRAFT_PRESETS,
+    Draft,
+    DraftConfig,
+    DraftSentence,
+    DroppedSentence,
+    Provenance,
+    SourceCase,
+)
+
 __all__ = ["SourceCase", "Provenance", "DraftSentence", "DroppedSentence", "Draft",
            "DraftConfig", "DRAFT_PRESETS", "draft_findings"]
 
 _DRAFT_SECTIONS = ("FINDINGS", "IMPRESSION")
 
-
-
-@dataclass(frozen=True)
-class SourceCase:
-    """A retrieved past case; ``score`` is its retrieval cosine to the query."""
-    case_id: str
-    score: float
-    report: str
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """One source of a draft sentence: the case and the sentence as written there."""
-    case_id: str
-    case_score: float
-    sentence_score: float  # cosine(query, this source sentence)
-    original: str
-
-
-@dataclass(frozen=True)
-class DraftSentence:
-    """A drafted sentence; ``sources`` best first (by sentence_score, then case_score)."""
-    text: str
-    section: str  # "FINDINGS" or "IMPRESSION"
-    score: float  # the final score used for selection
-    sources: tuple[Provenance, ...]
-
-
-@dataclass(frozen=True)
-class DroppedSentence:
-    """A candidate left out of the draft, with the reason."""
-    text: str
-    reason: str
-    sources: tuple[Provenance, ...]
-
-
-@dataclass(frozen=True)
-class Draft:
-    """A draft report: sentences in report order, what was dropped, the cases read."""
-    sentences: tuple[DraftSentence, ...]
-    dropped: tuple[DroppedSentence, ...]
-    source_cases: tuple[str, ...]
-    verified: bool = False
-
-    def section_text(self, section: str) -> str:
-        """The sentences of one section (name or alias, any case) joined by spaces."""
-        name = " ".join(section.upper().split())
-        name = SECTION_ALIASES.get(name, name)
-        return " ".join(s.text for s in self.sentences if s.section == name)
-
-    def text(self) -> str:
-        """``"FINDINGS: s1 s2\\nIMPRESSION: s3"``; empty sections omitted, ``""`` if none."""
-        parts = ((name, self.section_text(name)) for name in section_order)
-        return "\n".join(f"{name}: {body}" for name, body in parts if body)
-
-
-@dataclass(frozen=True)
-class DraftConfig:
-    """Drafting knobs.
-
-    Attributes:
-        top_k_cases: only this many best-scoring cases are read.
-        max_findings: most FINDINGS sentences in a draft.
-        max_impression: most IMPRESSION sentences in a draft.
-        duplicate_threshold: embedding cosine from which two sentences are one.
-        support_weight: weight of cross-case support (0..1) added to the similarity.
-        relative_margin: per section, keep scores >= best - relative_margin * |best|.
-        min_score: absolute floor on the score (model-dependent; calibrate per model).
-        max_extra_terms: a finding mentioned with more than this many extra content words
-            (site words not counted) is a different statement, not a contradiction.
-        agreement_weight: weight of the other retrieved reports' agreement with a sentence
-            (0 turns it off).
-        length_from_sources: stop a section at the median length the source cases wrote.
-    """
-    top_k_cases: int = 5
-    max_findings: int = 6
-    max_impression: int = 2
-    duplicate_threshold: float = 0.92
-    support_weight: float = 0.1
-    relative_margin: float = 0.25
-    min_score: float = 0.0
-    max_extra_terms: int = 2
-    agreement_weight: float = 0.0
-    length_from_sources: bool = False
-
-    def __post_init__(self) -> None:
-        checks = {"top_k_cases": self.top_k_cases >= 1, "max_findings": self.max_findings >= 0,
-                  "max_impression": self.max_impression >= 0,
-                  "max_extra_terms": self.max_extra_terms >= 0,
-                  "duplicate_threshold": -1.0 < self.duplicate_threshold <= 1.0,
-                  "support_weight": 0.0 <= self.support_weight < math.inf,
-                  "relative_margin": 0.0 <= self.relative_margin < math.inf,
-                  "min_score": math.isfinite(self.min_score),
-                  "agreement_weight": 0.0 <= self.agreement_weight < math.inf}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"DraftConfig.{name} out of range: {getattr(self, name)!r}")
-
-
-DRAFT_PRESETS: dict[str, DraftConfig] = {
-    # Few, near cases; a sentence must match the query image: short drafts of what this study shows.
-    "similarity": DraftConfig(),
-    # Many neighbours and minimum-Bayes-risk agreement: the sentences most similar cases would
-    # also write, as long as they usually write. Best on MedPix 2.0 dev (BENCHMARKS.md).
-    "consensus": DraftConfig(top_k_cases=40, max_findings=30, relative_margin=100.0, min_score=-100.0,
-                             agreement_weight=100.0, length_from_sources=True),
-}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from medcm.config import validate_config
 from medcm.data.manifest import read_manifest, split_records
 from medcm.model.distributed import DistributedContext, close_distributed, wrap_model
 from medcm.data.synthetic_radiographs import write_dataset
-from medcm.model.train import _accumulated_step, micro_batch_size, train
+from medcm.model.accumulate import accumulated_step as _accumulated_step, micro_batch_size
+from medcm.model.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))  # spawned workers import this module and test_distributed by name
 from test_distributed import CASES, TEXTS, _free_port, _gradients, _join_gloo, _model_and_loss, _rows  # noqa: E402
