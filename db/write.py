@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.models import (
@@ -25,7 +25,7 @@ from db.models import (
     Study,
     utcnow,
 )
-from db.read import CHUNK, latest_report, study_or_error
+from db.read import CHUNK
 from db.records import StoreError
 
 KINDS = ("image", "report")
@@ -101,7 +101,21 @@ def by_key(s: Session, column: InstrumentedAttribute, keys: Iterable[str], *wher
     return found
 
 
+def ids_by_key(s: Session, column: InstrumentedAttribute, keys: Iterable[str]) -> dict[str, int]:
+    """The ids of the rows of `column`'s entity whose `column` is in `keys`, by key (one query per chunk)."""
+    unique = list(dict.fromkeys(keys))
+    found: dict[str, int] = {}
+    entity = column.class_
+    for start in range(0, len(unique), CHUNK):
+        rows = s.execute(select(column, entity.id).where(column.in_(unique[start : start + CHUNK])))
+        found.update(rows.tuples().all())
+    return found
+
+
 # -------------------------------------------------------------------- writes
+# Ingest writes new rows with one multi-row INSERT per table (`session.execute(insert(Model), rows)`)
+# and looks their ids up afterwards where needed: the ORM's unit of work would insert them one
+# statement per row on SQLite, which cannot return the ids of a multi-row INSERT in order.
 def add_instances(s: Session, items: Sequence[Any]) -> tuple[int, int, set[str]]:
     """Add new instances with their patients, studies and series.
 
@@ -112,7 +126,8 @@ def add_instances(s: Session, items: Sequence[Any]) -> tuple[int, int, set[str]]
     known_rows = by_key(s, Instance.sop_instance_uid, (item.sop_instance_uid for item in items))
     stored = {uid: row.content_sha256 for uid, row in known_rows.items()}
     tree = _Tree(s, items)
-    added = skipped = 0
+    new: list[tuple[Any, str, dict[str, Any]]] = []
+    skipped = 0
     for item, (sha, metadata) in checked:
         uid = item.sop_instance_uid
         known = stored.get(uid)
@@ -124,14 +139,18 @@ def add_instances(s: Session, items: Sequence[Any]) -> tuple[int, int, set[str]]
                 )
             skipped += 1
             continue
-        s.add(Instance(
-            sop_instance_uid=uid, series=tree.series(item, metadata), path=item.path, content_sha256=sha,
-            metadata_json=metadata, modality=_meta_text(metadata, "modality"),
-            body_part=_meta_text(metadata, "body_part"), preview_png=item.preview_png,
-        ))
+        tree.add(item, metadata)
+        new.append((item, sha, metadata))
         stored[uid] = sha
-        added += 1
-    return added, skipped, {item.study_uid for item in items}
+    series_ids = tree.write()
+    if new:
+        s.execute(insert(Instance), [
+            {"sop_instance_uid": item.sop_instance_uid, "series_id": series_ids[item.series_uid], "path": item.path,
+             "content_sha256": sha, "metadata_json": metadata, "modality": _meta_text(metadata, "modality"),
+             "body_part": _meta_text(metadata, "body_part"), "preview_png": item.preview_png}
+            for item, sha, metadata in new
+        ])
+    return len(new), skipped, {item.study_uid for item in items}
 
 
 def _checked_instance(item: Any) -> tuple[str, dict[str, Any]]:
@@ -155,59 +174,80 @@ def _meta_text(metadata: dict[str, Any], key: str) -> str:
 
 
 class _Tree:
-    """The patients, studies and series one ingest call touches, fetched once and created as needed."""
+    """The patients, studies and series one ingest call touches: the stored ones fetched once, the
+    new ones checked as instances are added (`add`) and then inserted table by table (`write`)."""
 
     def __init__(self, s: Session, items: Sequence[Any]) -> None:
         self.s = s
         self.patients = by_key(s, Patient.pseudonym, (i.patient_id for i in items if i.patient_id))
         self.studies = by_key(s, Study.study_uid, (i.study_uid for i in items))
         self.series_rows = by_key(s, Series.series_uid, (i.series_uid for i in items))
+        self.new_patients: set[str] = set()
+        self.new_studies: dict[str, dict[str, Any]] = {}
+        self.new_series: dict[str, dict[str, Any]] = {}
 
-    def series(self, item: Any, metadata: dict[str, Any]) -> Series:
-        """The series of `item`, created under its study if new; StoreError if it is another study's."""
-        study = self._study(item, metadata)
+    def add(self, item: Any, metadata: dict[str, Any]) -> None:
+        """Note the series of `item` (under its study) if new; StoreError if it is another study's."""
+        self._study(item, metadata)
         series = self.series_rows.get(item.series_uid)
-        if series is None:
-            series = Series(
-                series_uid=item.series_uid, study=study, modality=_meta_text(metadata, "modality"),
-                body_part=_meta_text(metadata, "body_part"), description=_meta_text(metadata, "series_description"),
-            )
-            self.s.add(series)
-            self.series_rows[item.series_uid] = series
-        elif series.study is not study:
+        stored = series.study.study_uid if series is not None else self.new_series.get(item.series_uid, {}).get("study")
+        if stored is None:
+            self.new_series[item.series_uid] = {
+                "series_uid": item.series_uid, "study": item.study_uid, "modality": _meta_text(metadata, "modality"),
+                "body_part": _meta_text(metadata, "body_part"),
+                "description": _meta_text(metadata, "series_description"),
+            }
+        elif stored != item.study_uid:
             raise StoreError(
-                f"series {item.series_uid}: stored under study {series.study.study_uid}, got study_uid "
-                f"{item.study_uid}; expected the same study"
+                f"series {item.series_uid}: stored under study {stored}, got study_uid {item.study_uid}; "
+                "expected the same study"
             )
-        return series
 
-    def _study(self, item: Any, metadata: dict[str, Any]) -> Study:
+    def _study(self, item: Any, metadata: dict[str, Any]) -> None:
         study = self.studies.get(item.study_uid)
-        if study is None:
+        if study is not None:
+            stored = study.patient.pseudonym if study.patient else ""
+        elif item.study_uid in self.new_studies:
+            stored = self.new_studies[item.study_uid]["patient"]
+        else:
             date = _meta_text(metadata, "study_date")
-            study = Study(
-                study_uid=item.study_uid, patient=self._patient(item.patient_id), status="new",
-                study_date=date if _DATE.fullmatch(date) else "",  # the raw value stays in metadata
-                description=_meta_text(metadata, "study_description"),
-            )
-            self.s.add(study)
-            self.studies[item.study_uid] = study
-            return study
-        stored = study.patient.pseudonym if study.patient else ""
+            self.new_studies[item.study_uid] = {
+                "study_uid": item.study_uid, "patient": item.patient_id, "status": "new",
+                "study_date": date if _DATE.fullmatch(date) else "",  # the raw value stays in metadata
+                "description": _meta_text(metadata, "study_description"),
+            }
+            if item.patient_id and item.patient_id not in self.patients:
+                self.new_patients.add(item.patient_id)
+            return
         if stored != item.patient_id:
             raise StoreError(
                 f"study {item.study_uid}: patient_id {item.patient_id!r} differs from the stored {stored!r}; "
                 "expected the same patient"
             )
-        return study
 
-    def _patient(self, pseudonym: str) -> Patient | None:
-        if not pseudonym:
-            return None  # no PatientID: no patient row, rather than one "" patient shared by strangers
-        if pseudonym not in self.patients:
-            self.patients[pseudonym] = Patient(pseudonym=pseudonym)
-            self.s.add(self.patients[pseudonym])
-        return self.patients[pseudonym]
+    def write(self) -> dict[str, int]:
+        """Insert the new patients, studies and series; every series' id by SeriesInstanceUID.
+
+        A study without PatientID gets no patient row, rather than one "" patient shared by strangers.
+        """
+        s = self.s
+        patients = {pseudonym: row.id for pseudonym, row in self.patients.items()}
+        if self.new_patients:
+            s.execute(insert(Patient), [{"pseudonym": pseudonym} for pseudonym in self.new_patients])
+            patients.update(ids_by_key(s, Patient.pseudonym, self.new_patients))
+        studies = {uid: row.id for uid, row in self.studies.items()}
+        if self.new_studies:
+            rows = [{**{k: v for k, v in study.items() if k != "patient"}, "patient_id": patients.get(study["patient"])}
+                    for study in self.new_studies.values()]
+            s.execute(insert(Study), rows)
+            studies.update(ids_by_key(s, Study.study_uid, self.new_studies))
+        series = {uid: row.id for uid, row in self.series_rows.items()}
+        if self.new_series:
+            rows = [{**{k: v for k, v in new.items() if k != "study"}, "study_id": studies[new["study"]]}
+                    for new in self.new_series.values()]
+            s.execute(insert(Series), rows)
+            series.update(ids_by_key(s, Series.series_uid, self.new_series))
+        return series
 
 
 def new_report(
@@ -226,33 +266,75 @@ def new_report(
 
 
 def add_reports(s: Session, items: Sequence[Any]) -> int:
-    """Add each report as its study's next version, unless a stored version has the same text."""
-    added = 0
+    """Add each report as its study's next version, unless a stored version has the same text.
+
+    Two queries and one INSERT for the whole call, however many reports: the versions added here
+    are counted in memory, so a second report of a study in the same call becomes the version
+    after the first, and a repeated text is skipped.
+    """
+    studies = by_key(s, Study.study_uid, (item.study_uid for item in items if isinstance(item.study_uid, str)))
+    versions, texts = stored_versions(s, [study.id for study in studies.values()])
+    rows: list[dict[str, Any]] = []
     for item in items:
-        study = study_or_error(s, check_text("report study_uid", item.study_uid))
-        text = check_text(f"report of study {item.study_uid}: text", item.text)
-        sections = sections_of(f"report of study {item.study_uid}: sections", item.sections)
-        author = check_text(f"report of study {item.study_uid}: author", item.author)
+        uid = check_text("report study_uid", item.study_uid)
+        study = studies.get(uid)
+        if study is None:
+            raise StoreError(f"study {uid!r}: not in the store; expected a stored StudyInstanceUID")
+        text = check_text(f"report of study {uid}: text", item.text)
+        sections = sections_of(f"report of study {uid}: sections", item.sections)
+        author = check_text(f"report of study {uid}: author", item.author)
         if item.status not in REPORT_STATUSES:
-            raise StoreError(
-                f"report of study {item.study_uid}: status {item.status!r}; expected one of {REPORT_STATUSES}"
-            )
-        if s.scalar(select(Report.id).where(Report.study_id == study.id, Report.text == text).limit(1)):
+            raise StoreError(f"report of study {uid}: status {item.status!r}; expected one of {REPORT_STATUSES}")
+        known = texts.setdefault(study.id, set())
+        if text in known:
             continue
-        new_report(s, study, latest_report(s, study), text, sections, item.status, author, "ingest")
-        study.status = "signed" if item.status == "signed" else "drafted"
-        added += 1
-        s.flush()  # the next report of this study must see this version
-    return added
+        versions[study.id] = versions.get(study.id, 0) + 1
+        known.add(text)
+        signed = item.status == "signed"
+        rows.append({"study_id": study.id, "version": versions[study.id], "text": text, "sections_json": sections,
+                     "status": item.status, "author": author, "source": "ingest",
+                     "signed_by": author if signed else None, "signed_at": utcnow() if signed else None})
+        study.status = "signed" if signed else "drafted"
+    if rows:
+        s.execute(insert(Report), rows)
+    return len(rows)
+
+
+def stored_versions(s: Session, study_ids: Sequence[int]) -> tuple[dict[int, int], dict[int, set[str]]]:
+    """Per study id: its highest stored report version, and the texts of all its versions (studies
+    without a report are absent)."""
+    latest: dict[int, int] = {}
+    texts: dict[int, set[str]] = {}
+    for start in range(0, len(study_ids), CHUNK):
+        rows = s.execute(select(Report.study_id, Report.version, Report.text)
+                         .where(Report.study_id.in_(study_ids[start : start + CHUNK])))
+        for study_id, version, text in rows:
+            latest[study_id] = max(version, latest.get(study_id, 0))
+            texts.setdefault(study_id, set()).add(text)
+    return latest, texts
+
+
+def latest_report_ids(s: Session, study_ids: Sequence[int]) -> dict[int, int]:
+    """Per study id: the id of its highest report version (studies without a report are absent)."""
+    best: dict[int, tuple[int, int]] = {}
+    for start in range(0, len(study_ids), CHUNK):
+        rows = s.execute(select(Report.study_id, Report.version, Report.id)
+                         .where(Report.study_id.in_(study_ids[start : start + CHUNK])))
+        for study_id, version, report_id in rows:
+            if version > best.get(study_id, (0, 0))[0]:
+                best[study_id] = (version, report_id)
+    return {study_id: report_id for study_id, (_, report_id) in best.items()}
 
 
 def put_embeddings(s: Session, items: Sequence[Any]) -> list[Embedding]:
-    """Insert or replace embeddings; returns the row written for each item, in order."""
+    """Insert or replace embeddings; returns the row written for each item, in order.
+
+    New rows go in with one INSERT per call; a later item for the same key replaces an earlier one.
+    """
     s.flush()  # owners added in this transaction need their ids
     owners = _owners(s, items)
     dims: dict[tuple[str, str], int] = {}
     rows: dict[tuple[str, str, str], Embedding] = {}
-    written: list[Embedding] = []
     for kind, model_id in dict.fromkeys((item.kind, item.model_id) for item in items):
         same = (Embedding.kind == kind, Embedding.model_id == model_id)
         keys = [owner[0] for (owner_kind, _), owner in owners.items() if owner_kind == kind]
@@ -260,6 +342,8 @@ def put_embeddings(s: Session, items: Sequence[Any]) -> list[Embedding]:
         stored_dim = s.scalar(select(Embedding.dim).where(*same).limit(1))
         if stored_dim is not None:
             dims[(kind, model_id)] = stored_dim
+    new: dict[tuple[str, str, str], dict[str, Any]] = {}
+    written: list[tuple[str, str, str]] = []
     for item in items:
         blob, dim = _vector(item)
         expected = dims.setdefault((item.kind, item.model_id), dim)
@@ -269,23 +353,34 @@ def put_embeddings(s: Session, items: Sequence[Any]) -> list[Embedding]:
                 f"of model {item.model_id!r}"
             )
         owner_key, instance_id, report_id = owners[(item.kind, item.key)]
-        row = rows.get((item.kind, item.model_id, owner_key))
+        key = (item.kind, item.model_id, owner_key)
+        row = rows.get(key)
         if row is None:
-            row = Embedding(kind=item.kind, owner_key=owner_key, instance_id=instance_id, report_id=report_id,
-                            model_id=item.model_id)
-            rows[(item.kind, item.model_id, owner_key)] = row
-            s.add(row)
-        row.dim, row.vector, row.created_at = dim, blob, utcnow()  # an embedding is derived: replace it
-        written.append(row)
-    return written
+            new[key] = {"kind": item.kind, "owner_key": owner_key, "instance_id": instance_id, "report_id": report_id,
+                        "model_id": item.model_id, "dim": dim, "vector": blob}
+        else:
+            row.dim, row.vector, row.created_at = dim, blob, utcnow()  # an embedding is derived: replace it
+        written.append(key)
+    if new:
+        s.execute(insert(Embedding), list(new.values()))
+        for kind, model_id in dict.fromkeys((kind, model_id) for kind, model_id, _ in new):
+            keys = [owner_key for k, m, owner_key in new if (k, m) == (kind, model_id)]
+            found = by_key(s, Embedding.owner_key, keys, Embedding.kind == kind, Embedding.model_id == model_id)
+            rows.update({(kind, model_id, owner_key): row for owner_key, row in found.items()})
+    return [rows[key] for key in written]
 
 
 def _owners(s: Session, items: Sequence[Any]) -> dict[tuple[str, str], tuple[str, int | None, int | None]]:
-    """(kind, key) → (owner_key, instance_id, report_id); StoreError for an unknown key."""
+    """(kind, key) → (owner_key, instance_id, report_id); StoreError for an unknown key.
+
+    A few queries for the whole call: the instances, the studies, their latest report versions.
+    """
     for item in items:
         check_kind(f"embedding {item.key!r}:", item.kind)
         check_text(f"embedding {item.key!r}: model_id", item.model_id)
     images = by_key(s, Instance.sop_instance_uid, (i.key for i in items if i.kind == "image"))
+    studies = by_key(s, Study.study_uid, (i.key for i in items if i.kind == "report" and isinstance(i.key, str)))
+    reports = latest_report_ids(s, [study.id for study in studies.values()])
     owners: dict[tuple[str, str], tuple[str, int | None, int | None]] = {}
     for item in items:
         if (item.kind, item.key) in owners:
@@ -295,10 +390,13 @@ def _owners(s: Session, items: Sequence[Any]) -> dict[tuple[str, str], tuple[str
                 raise StoreError(f"embedding {item.key!r}: instance not in the store; expected a stored SOPInstanceUID")
             owners[(item.kind, item.key)] = (f"instance:{item.key}", images[item.key].id, None)
             continue
-        report = latest_report(s, study_or_error(s, item.key))
-        if report is None:
+        study = studies.get(item.key)
+        if study is None:
+            raise StoreError(f"study {item.key!r}: not in the store; expected a stored StudyInstanceUID")
+        report_id = reports.get(study.id)
+        if report_id is None:
             raise StoreError(f"embedding {item.key!r}: study has no report; expected a study with a report")
-        owners[(item.kind, item.key)] = (f"report:{report.id}", None, report.id)
+        owners[(item.kind, item.key)] = (f"report:{report_id}", None, report_id)
     return owners
 
 

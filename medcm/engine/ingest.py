@@ -5,6 +5,11 @@ writes de-identified copies and scrubs the reports (`medcm.dicom.deid_copies`), 
 store already holds byte for byte, and stores the rest in chunks of whole studies, one transaction
 each: instances with PNG previews (`medcm.engine.previews`), report versions, and, given an
 embedder, one "image" vector per image or volume and one "report" vector per new report text.
+
+Each file is decoded once: its display pixels give both the preview and the model input. While
+files are read, the store is asked every `LOOKUP_BATCH` images which of them it lacks, and their
+previews are rendered on a worker thread (`PreviewRenderer`) during the reading of the next ones;
+a chunk then costs the model's forward passes and one batched write.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from medcm.dicom.deid_copies import deidentify_images
 from medcm.dicom.read import DicomImage, DicomReadError
 from medcm.dicom.walk import iter_dicom
 from medcm.engine.embed_archive import EmbedderLike
-from medcm.engine.previews import render_preview
+from medcm.engine.previews import PreviewRenderer
 from medcm.engine.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
 from medcm.report.text import report_text_for_training, split_sections
 
 __all__ = ["IMAGE", "REPORT", "IngestResult", "IngestStoreLike", "ingest_paths", "read_images"]
 
 IMAGE, REPORT = "image", "report"
+LOOKUP_BATCH = 64  # images read between two look-ups of which ones the store lacks
 
 
 class IngestStoreLike(Protocol):
@@ -34,7 +40,7 @@ class IngestStoreLike(Protocol):
 
     def ingest(self, instances: list, reports: list = ..., embeddings: list = ..., user: str = ...) -> Any: ...
     def instance_hashes(self, sop_instance_uids: list[str]) -> dict[str, str]: ...
-    def report_versions(self, study_uid: str) -> list: ...
+    def report_texts(self, study_uids: list[str]) -> dict[str, set[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -91,75 +97,118 @@ def ingest_paths(
     Raises:
         ValueError: `deid` without a `files_dir`.
     """
-    images, errors = read_images(paths)
-    images, missing_uid = _with_instance_uids(images)
-    errors += missing_uid
-    texts = _study_reports(images, reports or {}, default_report)
-    uid_map = {image.meta.study_uid: image.meta.study_uid for image in images}
-    flagged: tuple[str, ...] = ()
-    if deid is not None:
-        if files_dir is None:
-            raise ValueError("de-identified copies need a folder: pass files_dir (--files DIR) for a database "
-                             "that is not a SQLite file")
-        batch = deidentify_images(images, texts, deid, files_dir)
-        images, texts, uid_map, flagged = batch.images, batch.reports, batch.study_uids, tuple(batch.burned_in)
-        errors += batch.errors
-    counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
-    warnings: list[str] = []
-    for chunk in _study_chunks(images, chunk_images):
-        stored = _ingest_chunk(store, embedder, chunk, texts, set(flagged), user, warnings)
-        for key, value in stored.items():
-            counts[key] += value
-        added = stored["added_instances"] + stored["added_reports"] + stored["added_embeddings"]
-        if on_stored is not None and added:
-            on_stored()
+    with PreviewRenderer() as previews:
+        known = _StoredHashes(store)
+        images, errors = _read(paths, known, previews if deid is None else None)  # copies get new UIDs
+        images, missing_uid = _with_instance_uids(images)
+        errors += missing_uid
+        texts = _study_reports(images, reports or {}, default_report)
+        uid_map = {image.meta.study_uid: image.meta.study_uid for image in images}
+        flagged: tuple[str, ...] = ()
+        if deid is not None:
+            if files_dir is None:
+                raise ValueError("de-identified copies need a folder: pass files_dir (--files DIR) for a database "
+                                 "that is not a SQLite file")
+            batch = deidentify_images(images, texts, deid, files_dir)
+            images, texts, uid_map, flagged = batch.images, batch.reports, batch.study_uids, tuple(batch.burned_in)
+            errors += batch.errors
+            _start_previews(known, previews, images)
+        counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
+        warnings: list[str] = []
+        for chunk in _study_chunks(images, chunk_images):
+            stored = _ingest_chunk(store, embedder, chunk, texts, set(flagged), user, warnings, known, previews)
+            for key, value in stored.items():
+                counts[key] += value
+            added = stored["added_instances"] + stored["added_reports"] + stored["added_embeddings"]
+            if on_stored is not None and added:
+                on_stored()
     return IngestResult(studies=tuple(dict.fromkeys(image.meta.study_uid for image in images)),
                         errors=tuple(errors), study_uids=uid_map, burned_in=flagged, warnings=tuple(warnings),
                         **counts)
 
 
+class _StoredHashes:
+    """SOPInstanceUID → content hash the store holds, asked in batches and updated as chunks are stored.
+
+    Re-sending a stored file costs no preview and no embedding. A changed file under a stored
+    SOPInstanceUID counts as new, so the store refuses it with a clear error.
+    """
+
+    def __init__(self, store: IngestStoreLike) -> None:
+        self._store = store
+        self._hashes: dict[str, str] = {}
+        self._asked: set[str] = set()
+
+    def look_up(self, images: list[DicomImage]) -> None:
+        uids = list(dict.fromkeys(image.meta.sop_instance_uid for image in images))
+        uids = [uid for uid in uids if uid not in self._asked]
+        if uids:
+            self._hashes.update(self._store.instance_hashes(uids))
+            self._asked.update(uids)
+
+    def is_new(self, image: DicomImage) -> bool:
+        return self._hashes.get(image.meta.sop_instance_uid) != image.meta.content_sha256
+
+    def mark_stored(self, images: list[DicomImage]) -> None:
+        self._hashes.update((image.meta.sop_instance_uid, image.meta.content_sha256) for image in images)
+
+
+def _read(paths: Iterable[str | Path], known: _StoredHashes,
+          previews: PreviewRenderer | None) -> tuple[list[DicomImage], list[DicomReadError]]:
+    """`read_images`, starting (given `previews`) the previews of new images while reading the next files."""
+    images, errors, batch = [], [], []
+    for path in paths:
+        for item in iter_dicom(path):
+            if isinstance(item, DicomReadError):
+                errors.append(item)
+                continue
+            images.append(item)
+            if previews is not None and item.meta.sop_instance_uid:
+                batch.append(item)
+                if len(batch) >= LOOKUP_BATCH:
+                    _start_previews(known, previews, batch)
+                    batch = []
+    if previews is not None:
+        _start_previews(known, previews, batch)
+    return images, errors
+
+
+def _start_previews(known: _StoredHashes, previews: PreviewRenderer, images: list[DicomImage]) -> None:
+    known.look_up(images)
+    for image in images:
+        if known.is_new(image):
+            previews.start(image, image.pixels)
+
+
 def _ingest_chunk(store: IngestStoreLike, embedder: EmbedderLike | None, images: list[DicomImage],
-                  texts: Mapping[str, str], flagged: set[str], user: str, warnings: list[str]) -> dict[str, int]:
+                  texts: Mapping[str, str], flagged: set[str], user: str, warnings: list[str],
+                  known: _StoredHashes, previews: PreviewRenderer) -> dict[str, int]:
     """Store whole studies in one transaction; their counts by `IngestResult` field (warnings appended)."""
-    fresh, already_stored = _split_stored(store, images)
+    known.look_up(images)
+    fresh = [image for image in images if known.is_new(image)]
     own = dict.fromkeys(image.meta.study_uid for image in images)
     new_texts = _new_reports(store, {uid: texts[uid] for uid in own if uid in texts})
-    counts = {"added_instances": 0, "skipped_instances": already_stored, "added_reports": 0, "added_embeddings": 0}
+    counts = {"added_instances": 0, "skipped_instances": len(images) - len(fresh), "added_reports": 0,
+              "added_embeddings": 0}
     if not (fresh or new_texts):
         return counts
     records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in new_texts.items()]
     embeddings = _embeddings(embedder, fresh, new_texts, warnings) if embedder is not None else []
-    instances = [_flag_burned_in(instance_record(image, render_preview(image.pixels)), flagged) for image in fresh]
+    instances = [_flag_burned_in(instance_record(image, previews.take(image, image.pixels)), flagged)
+                 for image in fresh]
     summary = store.ingest(instances, records, embeddings, user=user)
+    known.mark_stored(fresh)
     counts["skipped_instances"] += summary.skipped_instances
     for key in ("added_instances", "added_reports", "added_embeddings"):
         counts[key] = getattr(summary, key)
     return counts
 
 
-def _split_stored(store: IngestStoreLike, images: list[DicomImage]) -> tuple[list[DicomImage], int]:
-    """Images the store does not hold yet, and how many it already holds byte for byte.
-
-    Re-sending a stored file costs no preview and no embedding. A changed file under a stored
-    SOPInstanceUID stays in the list, so the store refuses it with a clear error.
-    """
-    stored = store.instance_hashes([image.meta.sop_instance_uid for image in images])
-    fresh = [im for im in images if stored.get(im.meta.sop_instance_uid) != im.meta.content_sha256]
-    return fresh, len(images) - len(fresh)
-
-
 def _new_reports(store: IngestStoreLike, texts: dict[str, str]) -> dict[str, str]:
     """The reports the store will add: a text equal to a stored version of its study is skipped there,
     and its embedding must not be attached to that study's newer (possibly signed) version."""
-    new = {}
-    for uid, text in texts.items():
-        try:
-            versions = store.report_versions(uid)
-        except ValueError:  # the study is not stored yet
-            versions = []
-        if all(version.text != text for version in versions):
-            new[uid] = text
-    return new
+    stored = store.report_texts(list(texts)) if texts else {}
+    return {uid: text for uid, text in texts.items() if text not in stored.get(uid, ())}
 
 
 def _embeddings(embedder: EmbedderLike, images: list[DicomImage], texts: Mapping[str, str],

@@ -130,7 +130,8 @@ def test_export_writes_one_file_and_one_event(engine, cases, tmp_path):
     engine.draft_for_study(study_uid, save=True, user="dr.a")
     store = engine.store
     export = export_study_report(store, study_uid, "txt", "dr.a", folder=tmp_path)
-    assert export.path.parent == tmp_path and export.path.name.endswith("-draft.txt") and export.report.status == "draft"
+    assert export.path.parent == tmp_path and export.path.name.endswith("-draft.txt")
+    assert export.report.status == "draft"
     engine.sign(study_uid, "FINDINGS: Signed.", signer="dr.b")
     out = tmp_path / "signed.json"
     assert export_study_report(store, study_uid, "json", "cli", out=out, signed_only=True).path == out

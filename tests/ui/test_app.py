@@ -455,7 +455,8 @@ def test_upload_then_similar_cases_then_draft_embeds_the_study_once(served, case
         return wrapper
 
     monkeypatch.setattr(engine, "embed_visual", counting("embed_visual", engine.embed_visual))
-    monkeypatch.setattr(engine.checkpoint.model, "encode_image", counting("encode_image", engine.checkpoint.model.encode_image))
+    model = engine.checkpoint.model
+    monkeypatch.setattr(model, "encode_image", counting("encode_image", model.encode_image))
     monkeypatch.setattr(facade, "read_stored", counting("read_stored", facade.read_stored))  # the fallback's re-read
     h = served.handlers
     study = h.on_upload([_dev(cases, 28)], "default", CLINICIAN)[0]
