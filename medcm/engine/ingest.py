@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from medcm.dicom.deid import DeidConfig
 from medcm.dicom.deid_copies import deidentify_images
-from medcm.dicom.read import DicomImage, DicomReadError
+from medcm.dicom.read import DicomImage, DicomReadError, split_member_name
 from medcm.dicom.walk import iter_dicom
 from medcm.engine.embed_archive import EmbedderLike
 from medcm.engine.previews import PreviewRenderer
@@ -269,7 +269,7 @@ def _study_reports(images: list[DicomImage], reports: Mapping[str, str], default
 
 
 def _report_beside(path: str) -> str | None:
-    if ".zip:" in path:
+    if split_member_name(path) is not None:  # a zip member has no folder to hold a report.txt
         return None
     candidate = Path(path).parent / "report.txt"
     return candidate.read_text(encoding="utf-8") if candidate.is_file() else None

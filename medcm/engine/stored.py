@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medcm.dicom.deid_copies import read_source
 from medcm.dicom.read import DicomImage, DicomReadError, read_instance
 from medcm.dicom.volume import VOLUME_MODALITIES
 from medcm.engine.embed import series_study_vector
@@ -43,7 +42,7 @@ def read_stored(instance: StoredInstanceLike) -> DicomImage:
         DicomReadError: the file is gone or unreadable, or is no longer the file that was stored
             (another SOPInstanceUID or another content hash); the message names the file.
     """
-    image = read_instance(read_source(instance.path), name=instance.path)
+    image = read_instance(instance.path)
     if image.meta.sop_instance_uid != instance.sop_instance_uid or (
             instance.content_sha256 and image.meta.content_sha256 != instance.content_sha256):
         raise DicomReadError(instance.path, f"changed since it was stored (SOPInstanceUID "
