@@ -4,7 +4,8 @@
       config.json          what was trained and how images are preprocessed (`MedcmConfig`),
                            the frozen text weights' fingerprint, validation metrics
       model.safetensors    weights (a frozen text transformer is not copied: its local
-                           folder and fingerprint are recorded instead)
+                           folder and fingerprint are recorded instead; its trained top
+                           layers, `text.train_layers`, are saved here)
       optimizer.pt         optional, for resuming; tensors only, read with weights_only=True
       trainer_state.json   optional, for resuming: epoch, step, best metric
 
@@ -57,13 +58,19 @@ class Checkpoint:
     model_id: str
 
 
+def _not_saved(model: DualEncoder, name: str) -> bool:
+    """Weights that live elsewhere: the frozen text layers (in their model folder) and shared copies."""
+    if name.startswith(_SHARED_PREFIX):
+        return True
+    if not (model.config.text.freeze and name.startswith(_FROZEN_PREFIX)):
+        return False
+    trained = tuple(_FROZEN_PREFIX + p for p in model.text.trained_backbone_prefixes())
+    return not (trained and name.startswith(trained))
+
+
 def _weights_to_save(model: DualEncoder) -> dict[str, torch.Tensor]:
-    frozen = model.config.text.freeze
-    return {
-        name: tensor.detach().cpu().contiguous().clone()
-        for name, tensor in model.state_dict().items()
-        if not (frozen and name.startswith(_FROZEN_PREFIX)) and not name.startswith(_SHARED_PREFIX)
-    }
+    return {name: tensor.detach().cpu().contiguous().clone()
+            for name, tensor in model.state_dict().items() if not _not_saved(model, name)}
 
 
 def save_checkpoint(
@@ -165,8 +172,7 @@ def load_weights(model: DualEncoder, folder: Path, info: dict[str, Any]) -> Path
     if not weights_path.is_file():
         raise FileNotFoundError(f"{folder}: checkpoint has no {WEIGHTS_FILE}")
     missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
-    missing = [k for k in missing
-               if not (model.config.text.freeze and k.startswith(_FROZEN_PREFIX)) and not k.startswith(_SHARED_PREFIX)]
+    missing = [k for k in missing if not _not_saved(model, k)]
     if missing or unexpected:
         raise ValueError(
             f"{weights_path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"

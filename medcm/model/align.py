@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,6 +84,15 @@ class DualEncoder(nn.Module):
         """Embed texts into `[B, D]`."""
         emb = self.text(texts)
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    def region_head(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+        """(classes, weight `[K, D]`, bias `[K]`) of a single-label multi-task head that reads the shared
+        embedding, so it can classify any stored vector; None for other heads or none."""
+        head = self.config.aux_head
+        if head is None or not head.on_embedding or head.multi_label:
+            return None
+        return (head.classes, self.aux_head.weight.detach().float().cpu().numpy(),
+                self.aux_head.bias.detach().float().cpu().numpy())
 
     def scale(self) -> torch.Tensor:
         """1/temperature, clamped to `MAX_LOGIT_SCALE`."""

@@ -112,12 +112,15 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 
 def build_optimizer(model: DualEncoder, config: MedcmConfig) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on biases, norms and the temperature; a lower rate for the transformer."""
+    """AdamW with no weight decay on biases, norms and the temperature; own rates for the transformer
+    (`text_lr`) and the image trunk (`image_lr`, when set)."""
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    image_lr = config.train.image_lr if config.train.image_lr is not None else config.train.lr
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         lr = config.train.text_lr if name.startswith("text.backbone.") else config.train.lr
+        lr = image_lr if name.startswith("image.trunk.") else lr
         decay = 0.0 if param.ndim < 2 else config.train.weight_decay
         groups.setdefault((lr, decay), []).append(param)
     param_groups = [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]

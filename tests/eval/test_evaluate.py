@@ -9,6 +9,8 @@ import json
 import zlib
 
 import numpy as np
+
+from medcm.config import AnatomyPriorConfig
 import pytest
 
 import medcm.eval.evaluate as evaluate_module
@@ -102,6 +104,16 @@ def test_precision_at_k_against_the_pool():
     assert metrics["modality_P@1"] == pytest.approx(1 / 3)
     # P@5 with 4 pool images (Head, Head, Thorax, Abdomen): c0 (Head) 2 of 4, c1 (Thorax) 1 of 4.
     assert metrics["region_P@5"] == pytest.approx(0.375)
+
+
+def test_modality_prior_moves_image_neighbours_to_the_same_modality():
+    queries, pool = _hand_sets()
+    metrics = retrieval_metrics(queries, pool, AnatomyPriorConfig(modality_weight=2.0))
+    # c1 (MR) now takes p2 (MR, Thorax) over p1 (CT, cosine 1); c2 (CT) takes p0 (CT) over p2.
+    assert metrics["modality_P@1"] == pytest.approx(1.0)
+    assert metrics["region_P@1"] == pytest.approx(1.0)
+    off = retrieval_metrics(queries, pool, AnatomyPriorConfig())
+    assert off == retrieval_metrics(queries, pool)
 
 
 def test_case_recall_within_the_queries():
@@ -209,7 +221,8 @@ def results(checkpoint, eval_records, meteor_calls):
 
 def test_results_structure_and_counts(results, checkpoint):
     assert set(results) == {"checkpoint", "model_id", "counts", "retrieval", "draft", "baselines", "gap_closed",
-                            "draft_config", "seed", "examples", "errors"}
+                            "draft_config", "anatomy_prior", "seed", "examples", "errors"}
+    assert results["anatomy_prior"] is None  # evaluate() without a prior ranks by cosine
     assert results["checkpoint"] == str(checkpoint.path) and results["model_id"] == checkpoint.model_id
     assert results["counts"] == {"pool_cases": 24, "pool_images": 24, "query_cases": 8, "query_images": 8,
                                  "scored_drafts": 7, "unreadable_images": 1}

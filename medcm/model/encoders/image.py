@@ -1,4 +1,4 @@
-"""The image tower: a MONAI network trunk without its classifier, plus a projection head.
+"""The image tower: a MONAI network trunk (or an ImageNet EfficientNet-Lite) without its classifier, plus a projection head.
 
 This is the only module that builds MONAI networks.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medcm.config import IMAGE_ARCHS, ImageEncoderConfig
+from medcm.config import IMAGE_ARCHS, LITE_IMAGE_ARCHS, ImageEncoderConfig
+from medcm.model.encoders.efficientnet import EfficientNetLiteTrunk
 
 
 def projection_head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
@@ -51,15 +52,20 @@ class _ViTTrunk(nn.Module):
 
 
 def build_trunk(config: ImageEncoderConfig, image_size: int) -> nn.Module:
-    """Build a MONAI trunk that maps `[B, C, H, W]` to pooled features `[B, F]`.
+    """Build a trunk that maps `[B, C, H, W]` to pooled features `[B, F]`.
 
     Args:
-        config: architecture and channels.
-        image_size: input side in pixels (the ViT needs it to size its position embedding).
+        config: architecture, channels and initial weights.
+        image_size: input side in pixels (the ViT sizes its position embedding by it, EfficientNet its padding).
 
     Raises:
-        ValueError: unknown architecture.
+        ValueError: unknown architecture, or a Lite trunk asked for more than one input channel.
     """
+    if config.arch in LITE_IMAGE_ARCHS:
+        if config.in_channels != 1 or config.spatial_dims != 2:
+            raise ValueError(f"image arch {config.arch!r}: got in_channels={config.in_channels}, "
+                             f"spatial_dims={config.spatial_dims}; expected 1 and 2 (greyscale 2D images)")
+        return EfficientNetLiteTrunk(config.arch, image_size, pretrained=config.pretrained == "imagenet")
     from monai.networks import nets  # heavy import kept out of module import time
 
     dims, channels = config.spatial_dims, config.in_channels
