@@ -27,7 +27,7 @@ ABLATION = (("region P@1", ("region_P@1",)), ("modality P@1", ("modality_P@1",))
             ("r→i R@10", ("report_to_image", "R@10")))
 
 
-def run_seed(data: str, out: Path, seed: int, config: str) -> dict[str, dict]:
+def run_seed(data: str, out: Path, seed: int, config: str, weights: list[str]) -> dict[str, dict]:
     """Train and evaluate one seed (skipping what is there); {"prior": eval, "no prior": eval (if the prior is on)}."""
     run = out / config / f"seed{seed}"
     timings = {}
@@ -39,7 +39,8 @@ def run_seed(data: str, out: Path, seed: int, config: str) -> dict[str, dict]:
     saved = json.loads((run / "best" / "config.json").read_text())["config"].get("anatomy_prior") or {}
     prior_on = saved.get("modality_weight", 0) > 0 or saved.get("region_weight", 0) > 0
     results = {}
-    for label, name, extra in (("prior", "eval-dev.json", []), ("no prior", "eval-dev-noprior.json", ["--anatomy-prior", "off"])):
+    for label, name, extra in (("prior", "eval-dev.json", weights),
+                               ("no prior", "eval-dev-noprior.json", ["--anatomy-prior", "off"])):
         if label == "no prior" and not prior_on:
             continue
         path = run / name
@@ -107,12 +108,16 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for one run per config and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=["medpix-cpu"], help="named configs to compare")
+    parser.add_argument("--modality-weight", type=float, help="evaluate with this prior weight, not the checkpoint's")
+    parser.add_argument("--region-weight", type=float, help="evaluate with this prior weight, not the checkpoint's")
     args = parser.parse_args()
+    weights = [arg for flag, value in (("--modality-weight", args.modality_weight), ("--region-weight", args.region_weight))
+               if value is not None for arg in (flag, str(value))]
     out = Path(args.out)
     rows: dict[str, list[dict]] = {}
     for config in args.configs:
         for seed in args.seeds:
-            results = run_seed(args.data, out, seed, config)
+            results = run_seed(args.data, out, seed, config, weights)
             for label, result in results.items():
                 rows.setdefault(f"{config} ({label})" if len(results) > 1 else config, []).append(result)
                 print(f"{config} seed {seed} {label}: {result['timings'] or 'reused'}", flush=True)

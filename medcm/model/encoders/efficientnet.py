@@ -13,11 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-LITE_ARCHS = ("efficientnet-lite0", "efficientnet-lite2")
-# ImageNet's per-channel mean and std, averaged over R, G and B: a grey image replicated to RGB and
-# normalised per channel equals (grey - 0.449) / 0.226 up to 2% per channel, so one channel keeps it.
-IMAGENET_GREY_MEAN = 0.449
-IMAGENET_GREY_STD = 0.226
+from medcm.config import LITE_IMAGE_ARCHS as LITE_ARCHS
 
 
 def imagenet_weights_path(arch: str) -> Path:
