@@ -300,9 +300,9 @@ NAMED_CONFIGS: dict[str, MedcmConfig] = {
         preprocess=PreprocessConfig(image_size=128),
         train=TrainConfig(epochs=15, batch_size=32, lr=1e-3, warmup_steps=50),
     ),
-    # MedPix 2.0 on 2 CPU cores in under 20 minutes: ~1,650 real CT/MR images from 535 cases. An
-    # ImageNet EfficientNet-Lite0 fine-tuned at 160 px (channels-last: 2x faster convolutions on CPU)
-    # beats a ResNet18 from scratch on every metric (BENCHMARKS.md, "shared space" ablation). A body-
+    # MedPix 2.0 (~1,650 CT/MR images, 535 cases) on 2 CPU cores in about 20 minutes (aimed at; BENCHMARKS.md).
+    # An ImageNet EfficientNet-Lite0 fine-tuned at 160 px (channels-last: 2x faster convolutions on CPU)
+    # beat a ResNet18 from scratch on every metric (one seed so far; BENCHMARKS.md, issue 16). A body-
     # region head on the shared embedding makes image neighbours share a region and gives the anatomy
     # prior its region probabilities; the text tower's top 2 MiniLM layers adapt to report language
     # over cached lower layers. No cases are held out: the last epoch is kept.
