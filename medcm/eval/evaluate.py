@@ -32,7 +32,7 @@ from medcm.eval.anatomy import Anatomy, case_anatomy, image_anatomy
 from medcm.eval.metrics import corpus_meteor, draft_metrics
 from medcm.config import AnatomyPriorConfig
 from medcm.index.anatomy import anatomy_bonus, prior_scores
-from medcm.eval.retrieval import DEFAULT_KS, case_retrieval_metrics, first_hit_ranks, recall_at_k
+from medcm.eval.retrieval import DEFAULT_KS, first_hit_ranks, recall_at_k
 from medcm.model.preprocess import prepare_image
 from medcm.report.text import findings_text, report_text_for_training
 from medcm.engine.embed import PreparedVolume, encode_inputs, has_volume_encoder, try_prepare_series
@@ -172,12 +172,13 @@ def retrieval_metrics(queries: EmbeddedSet, pool: EmbeddedSet, prior: AnatomyPri
     """
     if not len(queries.image_case):
         raise ValueError("no query image could be read; nothing to evaluate")
-    both = case_retrieval_metrics(torch.from_numpy(queries.image_emb), queries.image_case,
-                                  torch.from_numpy(queries.report_emb), queries.case_ids, DEFAULT_KS)
-    out: dict[str, Any] = {"image_to_report": both["image_to_text"], "report_to_image": both["text_to_image"]}
-    image_to_report = ranking_scores(queries.image_emb @ queries.report_emb.T, queries.anatomy(),
-                                     queries.case_anatomy(), prior)
-    out["image_to_report"] = recall_at_k(first_hit_ranks(torch.from_numpy(image_to_report), _own_case(queries)), DEFAULT_KS)
+    cosine = queries.image_emb @ queries.report_emb.T
+    own = _own_case(queries)
+    image_to_report = ranking_scores(cosine, queries.anatomy(), queries.case_anatomy(), prior)
+    out: dict[str, Any] = {
+        "image_to_report": recall_at_k(first_hit_ranks(torch.from_numpy(image_to_report), own), DEFAULT_KS),
+        "report_to_image": recall_at_k(first_hit_ranks(torch.from_numpy(cosine).t(), own.t()), DEFAULT_KS),
+    }
     out["image_to_report_curve"] = recall_curve(queries, image_to_report)
     similarity = ranking_scores(queries.image_emb @ pool.image_emb.T, queries.anatomy(), pool.anatomy(), prior)
     top = np.argsort(-similarity, axis=1, kind="stable")[:, :5]
