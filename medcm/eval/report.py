@@ -1,7 +1,8 @@
-"""Write `medcm eval` results: FILE.json, a markdown table beside it (FILE.md) and PNG plots.
+"""Write `medcm eval` results: FILE.json, a markdown table beside it (FILE.md), drafts to read
+(FILE.samples.md) and PNG plots.
 
 Plots: `FILE.recall.png` (image→report recall@K) and `FILE.draft.png` (draft metrics of the
-system and every baseline).
+system and every baseline; beside them, with trust measures, self-contradiction and diversity).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from medcm.eval.trust import samples_markdown
+
 SYSTEM = "draft (medcm)"
 _BASELINE_NAMES = {
     "random": "random pool report",
@@ -20,18 +23,20 @@ _BASELINE_NAMES = {
     "nearest_report": "nearest report (whole-report retrieval)",
     "oracle": "oracle report (ceiling of whole-report retrieval)",
 }
+_TRUST_NAMES = {"draft": f"{SYSTEM}, FINDINGS as scored", "draft_report": f"{SYSTEM}, FINDINGS + IMPRESSION",
+                "reference": "reference (the query's written findings)", **_BASELINE_NAMES}
 
 
 def output_paths(json_path: str | Path) -> dict[str, Path]:
-    """Where each output goes: the JSON itself, `.md` beside it, and the two plots."""
+    """Where each output goes: the JSON itself, `.md` and `.samples.md` beside it, and the two plots."""
     json_path = Path(json_path)
     stem = json_path.with_suffix("")
-    return {"json": json_path, "markdown": stem.with_suffix(".md"),
+    return {"json": json_path, "markdown": stem.with_suffix(".md"), "samples": Path(f"{stem}.samples.md"),
             "recall_plot": Path(f"{stem}.recall.png"), "draft_plot": Path(f"{stem}.draft.png")}
 
 
 def write_results(results: dict[str, Any], json_path: str | Path) -> dict[str, Path]:
-    """Write the JSON, the markdown table and the plots; each file is replaced atomically.
+    """Write the JSON, the markdown table, the samples and the plots; each file is replaced atomically.
 
     Returns:
         The paths written, by kind.
@@ -40,6 +45,7 @@ def write_results(results: dict[str, Any], json_path: str | Path) -> dict[str, P
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(paths["json"], (json.dumps(results, indent=2) + "\n").encode("utf-8"))
     _write_atomic(paths["markdown"], markdown_table(results).encode("utf-8"))
+    _write_atomic(paths["samples"], samples_markdown(results).encode("utf-8"))
     _plot_recall(results, paths["recall_plot"])
     _plot_draft(results, paths["draft_plot"])
     return paths
@@ -73,7 +79,33 @@ def markdown_table(results: dict[str, Any]) -> str:
     gap = results.get("gap_closed", {})
     lines += ["", "Share of the random→oracle gap the draft closes: "
               + ", ".join(f"{k} {_fmt(v)}" for k, v in gap.items()), ""]
+    if "trust" in results:
+        lines += trust_lines(results["trust"])
     return "\n".join(lines)
+
+
+def trust_lines(trust: dict[str, Any]) -> list[str]:
+    """The trust section: self-contradiction and diversity per system, then the randomization test."""
+    lines = ["## Trust", "", f"Self-contradiction: texts with at least one pair that asserts and denies one finding "
+             f"at one site, by {trust['checker']}. Diversity: distinct texts and the share of the most common one.",
+             "", "| system | self-contradicting | distinct | most common |", "|---|---|---|---|"]
+    for name, rate in trust["self_contradiction"].items():
+        spread = trust["diversity"].get(name, {})
+        lines.append(f"| {_TRUST_NAMES.get(name, name)} | {_fmt(rate['rate'])} ({rate['contradicting']}/{rate['texts']})"
+                     f" | {_fmt(spread.get('distinct_share'))} | {_fmt(spread.get('top_share'))} |")
+    test = trust["randomization"]
+    lines += ["", f"Draft vs the best non-oracle baseline per metric: {test['method']}, {test['shuffles']} shuffles "
+              f"(seed {test['seed']}).", "", "| metric | baseline | draft | baseline value | difference | p |",
+              "|---|---|---|---|---|---|"]
+    for metric, row in test["metrics"].items():
+        lines.append(f"| {metric} ({test['levels'].get(metric, '')}) | {_TRUST_NAMES.get(row['baseline'], row['baseline'])} "
+                     f"| {_fmt(row['draft'])} | {_fmt(row['baseline_value'])} | {_fmt(row['difference'])} "
+                     f"| {_fmt(row['p_value'])} |")
+    if trust.get("contradiction_examples"):
+        lines += ["", "Self-contradicting drafts (first few):", ""]
+        lines += [f"- {_TRUST_NAMES.get(x['system'], x['system'])}, query {x['query']}: {pair}"
+                  for x in trust["contradiction_examples"] for pair in x["pairs"]]
+    return [*lines, "", "Drafts beside their references and sources, to read: the `.samples.md` file beside this one.", ""]
 
 
 def _fmt(value: float | None) -> str:
@@ -97,14 +129,31 @@ def _plot_draft(results: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     rows = draft_rows(results)
     metrics = [k for k in ("BLEU-1", "BLEU-4", "ROUGE-L", "METEOR") if k in results["draft"]]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    colour = {name: f"C{i}" for i, (name, _) in enumerate(rows)}  # one colour per system in both panels
+    trust = results.get("trust")
+    fig, axes = plt.subplots(1, 2 if trust else 1, figsize=(14 if trust else 8, 5), dpi=120, squeeze=False)
+    _grouped_bars(axes[0][0], rows, metrics, "score", "draft findings vs baselines", colour)
+    if trust:
+        names = [n for n in trust["self_contradiction"] if n != "draft_report"]
+        measures = {"self-contradicting": ("self_contradiction", "rate"), "distinct": ("diversity", "distinct_share"),
+                    "most common": ("diversity", "top_share")}
+        trust_rows = [(SYSTEM if n == "draft" else _TRUST_NAMES.get(n, n),
+                       {label: trust[block][n].get(key) or 0.0 for label, (block, key) in measures.items()})
+                      for n in names]
+        _grouped_bars(axes[0][1], trust_rows, list(measures), "share of texts", "trust: contradiction and diversity",
+                      colour)
+    _save(fig, path)
+
+
+def _grouped_bars(ax, rows: list[tuple[str, dict[str, float]]], metrics: list[str], ylabel: str, title: str,
+                  colour: dict[str, str]) -> None:
     width = 0.8 / len(rows)
     for i, (name, values) in enumerate(rows):
-        ax.bar([m + i * width for m in range(len(metrics))], [values.get(k, 0.0) for k in metrics], width, label=name)
+        ax.bar([m + i * width for m in range(len(metrics))], [values.get(k, 0.0) for k in metrics], width, label=name,
+               color=colour.get(name, "grey"))
     ax.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
-    ax.set(ylabel="score", title="draft findings vs baselines")
-    ax.legend(fontsize=7)
-    _save(fig, path)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
 
 
 def _pyplot():

@@ -1,6 +1,7 @@
 """`medcm eval`: the gap-closed arithmetic, precision@k and recall curves on hand-made embeddings,
-`evaluate()` end to end on a few synthetic cases with a tiny untrained model, the written files and
-the command line. METEOR (a ~9 s JVM start per call) is replaced by a stub that records its calls."""
+`evaluate()` end to end on a few synthetic cases with a tiny untrained model (with its trust block and
+samples), the written files and the command line. METEOR (a ~9 s JVM start per call) is replaced by a stub
+that records its calls."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from medcm.eval.evaluate import (
     EmbeddedSet,
     draft_reports,
     evaluate,
+    run_drafts,
     gap_closed,
     query_vectors,
     recall_curve,
@@ -33,6 +35,8 @@ from medcm.eval.evaluate import (
 )
 from medcm.eval.metrics import draft_metrics
 from medcm.eval.report import markdown_table, output_paths, write_results
+from medcm.eval.consistency import find_contradictions
+from medcm.eval.trust import samples_markdown
 from medcm.report.text import split_sentences
 
 FAKE_METEOR = 0.25
@@ -175,6 +179,16 @@ def test_draft_reports_read_only_the_pool_and_name_the_nearest_report_with_findi
         assert set(split_sentences(text)) <= pool_sentences, "a draft only reuses pool FINDINGS sentences"
     # c0 reads pA and pB only (top 2): its draft can only hold pB's findings.
     assert set(split_sentences(drafts["c0"])) <= {"Mass in the left lobe.", "Small effusion."}
+    run = run_drafts(queries, pool, _hash_embedder, DraftConfig(top_k_cases=2))
+    assert run.findings == drafts and run.nearest == nearest
+    assert [s["case_id"] for s in run.details["c0"]["sources"]] == ["pA", "pB"]
+    assert run.details["c0"]["sources"][0]["score"] == pytest.approx(0.9)
+    for case, text in run.reports.items():
+        sentences = run.details[case]["sentences"]
+        assert text == "\n".join(f"{name}: {' '.join(s['text'] for s in sentences if s['section'] == name)}"
+                                 for name in dict.fromkeys(s["section"] for s in sentences))
+        assert all(set(s["sources"]) <= {"pA", "pB", "pC"} and s["sources"] for s in sentences)
+    assert run.details["c0"]["sentences"] and all(s["sources"] == ["pB"] for s in run.details["c0"]["sentences"])
 
 
 # --- evaluate() end to end ---------------------------------------------------------------------
@@ -221,7 +235,7 @@ def results(checkpoint, eval_records, meteor_calls):
 
 def test_results_structure_and_counts(results, checkpoint):
     assert set(results) == {"checkpoint", "model_id", "counts", "retrieval", "draft", "baselines", "gap_closed",
-                            "draft_config", "anatomy_prior", "seed", "examples", "errors"}
+                            "trust", "draft_config", "anatomy_prior", "seed", "examples", "samples", "errors"}
     assert results["anatomy_prior"] is None  # evaluate() without a prior ranks by cosine
     assert results["checkpoint"] == str(checkpoint.path) and results["model_id"] == checkpoint.model_id
     assert results["counts"] == {"pool_cases": 24, "pool_images": 24, "query_cases": 8, "query_images": 8,
@@ -290,6 +304,44 @@ def test_examples_are_scored_query_cases_with_their_findings(results, eval_recor
     assert queries[2].case_id not in {e["case_id"] for e in examples}, "a query without FINDINGS is not scored"
 
 
+def test_trust_block(results):
+    trust = results["trust"]
+    systems = ["draft", "draft_report", "reference", *BASELINES]
+    assert list(trust["self_contradiction"]) == systems and list(trust["diversity"]) == systems
+    for name in systems:
+        rate, spread = trust["self_contradiction"][name], trust["diversity"][name]
+        assert rate["texts"] == spread["texts"] == 7, name
+        assert rate["rate"] == pytest.approx(rate["contradicting"] / 7), name
+        assert 0 < spread["distinct_share"] <= 1 and 1 / 7 <= spread["top_share"] <= 1, name
+    # one consensus report for every query: one distinct text taking every query
+    assert trust["diversity"]["consensus"] == {"distinct_share": pytest.approx(1 / 7), "top_share": 1.0, "texts": 7}
+    tests = trust["randomization"]["metrics"]
+    assert list(tests) == ["BLEU-4", "ROUGE-L"] and trust["randomization"]["shuffles"] == 10_000
+    for metric, row in tests.items():
+        candidates = {k: v[metric] for k, v in results["baselines"].items() if k != "oracle"}
+        assert row["baseline"] == max(candidates, key=candidates.get), metric
+        assert row["draft"] == pytest.approx(results["draft"][metric]), metric
+        assert 1 / 10_001 <= row["p_value"] <= 1.0
+    if tests["BLEU-4"]["baseline"] not in ("random", "random_same_modality_region"):  # those test their first draw
+        assert tests["BLEU-4"]["baseline_value"] == pytest.approx(results["baselines"][tests["BLEU-4"]["baseline"]]["BLEU-4"])
+
+
+def test_samples_are_every_scored_draft_with_its_sources(results, eval_records):
+    pool, queries = eval_records
+    samples, pool_ids = results["samples"], {r.case_id for r in pool}
+    scored = [r.case_id for r in queries if reference_findings(r)]
+    assert [s["case_id"] for s in samples] == scored, "fewer than 30 scored drafts: all of them, in order"
+    by_id = {r.case_id: r for r in queries}
+    for sample in samples:
+        assert sample["reference"] == reference_findings(by_id[sample["case_id"]])
+        assert len(sample["sources"]) == DraftConfig().top_k_cases
+        assert {s["case_id"] for s in sample["sources"]} <= pool_ids
+        assert all(set(s["sources"]) <= pool_ids for s in sample["sentences"])
+        assert sample["contradictions"] == [c.describe() for c in find_contradictions(sample["draft"])]
+    contradicting = sum(bool(s["contradictions"]) for s in samples)
+    assert contradicting == results["trust"]["self_contradiction"]["draft_report"]["contradicting"]
+
+
 def test_seed_moves_only_the_random_baselines(results, checkpoint, eval_records, monkeypatch):
     _patch_meteor(monkeypatch, [])
     again = evaluate(checkpoint, *eval_records, seed=0)
@@ -314,11 +366,14 @@ def test_evaluate_rejects_shared_or_empty_case_sets(checkpoint, eval_records):
 # --- written files -----------------------------------------------------------------------------
 
 
-def test_write_results_writes_json_markdown_and_two_pngs(results, tmp_path):
+def test_write_results_writes_json_markdown_samples_and_two_pngs(results, tmp_path):
     paths = write_results(results, tmp_path / "out" / "res.json")
     assert paths == output_paths(tmp_path / "out" / "res.json")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["res.draft.png", "res.json", "res.md",
-                                                                    "res.recall.png"]
+                                                                    "res.recall.png", "res.samples.md"]
+    samples = paths["samples"].read_text(encoding="utf-8")
+    assert samples == samples_markdown(results)
+    assert all(f"## {i}. {s['case_id']}" in samples for i, s in enumerate(results["samples"], 1))
     assert json.loads(paths["json"].read_text(encoding="utf-8")) == results
     markdown = paths["markdown"].read_text(encoding="utf-8")
     assert markdown == markdown_table(results)
@@ -328,12 +383,19 @@ def test_write_results_writes_json_markdown_and_two_pngs(results, tmp_path):
                  "nearest report (whole-report retrieval)", "oracle report (ceiling of whole-report retrieval)"):
         assert f"| {name} |" in markdown
     assert f"| region_P@1 | {results['retrieval']['region_P@1']:.4f} |" in markdown
+    assert "## Trust" in markdown and "| metric | baseline | draft | baseline value | difference | p |" in markdown
+    rate = results["trust"]["self_contradiction"]["draft"]
+    assert f"| draft (medcm), FINDINGS as scored | {rate['rate']:.4f} ({rate['contradicting']}/7) |" in markdown
+    assert "| consensus report | " in markdown.split("## Trust")[1]
+    # a results dict from before the trust measures still renders
+    old = {k: v for k, v in results.items() if k not in ("trust", "samples")}
+    assert "## Trust" not in markdown_table(old) and "0 drafts" in samples_markdown(old)
     for key in ("recall_plot", "draft_plot"):
         data = paths[key].read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
     # Writing again replaces the files and leaves no temporary ones behind.
     write_results(results, tmp_path / "out" / "res.json")
-    assert len(list((tmp_path / "out").iterdir())) == 4
+    assert len(list((tmp_path / "out").iterdir())) == 5
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -351,7 +413,7 @@ def small_manifest(synthetic_manifest, tmp_path):
     return path
 
 
-def test_cli_eval_writes_the_four_files(checkpoint_dir, small_manifest, tmp_path, monkeypatch, capsys):
+def test_cli_eval_writes_the_five_files(checkpoint_dir, small_manifest, tmp_path, monkeypatch, capsys):
     from medcm.cli.commands import main
 
     _patch_meteor(monkeypatch, [])
@@ -370,7 +432,8 @@ def test_cli_eval_writes_the_four_files(checkpoint_dir, small_manifest, tmp_path
     assert results["retrieval"]["region_P@1"] is None, "the synthetic manifest has no region metadata"
     assert "| region_P@1 | n/a |" in (tmp_path / "r.md").read_text(encoding="utf-8")
     assert "image→report R@1/5/10" in captured.out and "region P@1 n/a" in captured.out
-    assert str(out) in captured.out
+    assert str(out) in captured.out and str(output_paths(out)["samples"]) in captured.out
+    assert results["trust"]["self_contradiction"]["draft"]["texts"] == 4 and len(results["samples"]) == 4
 
 
 def test_cli_eval_unknown_split_is_a_one_line_error(checkpoint_dir, small_manifest, tmp_path, capsys):
