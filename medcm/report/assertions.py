@@ -1,103 +1,138 @@
-"""What a report sentence claims: the findings it asserts and the ones it denies.
+"""What a report sentence claims about a finding, and when two sentences' claims clash.
 
-The drafter (`medcm.report.draft`) uses this to drop one of two sentences that contradict each other
-("No pleural effusion." / "Small left pleural effusion.") or name the same finding at another
-site or degree. Stdlib only; words are compared after `normalize_for_metrics`.
+A :class:`FindingClaim` is one finding a sentence asserts, denies, doubts or recalls, with its organ,
+side, degree, size and count; `medcm.report.context` extracts them with medspaCy's ConText.
+:func:`first_conflict` finds a claim denied by another sentence ("No pleural effusion." /
+"Small left effusion."; "The lungs are clear." / "12 mm nodule in the right lower lobe.");
+:func:`first_alternative` finds the same positive finding at another side, degree, size or count
+("Small right pleural effusion." / "Large left pleural effusion."). Stdlib only.
 """
 
 from __future__ import annotations
 
-import functools
-import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from medcm.report.text import is_negated, normalize_for_metrics
+from medcm.report.lexicon import ANY, ancestors, covers, is_chronic
 
-Claims = tuple[frozenset[str], tuple[frozenset[str], ...]]
-"""``(terms asserted present, term sets asserted absent)`` of a sentence."""
+__all__ = ["FindingClaim", "STATUSES", "denies", "alternatives", "first_conflict", "first_alternative", "describe"]
 
-# Words that carry no finding identity: function words, "seen"-type verbs, negation cues,
-# quantity/size/degree modifiers and units. What remains names the finding and its site.
-_IGNORED = frozenset("""a an the is are was were be been being there this that these those it its
-of in on at to for with within by from as and or nor but has have had which who also again appear
-appears seen noted identified present demonstrated visualized visualised appreciated detected
-observed evident evidence shown suggest finding findings no not none without cannot never neither
-absent absence free negative denies denied ruled out rules isnt arent wasnt werent doesnt dont
-didnt hasnt havent small smaller tiny trace minimal minimally mild mildly moderate moderately large
-larger severe severely marked markedly massive extensive slight slightly subtle minor significant
-significantly substantial appreciable definite definitive obvious gross focal very cm mm ml size
-sized amount""".split())
-# Degree words (a subset of the ignored ones): "small" and "large" effusions are alternatives.
-DEGREE_WORDS = frozenset("""small smaller tiny trace minimal mild moderate large larger severe massive extensive
-slight subtle minor substantial""".split())
-# Site words: "No pleural effusion." and "Small right basilar pleural effusion." still clash.
-LOCATION_WORDS = frozenset("""left right bilateral bilaterally unilateral upper lower middle mid lobe
-lobes base bases basilar basal apex apices apical lingula lingular perihilar hilar retrocardiac
-lateral medial anterior posterior superior inferior proximal distal""".split())
-# Clause cuts: punctuation, scope terminators, and just before a mid-sentence "no"/"without"
-# so "Lungs are clear without consolidation." asserts {lungs, clear}, denies {consolidation}.
-_CLAUSE = re.compile(r"([,;:]|\b(?:but|however|although|though|whereas|except)\b"
-                     r"|(?=\b(?:no|without)\b))", re.I)
-_SCOPE_END = frozenset({"but", "however", "although", "though", "whereas", "except"})
-_PHRASE = re.compile(r"\b(?:and|or|nor)\b", re.I)
+STATUSES = ("present", "absent", "uncertain", "historical")
+
+_SIZE_RATIO = 1.25
+"""Two sizes differ when the larger is more than this many times the smaller (12 mm is 1.2 cm)."""
 
 
-def content_terms(text: str) -> frozenset[str]:
-    """The words of `text` that name a finding or its site (function, degree and negation words dropped)."""
-    words = normalize_for_metrics(text).split()
-    return frozenset(w for w in words if w not in _IGNORED and any(c.isalpha() for c in w))
+@dataclass(frozen=True)
+class FindingClaim:
+    """One finding as one sentence states it.
 
-
-def sentence_claims(text: str) -> Claims:
-    """``(terms asserted present, term sets asserted absent)`` of a sentence.
-
-    Clauses are cut at ",;:", "but"/"however"... and before "no"/"without"; a negated
-    clause's scope runs forward until "but"/"however"..., and it denies each of its
-    "and"/"or" phrases: "Small effusion and no pneumothorax or consolidation." asserts
-    {effusion}, denies {pneumothorax} and {consolidation}. Whether a clause is negated is
-    decided by :func:`medcm.report.text.is_negated` (so "no change" denies nothing).
+    Attributes:
+        finding: the canonical finding (:data:`medcm.report.lexicon.ANY` for "normal"/"no abnormality").
+        organ: the canonical organ or region, None when the sentence names none.
+        side: "left", "right", "bilateral" or None.
+        status: "present", "absent", "uncertain" or "historical" (ConText's negation, uncertainty, history).
+        sentence: the sentence it comes from.
+        term: the words that named the finding.
+        degree: "small", "moderate", "large" or None.
+        size_mm: the largest dimension given, in mm.
+        count: "one", "many" or None.
+        qualifiers: narrowing words' classes ("new", "other", "acute", "significant", "chronic").
+        max_mm: for a denial with a threshold ("No nodule larger than 5 mm."), the threshold in mm.
     """
-    if not is_negated(text):
-        return content_terms(text), ()
-    parts = _CLAUSE.split(text)
-    present: set[str] = set()
-    absent: list[frozenset[str]] = []
-    in_scope = False
-    for i in range(0, len(parts), 2):
-        clause = parts[i]
-        if i and parts[i - 1].strip().lower() in _SCOPE_END:
-            in_scope = False
-        in_scope = in_scope or is_negated(clause)
-        if in_scope:
-            absent.extend(t for t in map(content_terms, _PHRASE.split(clause)) if t)
-        else:
-            present |= content_terms(clause)
-    return frozenset(present), tuple(absent)
+    finding: str
+    organ: str | None
+    side: str | None
+    status: str
+    sentence: str
+    term: str = ""
+    degree: str | None = None
+    size_mm: float | None = None
+    count: str | None = None
+    qualifiers: frozenset[str] = frozenset()
+    max_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"FindingClaim.status: got {self.status!r}, expected one of {STATUSES}")
 
 
-def claims_contradict(a: Claims, b: Claims, max_extra: int) -> bool:
-    """One asserts what the other denies: one term set contains the other, give or take at
-    most ``max_extra`` non-site words (more means a different statement)."""
-    def same(x: frozenset[str], y: frozenset[str]) -> bool:
-        small, large = sorted((x, y), key=len)
-        return bool(small) and small <= large and len(large - small - LOCATION_WORDS) <= max_extra
+def _organs_meet(denial: FindingClaim, claim: FindingClaim) -> bool:
+    if denial.finding == ANY:  # a normal statement covers only the organs it names
+        scope = covers(denial.organ)
+        return scope is None or claim.organ in scope
+    if denial.organ is None:  # "No mass." denies a mass anywhere
+        return True
+    # "No renal mass." says nothing of a mass of unknown site, "No pulmonary nodule." nothing of a chest wall one.
+    return claim.organ in covers(denial.organ)
 
-    (a_pos, a_neg), (b_pos, b_neg) = a, b
-    return any(same(a_pos, n) for n in b_neg) or any(same(b_pos, n) for n in a_neg)
+
+def _sides_meet(denied: str | None, stated: str | None) -> bool:
+    """"No effusion." denies any side; "No left effusion." a left or bilateral one, not a right one."""
+    if denied is None:
+        return True
+    if denied == "bilateral":
+        return stated == "bilateral"
+    return stated in (denied, "bilateral")
 
 
-def same_finding_elsewhere(a: Claims, b: Claims, a_text: str, b_text: str, max_extra: int) -> bool:
-    """Two positive sentences naming the same finding at another site or degree
-    ("Large left pleural effusion." vs "Moderate right pleural effusion.")."""
-    if a[1] or b[1]:
+def denies(denial: FindingClaim, claim: FindingClaim) -> bool:
+    """Whether ``denial`` (absent) says that ``claim`` (present or uncertain) is not there.
+
+    The denied finding must be the claimed one or include it ("no opacity" denies a nodule, "normal
+    chest" denies everything in the chest); "no other/new/acute/significant ..." leave room for named,
+    old, chronic and small findings; "no nodule larger than 5 mm" for a 4 mm nodule.
+    """
+    if denial.status != "absent" or claim.status not in ("present", "uncertain"):
         return False
-    if site_and_degree(a_text) == site_and_degree(b_text):
-        return False  # same site and degree: different statements, e.g. "No change in the nodule." / "Nodule."
-    small, large = sorted((a[0] - LOCATION_WORDS, b[0] - LOCATION_WORDS), key=len)
-    return bool(small) and small <= large and len(large - small) <= max_extra
+    if claim.finding == ANY or denial.finding not in ancestors(claim.finding):
+        return False
+    q = denial.qualifiers
+    if "other" in q or ("new" in q and "new" not in claim.qualifiers):
+        return False
+    if "acute" in q and ("chronic" in claim.qualifiers or is_chronic(claim.finding)):
+        return False
+    if "significant" in q and claim.degree == "small":
+        return False
+    if denial.max_mm is not None and (claim.size_mm is None or claim.size_mm <= denial.max_mm):
+        return False
+    return _organs_meet(denial, claim) and _sides_meet(denial.side, claim.side)
 
 
-@functools.lru_cache(maxsize=65536)  # called for every pair of candidate sentences
-def site_and_degree(text: str) -> tuple[frozenset[str], frozenset[str]]:
-    """The site words and the degree words of a sentence."""
-    words = set(normalize_for_metrics(text).split())
-    return frozenset(words & LOCATION_WORDS), frozenset(words & DEGREE_WORDS)
+def _differ(a: object, b: object) -> bool:
+    return a is not None and b is not None and a != b
+
+
+def alternatives(a: FindingClaim, b: FindingClaim) -> bool:
+    """The same positive finding in one organ, stated with another side, degree, size or count."""
+    if a.status != "present" or b.status != "present" or a.finding != b.finding or a.finding == ANY:
+        return False
+    if a.organ is not None and b.organ is not None and not (a.organ in covers(b.organ) or b.organ in covers(a.organ)):
+        return False
+    sizes = (a.size_mm, b.size_mm)
+    sizes_differ = None not in sizes and max(sizes) > _SIZE_RATIO * min(sizes)
+    return _differ(a.side, b.side) or _differ(a.degree, b.degree) or _differ(a.count, b.count) or sizes_differ
+
+
+def first_conflict(a: Iterable[FindingClaim], b: Iterable[FindingClaim],
+                   ) -> tuple[FindingClaim, FindingClaim] | None:
+    """``(denial, denied claim)`` for the first claim of one sentence that the other denies, else None."""
+    a, b = tuple(a), tuple(b)
+    for denials, claims in ((a, b), (b, a)):
+        for n in denials:
+            for p in claims:
+                if denies(n, p):
+                    return n, p
+    return None
+
+
+def first_alternative(a: Iterable[FindingClaim], b: Iterable[FindingClaim],
+                      ) -> tuple[FindingClaim, FindingClaim] | None:
+    """The first pair of claims, one per sentence, that are :func:`alternatives`, else None."""
+    b = tuple(b)
+    return next(((x, y) for x in a for y in b if alternatives(x, y)), None)
+
+
+def describe(claim: FindingClaim) -> str:
+    """A short name for a claim: "right lung nodule", "pleura effusion"."""
+    return " ".join(w for w in (claim.side, claim.organ, claim.finding) if w)

@@ -8,8 +8,11 @@
 3. ``score = max similarity over sources + support_weight * support``; ``support`` (0..1) is
    the sources' share of the retrieval-score mass (case weight ``max(case score, 0)``), so
    a sentence every retrieved case wrote gets the full bonus: consensus is evidence.
-4. Of two sentences with opposite claims about one finding, the one with less ``evidence =
-   sum over sources of max(similarity, 0) + support_weight * support`` is dropped.
+4. Of two sentences where one denies a finding the other states (in either section; synonyms,
+   organs, sides, sizes and normal statements understood by :mod:`medcm.report.context`), or
+   that state one finding at another side, degree, size or count and come from different cases,
+   the one with less ``evidence = sum over sources of max(similarity, 0) + support_weight *
+   support`` is dropped.
    With ``agreement_weight > 0``, ``score`` and ``evidence`` also gain ``agreement_weight *
    agreement``: how much of the sentence the *other* retrieved reports also say (their
    weighted n-gram precision, :func:`~medcm.report.text.ngram_precision`). This is minimum-Bayes-risk
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medcm.report.assertions import claims_contradict, same_finding_elsewhere, sentence_claims
+from medcm.report.assertions import FindingClaim, describe, first_alternative, first_conflict
+from medcm.report.context import sentence_claims
 from medcm.report.text import (
     SECTION_ALIASES,
     is_negated,
@@ -83,7 +87,7 @@ class _Group:
     position: float = 0.0
     first: int = 0
     sources: tuple[Provenance, ...] = ()
-    claims: tuple[frozenset[str], tuple[frozenset[str], ...]] = (frozenset(), ())
+    claims: tuple[FindingClaim, ...] = ()
 
 
 def _case_sentences(report: str) -> dict[str, list[str]]:
@@ -240,34 +244,34 @@ def _median_words(cases: list[SourceCase], section: str) -> float:
     return float(np.median(lengths)) if lengths else math.inf
 
 
-def _alternatives(a: _Group, b: _Group, max_extra: int) -> bool:
-    """The same positive finding at another site or degree, written by different cases: the
-    query has one of them. Sentences that one source case wrote together (a bilateral finding
-    described side by side) are not alternatives.
+def _alternative(a: _Group, b: _Group) -> FindingClaim | None:
+    """The finding ``b`` states at another side, degree, size or count than ``a``, when different
+    cases wrote them: the query has one of them. Sentences that one source case wrote together (a
+    bilateral finding described side by side) are not alternatives.
     """
-    if a.section != b.section or {p.case_id for p in a.sources} & {p.case_id for p in b.sources}:
-        return False
-    return same_finding_elsewhere(a.claims, b.claims, a.text, b.text, max_extra)
+    if {p.case_id for p in a.sources} & {p.case_id for p in b.sources}:
+        return None
+    pair = first_alternative(b.claims, a.claims)
+    return pair[0] if pair else None
 
 
-def _resolve_contradictions(groups: list[_Group], config: DraftConfig,
-                            ) -> tuple[list[_Group], list[DroppedSentence]]:
-    """Keeps groups strongest-evidence first; one clashing with, or an alternative to, a kept
-    group is dropped."""
+def _resolve_contradictions(groups: list[_Group]) -> tuple[list[_Group], list[DroppedSentence]]:
+    """Keeps groups strongest-evidence first; one contradicting, or an alternative to, a kept group
+    (in either section) is dropped."""
     kept: list[_Group] = []
     dropped: list[DroppedSentence] = []  # the order drops happen in
     for g in sorted(groups, key=lambda g: (-g.evidence, -g.score, g.first)):
-        rival = next((k for k in kept if claims_contradict(k.claims, g.claims, config.max_extra_terms)), None)
-        other = None if rival else next((k for k in kept if _alternatives(k, g, config.max_extra_terms)), None)
+        rival = next(((k, c) for k in kept if (c := first_conflict(k.claims, g.claims))), None)
+        other = None if rival else next(((k, a) for k in kept if (a := _alternative(k, g))), None)
         if rival is not None:
-            dropped.append(DroppedSentence(
-                g.text, f"contradicts '{rival.text}' (weaker evidence)", g.sources))
+            reason = f"contradicts '{rival[0].text}' on {describe(rival[1][1])} (weaker evidence)"
         elif other is not None:
-            dropped.append(DroppedSentence(
-                g.text, f"alternative to '{other.text}' (same finding, other site or degree; weaker evidence)",
-                g.sources))
+            reason = (f"alternative to '{other[0].text}' ({describe(other[1])}: same finding, other side, "
+                      "degree, size or count; weaker evidence)")
         else:
             kept.append(g)
+            continue
+        dropped.append(DroppedSentence(g.text, reason, g.sources))
     return kept, dropped
 
 
@@ -335,7 +339,7 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
         _summarise(g, row, sims, config.support_weight)
     if config.agreement_weight > 0:
         _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
-    kept, contradicted = _resolve_contradictions(groups, config)
+    kept, contradicted = _resolve_contradictions(groups)
     chosen, unselected = _select(kept, config, used)
     chosen.sort(key=lambda g: (section_order.index(g.section), g.position, -g.score, g.first))
     sentences = tuple(DraftSentence(g.text, g.section, g.score, g.sources) for g in chosen)

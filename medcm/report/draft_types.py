@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from medcm.report.text import SECTION_ALIASES, section_order
 
-__all__ = ["DRAFT_PRESETS", "Draft", "DraftConfig", "DraftSentence", "DroppedSentence", "Provenance", "SourceCase"]
+__all__ = ["DRAFT_PRESETS", "Abstention", "Draft", "DraftConfig", "DraftSentence", "DroppedSentence", "Provenance", "SourceCase"]
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,32 @@ class DroppedSentence:
 
 
 @dataclass(frozen=True)
+class Abstention:
+    """Whether the archive holds anything like the study (decided before drafting), with the numbers.
+
+    Similarities are the mean cosine of the query to its ``neighbours`` most similar cases (k = 1: the
+    nearest); ``percentile`` places it among the archive's own studies' (leave-one-study-out), and the
+    draft abstains below ``threshold`` (the similarity at the abstention percentile). Numbers are None
+    where there was nothing to compute them from (an archive too small to calibrate).
+    """
+    abstained: bool
+    reason: str  # "" when not abstained
+    nearest_similarity: float | None = None
+    typical_similarity: float | None = None  # the archive's own median
+    percentile: float | None = None  # 0-100
+    threshold: float | None = None
+    neighbours: int = 1
+
+
+@dataclass(frozen=True)
 class Draft:
-    """A draft report: sentences in report order, what was dropped, the cases read."""
+    """A draft report: sentences in report order, what was dropped, the cases read; ``abstention`` says
+    whether the archive held anything like the study (None: not checked). An abstained draft has no sentences."""
     sentences: tuple[DraftSentence, ...]
     dropped: tuple[DroppedSentence, ...]
     source_cases: tuple[str, ...]
     verified: bool = False
+    abstention: Abstention | None = None
 
     def section_text(self, section: str) -> str:
         """The sentences of one section (name or alias, any case) joined by spaces."""
@@ -77,8 +97,6 @@ class DraftConfig:
         support_weight: weight of cross-case support (0..1) added to the similarity.
         relative_margin: per section, keep scores >= best - relative_margin * |best|.
         min_score: absolute floor on the score (model-dependent; calibrate per model).
-        max_extra_terms: a finding mentioned with more than this many extra content words
-            (site words not counted) is a different statement, not a contradiction.
         agreement_weight: weight of the other retrieved reports' agreement with a sentence
             (0 turns it off).
         length_from_sources: stop a section at the median length the source cases wrote.
@@ -90,14 +108,12 @@ class DraftConfig:
     support_weight: float = 0.1
     relative_margin: float = 0.25
     min_score: float = 0.0
-    max_extra_terms: int = 2
     agreement_weight: float = 0.0
     length_from_sources: bool = False
 
     def __post_init__(self) -> None:
         checks = {"top_k_cases": self.top_k_cases >= 1, "max_findings": self.max_findings >= 0,
                   "max_impression": self.max_impression >= 0,
-                  "max_extra_terms": self.max_extra_terms >= 0,
                   "duplicate_threshold": -1.0 < self.duplicate_threshold <= 1.0,
                   "support_weight": 0.0 <= self.support_weight < math.inf,
                   "relative_margin": 0.0 <= self.relative_margin < math.inf,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 
 import numpy as np
 import pytest
 
+from medcm.report.context import contradicting_pairs
 from medcm.report.draft import (
     Draft,
     DraftConfig,
@@ -107,12 +109,12 @@ def test_score_is_best_similarity_plus_weighted_support() -> None:
 
 def test_consensus_outranks_a_slightly_more_similar_single_sentence() -> None:
     embed = FakeEmbedder()
-    q = query_of(pleural=1, effusion=1, small=1, left=1, lungs=1.3, clear=1.3)
-    cases = [case("A", 0.5, "Small left pleural effusion."), case("B", 0.5, "The lungs are clear."),
-             case("C", 0.5, "The lungs are clear."), case("D", 0.5, "The lungs are clear.")]
-    assert cos(embed, "small left pleural effusion", q) > cos(embed, "lungs clear", q)
+    q = query_of(pleural=1, effusion=1, small=1, left=1, mild=1.3, cardiomegaly=1.3)
+    cases = [case("A", 0.5, "Small left pleural effusion."), case("B", 0.5, "Mild cardiomegaly."),
+             case("C", 0.5, "Mild cardiomegaly."), case("D", 0.5, "Mild cardiomegaly.")]
+    assert cos(embed, "small left pleural effusion", q) > cos(embed, "mild cardiomegaly", q)
     draft = draft_findings(q, cases, embed, DraftConfig(support_weight=0.5, max_findings=1))
-    assert draft.section_text("FINDINGS") == "The lungs are clear."
+    assert draft.section_text("FINDINGS") == "Mild cardiomegaly."
     assert [d.reason for d in draft.dropped] == ["over limit: max_findings=1"]
 
 
@@ -158,7 +160,7 @@ def test_contradiction_keeps_the_side_with_more_evidence() -> None:
     assert [s.text for s in draft.sentences] == ["Small left pleural effusion."]
     (dropped,) = draft.dropped
     assert dropped.text == "No pleural effusion."
-    assert dropped.reason == "contradicts 'Small left pleural effusion.' (weaker evidence)"
+    assert dropped.reason == "contradicts 'Small left pleural effusion.' on left pleura effusion (weaker evidence)"
     assert [p.case_id for p in dropped.sources] == ["W"]
 
 
@@ -169,7 +171,8 @@ def test_contradiction_reversed_evidence_reverses_the_outcome() -> None:
     draft = draft_findings(Q, cases, embed, LOOSE)
     assert [s.text for s in draft.sentences] == ["No pleural effusion."]
     assert [(d.text, d.reason) for d in draft.dropped] == [
-        ("Small left pleural effusion.", "contradicts 'No pleural effusion.' (weaker evidence)")]
+        ("Small left pleural effusion.",
+         "contradicts 'No pleural effusion.' on left pleura effusion (weaker evidence)")]
 
 
 @pytest.mark.parametrize(
@@ -180,6 +183,8 @@ def test_contradiction_reversed_evidence_reverses_the_outcome() -> None:
         ("The heart is normal, no cardiomegaly.", "Mild cardiomegaly."),  # clause after a comma
         ("No pneumothorax.", "No pleural effusion, but small pneumothorax."),  # "but" ends scope
         ("Lungs are clear without pleural effusion.", "Small left pleural effusion."),
+        ("No pneumothorax.", "Right lungs clear stable nodule, mild atelectasis, pneumothorax."),  # long list
+        ("The lungs are clear.", "Small left pleural effusion."),  # a normal organ vs a finding in it
     ],
 )
 def test_contradiction_variants(weak: str, strong: str) -> None:
@@ -187,7 +192,8 @@ def test_contradiction_variants(weak: str, strong: str) -> None:
     cases = [case("W", 0.2, weak), case("X", 0.9, strong), case("Y", 0.9, strong)]
     draft = draft_findings(Q, cases, embed, LOOSE)
     assert [s.text for s in draft.sentences] == [strong]
-    assert [d.reason for d in draft.dropped] == [f"contradicts '{strong}' (weaker evidence)"]
+    (reason,) = [d.reason for d in draft.dropped]
+    assert reason.startswith(f"contradicts '{strong}' on ") and reason.endswith(" (weaker evidence)")
 
 
 @pytest.mark.parametrize(
@@ -199,7 +205,7 @@ def test_contradiction_variants(weak: str, strong: str) -> None:
         ("No acute fracture.", "Stable nodule."),
         ("Lungs are clear without consolidation.", "The lungs are clear."),  # "without" cuts
         ("Mild cardiomegaly and no pneumothorax.", "Mild cardiomegaly."),
-        ("No pneumothorax.", "Right lungs clear stable nodule, mild atelectasis, pneumothorax."),
+        ("No pneumothorax.", "Small left pleural effusion."),  # other findings
     ],
 )
 def test_not_contradictions(a: str, b: str) -> None:
@@ -238,11 +244,11 @@ def test_equal_positions_break_ties_by_score() -> None:
 # --- selection -----------------------------------------------------------------------------
 def test_limits_per_section() -> None:
     embed = FakeEmbedder()
-    cases = [case("A", 0.9, "The lungs are clear. Small left pleural effusion. Mild cardiomegaly.",
+    cases = [case("A", 0.9, "No pneumothorax. Small left pleural effusion. Mild cardiomegaly.",
                   "Small left pleural effusion. Mild cardiomegaly.")]
     config = DraftConfig(max_findings=2, max_impression=1, relative_margin=10.0, min_score=-10.0)
     draft = draft_findings(Q, cases, embed, config)
-    assert draft.section_text("findings") == "The lungs are clear. Small left pleural effusion."
+    assert draft.section_text("findings") == "No pneumothorax. Small left pleural effusion."
     assert draft.section_text("IMPRESSION") == "Small left pleural effusion."
     assert [(d.text, d.reason) for d in draft.dropped] == [
         ("Mild cardiomegaly.", "over limit: max_findings=2"),
@@ -252,19 +258,19 @@ def test_limits_per_section() -> None:
 def test_min_score_and_relative_margin() -> None:
     embed = FakeEmbedder()
     s_eff = cos(embed, "small left pleural effusion")  # 0.788
-    s_clear = cos(embed, "lungs clear")  # 0.429
-    cases = [case("A", 0.9, "Small left pleural effusion. The lungs are clear. Mild cardiomegaly.")]
-    margin = (1 - (s_clear + 0.01) / s_eff)  # the cutoff falls just above "lungs clear"
+    s_clear = cos(embed, "no pneumothorax")  # 0.086
+    cases = [case("A", 0.9, "Small left pleural effusion. No pneumothorax. Mild cardiomegaly.")]
+    margin = (1 - (s_clear + 0.01) / s_eff)  # the cutoff falls just above "no pneumothorax"
     draft = draft_findings(Q, cases, embed, DraftConfig(support_weight=0.0, relative_margin=margin,
                                                         min_score=-10.0))
     assert [s.text for s in draft.sentences] == ["Small left pleural effusion."]
     assert draft.dropped[0].reason.startswith(f"below threshold: score {s_clear:.3f}")
     assert "relative margin" in draft.dropped[0].reason
-    floor = DraftConfig(support_weight=0.0, relative_margin=10.0, min_score=0.1)
+    floor = DraftConfig(support_weight=0.0, relative_margin=10.0, min_score=0.05)
     draft = draft_findings(Q, cases, embed, floor)  # cardiomegaly is orthogonal to Q: 0.0
-    assert [s.text for s in draft.sentences] == ["Small left pleural effusion.", "The lungs are clear."]
+    assert [s.text for s in draft.sentences] == ["Small left pleural effusion.", "No pneumothorax."]
     assert [(d.text, d.reason) for d in draft.dropped] == [
-        ("Mild cardiomegaly.", "below threshold: score 0.000 < min_score 0.100")]
+        ("Mild cardiomegaly.", "below threshold: score 0.000 < min_score 0.050")]
 
 
 def test_only_top_k_cases_are_read() -> None:
@@ -284,7 +290,7 @@ def test_only_top_k_cases_are_read() -> None:
 # --- sections ------------------------------------------------------------------------------
 def test_headerless_report_is_findings_and_indication_is_ignored() -> None:
     embed = FakeEmbedder()
-    cases = [SourceCase("A", 0.9, "The lungs are clear. No pneumothorax."),
+    cases = [SourceCase("A", 0.9, "No acute osseous abnormality. No pneumothorax."),
              SourceCase("B", 0.8, "INDICATION: Rule out pneumonia. Fever.\n"
                                   "TECHNIQUE: Frontal and lateral views.\n"
                                   "COMPARISON: None.\nFINDINGS: Mild cardiomegaly.\n"
@@ -293,12 +299,12 @@ def test_headerless_report_is_findings_and_indication_is_ignored() -> None:
     draft = draft_findings(Q, cases, embed, LOOSE)
     # Positions 0.25 | 0.5, 0.5 (tie: by score) | 0.75; C's "LUNGS:" subsection is findings.
     assert [(s.section, s.text) for s in draft.sentences] == [
-        ("FINDINGS", "The lungs are clear."), ("FINDINGS", "Small left pleural effusion."),
+        ("FINDINGS", "No acute osseous abnormality."), ("FINDINGS", "Small left pleural effusion."),
         ("FINDINGS", "Mild cardiomegaly."), ("FINDINGS", "No pneumothorax."),
         ("IMPRESSION", "Mild cardiomegaly.")]
     (call,) = embed.calls
-    assert sorted(call) == ["Mild cardiomegaly.", "No pneumothorax.",
-                            "Small left pleural effusion.", "The lungs are clear."]
+    assert sorted(call) == ["Mild cardiomegaly.", "No acute osseous abnormality.", "No pneumothorax.",
+                            "Small left pleural effusion."]
 
 
 # --- the Draft object ----------------------------------------------------------------------
@@ -439,3 +445,135 @@ def test_consensus_preset_is_valid_and_differs_from_the_default():
     assert consensus.agreement_weight > 0 and consensus.length_from_sources and consensus.top_k_cases > 5
     with pytest.raises(ValueError, match="agreement_weight"):
         DraftConfig(agreement_weight=-1.0)
+
+
+# --- no contradictions in a draft (issue 17): synonyms, sides, sizes, normal statements, sections --
+class HashEmbedder:
+    """Bag of hashed words (any vocabulary), L2-normalised: for drafts of realistic report text."""
+
+    def __init__(self, dim: int = 256) -> None:
+        self.dim = dim
+
+    def vec(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim)
+        for word in re.findall(r"[a-z0-9]+", text.lower()):
+            v[zlib.crc32(word.encode()) % self.dim] += 1.0
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+    def __call__(self, sentences: list[str]) -> np.ndarray:
+        return np.stack([self.vec(s) for s in sentences])
+
+
+NODULE_CR = ("FINDINGS: There is a 12 mm rounded nodule in the right lower lung zone. The heart size is normal. "
+             "No pleural effusion.\nIMPRESSION: 12 mm pulmonary nodule in the right lower lung zone; CT is "
+             "recommended for further evaluation.")
+NORMAL_CR = ("FINDINGS: The lungs are clear. No suspicious pulmonary nodule. No pneumothorax.\n"
+             "IMPRESSION: Normal chest radiograph.",
+             "FINDINGS: The heart size is normal. The lungs are clear. No pleural effusion.\n"
+             "IMPRESSION: Normal chest radiograph.",
+             "FINDINGS: No focal consolidation. No suspicious pulmonary nodule.\n"
+             "IMPRESSION: No acute cardiopulmonary process.")
+NORMAL_TEXTS = ("No suspicious pulmonary nodule.", "The lungs are clear.", "Normal chest radiograph.")
+
+
+@pytest.mark.parametrize("preset", ["similarity", "consensus"])
+def test_the_demo_normal_radiograph_draft_never_keeps_the_nodule_beside_normal_lungs(preset: str) -> None:
+    """Issue 17: a normal chest radiograph drafted "12 mm nodule ... No suspicious pulmonary nodule ... The
+    lungs are clear. IMPRESSION: Normal chest radiograph." from one nodule case and three normal ones."""
+    from medcm.report.draft import DRAFT_PRESETS
+
+    embed = HashEmbedder()
+    cases = [SourceCase("N", 0.86, NODULE_CR)] + [SourceCase(c, s, r) for c, s, r in
+                                                    zip("ABC", (0.84, 0.83, 0.80), NORMAL_CR)]
+    query = embed.vec("The lungs are clear. No pleural effusion. The heart size is normal. Normal chest "
+                      "radiograph. 12 mm rounded nodule right lower lung zone.")
+    draft = draft_findings(query, cases, embed, DRAFT_PRESETS[preset])
+    texts = [s.text for s in draft.sentences]
+    assert contradicting_pairs(texts) == []
+    assert not any("nodule" in t and t not in NORMAL_TEXTS for t in texts)  # three normal cases outweigh one
+    assert {"The lungs are clear.", "Normal chest radiograph."} <= set(texts)
+    dropped = {d.text: d.reason for d in draft.dropped}
+    assert dropped["There is a 12 mm rounded nodule in the right lower lung zone."].startswith(
+        "contradicts 'The lungs are clear.' on right lung nodule")
+    assert dropped[NODULE_CR.split("IMPRESSION: ")[1]].startswith("contradicts ")  # across sections
+
+
+def test_with_more_nodule_evidence_the_nodule_stays_and_the_normal_statements_go() -> None:
+    embed = HashEmbedder()
+    nodules = [NODULE_CR.replace("12 mm", f"{mm} mm") for mm in (12, 12, 13)]
+    cases = [SourceCase(f"N{i}", 0.9, r) for i, r in enumerate(nodules)] + [SourceCase("A", 0.5, NORMAL_CR[0])]
+    draft = draft_findings(embed.vec(NODULE_CR), cases, embed, LOOSE)
+    texts = [s.text for s in draft.sentences]
+    assert "There is a 12 mm rounded nodule in the right lower lung zone." in texts
+    assert not set(NORMAL_TEXTS) & set(texts)
+    assert contradicting_pairs(texts) == []
+
+
+@pytest.mark.parametrize(("strong", "weak"), [
+    ("There is a 2 cm hypodense lesion in the right lobe of the liver.", "No focal hepatic lesion."),  # synonyms
+    ("Small left pleural effusion.", "No effusion."),  # unsided denial
+    ("There is a 12 mm nodule in the left upper lobe.", "No pulmonary nodule."),  # size
+    ("Moderate right pneumothorax.", "Normal chest radiograph."),  # global normal
+])
+def test_the_weaker_of_a_contradicting_pair_goes_even_across_sections(strong: str, weak: str) -> None:
+    embed = HashEmbedder()
+    cases = [case("X", 0.9, strong), case("Y", 0.9, strong), case("W", 0.5, "Heart size is normal.", weak)]
+    draft = draft_findings(embed.vec(strong), cases, embed, LOOSE)
+    assert [s.text for s in draft.sentences if s.section == "IMPRESSION"] == []
+    assert strong in [s.text for s in draft.sentences]
+    (reason,) = [d.reason for d in draft.dropped if d.text == weak]
+    assert reason.startswith(f"contradicts '{strong}' on ")
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("Small left pleural effusion.", "No right pleural effusion."),  # laterality
+    ("No pericardial effusion.", "Small left pleural effusion."),  # another organ
+    ("The lungs are clear.", "Mild cardiomegaly."),  # a normal organ beside a finding elsewhere
+    ("No nodule larger than 5 mm.", "A 4 mm nodule in the right upper lobe."),
+])
+def test_statements_that_do_not_contradict_both_stay(a: str, b: str) -> None:
+    embed = HashEmbedder()
+    draft = draft_findings(embed.vec(a + " " + b), [case("A", 0.9, a), case("B", 0.8, b)], embed, LOOSE)
+    assert sorted(s.text for s in draft.sentences) == sorted([a, b])
+
+
+def test_an_impression_at_another_side_is_an_alternative_across_sections() -> None:
+    embed = HashEmbedder()
+    findings = "Small right pleural effusion."
+    cases = [case("A", 0.9, findings), case("B", 0.9, findings),
+             case("C", 0.6, "The heart size is normal.", "Large left pleural effusion.")]
+    draft = draft_findings(embed.vec(findings), cases, embed, LOOSE)
+    (reason,) = [d.reason for d in draft.dropped if d.text == "Large left pleural effusion."]
+    assert reason.startswith(f"alternative to '{findings}' (left pleura effusion")
+
+
+def test_random_demo_drafts_never_contradict_themselves() -> None:
+    """Drafts from random mixtures of the demo's report wording (every finding, side and size)."""
+    from medcm.data.demo_reports import demo_report
+    from medcm.report.draft import DRAFT_PRESETS
+
+    rng, embed = np.random.default_rng(7), HashEmbedder(128)
+    kinds = {"pleural effusion": ("CR", "side", "severity"), "pulmonary nodule": ("CR", "side1", "zone", "size_mm"),
+             "cardiomegaly": ("CR", "severity"), "pneumothorax": ("CR", "side1", "severity"),
+             "consolidation": ("CR", "side1", "zone"), "normal": ("CR",), "liver lesion": ("CT", "side1", "size_mm")}
+    values = {"side": ("left", "right", "bilateral"), "side1": ("left", "right"), "zone": ("upper", "lower"),
+              "severity": ("small", "moderate", "large"), "size_mm": ("8", "12", "21", "30")}
+
+    def random_case(i: int) -> SourceCase:
+        finding = list(kinds)[int(rng.integers(len(kinds)))]
+        modality, *keys = kinds[finding]
+        details = {k.rstrip("1"): str(rng.choice(values[k])) for k in keys}
+        part = "ABDOMEN" if finding == "liver lesion" else "CHEST"
+        return SourceCase(f"c{i}", float(rng.uniform(0.6, 0.9)), demo_report(finding, modality, part, details, rng))
+
+    checked = 0
+    for _ in range(30):
+        cases = [random_case(i) for i in range(int(rng.integers(3, 10)))]
+        query = embed.vec(cases[0].report + " " + random_case(99).report)
+        for preset in ("similarity", "consensus"):
+            texts = [s.text for s in draft_findings(query, cases, embed, DRAFT_PRESETS[preset]).sentences]
+            assert contradicting_pairs(texts) == [], texts
+            lungs_normal = any(t in ("The lungs are clear.", "Normal chest radiograph.") for t in texts)
+            assert not (lungs_normal and any(re.search(r"\d+ mm|pneumothorax is|consolidation in", t) for t in texts))
+            checked += bool(texts)
+    assert checked > 40
