@@ -8,7 +8,9 @@ its written Findings, and the same metrics are computed in the same run for the 
 `medcm.eval.baselines`. An image row is one image, or, when the checkpoint has a volume encoder, one
 CT/MR/PT series embedded as a volume (`medcm.engine.embed`). Trust measures (`medcm.eval.trust`): the
 self-contradiction rate and diversity of the drafts and of every baseline, a paired randomization test
-against the best non-oracle baseline, and a seeded sample of drafts beside their references to read.
+against the best non-oracle baseline, and a seeded sample of drafts beside their references to read;
+where the queries' metadata carry the truth (the demo's "finding" and "side"), finding-level precision,
+recall, laterality and hallucination of every system (`medcm.eval.findings`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from medcm.eval.metrics import corpus_meteor, draft_metrics
 from medcm.config import AnatomyPriorConfig
 from medcm.index.anatomy import anatomy_bonus, prior_scores
 from medcm.eval.retrieval import DEFAULT_KS, first_hit_ranks, recall_at_k
+from medcm.eval.findings import finding_block
 from medcm.eval.trust import CEILINGS, SAMPLE_COUNT, build_samples, trust_block
 from medcm.model.preprocess import prepare_image
 from medcm.report.text import findings_text, report_text_for_training
@@ -342,9 +345,11 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     baselines = {name: _mean_over_draws(draws[name], refs) if name in draws else draft_metrics(texts[name], refs)
                  for name in texts}
     draft = draft_metrics([drafts[c] for c in scored], refs)
-    trust = trust_block({"draft": [drafts[c] for c in scored], "draft_report": [run.reports[c] for c in scored],
-                         "reference": refs, **texts}, refs, "draft",
-                        {k: v for k, v in texts.items() if k not in CEILINGS}, baselines, seed=seed)
+    systems = {"draft": [drafts[c] for c in scored], "draft_report": [run.reports[c] for c in scored],
+               "reference": refs, **texts}
+    trust = trust_block(systems, refs, "draft", {k: v for k, v in texts.items() if k not in CEILINGS}, baselines, seed=seed)
+    if found := finding_block(systems, query_meta, scored, trust["self_contradiction"]):
+        trust["findings"] = found
     return {
         "checkpoint": str(checkpoint.path),
         "model_id": checkpoint.model_id,

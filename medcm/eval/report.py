@@ -2,7 +2,8 @@
 (FILE.samples.md) and PNG plots.
 
 Plots: `FILE.recall.png` (image→report recall@K) and `FILE.draft.png` (draft metrics of the
-system and every baseline; beside them, with trust measures, self-contradiction and diversity).
+system and every baseline; beside them, with trust measures, self-contradiction and diversity, and
+where the queries' truth is known, finding F1 and the share of hallucinating texts).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def trust_lines(trust: dict[str, Any]) -> list[str]:
         lines.append(f"| {metric} ({test['levels'].get(metric, '')}) | {_TRUST_NAMES.get(row['baseline'], row['baseline'])} "
                      f"| {_fmt(row['draft'])} | {_fmt(row['baseline_value'])} | {_fmt(row['difference'])} "
                      f"| {_fmt(row['p_value'])} |")
+    if trust.get("findings"):
+        lines += finding_lines(trust["findings"])
     if trust.get("contradiction_examples"):
         lines += ["", "Self-contradicting drafts (first few):", ""]
         lines += [f"- {_TRUST_NAMES.get(x['system'], x['system'])}, query {x['query']}: {pair}"
@@ -108,8 +111,33 @@ def trust_lines(trust: dict[str, Any]) -> list[str]:
     return [*lines, "", "Drafts beside their references and sources, to read: the `.samples.md` file beside this one.", ""]
 
 
+def finding_lines(findings: dict[str, Any]) -> list[str]:
+    """The finding-level table (studies with a known truth): P/R/F1 over (finding, side), laterality, hallucination."""
+    truth = ", ".join(f"{name} {count}" for name, count in findings["truth"].items())
+    lines = ["", f"Finding level, on the {findings['studies']} studies with a known truth ({truth}): each text read "
+             "by the checker above; precision, recall and F1 over (finding, side) pairs, micro-averaged; laterality "
+             "errors over texts naming the true finding with a side; hallucinating: texts asserting a finding the "
+             "study does not have.", "",
+             "| system | precision | recall | F1 | laterality errors | hallucinating | hallucinated findings |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in findings["systems"].items():
+        side, wrong = m["laterality"], m["hallucination"]
+        each = ", ".join(f"{f} {v['hallucinated']}" for f, v in wrong["by_finding"].items() if v["hallucinated"])
+        lines.append(f"| {_TRUST_NAMES.get(name, name)} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} "
+                     f"| {_fmt(side['rate'])} ({side['errors']}/{side['named']}) | {_fmt(wrong['rate'])} "
+                     f"({wrong['studies']}/{m['studies']}) | {each or '-'} |")
+    primary = _TRUST_NAMES.get(findings["primary"], findings["primary"])
+    lines += ["", f"Targets ({primary}):", "", "| measure | target | value | met |", "|---|---|---|---|"]
+    lines += [f"| {measure} | {t['target']} | {_fmt(t['value'])} | {'n/a' if t['met'] is None else 'yes' if t['met'] else 'NO'} |"
+              for measure, t in findings["targets"].items()]
+    if findings.get("unscorable"):
+        lines += ["", "Not judged (finding outside the checker's table): "
+                  + ", ".join(f"{k} {v}" for k, v in findings["unscorable"].items())]
+    return lines
+
+
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None else str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def _plot_recall(results: dict[str, Any], path: Path) -> None:
@@ -138,11 +166,18 @@ def _plot_draft(results: dict[str, Any], path: Path) -> None:
         measures = {"self-contradicting": ("self_contradiction", "rate"), "distinct": ("diversity", "distinct_share"),
                     "most common": ("diversity", "top_share")}
         trust_rows = [(SYSTEM if n == "draft" else _TRUST_NAMES.get(n, n),
-                       {label: trust[block][n].get(key) or 0.0 for label, (block, key) in measures.items()})
-                      for n in names]
-        _grouped_bars(axes[0][1], trust_rows, list(measures), "share of texts", "trust: contradiction and diversity",
+                       {**{label: trust[block][n].get(key) or 0.0 for label, (block, key) in measures.items()},
+                        **_finding_bars(trust, n)}) for n in names]
+        labels = [*measures, *(["finding F1", "hallucinating"] if trust.get("findings") else [])]
+        _grouped_bars(axes[0][1], trust_rows, labels, "share of texts", "trust: contradiction, diversity, findings",
                       colour)
     _save(fig, path)
+
+
+def _finding_bars(trust: dict[str, Any], name: str) -> dict[str, float]:
+    """A system's finding F1 and hallucinating share for the trust plot (none without a findings block)."""
+    system = (trust.get("findings") or {}).get("systems", {}).get(name)
+    return {"finding F1": system["f1"] or 0.0, "hallucinating": system["hallucination"]["rate"] or 0.0} if system else {}
 
 
 def _grouped_bars(ax, rows: list[tuple[str, dict[str, float]]], metrics: list[str], ylabel: str, title: str,

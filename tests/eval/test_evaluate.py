@@ -217,6 +217,9 @@ def eval_records(synthetic_manifest):
     pool[3] = dataclasses.replace(pool[3], report="IMPRESSION: Normal study.")
     queries[2] = dataclasses.replace(queries[2], report="IMPRESSION: Normal study.")
     queries[5] = dataclasses.replace(queries[5], images=(*queries[5].images, str(synthetic_manifest.parent / "missing.dcm")))
+    # The demo's truth: odd queries hold a left pulmonary nodule, even ones are normal; the last query has none.
+    truths = [{"finding": "pulmonary nodule", "side": "left"} if i % 2 else {"finding": "normal"} for i in range(7)]
+    queries[:7] = [dataclasses.replace(r, meta={**r.meta, **truth}) for r, truth in zip(queries, truths)]
     return pool, queries
 
 
@@ -324,6 +327,20 @@ def test_trust_block(results):
         assert 1 / 10_001 <= row["p_value"] <= 1.0
     if tests["BLEU-4"]["baseline"] not in ("random", "random_same_modality_region"):  # those test their first draw
         assert tests["BLEU-4"]["baseline_value"] == pytest.approx(results["baselines"][tests["BLEU-4"]["baseline"]]["BLEU-4"])
+
+
+def test_findings_block_where_the_queries_carry_the_truth(results):
+    trust = results["trust"]
+    findings = trust["findings"]
+    # scored: queries 0, 1, 3-7; query 7 has no truth; queries 1, 3, 5 hold a nodule, 0, 4, 6 are normal
+    assert findings["studies"] == 6 and findings["truth"] == {"normal": 3, "pulmonary nodule (left)": 3}
+    assert list(findings["systems"]) == list(trust["self_contradiction"]) and findings["primary"] == "draft_report"
+    for name, system in findings["systems"].items():
+        assert system["studies"] == 6 and system["tp"] + system["fn"] == 3, name
+        assert 0 <= system["hallucination"]["studies"] <= 6, name
+    report = findings["targets"]["self-contradicting drafts"]
+    assert report["value"] == trust["self_contradiction"]["draft_report"]["contradicting"]
+    assert "| finding F1 | >= 0.85 |" in markdown_table(results)
 
 
 def test_samples_are_every_scored_draft_with_its_sources(results, eval_records):
