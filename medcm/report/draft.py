@@ -8,11 +8,14 @@
 3. ``score = max similarity over sources + support_weight * support``; ``support`` (0..1) is
    the sources' share of the retrieval-score mass (case weight ``max(case score, 0)``), so
    a sentence every retrieved case wrote gets the full bonus: consensus is evidence.
-4. Of two sentences where one denies a finding the other states (in either section; synonyms,
-   organs, sides, sizes and normal statements understood by :mod:`medcm.report.context`), or
-   that state one finding at another side, degree, size or count and come from different cases,
-   the one with less ``evidence = sum over sources of max(similarity, 0) + support_weight *
-   support`` is dropped.
+4. A sentence stating a lexicon finding stays only if at least ``min_finding_share`` of the
+   retrieved case weight states that finding (a neighbour's nodule is not evidence about this image).
+   One finding gets one side, degree, size and count: sentences stating it otherwise never merge,
+   and of such alternatives (in either section) the one the most case weight states at that side
+   stays, then the most query-like. Of two sentences where one denies a finding the other states
+   (in either section; synonyms, organs, sides, sizes and normal statements understood by
+   :mod:`medcm.report.context`), the one with less ``evidence = sum over sources of
+   max(similarity, 0) + support_weight * support`` is dropped.
    With ``agreement_weight > 0``, ``score`` and ``evidence`` also gain ``agreement_weight *
    agreement``: how much of the sentence the *other* retrieved reports also say (their
    weighted n-gram precision, :func:`~medcm.report.text.ngram_precision`). This is minimum-Bayes-risk
@@ -20,19 +23,24 @@
 5. Per section the best sentences within ``relative_margin`` of the best and above
    ``min_score`` are kept (at most ``max_findings`` / ``max_impression``), in the order the
    sources wrote them (mean relative position). With ``length_from_sources`` a section stops
-   once it holds as many words as the median source case wrote there. A draft is always
+   once it holds as many words as the median source case wrote there. The IMPRESSION is rebuilt from
+   the kept FINDINGS: an impression sentence stating a finding stays only if the kept FINDINGS state
+   each of its (finding, side) pairs, a global normal one only when no finding is kept. A draft is always
    ``verified=False``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from medcm.report.assertions import FindingClaim, describe, first_alternative, first_conflict
+from medcm.report.assertions import FindingClaim, alternatives, describe, first_alternative, first_conflict
+from medcm.report.lexicon import ANY
 from medcm.report.context import sentence_claims
 from medcm.report.text import (
     SECTION_ALIASES,
@@ -88,6 +96,7 @@ class _Group:
     first: int = 0
     sources: tuple[Provenance, ...] = ()
     claims: tuple[FindingClaim, ...] = ()
+    support: float = 0.0  # the sources' share of the retrieval-score mass
 
 
 def _case_sentences(report: str) -> dict[str, list[str]]:
@@ -178,8 +187,11 @@ def _cluster(units: list[_Unit], row: dict[str, int], emb: np.ndarray, sims: np.
     leaders: list[tuple[int, _Group]] = []
     for (section, key), members in sorted(exact.items(), key=lambda kv: -sims[row[kv[0][1]]]):
         negated, r = is_negated(members[0].text), row[key]
+        claims = sentence_claims(members[0].text)
+        # "Small right effusion." and "Small left effusion." embed alike but are alternatives, never one sentence.
         matches = [(float(emb[lr] @ emb[r]), g) for lr, g in leaders
-                   if g.section == section and g.negated == negated]
+                   if g.section == section and g.negated == negated
+                   and not first_alternative(sentence_claims(g.units[0].text), claims)]
         best = max(matches, key=lambda m: m[0], default=(-math.inf, None))
         if best[1] is not None and best[0] >= threshold:
             best[1].units.extend(members)
@@ -199,6 +211,7 @@ def _summarise(group: _Group, row: dict[str, int], sims: np.ndarray, weight: flo
         (Provenance(u.case.case_id, float(u.case.score), s, u.text) for s, u in best.values()),
         key=lambda p: (-p.sentence_score, -p.case_score)))
     support = sum(u.weight for _, u in best.values())
+    group.support = support
     group.score = group.sources[0].sentence_score + weight * support
     group.evidence = sum(max(p.sentence_score, 0.0) for p in group.sources) + weight * support
     group.position = float(np.mean([u.position for u in group.units]))
@@ -245,29 +258,135 @@ def _median_words(cases: list[SourceCase], section: str) -> float:
 
 
 def _alternative(a: _Group, b: _Group) -> FindingClaim | None:
-    """The finding ``b`` states at another side, degree, size or count than ``a``, when different
-    cases wrote them: the query has one of them. Sentences that one source case wrote together (a
-    bilateral finding described side by side) are not alternatives.
+    """The finding ``b`` states at another side, degree, size or count than ``a``: the query has one
+    of them. Two sentences that exactly the same cases wrote together (a bilateral finding described
+    side by side) are not alternatives.
     """
-    if {p.case_id for p in a.sources} & {p.case_id for p in b.sources}:
+    if {p.case_id for p in a.sources} == {p.case_id for p in b.sources}:
         return None
     pair = first_alternative(b.claims, a.claims)
     return pair[0] if pair else None
 
 
+_Pair = tuple[str, str | None]  # (finding, side)
+
+
+def _case_findings(units: list[_Unit]) -> tuple[dict[str, set[_Pair]], dict[str, float]]:
+    """Per retrieved case, the (finding, side) pairs its report states as present; and its weight."""
+    found: dict[str, set[_Pair]] = {}
+    weight: dict[str, float] = {}
+    for u in units:
+        weight[u.case.case_id] = u.weight
+        pairs = found.setdefault(u.case.case_id, set())
+        pairs.update((c.finding, c.side) for c in sentence_claims(u.text) if c.status == "present" and c.finding != ANY)
+    return found, weight
+
+
+def _share(found: dict[str, set[_Pair]], weight: dict[str, float], finding: str, side: str | None = None,
+           any_side: bool = False) -> float:
+    """The weighted share of retrieved cases stating ``finding`` (at ``side`` unless ``any_side``)."""
+    return sum(weight[c] for c, pairs in found.items()
+               if any(f == finding and (any_side or s == side) for f, s in pairs))
+
+
+def _strength(g: _Group, found: dict[str, set[_Pair]], weight: dict[str, float], near: dict[str, float],
+              ) -> tuple[float, float, float]:
+    """How strongly the retrieved cases back this group's findings at its sides: the share of the
+    nearest cases' weight (``near``), the best score of a case stating it, the share of all cases."""
+    pairs = [(c.finding, c.side) for c in g.claims if c.status == "present"]
+    if not pairs:
+        return 0.0, -math.inf, 0.0
+    stating = {c for c, stated in found.items() if any(p in stated for p in pairs)}
+    near_share = sum(w for c, w in near.items() if c in stating)
+    best = max((p.case_score for p in g.sources), default=-math.inf)
+    return near_share, best, max(_share(found, weight, f, s) for f, s in pairs)
+
+
+def _resolve_alternatives(groups: list[_Group], found: dict[str, set[_Pair]], weight: dict[str, float],
+                          near: dict[str, float]) -> tuple[list[_Group], list[DroppedSentence]]:
+    """One finding gets one side, degree, size and count in a draft: of alternatives (in either
+    section) the one most of the nearest cases state stays, then the one the nearest case states,
+    then the one most retrieved cases state, then the most query-like."""
+    kept: list[_Group] = []
+    dropped: list[DroppedSentence] = []
+    strength = {id(g): _strength(g, found, weight, near) for g in groups}
+    for g in sorted(groups, key=lambda g: tuple(-x for x in strength[id(g)]) + (-g.sources[0].sentence_score,
+                                                                                  -g.evidence, g.first)):
+        other = next(((k, a) for k in kept if (a := _alternative(k, g))), None)
+        if other is None:
+            kept.append(g)
+            continue
+        reason = (f"alternative to '{other[0].text}' ({describe(other[1])}: same finding, other side, degree, size "
+                  f"or count; stated by {strength[id(g)][0]:.0%} of the nearest cases' weight vs "
+                  f"{strength[id(other[0])][0]:.0%})")
+        dropped.append(DroppedSentence(g.text, reason, g.sources))
+    return kept, dropped
+
+
+def _supported(groups: list[_Group], found: dict[str, set[_Pair]], weight: dict[str, float], floor: float,
+               ) -> tuple[list[_Group], list[DroppedSentence]]:
+    """A sentence stating a finding stays only if at least ``floor`` of the retrieved case weight states
+    that finding (at any side): one neighbour's nodule is that patient's, not evidence about this image."""
+    kept: list[_Group] = []
+    dropped: list[DroppedSentence] = []
+    for g in groups:
+        shares = [(_share(found, weight, c.finding, any_side=True), c) for c in g.claims
+                  if c.status == "present" and c.finding != ANY]
+        weak = min(shares, key=lambda sc: sc[0], default=None)
+        if weak is None or weak[0] >= floor:
+            kept.append(g)
+            continue
+        reason = (f"unsupported finding: {weak[0]:.0%} of the retrieved case weight states {weak[1].finding} "
+                  f"< min_finding_share {floor:.0%}")
+        dropped.append(DroppedSentence(g.text, reason, g.sources))
+    return kept, dropped
+
+
 def _resolve_contradictions(groups: list[_Group]) -> tuple[list[_Group], list[DroppedSentence]]:
-    """Keeps groups strongest-evidence first; one contradicting, or an alternative to, a kept group
-    (in either section) is dropped."""
+    """Keeps groups strongest-evidence first; one contradicting a kept group (in either section) is dropped."""
     kept: list[_Group] = []
     dropped: list[DroppedSentence] = []  # the order drops happen in
     for g in sorted(groups, key=lambda g: (-g.evidence, -g.score, g.first)):
         rival = next(((k, c) for k in kept if (c := first_conflict(k.claims, g.claims))), None)
-        other = None if rival else next(((k, a) for k in kept if (a := _alternative(k, g))), None)
-        if rival is not None:
-            reason = f"contradicts '{rival[0].text}' on {describe(rival[1][1])} (weaker evidence)"
+        if rival is None:
+            kept.append(g)
+            continue
+        reason = f"contradicts '{rival[0].text}' on {describe(rival[1][1])} (weaker evidence)"
+        dropped.append(DroppedSentence(g.text, reason, g.sources))
+    return kept, dropped
+
+
+_SIZE = re.compile(r"\b(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
+
+
+def _sized(claim: FindingClaim) -> FindingClaim:
+    """The claim with the size its sentence gives where the claim has none ("nodule ..., measuring 1.2 cm")."""
+    sizes = [float(n) * (10.0 if unit.lower() == "cm" else 1.0) for n, unit in _SIZE.findall(claim.sentence)]
+    return claim if claim.size_mm is not None or len(sizes) != 1 else dataclasses.replace(claim, size_mm=sizes[0])
+
+
+def _impression_from_findings(groups: list[_Group], findings: list[_Group],
+                              ) -> tuple[list[_Group], list[DroppedSentence]]:
+    """The IMPRESSION is rebuilt from the kept FINDINGS rather than copied from another patient: an
+    impression sentence stating a finding stays only if every (finding, side) it states is stated by a
+    kept FINDINGS sentence, with no other side, degree, size or count; a global normal impression ("No
+    acute abnormality.") only when no finding is kept. Sentences naming no lexicon finding are left as they were.
+    """
+    stated = [c for g in findings for c in g.claims if c.status == "present" and c.finding != ANY]
+    pairs = {(c.finding, c.side) for c in stated}
+    kept: list[_Group] = []
+    dropped: list[DroppedSentence] = []
+    for g in groups:
+        positive = [c for c in g.claims if c.status in ("present", "uncertain") and c.finding != ANY]
+        missing = next((c for c in positive if (c.finding, c.side) not in pairs), None)
+        other = next((c for c in positive for f in stated if alternatives(_sized(c), f)), None)
+        normal = next((c for c in g.claims if c.status == "absent" and c.finding == ANY), None)
+        if missing is not None:
+            reason = f"impression not in the kept findings: {describe(missing)}"
         elif other is not None:
-            reason = (f"alternative to '{other[0].text}' ({describe(other[1])}: same finding, other side, "
-                      "degree, size or count; weaker evidence)")
+            reason = f"impression differs from the kept findings on {describe(other)}"
+        elif normal is not None and stated:
+            reason = f"normal impression beside a kept finding ({describe(stated[0])})"
         else:
             kept.append(g)
             continue
@@ -283,8 +402,11 @@ def _select(groups: list[_Group], config: DraftConfig, cases: list[SourceCase],
     for section in _DRAFT_SECTIONS:
         limit = config.max_findings if section == "FINDINGS" else config.max_impression
         words_limit = _median_words(cases, section) if config.length_from_sources else math.inf
-        ranked = sorted((g for g in groups if g.section == section),
-                        key=lambda g: (-g.score, g.first))
+        candidates = [g for g in groups if g.section == section]
+        if section == "IMPRESSION":
+            candidates, unfounded = _impression_from_findings(candidates, chosen)
+            dropped.extend(unfounded)
+        ranked = sorted(candidates, key=lambda g: (-g.score, g.first))
         best = ranked[0].score if ranked else 0.0
         cutoff, taken, words = best - config.relative_margin * abs(best), 0, 0
         for g in ranked:
@@ -339,8 +461,14 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
         _summarise(g, row, sims, config.support_weight)
     if config.agreement_weight > 0:
         _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
-    kept, contradicted = _resolve_contradictions(groups)
+    found, weight = _case_findings(units)
+    kept, unsupported = _supported(groups, found, weight, config.min_finding_share)
+    nearest = used[:config.side_cases]
+    mass = sum(max(c.score, 0.0) for c in nearest)
+    near = {c.case_id: (max(c.score, 0.0) / mass if mass > 0 else 1 / len(nearest)) for c in nearest}
+    kept, alternative = _resolve_alternatives(kept, found, weight, near)
+    kept, contradicted = _resolve_contradictions(kept)
     chosen, unselected = _select(kept, config, used)
     chosen.sort(key=lambda g: (section_order.index(g.section), g.position, -g.score, g.first))
     sentences = tuple(DraftSentence(g.text, g.section, g.score, g.sources) for g in chosen)
-    return Draft(sentences, tuple(contradicted + unselected), case_ids)
+    return Draft(sentences, tuple(unsupported + alternative + contradicted + unselected), case_ids)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from medcm.report.text import SECTION_ALIASES, section_order
 
-__all__ = ["DRAFT_PRESETS", "Abstention", "Draft", "DraftConfig", "DraftSentence", "DroppedSentence", "Provenance", "SourceCase"]
+__all__ = ["DRAFT_PRESETS", "Abstention", "Draft", "DraftConfig", "DraftSentence", "DroppedSentence", "Provenance",
+           "SourceCase"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,12 @@ class DraftConfig:
         agreement_weight: weight of the other retrieved reports' agreement with a sentence
             (0 turns it off).
         length_from_sources: stop a section at the median length the source cases wrote.
+        min_finding_share: a sentence stating a lexicon finding stays only if at least this share of the
+            retrieved cases (by case score) state that finding too (0 turns it off); calibrated
+            leave-one-out on the demo archive (0.3 keeps 97% of true findings, 5% of absent ones).
+        side_cases: of sentences stating one finding at other sides (degrees, sizes, counts), the one
+            most of the ``side_cases`` best cases state stays (leave-one-out on the demo archive the
+            majority side of the 3 nearest cases is right 85% of the time, of all 40 only 60%).
     """
     top_k_cases: int = 5
     max_findings: int = 6
@@ -110,6 +117,8 @@ class DraftConfig:
     min_score: float = 0.0
     agreement_weight: float = 0.0
     length_from_sources: bool = False
+    min_finding_share: float = 0.0
+    side_cases: int = 3
 
     def __post_init__(self) -> None:
         checks = {"top_k_cases": self.top_k_cases >= 1, "max_findings": self.max_findings >= 0,
@@ -118,7 +127,8 @@ class DraftConfig:
                   "support_weight": 0.0 <= self.support_weight < math.inf,
                   "relative_margin": 0.0 <= self.relative_margin < math.inf,
                   "min_score": math.isfinite(self.min_score),
-                  "agreement_weight": 0.0 <= self.agreement_weight < math.inf}
+                  "agreement_weight": 0.0 <= self.agreement_weight < math.inf,
+                  "min_finding_share": 0.0 <= self.min_finding_share <= 1.0, "side_cases": self.side_cases >= 1}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"DraftConfig.{name} out of range: {getattr(self, name)!r}")
@@ -130,5 +140,5 @@ DRAFT_PRESETS: dict[str, DraftConfig] = {
     # Many neighbours and minimum-Bayes-risk agreement: the sentences most similar cases would
     # also write, as long as they usually write. Best on MedPix 2.0 dev (BENCHMARKS.md).
     "consensus": DraftConfig(top_k_cases=40, max_findings=30, relative_margin=100.0, min_score=-100.0,
-                             agreement_weight=100.0, length_from_sources=True),
+                             agreement_weight=100.0, length_from_sources=True, min_finding_share=0.3),
 }
