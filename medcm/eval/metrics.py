@@ -21,7 +21,7 @@ import numpy as np
 
 from medcm.report.text import ngram_counts, normalize_for_metrics
 
-__all__ = ["NgramStats", "best_by_sentence_bleu", "corpus_bleu", "corpus_meteor",
+__all__ = ["NgramStats", "best_by_sentence_bleu", "bleu_case_counts", "bleu_from_counts", "corpus_bleu", "corpus_meteor",
            "draft_metrics", "mean_rouge_l", "meteor_available", "rouge_l", "sentence_bleu",
            "tokenize"]
 
@@ -114,6 +114,29 @@ def _cook(hyp: NgramStats, ref_lengths: list[int], ref_counts: list[dict],
     return testlen, reflen, guess, correct
 
 
+def bleu_case_counts(hypothesis: Text, references: Text | Sequence[Text], max_n: int = 4) -> list[int]:
+    """One case's counts that corpus BLEU sums: hypothesis length, effective ("closest") reference
+    length, n-gram guesses 1..max_n, clipped matches 1..max_n (``2 + 2 max_n`` numbers)."""
+    refs = [references] if isinstance(references, Text) else list(references)
+    testlen, reflen, guess, correct = _cook(_stats(hypothesis, max_n), *_ref_side(refs, max_n), max_n)
+    return [testlen, reflen, *guess, *correct]
+
+
+def bleu_from_counts(sums: np.ndarray, max_n: int = 4) -> np.ndarray:
+    """BLEU-max_n from summed `bleu_case_counts` ``[..., 2 + 2 max_n]``, vectorised over leading axes
+    (a randomization test scores thousands of corpora at once), in pycocoevalcap's float order."""
+    testlen, reflen = sums[..., 0], sums[..., 1]
+    guess, correct = sums[..., 2 : 2 + max_n], sums[..., 2 + max_n : 2 + 2 * max_n]
+    product = np.ones(testlen.shape)
+    for k in range(max_n):
+        product = product * ((correct[..., k] + _TINY) / (guess[..., k] + _SMALL))
+    score = product ** (1.0 / max_n)
+    ratio = (testlen + _TINY) / (reflen + _SMALL)
+    with np.errstate(divide="ignore", over="ignore"):
+        penalty = np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
+    return score * penalty
+
+
 def _bleu(testlen: float, reflen: float, guess: list[int], correct: list[int]) -> list[float]:
     """BLEU-1..n from counts, in pycocoevalcap's order of float operations."""
     scores, bleu = [], 1.0
@@ -146,10 +169,10 @@ def corpus_bleu(hypotheses: Sequence[Text], references: Sequence[Text] | Sequenc
     testlen = reflen = 0
     guess, correct = [0] * max_n, [0] * max_n
     for hyp, case_refs in zip(hypotheses, refs):
-        t, r, g, c = _cook(_stats(hyp, max_n), *_ref_side(case_refs, max_n), max_n)
+        t, r, *g_c = bleu_case_counts(hyp, case_refs, max_n)
         testlen, reflen = testlen + t, reflen + r
-        guess = [a + b for a, b in zip(guess, g)]
-        correct = [a + b for a, b in zip(correct, c)]
+        guess = [a + b for a, b in zip(guess, g_c[:max_n])]
+        correct = [a + b for a, b in zip(correct, g_c[max_n:])]
     return {f"BLEU-{k + 1}": s for k, s in enumerate(_bleu(testlen, reflen, guess, correct))}
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from medcm.eval.consistency import find_contradictions_many
-from medcm.eval.metrics import NgramStats, rouge_l
+from medcm.eval.metrics import bleu_case_counts, bleu_from_counts, rouge_l
 
 __all__ = ["CEILINGS", "SAMPLE_COUNT", "SHUFFLES", "TESTED_METRICS", "best_baseline", "bleu_from_counts",
            "bleu_counts", "build_samples", "contradiction_rates", "diversity", "paired_randomization",
@@ -35,8 +35,6 @@ SHUFFLES = 10_000
 SAMPLE_COUNT = 30
 TESTED_METRICS = ("BLEU-4", "ROUGE-L")
 CEILINGS = ("oracle",)  # baselines that read the reference: never "the best baseline" to beat
-_MAX_N = 4
-_TINY, _SMALL = 1e-15, 1e-9  # pycocoevalcap's smoothing, as medcm.eval.metrics
 _CHUNK = 2_000  # shuffles per vectorised block (memory: CHUNK x queries)
 
 
@@ -74,32 +72,11 @@ def diversity(texts: Sequence[str]) -> dict[str, Any]:
             "texts": len(keys)}
 
 
-def bleu_counts(hypotheses: Sequence[str], references: Sequence[str], max_n: int = _MAX_N) -> np.ndarray:
-    """Per query, the counts corpus BLEU sums: ``[Q, 2 + 2 max_n]`` = (hypothesis length, reference length,
-    n-gram guesses 1..max_n, clipped matches 1..max_n), one reference per query."""
+def bleu_counts(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per query, `medcm.eval.metrics.bleu_case_counts` as a ``[Q, 10]`` array (BLEU-4, one reference each)."""
     if len(hypotheses) != len(references):
         raise ValueError(f"bleu_counts: {len(hypotheses)} hypotheses vs {len(references)} references, expected equal")
-    rows = []
-    for hyp_text, ref_text in zip(hypotheses, references):
-        hyp, ref = NgramStats.from_text(hyp_text, max_n), NgramStats.from_text(ref_text, max_n)
-        guess = [max(0, hyp.length - k) for k in range(max_n)]
-        correct = [sum(min(h[g], r[g]) for g in h.keys() & r.keys()) for h, r in zip(hyp.counts, ref.counts)]
-        rows.append([hyp.length, ref.length, *guess, *correct])
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), 2 + 2 * max_n)
-
-
-def bleu_from_counts(sums: np.ndarray, max_n: int = _MAX_N) -> np.ndarray:
-    """BLEU-max_n from summed counts ``[..., 2 + 2 max_n]`` (see `bleu_counts`), in pycocoevalcap's float order."""
-    testlen, reflen = sums[..., 0], sums[..., 1]
-    guess, correct = sums[..., 2 : 2 + max_n], sums[..., 2 + max_n : 2 + 2 * max_n]
-    product = np.ones(testlen.shape)
-    for k in range(max_n):
-        product = product * ((correct[..., k] + _TINY) / (guess[..., k] + _SMALL))
-    score = product ** (1.0 / max_n)
-    ratio = (testlen + _TINY) / (reflen + _SMALL)
-    with np.errstate(divide="ignore", over="ignore"):
-        penalty = np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
-    return score * penalty
+    return np.array([bleu_case_counts(h, r) for h, r in zip(hypotheses, references)], dtype=np.float64).reshape(-1, 10)
 
 
 def paired_randomization(draft: Sequence[str], baseline: Sequence[str], references: Sequence[str],
@@ -124,7 +101,7 @@ def paired_randomization(draft: Sequence[str], baseline: Sequence[str], referenc
     observed = {"BLEU-4": (float(bleu_from_counts(a.sum(0))), float(bleu_from_counts(b.sum(0)))),
                 "ROUGE-L": (float(rouge_a.mean()), float(rouge_b.mean()))}
     extreme = dict.fromkeys(observed, 0)
-    delta, rouge_delta = b - a, rouge_b - rouge_a
+    delta = b - a
     for start in range(0, shuffles, _CHUNK):
         swap = rng.random((min(_CHUNK, shuffles - start), len(references))) < 0.5  # [R, Q]
         moved = swap.astype(np.float64) @ delta  # [R, K]: what the swaps move from the draft's sums to the baseline's
