@@ -26,7 +26,7 @@ from medcm.report.lexicon import (
 )
 from medcm.report.text import split_sentences
 
-__all__ = ["FindingClaim", "sentence_claims", "finding_claims", "contradicting_pairs", "build_pipeline"]
+__all__ = ["FindingClaim", "sentence_claims", "finding_claims", "contradicting_pairs", "build_pipeline", "sizes_mm"]
 
 # A clause ends at these: a finding's organ, side and size are looked for within its clause.
 _CUT_WORDS = frozenset({"and", "or", "but", "with", "without", "while", "whereas", "which", "although", "however",
@@ -192,6 +192,12 @@ def _nearest(items: list[tuple[int, Any]], span: Any, lo: int, hi: int) -> Any:
     """The value of :func:`_nearest_at`, else None."""
     hit = _nearest_at(items, span, lo, hi)
     return hit[1] if hit else None
+
+
+def sizes_mm(text: str) -> list[float]:
+    """Every size `text` states, in mm ("2 x 3 cm" is one size, its largest: 30)."""
+    return [max(float(n) for n in re.findall(r"\d+(?:\.\d+)?", m[1])) * (10.0 if m[2].lower().startswith("c") else 1.0)
+            for m in _SIZE.finditer(text)]
 
 
 def _size(text: str) -> tuple[float | None, float | None]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ import numpy as np
 
 from medcm.report.assertions import FindingClaim, alternatives, describe, first_alternative, first_conflict
 from medcm.report.lexicon import ANY
-from medcm.report.context import sentence_claims
+from medcm.report.context import sentence_claims, sizes_mm
 from medcm.report.text import (
     SECTION_ALIASES,
     is_negated,
@@ -356,12 +355,9 @@ def _resolve_contradictions(groups: list[_Group]) -> tuple[list[_Group], list[Dr
     return kept, dropped
 
 
-_SIZE = re.compile(r"\b(\d+(?:\.\d+)?)\s*(mm|cm)\b", re.IGNORECASE)
-
-
 def _sized(claim: FindingClaim) -> FindingClaim:
     """The claim with the size its sentence gives where the claim has none ("nodule ..., measuring 1.2 cm")."""
-    sizes = [float(n) * (10.0 if unit.lower() == "cm" else 1.0) for n, unit in _SIZE.findall(claim.sentence)]
+    sizes = sizes_mm(claim.sentence)
     return claim if claim.size_mm is not None or len(sizes) != 1 else dataclasses.replace(claim, size_mm=sizes[0])
 
 
