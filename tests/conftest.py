@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,21 @@ def small_model_config(arch: str = "resnet10", epochs: int = 1, batch_size: int 
         preprocess=dataclasses.replace(base.preprocess, image_size=64),
         train=dataclasses.replace(base.train, epochs=epochs, batch_size=batch_size, warmup_steps=20),
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic_pool(synthetic_manifest, tmp_path_factory):
+    """A factory: `make(n, name)` copies the first `n` synthetic training cases into `<fresh folder>/pool` and
+    returns the fresh folder (a case database can sit beside the pool)."""
+    cases = synthetic_manifest.parent / "cases"
+
+    def make(n: int, name: str) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        for i in range(n):
+            shutil.copytree(cases / f"train-{i:05d}", root / "pool" / f"train-{i:05d}")
+        return root
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The scripting endpoints (`/search`, `/draft`, `/sign`, `/export`, `/search_text`) as plain functions.
+"""The scripting endpoints (`/search`, `/draft`, `/sign`, `/export`, `/search_text`, `/heatmap`) as plain functions.
 
 They need no UI state: each one that takes a DICOM file saves and ingests it exactly as an upload
 in the browser does, then answers in JSON-ready dicts (see `ui.app` for the exact contract).
@@ -10,18 +10,23 @@ Searching and drafting reuse the vectors ingest just stored for the study (`Engi
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 from gradio import utils as gradio_utils
+from PIL import Image
 
 from db.store import CaseStore, ReportView
 from medcm.dicom.sr import EXPORT_FORMATS
 from medcm.engine.facade import Engine, SimilarCase
+from medcm.engine.grounding import SentenceHeatmap, heatmap_grid, overlay
 from medcm.engine.reports import export_study_report
 from medcm.report.draft import Draft
+from medcm.report.draft_types import Abstention
 from ui.auth import Login, log_view, require
 from ui.errors import readable_errors, user_error
 from ui.study import ingest_upload
@@ -87,22 +92,57 @@ def _cache_folder() -> Path:
     return folder
 
 
-def case_json(case: SimilarCase) -> dict:
-    """`{study_uid, score, report, modality, body_part}`."""
-    return {"study_uid": case.study_uid, "score": float(case.score), "report": case.report,
-            "modality": case.modality, "body_part": case.body_part}
+def case_json(case: SimilarCase, report: bool = True) -> dict:
+    """`{study_uid, score, percentile, weak, report, modality, body_part}`: `score` is the raw cosine, `percentile`
+    the calibrated score (0-100 against the archive's own matches; None when it is too small to calibrate),
+    `weak` marks a poor match. `report=False` leaves the report text out."""
+    out = {"study_uid": case.study_uid, "score": float(case.score),
+           "percentile": None if case.percentile is None else float(case.percentile), "weak": bool(case.weak),
+           "report": case.report, "modality": case.modality, "body_part": case.body_part}
+    if not report:
+        del out["report"]
+    return out
 
 
-def draft_json(study_uid: str, draft: Draft) -> dict:
-    """`{study_uid, text, verified: false, sentences: [...], source_cases: [...]}`."""
+def abstention_json(abstention: Abstention | None) -> dict:
+    """`{abstained, reason, nearest_similarity, typical_similarity, percentile, threshold, neighbours}` (all None
+    when nothing was checked)."""
+    fields = ("nearest_similarity", "typical_similarity", "percentile", "threshold")
+    if abstention is None:
+        return {"abstained": False, "reason": "", **dict.fromkeys(fields), "neighbours": None}
+    numbers = {name: None if getattr(abstention, name) is None else float(getattr(abstention, name)) for name in fields}
+    return {"abstained": bool(abstention.abstained), "reason": abstention.reason, **numbers,
+            "neighbours": int(abstention.neighbours)}
+
+
+def draft_json(study_uid: str, draft: Draft, cases: list[SimilarCase] = ()) -> dict:
+    """`{study_uid, text, verified: false, abstained, reason, abstention: {...}, sentences: [...], source_cases: [...],
+    similar_cases: [...]}`: an abstained draft has no text and no sentences, the reason and the numbers say why
+    (`abstention_json`), and its similar cases (`case_json` without their reports) are marked weak."""
     sentences = [
         {"text": s.text, "section": s.section, "score": float(s.score),
          "sources": [{"case_id": p.case_id, "case_score": float(p.case_score),
                       "sentence_score": float(p.sentence_score)} for p in s.sources]}
         for s in draft.sentences
     ]
+    abstention = abstention_json(draft.abstention)
     return {"study_uid": study_uid, "text": draft.text(), "verified": bool(draft.verified),
-            "sentences": sentences, "source_cases": list(draft.source_cases)}
+            "abstained": abstention["abstained"], "reason": abstention["reason"], "abstention": abstention,
+            "sentences": sentences, "source_cases": list(draft.source_cases),
+            "similar_cases": [case_json(case, report=False) for case in cases]}
+
+
+def heatmap_json(heat: SentenceHeatmap, grid: int = 32) -> dict:
+    """`{study_uid, sop_instance_uid, sentence, method, shape: [H, W], peak: [row, col], grid: [[float]],
+    overlay_png: str}`: `grid` is the heatmap (0..1, 1 where the sentence is most seen) shrunk to at most
+    `grid` × `grid` cells over the image, `peak` its maximum in the image's pixels, `overlay_png` the image
+    with the heatmap over it as a base64 PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(heat.pixels, heat.heatmap)).save(buffer, format="PNG")
+    return {"study_uid": heat.study_uid, "sop_instance_uid": heat.sop_instance_uid, "sentence": heat.sentence,
+            "method": heat.method, "shape": list(heat.heatmap.shape), "peak": list(heat.peak),
+            "grid": heatmap_grid(heat.heatmap, grid),
+            "overlay_png": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
 def report_json(report: ReportView) -> dict:
@@ -143,7 +183,9 @@ class Endpoints:
         login = require(self.store, request, "draft")
         study_uid = self._ingest(dicom_file, login, progress)
         progress(0.7, desc="drafting from similar cases")
-        return draft_json(study_uid, self.engine.draft_for_study(study_uid, save=True, user=login.name))
+        draft = self.engine.draft_for_study(study_uid, save=True, user=login.name)
+        cases = self.engine.similar_cases_for_study(study_uid, k=self.engine.draft_config.top_k_cases)  # the draft's
+        return draft_json(study_uid, draft, cases)
 
     @readable_errors
     def sign(self, study_uid: str | None, text: str | None, request: gr.Request) -> dict:
@@ -171,3 +213,15 @@ class Endpoints:
             out.append({"study_uid": m.study_uid, "sop_instance_uid": m.sop_instance_uid, "score": float(m.score),
                         "modality": m.modality, "body_part": m.body_part, "report": report.text if report else ""})
         return out
+
+    @readable_errors
+    def heatmap(self, study_uid: str | None, sentence: str | None, request: gr.Request) -> dict:
+        """Where in a stored study's image a sentence (e.g. one of its draft's) is seen (`heatmap_json`; any role)."""
+        login = require(self.store, request, "read")
+        if not (study_uid or "").strip():
+            raise user_error("no study: give the study UID of a stored study")
+        if not (sentence or "").strip():
+            raise user_error("no sentence: give a sentence of the draft or the report to ground")
+        heat = self.engine.sentence_heatmap(study_uid.strip(), sentence.strip())
+        log_view(self.store, login, heat.study_uid, "api /heatmap")
+        return heatmap_json(heat)

@@ -22,15 +22,25 @@ dr.v); that needs the clinician role".
     dicom_file: a DICOM file or a .zip of a study; it is saved and ingested like a browser upload
     (its first study joins the worklist). k: 1..50.
     Returns the k most similar past cases, best first:
-    `[{"study_uid": str, "score": float, "report": str, "modality": str, "body_part": str}]`.
+    `[{"study_uid": str, "score": float, "percentile": float | null, "weak": bool, "report": str,
+    "modality": str, "body_part": str}]`. `score` is the raw cosine; `percentile` the calibrated score
+    (0-100: where the score falls among the archive's own studies' best matches; null for an archive
+    too small to calibrate); `weak` marks a poor match (below the abstention percentile, or any case
+    of a study the archive holds nothing like).
 
 `/draft` (dicom_file) -> dict  (clinician)
     Ingests the file as `/search` does and drafts the findings from the 5 most similar cases.
-    Returns `{"study_uid": str, "text": str, "verified": false, "source_cases": [str],
+    Returns `{"study_uid": str, "text": str, "verified": false, "abstained": bool, "reason": str,
+    "abstention": {"abstained", "reason", "nearest_similarity", "typical_similarity", "percentile",
+    "threshold", "neighbours"}, "source_cases": [str], "similar_cases": [/search's dicts without "report"],
     "sentences": [{"text": str, "section": "FINDINGS" | "IMPRESSION", "score": float,
     "sources": [{"case_id": str, "case_score": float, "sentence_score": float}]}]}`.
-    The draft is also saved in the store (status "drafted") unless the study already has a signed
-    report or a person's edit.
+    When the archive holds nothing like the study (`medcm.engine.abstention`: its header names a
+    modality or region no stored study has, or its similarity to its nearest cases is below the
+    archive's own 5th percentile), `abstained` is true, `reason` says why with the numbers (e.g.
+    "nothing in this archive resembles this study: nearest similarity 0.41, typical 0.78 ..."), and
+    there is no text and no sentence. The draft is also saved in the store (status "drafted") unless
+    it is empty or the study already has a signed report or a person's edit.
 
 `/sign` (study_uid, text) -> dict  (clinician)
     Signs the study's final report as the logged-in account (a signed study gets an amendment: a
@@ -46,6 +56,14 @@ dr.v); that needs the clinician role".
 `/search_text` (query, k=5) -> list[dict]  (any role)
     Stored studies whose images match a phrase, best first: `[{"study_uid", "sop_instance_uid",
     "score", "modality", "body_part", "report"}]`.
+
+`/heatmap` (study_uid, sentence) -> dict  (any role)
+    Where in a stored study's image a sentence (e.g. one of `/draft`'s) is seen (`medcm.engine.grounding`):
+    `{"study_uid", "sop_instance_uid", "sentence", "method", "shape": [H, W], "peak": [row, col],
+    "grid": [[float]], "overlay_png": str}`. `grid` is the heatmap (0..1; 1 where the sentence is most
+    seen) in at most 32 × 32 cells over the image, `peak` its maximum in the image's pixels, and
+    `overlay_png` the image with the heatmap over it, a base64 PNG. The image is the study's first
+    series' middle instance (one slice of a volume).
 """
 
 from __future__ import annotations
@@ -182,11 +200,13 @@ def _draft_section(c: dict[str, Any]) -> None:
     c["marker"] = gr.Markdown(DRAFT_MARKER, elem_id="draft-marker")
     c["redraft"] = gr.Button("Draft again", size="sm", elem_id="redraft")
     c["draft"] = gr.Textbox(label="Report (edit before signing)", lines=8, interactive=True, elem_id="draft-text")
-    c["provenance"] = _table(PROVENANCE_HEADERS, "Where each sentence comes from (select a row to see its sources)",
+    c["provenance"] = _table(PROVENANCE_HEADERS, "Where each sentence comes from (select a row to see its sources "
+                                                 "and where it is seen in this study)",
                              "provenance", column_widths=["4%", "11%", "45%", "7%", "33%"])
     with gr.Row():
         c["source_report"] = gr.Markdown(latex_delimiters=[], elem_id="source-report")
         c["source_image"] = _picture("Best source case", "source-image")
+        c["heatmap"] = _picture("Where the selected sentence is seen in this study", "sentence-heatmap")
     gr.Markdown("## Save or sign (as the logged-in clinician)")
     with gr.Row():
         c["save"] = gr.Button("Save draft", elem_id="save-draft")
@@ -221,6 +241,9 @@ def _wire_review(h: Handlers, c: dict[str, Any]) -> None:
     c["redraft"].click(h.on_draft, *draft, **PRIVATE, **ENGINE_QUEUE)
     c["provenance"].select(h.on_source_select, [c["sentences"]], [c["source_report"], c["source_image"]],
                            **PRIVATE)
+    c["provenance"].select(h.on_sentence_heatmap, [c["study"], c["sentences"]], c["heatmap"],
+                           **PRIVATE, **ENGINE_QUEUE)
+    c["sentences"].change(h.clear_heatmap, None, c["heatmap"], **PRIVATE)  # a new draft: the old map is stale
 
 
 def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
@@ -287,9 +310,10 @@ def _api(endpoints: Endpoints) -> None:
         fmt = gr.Textbox(label="format")
         result = gr.JSON(label="result")
         exported = gr.File(label="exported report")
-        run = {name: gr.Button(name) for name in ("search", "draft", "sign", "export", "search_text")}
+        run = {name: gr.Button(name) for name in ("search", "draft", "sign", "export", "search_text", "heatmap")}
     run["search"].click(endpoints.search, [dicom, k], result, api_name="search", **ENGINE_QUEUE)
     run["draft"].click(endpoints.draft, [dicom], result, api_name="draft", **ENGINE_QUEUE)
     run["sign"].click(endpoints.sign, [study_uid, text], result, api_name="sign", **ENGINE_QUEUE)
     run["export"].click(endpoints.export, [study_uid, fmt], exported, api_name="export")
     run["search_text"].click(endpoints.search_text, [query, k], result, api_name="search_text", **ENGINE_QUEUE)
+    run["heatmap"].click(endpoints.heatmap, [study_uid, text], result, api_name="heatmap", **ENGINE_QUEUE)

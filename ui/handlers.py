@@ -168,7 +168,7 @@ class Handlers:
         cases = self.engine.similar_cases_for_study(study.study_uid, k=self.top_k)  # from the stored vectors
         log_view(self.store, login, study.study_uid, "similar cases", [c.study_uid for c in cases])
         gallery = [(render.study_preview(self.store, c.study_uid) or render.blank(),
-                    render.case_caption(c.score, c.modality, c.body_part)) for c in cases]
+                    render.case_caption(c.score, c.modality, c.body_part, c.percentile, c.weak)) for c in cases]
         return cases, gallery, render.similar_rows(cases)
 
     @readable_errors
@@ -180,7 +180,8 @@ class Handlers:
         case = _picked(cases or [], evt)
         if case is None:
             return gr.skip(), gr.skip(), gr.skip()
-        report = render.report_markdown(case.study_uid, self.store.latest_report(case.study_uid), case.score)
+        report = render.report_markdown(case.study_uid, self.store.latest_report(case.study_uid), case.score,
+                                        case.percentile)
         log_view(self.store, login, case.study_uid, "similar case")
         return self._render(study, preset, index, frame), render.study_preview(self.store, case.study_uid), report
 
@@ -195,6 +196,8 @@ class Handlers:
             raise user_error(NO_STUDY)
         progress(0.3, desc="drafting findings from similar cases")
         draft = self.engine.draft_for_study(study.study_uid, save=True, user=login.name)
+        if draft.abstention is not None and draft.abstention.abstained:  # shown where the draft would be
+            return [], "", render.provenance_rows(draft), render.abstention_markdown(draft.abstention)
         if not draft.sentences:
             gr.Warning("no draft: the similar cases gave no usable sentence; write the findings yourself")
         return list(draft.sentences), draft.text(), render.provenance_rows(draft), DRAFT_MARKER
@@ -229,6 +232,24 @@ class Handlers:
         preview = render.study_preview(self.store, best) if best else None
         log_view(self.store, login, best, "draft sources", reports)
         return render.sources_markdown(sentence, reports), preview
+
+    @readable_errors
+    def on_sentence_heatmap(self, study: ReviewStudy | None, sentences: list[DraftSentence] | None,
+                            evt: gr.SelectData, request: gr.Request) -> Image.Image | None:
+        """A draft sentence picked: where in this study's image it is seen (`Engine.sentence_heatmap`)."""
+        login = require(self.store, request, "read")
+        sentences = sentences or []
+        number = int(_row_key(evt) or 0)
+        if study is None or not 1 <= number <= len(sentences):
+            return gr.skip()
+        heat = self.engine.sentence_heatmap(study.study_uid, sentences[number - 1].text)
+        log_view(self.store, login, study.study_uid, "sentence heatmap")
+        return render.heatmap_image(heat)
+
+    @staticmethod
+    def clear_heatmap() -> None:
+        """Empty the heatmap panel (the draft it belonged to was replaced)."""
+        return None
 
     # ------------------------------------------------------------- save, sign
     @readable_errors

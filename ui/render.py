@@ -14,11 +14,13 @@ from PIL import Image
 from db.store import CaseStore, ReportView, StoreError, StudyView, UserView
 from medcm.dicom.read import DicomImage
 from medcm.report.draft import Draft, DraftSentence
+from medcm.report.draft_types import Abstention
 from medcm.engine.facade import ImageMatch, SimilarCase
+from medcm.engine.grounding import SentenceHeatmap, overlay
 
 VIEW_MAX_PX = 1024
 VIEW_MIN_PX = 512  # small images are magnified (nearest neighbour: every pixel stays a visible square)
-SIMILAR_HEADERS = ["study uid", "score", "modality", "body part", "report"]
+SIMILAR_HEADERS = ["study uid", "score", "percentile", "match", "modality", "body part", "report"]
 PROVENANCE_HEADERS = ["#", "section", "sentence", "score", "source cases (score)"]
 WORKLIST_HEADERS = ["study uid", "date", "modalities", "body parts", "status", "description"]
 MATCH_HEADERS = ["study uid", "score", "modality", "body part", "report"]
@@ -36,7 +38,16 @@ def frame_image(image: DicomImage, frame: int = 0) -> Image.Image:
     pixels = image.pixels
     index = min(max(int(frame), 0), pixels.shape[0] - 1)
     grey = (np.clip(pixels[index], 0.0, 1.0) * 255).round().astype(np.uint8)
-    picture = Image.fromarray(grey)  # uint8 [H, W] → mode "L"
+    return _viewable(Image.fromarray(grey))  # uint8 [H, W] → mode "L"
+
+
+def heatmap_image(heat: SentenceHeatmap) -> Image.Image:
+    """A sentence's heatmap over its image (red to yellow where the sentence is seen), longer side 512–1024 px."""
+    return _viewable(Image.fromarray(overlay(heat.pixels, heat.heatmap)))  # uint8 [H, W, 3] → mode "RGB"
+
+
+def _viewable(picture: Image.Image) -> Image.Image:
+    """A picture with its longer side brought into 512–1024 px: small ones enlarged by whole pixels (no blur)."""
     longer = max(picture.size)
     if longer < VIEW_MIN_PX:
         factor = VIEW_MIN_PX // longer + (VIEW_MIN_PX % longer > 0)
@@ -73,15 +84,29 @@ def table(rows: Sequence[Sequence[object]], headers: list[str]) -> pd.DataFrame:
     return pd.DataFrame([list(row) for row in rows], columns=headers)
 
 
+def percentile_text(percentile: float | None) -> str:
+    """A calibrated score as shown: "p45" (45th percentile of the archive's own matches), "" when unknown."""
+    return "" if percentile is None else f"p{percentile:.0f}"
+
+
 def similar_rows(cases: Sequence[SimilarCase]) -> pd.DataFrame:
-    """study uid / score / modality / body part / report, best first."""
-    return table([(c.study_uid, round(c.score, 3), c.modality, c.body_part, c.report) for c in cases],
-                 SIMILAR_HEADERS)
+    """study uid / score / percentile / match ("weak" or "") / modality / body part / report, best first."""
+    return table([(c.study_uid, round(c.score, 3), percentile_text(c.percentile), "weak" if c.weak else "",
+                   c.modality, c.body_part, c.report) for c in cases], SIMILAR_HEADERS)
 
 
-def case_caption(score: float, modality: str, body_part: str) -> str:
-    """The caption under a gallery thumbnail."""
-    return " · ".join(part for part in (f"{score:.3f}", modality, body_part) if part)
+def case_caption(score: float, modality: str, body_part: str, percentile: float | None = None,
+                 weak: bool = False) -> str:
+    """The caption under a gallery thumbnail: raw score, calibrated score, "weak match", modality, body part."""
+    parts = (f"{score:.3f}", percentile_text(percentile), "weak match" if weak else "", modality, body_part)
+    return " · ".join(part for part in parts if part)
+
+
+def abstention_markdown(abstention: Abstention) -> str:
+    """What the app shows where the draft would be when the engine abstained: its reason, in plain words."""
+    reason = abstention.reason[:1].upper() + abstention.reason[1:]
+    return (f"### No draft: this archive holds nothing like this study\n{escape_md(reason)}.\n\n"
+            "The similar cases are listed as weak matches only. Write the findings yourself.")
 
 
 def provenance_rows(draft: Draft) -> pd.DataFrame:
@@ -120,9 +145,11 @@ def sources_markdown(sentence: DraftSentence, reports: dict[str, str]) -> str:
     return "\n\n".join(parts)
 
 
-def report_markdown(study_uid: str, report: ReportView | None, score: float | None = None) -> str:
-    """A stored case's latest report with its status line."""
+def report_markdown(study_uid: str, report: ReportView | None, score: float | None = None,
+                    percentile: float | None = None) -> str:
+    """A stored case's latest report with its status line (and its raw and calibrated score, when given)."""
     head = f"**Case {study_uid}**" + (f" — similarity {score:.3f}" if score is not None else "")
+    head += f" (percentile {percentile:.0f} among this archive's own best matches)" if percentile is not None else ""
     if report is None:
         return f"{head}\n\n(no report stored)"
     status = f"{report.status} version {report.version}"

@@ -18,6 +18,7 @@ from medcm.cli.import_command import add_import_parser
 from medcm.cli.model_commands import add_eval, add_synth, add_train
 from medcm.cli.query_commands import add_draft, add_search
 from medcm.cli.options import (
+    abstention_config,
     add_deid_options,
     add_draft_option,
     add_index_option,
@@ -141,7 +142,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     print(f"medcm review app: http://{args.host}:{args.port}  (Ctrl+C stops it)")
     url = db_url(args.db)
     serve(url, args.checkpoint, args.host, args.port, device=args.device, draft_config=draft_config(args.draft),
-          deid=deid_config_from_args(args, url), files_dir=args.files, index_backend=args.index_backend)
+          deid=deid_config_from_args(args, url), files_dir=args.files, index_backend=args.index_backend,
+          abstention=abstention_config(args))
     return 0
 
 

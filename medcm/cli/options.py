@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medcm.config import AbstentionConfig  # plain dataclasses: no torch
+
 if TYPE_CHECKING:  # the real imports are inside functions: `medcm --help` must not load torch
     from medcm.dicom.deid import DeidConfig
     from medcm.engine.facade import Engine
@@ -25,7 +27,7 @@ def db_url(value: str) -> str:
 def open_engine(args: argparse.Namespace, need_model: bool = True) -> Engine:
     """The engine over the `--db` store that a verb's parsed options ask for.
 
-    Reads `--db` and, where the verb has them, `--checkpoint`, `--device`, `--draft`, `--files`,
+    Reads `--db` and, where the verb has them, `--checkpoint`, `--device`, `--draft`, `--abstain-below`, `--files`,
     `--index-backend`, `--anatomy-prior` and the de-identification options (`add_deid_options`).
 
     Args:
@@ -49,7 +51,7 @@ def open_engine(args: argparse.Namespace, need_model: bool = True) -> Engine:
     return Engine(CaseStore(url), checkpoint=checkpoint, device=getattr(args, "device", None),
                   draft_config=draft_config(getattr(args, "draft", None)), deid=deid,
                   files_dir=getattr(args, "files", None), index_backend=getattr(args, "index_backend", "exact"),
-                  anatomy_prior=prior)
+                  anatomy_prior=prior, abstention=abstention_config(args))
 
 
 def add_draft_option(p: argparse.ArgumentParser, default: str) -> None:
@@ -57,6 +59,23 @@ def add_draft_option(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--draft", choices=DRAFT_CHOICES, default=default, help=(
         f"drafting preset (default: {default}): 'similarity' keeps the few sentences of the 5 nearest cases "
         "that best match the image; 'consensus' composes what most of the 40 nearest cases agree on"))
+    p.add_argument("--abstain-below", type=_percentile, default=AbstentionConfig.below_percentile, metavar="PCT",
+                   help=("no draft when the study's similarity to its nearest reports is below this percentile of "
+                         "the archive's own studies' (default: %(default)s; 0 turns this rule off)"))
+
+
+def abstention_config(args: argparse.Namespace) -> AbstentionConfig:
+    """The abstention settings a verb's `--abstain-below` asks for (the defaults where the verb has none)."""
+    below = getattr(args, "abstain_below", None)
+    return AbstentionConfig() if below is None else AbstentionConfig(below_percentile=below)
+
+
+def _percentile(value: str) -> float:
+    """An argparse type: a number from 0 to 100."""
+    number = float(value)
+    if not 0.0 <= number <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentile from 0 to 100, got {value}")
+    return number
 
 
 def draft_config(name: str | None) -> DraftConfig:

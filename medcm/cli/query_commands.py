@@ -55,8 +55,8 @@ def _run_search(args: argparse.Namespace) -> int:
         print(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
         return 0
     for rank, result in enumerate(results, start=1):
-        line = f"{rank}. study {result.study_uid}  score {result.score:.3f}  {result.modality} {result.body_part}".rstrip()
-        print(line)
+        print(f"{rank}. study {result.study_uid}  score {result.score:.3f}{_calibrated(result)}  "
+              f"{result.modality} {result.body_part}".rstrip())
         report = getattr(result, "report", None)
         if report is None:  # an image match: show the report of its study, if it has one
             latest = engine.store.latest_report(result.study_uid)
@@ -110,8 +110,12 @@ def _run_draft(args: argparse.Namespace) -> int:
             out.update(study_uid=study_uid, saved_version=saved.version if saved else None)
         print(json.dumps(out, indent=2))
         return 0
-    print("DRAFT — UNVERIFIED: to be reviewed, edited and signed by a clinician.")
-    print(draft.text() or "(no draft: the store has no similar case with a report)")
+    if draft.abstention is not None and draft.abstention.abstained:
+        print(f"NO DRAFT: {draft.abstention.reason}.")
+        print(f"  similar cases (weak matches): {', '.join(draft.source_cases) or 'none'}")
+    else:
+        print("DRAFT — UNVERIFIED: to be reviewed, edited and signed by a clinician.")
+        print(draft.text() or "(no draft: the store has no similar case with a report)")
     for sentence in draft.sentences:
         sources = ", ".join(f"{s.case_id} ({s.sentence_score:.2f})" for s in sentence.sources)
         print(f"  [{sentence.section}] {sentence.text} <- {sources}")
@@ -121,12 +125,20 @@ def _run_draft(args: argparse.Namespace) -> int:
     elif args.save:
         latest = engine.store.latest_report(study_uid)
         if not draft.text():
-            reason = "the draft is empty"
+            reason = "there is no draft" if draft.abstention and draft.abstention.abstained else "the draft is empty"
         else:
             who = f"signed by {latest.signed_by}" if latest.status == "signed" else f"a draft by {latest.author}"
             reason = f"its report version {latest.version} is {who}, which a machine draft never replaces"
         print(f"not saved: study {study_uid}: {reason}")
     return 0
+
+
+def _calibrated(result) -> str:
+    """"  percentile 45, weak match": a similar case's calibrated score and mark, where it has them; else ""."""
+    percentile = getattr(result, "percentile", None)
+    parts = ([] if percentile is None else [f"percentile {percentile:.0f}"]) + (
+        ["weak match"] if getattr(result, "weak", False) else [])
+    return "  " + ", ".join(parts) if parts else ""
 
 
 def _stored_study(engine, study: str) -> str | None:

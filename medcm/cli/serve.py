@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from medcm.config import AbstentionConfig
     from medcm.dicom.deid import DeidConfig
     from medcm.report.draft import DraftConfig
 
@@ -24,7 +25,7 @@ DEMO_NOTICE = (
     "Try uploading a held-out study the demo has not stored, e.g. {example}."
 )
 # Bump when the demo data, model or layout changes, so a stale cache is rebuilt instead of reused.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DEMO_SETTINGS = {"version": DEMO_VERSION, "n_train": 480, "n_dev": 60, "size": 192, "config": "cpu-small", "epochs": 12}
 
 
@@ -43,12 +44,14 @@ def data_dirs(db_url: str, base: Path | None = None) -> tuple[Path, Path]:
 def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860,
           demo_notice: str | None = None, block: bool = True, device: str | None = None,
           draft_config: DraftConfig | None = None, deid: DeidConfig | None = None,
-          files_dir: str | Path | None = None, index_backend: str = "exact"):
+          files_dir: str | Path | None = None, index_backend: str = "exact",
+          abstention: AbstentionConfig | None = None):
     """Open the store and the model once, then serve the review app (blocking unless `block=False`).
 
     Uploads are de-identified with `deid` (None: stored as they are) into `files_dir` (default
     beside a SQLite database file, see `medcm.paths.default_files_dir`). `index_backend` is
-    "exact" or "faiss" (see `medcm.engine.facade.Engine`).
+    "exact" or "faiss" (see `medcm.engine.facade.Engine`). `abstention` says when a draft abstains (None:
+    the defaults of `AbstentionConfig`).
 
     Every page and call needs a login (`medcm users add`); the store's accounts are checked by
     `ui.auth.make_auth`.
@@ -68,6 +71,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from db.store import CaseStore
+    from medcm.config import AbstentionConfig
     from medcm.report.draft import DraftConfig
     from medcm.engine.facade import Engine
     from ui.app import LAUNCH_OPTIONS, build_app
@@ -79,7 +83,8 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
         raise ValueError(f"{db_url}: no enabled user account to log in with; "
                          f"create one with `medcm users add NAME --role admin --db {db_url}`")
     engine = Engine(store, checkpoint=checkpoint, device=device, draft_config=draft_config or DraftConfig(),
-                    deid=deid, files_dir=files_dir, index_backend=index_backend)
+                    deid=deid, files_dir=files_dir, index_backend=index_backend,
+                    abstention=abstention or AbstentionConfig())
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
                max_file_size="2gb", auth=make_auth(store), **LAUNCH_OPTIONS)

@@ -25,13 +25,20 @@ FINDINGS_CR: tuple[str, ...] = (
 FINDINGS_CT: tuple[str, ...] = ("normal", "pulmonary nodule", "pleural effusion", "liver lesion")
 SIDES = ("right", "left")
 _FOV_MM = 350.0
+_VISIBLE = 0.05  # a drawn change this bright or more counts as part of a finding's mask (noise sd is 0.015)
 _STUDY_DESCRIPTIONS = {("CR", "CHEST"): "CHEST PA", ("CT", "CHEST"): "CT CHEST WITHOUT CONTRAST",
                        ("CT", "ABDOMEN"): "CT ABDOMEN WITH CONTRAST"}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: field-wise comparison of numpy arrays is ambiguous
 class DemoCase:
-    """One synthetic study: pixels `[H, W]` float32 in [0, 1], its report and what was drawn."""
+    """One synthetic study: pixels `[H, W]` float32 in [0, 1], its report and what was drawn.
+
+    Attributes:
+        mask: `[H, W]` bool, where the finding was drawn (the heart for cardiomegaly); None for a normal study.
+        boxes: one `(x0, y0, x1, y1)` pixel box per drawn part of the finding (x1, y1 exclusive; a
+            bilateral effusion has two), empty for a normal study.
+    """
 
     pixels: np.ndarray
     report: str
@@ -39,6 +46,8 @@ class DemoCase:
     modality: str
     body_part: str
     details: dict[str, str]
+    mask: np.ndarray | None = None
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass
@@ -141,6 +150,7 @@ def _heart_and_ribs(image: np.ndarray, s: _Scene) -> None:
     p, u = s.params, np.abs(s.xx - 0.5)
     half = p["ctr"] * p["w"]  # cardiothoracic ratio = heart width / inner thoracic width (2 w)
     heart = _ellipse(s, 0.63, 0.5 + 0.25 * half, 0.12, half)  # the heart lies mostly left of the midline
+    s.masks["heart"] = heart
     upper = (u < 0.055) & (s.yy > 0.05) & (s.yy < 0.6)
     image[heart | upper | _ellipse(s, 0.29, 0.55, 0.035, 0.035)] = 0.6  # with the aortic knob
     image[(u < 0.014) & (s.yy > 0.03) & (s.yy < 0.33)] = 0.3  # the air-filled trachea
@@ -156,7 +166,8 @@ def _cr_effusion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict
     for each in SIDES if side == "bilateral" else (side,):
         # Meniscus: the fluid climbs the lateral chest wall and fills the costophrenic angle.
         level = p[f"base_{each}"] + p["depth"] - height - 0.06 * np.clip((u - 0.06) / (p["w"] - 0.06), 0, 1) ** 2
-        image[s.masks[each] & (s.yy > level)] = 0.58
+        s.masks[f"finding:{each}"] = s.masks[each] & (s.yy > level)
+        image[s.masks[f"finding:{each}"]] = 0.58
     return {"side": side, "severity": severity}
 
 
@@ -168,7 +179,9 @@ def _cr_nodule(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[s
     else:  # lateral to the heart, above the dome
         box = (s.yy > 0.5) & (s.yy < p[f"base_{side}"] - 0.03) & (u > 0.21)
     cy, cx = _inside(s.masks[side] & box & (u < p["w"] - 0.05), rng)
-    image += 0.35 * _disc(s, cy, cx, mm / _FOV_MM / 2)
+    disc = _disc(s, cy, cx, mm / _FOV_MM / 2)
+    image += 0.35 * disc
+    s.masks["finding"] = disc >= 0.5
     return {"side": side, "zone": zone, "size_mm": str(mm)}
 
 
@@ -184,9 +197,11 @@ def _cr_pneumothorax(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> 
     # The lung falls away from the apex and the lateral wall towards the hilum, leaving air without markings.
     lung = (u < 0.06 + (p["w"] - 0.06) * (1 - f)) & (s.yy > p["apex"] + 8 * (u - 0.19) ** 2 + 0.35 * f)
     lung &= s.masks[side]
-    image[s.masks[side] & ~lung] = 0.05
+    gap, line = s.masks[side] & ~lung, lung & ~_eroded(lung)
+    image[gap] = 0.05
     image[lung] += 0.04  # the collapsed lung is denser
-    image[lung & ~_eroded(lung)] += 0.12  # the visceral pleural line
+    image[line] += 0.12  # the visceral pleural line
+    s.masks["finding"] = gap | line  # the air without lung markings, and the line that bounds it
     return {"side": side, "severity": severity}
 
 
@@ -198,7 +213,9 @@ def _cr_consolidation(image: np.ndarray, s: _Scene, rng: np.random.Generator) ->
         cy, cx = _inside(region, rng)
         patch += np.exp(-((s.yy - cy) ** 2 + (s.xx - cx) ** 2) / (2 * rng.uniform(0.03, 0.06) ** 2))
     patchy = np.clip(patch, 0, 1) * rng.uniform(0.6, 1.0, patch.shape)  # mottled, not a solid blob
-    image += 0.35 * _blur(patchy, 1.0) * region
+    opacity = 0.35 * _blur(patchy, 1.0) * region
+    image += opacity
+    s.masks["finding"] = opacity >= _VISIBLE
     return {"side": side, "zone": zone}
 
 
@@ -255,7 +272,9 @@ def _ct_nodule(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[s
     half = s.yy < 0.5 if zone == "upper" else s.yy >= 0.5
     core = _ellipse(s, 0.5, s.params[f"{side}_cx"], 0.2 - radius, 0.13 - radius)
     cy, cx = _inside(s.masks[side] & _eroded(_eroded(s.masks[side])) & core & half, rng)
-    image += 0.5 * _disc(s, cy, cx, radius) * s.masks[side]
+    disc = _disc(s, cy, cx, radius) * s.masks[side]
+    image += 0.5 * disc
+    s.masks["finding"] = disc >= 0.5
     return {"side": side, "zone": zone, "size_mm": str(mm)}
 
 
@@ -265,14 +284,17 @@ def _ct_effusion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict
     for each in SIDES if side == "bilateral" else (side,):
         # Supine: fluid layers in a posterior crescent; the lung floats anteriorly.
         floating = _ellipse(s, 0.5 - depth, s.params[f"{each}_cx"], 0.22, 0.15)
-        image[s.masks[each] & ~floating] = 0.45
+        s.masks[f"finding:{each}"] = s.masks[each] & ~floating
+        image[s.masks[f"finding:{each}"]] = 0.45
     return {"side": side, "severity": severity}
 
 
 def _ct_liver_lesion(image: np.ndarray, s: _Scene, rng: np.random.Generator) -> dict[str, str]:
     side, mm = pick(rng, SIDES), int(rng.integers(12, 41))
     cy, cx = (rng.uniform(0.42, 0.52), rng.uniform(0.25, 0.33)) if side == "right" else (0.38, rng.uniform(0.48, 0.54))
-    image -= 0.28 * _disc(s, cy, cx, mm / _FOV_MM / 2) * s.masks["liver"]  # hypodense
+    disc = _disc(s, cy, cx, mm / _FOV_MM / 2) * s.masks["liver"]
+    image -= 0.28 * disc  # hypodense
+    s.masks["finding"] = disc >= 0.5
     return {"side": side, "size_mm": str(mm)}
 
 
@@ -321,7 +343,41 @@ def make_demo_case(finding: str, modality: str, rng: np.random.Generator, size: 
     if modality == "CR":
         _heart_and_ribs(image, scene)
     pixels = _finish(image, noise, blur_px=0.004 * size if modality == "CR" else 0.5, noise=0.015)
-    return DemoCase(pixels, demo_report(finding, modality, body_part, details, wording), finding, modality, body_part, details)
+    parts = [m for name, m in scene.masks.items() if name == "finding" or name.startswith("finding:")]
+    if finding == "cardiomegaly":
+        parts = [scene.masks["heart"]]
+    parts = [m for m in parts if m.any()]
+    mask = np.logical_or.reduce(parts) if parts else None
+    return DemoCase(pixels, demo_report(finding, modality, body_part, details, wording), finding, modality, body_part,
+                    details, mask, tuple(_box(m) for m in parts))
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """`(x0, y0, x1, y1)` pixel box of a non-empty mask, x1 and y1 exclusive."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, list[int]]:
+    """Run-length code of a bool mask `[H, W]` in row-major order: run lengths alternating 0s and 1s, from 0s."""
+    flat = np.concatenate([[False], np.asarray(mask, dtype=bool).ravel(), [False]])
+    edges = np.flatnonzero(flat[1:] != flat[:-1])  # where runs of 1s start and end
+    bounds = np.concatenate([[0], edges, [] if edges.size and edges[-1] == mask.size else [mask.size]])
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": np.diff(bounds).astype(int).tolist()}
+
+
+def rle_to_mask(rle: dict[str, list[int]]) -> np.ndarray:
+    """The bool mask `[H, W]` of a `mask_to_rle` code.
+
+    Raises:
+        ValueError: the runs do not add up to the stated size.
+    """
+    height, width = (int(v) for v in rle["size"])
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    if counts.sum() != height * width:
+        raise ValueError(f"mask rle: runs add up to {counts.sum()} pixels, expected {height} x {width}")
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(height, width)
 
 
 def make_demo_cases(n: int, seed: int = 0, size: int = 192) -> list[DemoCase]:
@@ -352,6 +408,10 @@ def write_demo_archive(out_dir: str | Path, n_train: int = 480, n_dev: int = 60,
     stored MONOCHROME1, as many CR systems do. Files of the same names are overwritten; other
     files already in `out_dir` are left alone, so use an empty folder.
 
+    A case with a finding records where it was drawn in its `meta`, for grounding evaluation:
+    `finding_boxes` (`[x0, y0, x1, y1]` pixel boxes, x1 and y1 exclusive, one per drawn part) and
+    `finding_mask` (`mask_to_rle`; `rle_to_mask` reads it back).
+
     Returns:
         The manifest's path.
 
@@ -375,6 +435,8 @@ def write_demo_archive(out_dir: str | Path, n_train: int = 480, n_dev: int = 60,
                         body_part=case.body_part, monochrome1=case.modality == "CR" and number % 2 == 0)
             (folder / "report.txt").write_text(case.report + "\n", encoding="utf-8")
             meta = {"finding": case.finding, "modality": case.modality, "body_part": case.body_part, **case.details}
+            if case.mask is not None:  # where the finding was drawn, for grounding evaluation (pixel coordinates)
+                meta.update(finding_boxes=[list(b) for b in case.boxes], finding_mask=mask_to_rle(case.mask))
             lines.append({"image": f"studies/{case_id}/image.dcm", "report": case.report, "case_id": case_id,
                           "split": split, "meta": meta})
     manifest = out_dir / "manifest.jsonl"

@@ -2,7 +2,8 @@
 search, drafts, sign-off), built from the ingest pipeline (`ingest`, with its PNG `previews`), the index
 cache with its stamp files (`indexes`), the embedding pipeline that turns a study into vectors
 (`embed`), a stored study's vectors and files read back (`stored`), batch embedding of a stored archive
-(`embed_archive`), the machine-draft rule and export shared by the CLI and the app (`reports`) and the
+(`embed_archive`), abstention when the archive holds nothing like a study (`abstention`), a draft
+sentence's heatmap over the study (`grounding`), the machine-draft rule and export shared by the CLI and the app (`reports`) and the
 plain records handed to the store (`records`). It talks to the store through a protocol and never
 imports `db/`."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,12 +27,14 @@ import numpy as np
 import torch
 
 from medcm.checkpoint import Checkpoint, load_checkpoint
-from medcm.config import AnatomyPriorConfig
+from medcm.config import AbstentionConfig, AnatomyPriorConfig
 from medcm.dicom.deid import DeidConfig, pseudonymous_uid
 from medcm.dicom.read import DicomImage, DicomReadError
 import medcm.engine.embed as visual
+from medcm.engine.abstention import Abstainer, abstained_draft
 from medcm.engine.anatomy import AnatomyRanking, QuerySource
 from medcm.engine.embed_archive import EmbedSummary, embed_archive
+from medcm.engine.grounding import SentenceHeatmap, study_heatmap
 from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
 from medcm.engine.records import EmbeddingRecord
@@ -43,6 +45,7 @@ from medcm.index.faiss import FaissIndex
 from medcm.index.pgvector import PgVectorIndex
 from medcm.paths import default_files_dir, default_index_dir
 from medcm.report.draft import Draft, DraftConfig, SourceCase, draft_findings
+from medcm.report.draft_types import Abstention
 from medcm.report.text import report_text_for_training, split_sections
 from medcm.runtime import select_device
 
@@ -83,13 +86,16 @@ class CaseStoreLike(Protocol):
 
 @dataclass(frozen=True)
 class SimilarCase:
-    """A past case similar to the query, with the report the similarity was measured against."""
+    """A past case similar to the query, with the report the similarity was measured against; `percentile`
+    is its calibrated score and `weak` marks a poor match (`medcm.engine.abstention`)."""
 
     study_uid: str
     score: float
     report: str
     modality: str
     body_part: str
+    percentile: float | None = None
+    weak: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class Engine:
             vectors; enabled on the store here, which converts the stored vectors once).
         anatomy_prior: how image queries rank candidates (`medcm.engine.anatomy`); None: the checkpoint's
             `config.anatomy_prior`; `AnatomyPriorConfig()` turns it off (cosine order).
+        abstention: when drafts abstain, and how similar cases are scored (`medcm.engine.abstention`).
     """
 
     def __init__(
@@ -136,6 +143,7 @@ class Engine:
         files_dir: str | Path | None = None,
         index_backend: str = "exact",
         anatomy_prior: AnatomyPriorConfig | None = None,
+        abstention: AbstentionConfig = AbstentionConfig(),
     ) -> None:
         check_index_backend(index_backend, store)  # an unknown name or a missing FAISS fails here
         self.index_backend = index_backend
@@ -148,6 +156,7 @@ class Engine:
         self.draft_config = draft_config
         self._indexes = IndexCache(store, self.index_dir, index_backend)  # not used by pgvector
         self._anatomy = AnatomyRanking(store, anatomy_prior)
+        self._abstainer = Abstainer(store, abstention)
 
     @property
     def anatomy_prior(self) -> AnatomyPriorConfig:
@@ -297,10 +306,16 @@ class Engine:
 
     def _similar_cases(self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None,
                        source: QuerySource) -> list[SimilarCase]:
+        return self._assessed_cases(query, study_uids, k, filters, source)[0]
+
+    def _assessed_cases(self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None,
+                        source: QuerySource) -> tuple[list[SimilarCase], Abstention]:
+        """The similar cases with their calibrated scores, and whether a draft abstains (`medcm.engine.abstention`)."""
         checkpoint, pool = self._require_checkpoint(), self._anatomy.pool_size(k, self.checkpoint)
         hits = self.index(REPORT).search(query, k=pool, filters=_clean_filters(filters), exclude=self._own(study_uids))
         hits = self._anatomy.rank(hits, checkpoint, query, source, per_image=False)[:k]
-        return [self._similar_case(hit) for hit in hits]
+        return self._abstainer.check(self.index(REPORT), query, self._own(study_uids), source, self.model_id,
+                                     [self._similar_case(hit) for hit in hits])
 
     def _own(self, study_uids: set[str]) -> set[str]:
         """The query's studies as the store may know them: their UIDs, and their de-identified UIDs."""
@@ -338,6 +353,10 @@ class Engine:
         hits = self.index(IMAGE).search(vector, k=k, filters=_clean_filters(filters), group_by="study_uid")
         return [_image_match(hit) for hit in hits]
 
+    def sentence_heatmap(self, study_uid: str, sentence: str) -> SentenceHeatmap:
+        """Where in a stored study's image `sentence` is seen (`medcm.engine.grounding.study_heatmap`)."""
+        return study_heatmap(self._require_checkpoint(), self.store, study_uid, sentence, self.device)
+
     # ---------------------------------------------------------- draft and sign
     def draft(self, images: list[DicomImage], filters: Mapping[str, str] | None = None) -> Draft:
         """Draft findings for the query study from its most similar cases' reports (always unverified)."""
@@ -365,9 +384,11 @@ class Engine:
 
     def _draft(self, query: np.ndarray, study_uids: set[str], filters: Mapping[str, str] | None,
                source: QuerySource) -> Draft:
-        cases = self._similar_cases(query, study_uids, self.draft_config.top_k_cases, filters, source)
+        cases, abstention = self._assessed_cases(query, study_uids, self.draft_config.top_k_cases, filters, source)
+        if abstention.abstained:  # the archive holds nothing like the study: no sentence to copy
+            return abstained_draft([case.study_uid for case in cases], abstention)
         sources = [SourceCase(case.study_uid, case.score, case.report) for case in cases if case.report]
-        return draft_findings(query, sources, self.embed_texts, self.draft_config)
+        return replace(draft_findings(query, sources, self.embed_texts, self.draft_config), abstention=abstention)
 
     def sign(self, study_uid: str, text: str, signer: str) -> Any:
         """Sign the final report of a stored study; the signed case joins the retrieval pool at once."""

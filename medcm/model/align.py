@@ -20,6 +20,9 @@ from medcm.model.encoders.text import TextEncoder
 from medcm.model.encoders.volume import build_volume_encoder
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1/temperature, which keeps training stable
+# How sharply the local loss pools a text's cosines over an image's locations: 0 would be their mean,
+# infinity their maximum. 10 on cosines in [-1, 1] is GLoRIA's order of magnitude (its gammas are 4 to 10).
+LOCAL_SHARPNESS = 10.0
 
 
 @dataclass
@@ -32,12 +35,15 @@ class DualOutput:
         logit_scale: scalar, 1/temperature (already exponentiated and clamped).
         aux_logits: `[B2, K]` multi-task head logits of the 2D images (the first B2 rows), or None
             without a head or without 2D images.
+        local: `[B2, D, h, w]` the 2D images' local features in the shared space, L2-normalised per
+            location; only computed when the `local` loss has a weight (None otherwise).
     """
 
     image: torch.Tensor
     text: torch.Tensor
     logit_scale: torch.Tensor
     aux_logits: torch.Tensor | None = None
+    local: torch.Tensor | None = None
 
 
 class DualEncoder(nn.Module):
@@ -67,6 +73,20 @@ class DualEncoder(nn.Module):
         """Embed images `[B, 1, H, W]` (preprocessed) into `[B, D]`."""
         emb = self.image(images)
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_image_local(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Local features of images `[B, 1, H, W]` (preprocessed) in the shared space, `[B, D, h, w]`.
+
+        The trunk's last feature map before pooling goes through the same projection head at every
+        location (a 1×1 convolution with the head's weights), as BioViL does; L2-normalised per location,
+        so `(local * text[:, :, None, None]).sum(1)` is a cosine map. 3D volumes have no such map here:
+        ground one of their slices instead.
+        """
+        if images.ndim != 4:
+            raise ValueError(f"encode_image_local: got shape {tuple(images.shape)}, expected 2D images [B, C, H, W] "
+                             "(3D volumes are not supported yet: pass one slice)")
+        local = self.image.project_map(self.image.feature_map(images))
+        return F.normalize(local, dim=1) if normalize else local
 
     def encode_volume(self, volumes: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Embed prepared volumes into `[B, D]`: `[B, 1, D, H, W]` for "3d", `[B, K, 1, H, W]` for "2.5d".
@@ -104,9 +124,14 @@ class DualEncoder(nn.Module):
         The visual rows are the images' then the volumes', so one contrastive loss sees both kinds:
         each volume's negatives include 2D images and their reports, which keeps one shared space.
         """
-        visual, aux = [], None
+        visual, aux, local = [], None, None
         if images is not None and len(images):
-            feats = self.image.features(images)
+            if self.config.losses.get("local", 0) > 0:  # one trunk pass gives both the map and its pooled vector
+                feature_map = self.image.feature_map(images)
+                feats = feature_map.mean(dim=(2, 3))
+                local = F.normalize(self.image.project_map(feature_map), dim=1)
+            else:
+                feats = self.image.features(images)
             visual.append(F.normalize(self.image.proj(feats), dim=-1))
             if self.aux_head is not None:
                 aux = self.aux_head(visual[0] if self.config.aux_head.on_embedding else feats)
@@ -118,7 +143,7 @@ class DualEncoder(nn.Module):
         image = torch.cat(visual) if len(visual) > 1 else visual[0]
         if len(image) != len(text):
             raise ValueError(f"forward: got {len(image)} images and volumes but {len(text)} texts; expected one text each")
-        return DualOutput(image=image, text=text, logit_scale=self.scale(), aux_logits=aux)
+        return DualOutput(image=image, text=text, logit_scale=self.scale(), aux_logits=aux, local=local)
 
 
 def positive_mask(group_ids: list[str]) -> torch.Tensor:
@@ -159,6 +184,33 @@ def infonce_loss(
     return 0.5 * (_soft_cross_entropy(logits, positives) + _soft_cross_entropy(logits.t(), positives.t()))
 
 
+def local_infonce_loss(
+    local: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor | None = None
+) -> torch.Tensor:
+    """InfoNCE on each image's best-matching locations: a text should match some place in its own image
+    and no place in the others (the local term of BioViL / GLoRIA, multiple-instance style).
+
+    An image's score for a text is a soft maximum of their cosines over its locations (log-mean-exp at
+    `LOCAL_SHARPNESS`), so a finding that fills one place of the image need not raise the pooled vector.
+
+    Args:
+        local: `[B, D, h, w]` local features, L2-normalised per location.
+        text: `[B, D]` normalised text embeddings; row i is paired with image i.
+        logit_scale: 1/temperature.
+        positives: optional `[B, B]` mask of pairs that count as matches.
+
+    Returns:
+        Scalar: the symmetric cross-entropy over the batch's local scores.
+    """
+    cosines = torch.einsum("bdl,kd->bkl", local.flatten(2), text)  # [B images, B texts, locations]
+    pooled = (torch.logsumexp(LOCAL_SHARPNESS * cosines, dim=2) - math.log(cosines.shape[2])) / LOCAL_SHARPNESS
+    logits = logit_scale * pooled
+    if positives is None:
+        positives = torch.eye(len(local), device=local.device)
+    positives = positives.to(logits.device, logits.dtype)
+    return 0.5 * (_soft_cross_entropy(logits, positives) + _soft_cross_entropy(logits.t(), positives.t()))
+
+
 def mse_loss(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Mean squared distance between paired embeddings (sum over dimensions, mean over the batch)."""
     return (image - text).pow(2).sum(dim=-1).mean()
@@ -191,7 +243,8 @@ class AlignmentLoss(nn.Module):
     """Weighted sum of the selected alignment losses plus the optional multi-task loss.
 
     Args:
-        weights: loss name (`infonce`, `mse`, `kl`) → weight.
+        weights: loss name (`infonce`, `mse`, `kl`, `local`) → weight. `local` (`local_infonce_loss`)
+            needs the 2D images' local features in the output (`DualOutput.local`).
         aux_weight: weight of the multi-task head loss.
         aux_multi_label: the head is multi-label (BCE) rather than single-label (CE).
     """
@@ -209,7 +262,8 @@ class AlignmentLoss(nn.Module):
         self, out: DualOutput, positives: torch.Tensor | None = None, aux_targets: torch.Tensor | None = None
     ) -> LossOutput:
         # Similarities in float32 even under bf16 autocast: logits scaled by up to 100 need the precision.
-        out = DualOutput(out.image.float(), out.text.float(), out.logit_scale.float(), out.aux_logits)
+        local = None if out.local is None else out.local.float()
+        out = DualOutput(out.image.float(), out.text.float(), out.logit_scale.float(), out.aux_logits, local)
         parts: dict[str, torch.Tensor] = {}
         if "infonce" in self.weights:
             parts["infonce"] = infonce_loss(out.image, out.text, out.logit_scale, positives)
@@ -217,11 +271,21 @@ class AlignmentLoss(nn.Module):
             parts["mse"] = mse_loss(out.image, out.text)
         if "kl" in self.weights:
             parts["kl"] = kl_loss(out.image, out.text, out.logit_scale)
+        if "local" in self.weights:
+            parts["local"] = self._local_loss(out, positives)
         total = sum(self.weights[name] * value for name, value in parts.items())
         if out.aux_logits is not None and aux_targets is not None and self.aux_weight > 0:
             parts["aux"] = self._aux_loss(out.aux_logits, aux_targets)
             total = total + self.aux_weight * parts["aux"]
         return LossOutput(total=total, parts={k: float(v.detach()) for k, v in parts.items()})
+
+    def _local_loss(self, out: DualOutput, positives: torch.Tensor | None) -> torch.Tensor:
+        if out.local is None:
+            raise ValueError("loss 'local': got no local features (DualOutput.local); expected a forward pass of "
+                             "DualEncoder with model.losses['local'] > 0, without accum_steps > 1 or torchrun")
+        n = len(out.local)  # the 2D images are the first rows; volumes have no local map
+        return local_infonce_loss(out.local, out.text[:n], out.logit_scale,
+                                  None if positives is None else positives[:n, :n])
 
     def _aux_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.aux_multi_label:

@@ -54,6 +54,7 @@ def test_search_by_image_and_text_as_json(ingested, archive, trained_run):
     assert by_image.returncode == 0, by_image.stderr
     cases = json.loads(by_image.stdout)
     assert len(cases) == 3 and {"study_uid", "score", "report", "modality", "body_part"} <= set(cases[0])
+    assert (cases[0]["percentile"], cases[0]["weak"]) == (None, False)  # 8 studies: too few to calibrate
     by_text = medcm("search", "--text", "small round lesion", "--db", db, "--checkpoint", ckpt, "-k", 2, "--json")
     assert by_text.returncode == 0, by_text.stderr
     assert [set(hit) >= {"sop_instance_uid", "study_uid", "score"} for hit in json.loads(by_text.stdout)] == [True, True]
@@ -81,6 +82,46 @@ def test_draft_prints_an_unverified_draft_with_sources(ingested, synthetic_manif
     assert lines[0] == "DRAFT — UNVERIFIED: to be reviewed, edited and signed by a clinician."
     assert lines[1].startswith("FINDINGS:")
     assert any(" <- " in line for line in lines[2:])
+
+
+def test_draft_of_a_study_the_archive_holds_nothing_like_prints_why(ingested, synthetic_manifest, trained_run,
+                                                                     tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(synthetic_manifest.parent / "cases" / "dev-00005" / "image.dcm")
+    ds.Modality, ds.StudyInstanceUID = "MG", generate_uid()
+    ds.save_as(tmp_path / "mammogram.dcm")
+    ckpt = trained_run.best_dir.parent
+    done = medcm("draft", tmp_path / "mammogram.dcm", "--db", ingested[0], "--checkpoint", ckpt)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "NO DRAFT: this archive holds no MG studies."
+    assert lines[1].startswith("  similar cases (weak matches): ") and len(lines[1].split(", ")) == 5
+    assert "DRAFT — UNVERIFIED" not in done.stdout and " <- " not in done.stdout
+    as_json = json.loads(medcm("draft", tmp_path / "mammogram.dcm", "--db", ingested[0], "--checkpoint", ckpt,
+                               "--json").stdout)
+    assert as_json["sentences"] == [] and as_json["abstention"]["abstained"] is True
+    assert as_json["abstention"]["reason"] == "this archive holds no MG studies"
+    found = medcm("search", "--image", tmp_path / "mammogram.dcm", "--db", ingested[0], "--checkpoint", ckpt, "-k", 2)
+    assert [line.endswith("weak match  DX CHEST") for line in found.stdout.splitlines() if line[0].isdigit()] == [True] * 2
+
+
+def test_abstain_below_reaches_the_engine_and_is_checked(ingested, synthetic_manifest, trained_run):
+    from medcm.cli.commands import build_parser
+    from medcm.cli.options import abstention_config, open_engine
+
+    parser = build_parser()
+    for verb in ("draft", "serve"):
+        args = parser.parse_args([verb, *(["x.dcm"] if verb == "draft" else []), "--db", str(ingested[0]),
+                                  "--checkpoint", "ckpt", "--abstain-below", "12.5"])
+        assert abstention_config(args).below_percentile == 12.5
+    args.checkpoint = None  # the store alone: the engine is built without loading a model
+    assert open_engine(args, need_model=False)._abstainer.config.below_percentile == 12.5
+    assert abstention_config(parser.parse_args(["serve", "--db", "x", "--checkpoint", "c"])).below_percentile == 5.0
+    study = synthetic_manifest.parent / "cases" / "dev-00005" / "image.dcm"
+    bad = medcm("draft", study, "--db", ingested[0], "--checkpoint", trained_run.best_dir.parent, "--abstain-below", 150)
+    assert bad.returncode == 2 and "expected a percentile from 0 to 100, got 150" in bad.stderr
 
 
 def test_query_commands_need_a_checkpoint_and_a_readable_image(ingested, tmp_path, trained_run):

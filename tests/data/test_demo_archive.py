@@ -214,3 +214,75 @@ def test_a_small_model_learns_findings_from_the_demo_data(tmp_path, small_config
     majority = max(Counter(finding_of[p.case_id] for p in dev.pairs).values()) / len(dev.pairs)
     print(f"finding-level top-1 image->report accuracy {accuracy:.3f} (majority class {majority:.3f})")
     assert accuracy >= 2 * majority, (accuracy, majority)
+
+
+# --- where each finding was drawn (grounding truth) ---------------------------------------------
+
+LOCALISED = [("CR", "pleural effusion"), ("CR", "pulmonary nodule"), ("CR", "cardiomegaly"), ("CR", "pneumothorax"),
+             ("CR", "consolidation"), ("CT", "pulmonary nodule"), ("CT", "pleural effusion"), ("CT", "liver lesion")]
+
+
+def _grown(mask: np.ndarray, pixels: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(pixels):  # one pixel in each axis direction per step: absorbs the image's blur
+        out = out | np.roll(out, 1, 0) | np.roll(out, -1, 0) | np.roll(out, 1, 1) | np.roll(out, -1, 1)
+    return out
+
+
+@pytest.mark.parametrize("modality,finding", LOCALISED)
+def test_the_mask_and_boxes_are_where_the_finding_was_drawn(modality, finding):
+    normal_part = "ABDOMEN" if finding == "liver lesion" else None
+    case, normal = _pair(finding, modality, normal_part=normal_part)
+    assert case.mask is not None and case.mask.shape == case.pixels.shape and case.mask.dtype == bool
+    diff = case.pixels - normal.pixels  # same anatomy and noise: only the finding differs
+    changed = np.abs(diff) > 0.05  # a pneumothorax: its air gap and pleural line (the collapsed lung gains 0.04)
+    if finding == "cardiomegaly":
+        changed = diff > 0.05  # the heart's shadow grows; the lung it covers is what changes
+    assert changed.sum() > 5
+    inside = (changed & _grown(case.mask, 2)).sum() / changed.sum()
+    assert inside > 0.95, (finding, inside)
+    covered = (case.mask & _grown(changed, 2)).sum() / case.mask.sum()
+    if finding == "cardiomegaly":  # the mask is the whole heart, of which only the enlargement is new
+        assert covered > 0.3 and case.pixels[case.mask].mean() > 0.55, covered
+    else:
+        assert covered > 0.8, (finding, covered)
+    assert normal.mask is None and normal.boxes == ()
+    union = np.zeros_like(case.mask)
+    for x0, y0, x1, y1 in case.boxes:
+        assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE
+        union[y0:y1, x0:x1] = True
+        part = case.mask[y0:y1, x0:x1]  # tight: the mask touches all four sides of its box
+        assert part[0].any() and part[-1].any() and part[:, 0].any() and part[:, -1].any()
+    assert not (case.mask & ~union).any()
+
+
+def test_a_bilateral_effusion_has_a_box_on_each_side():
+    for modality in ("CR", "CT"):
+        case, _ = _pair("pleural effusion", modality, lambda c: c.details["side"] == "bilateral")
+        right, left = sorted(case.boxes)  # the patient's right is the image's left
+        assert right[2] <= SIZE // 2 <= left[0], case.boxes
+
+
+def test_masks_survive_the_manifest(tmp_path):
+    from medcm.data.demo_archive import rle_to_mask
+
+    manifest = write_demo_archive(tmp_path, n_train=12, n_dev=0, seed=4, size=48)
+    cases = make_demo_cases(12, seed=4, size=48)
+    for line, case in zip([json.loads(x) for x in manifest.read_text().splitlines()], cases):
+        if case.mask is None:
+            assert "finding_mask" not in line["meta"] and "finding_boxes" not in line["meta"]
+            continue
+        assert np.array_equal(rle_to_mask(line["meta"]["finding_mask"]), case.mask)
+        assert [tuple(b) for b in line["meta"]["finding_boxes"]] == list(case.boxes)
+
+
+def test_rle_round_trips_and_checks_its_size():
+    from medcm.data.demo_archive import mask_to_rle, rle_to_mask
+
+    rng = np.random.default_rng(0)
+    for mask in (rng.random((7, 9)) < 0.3, np.ones((3, 4), bool), np.zeros((2, 5), bool)):
+        rle = mask_to_rle(mask)
+        assert np.array_equal(rle_to_mask(rle), mask) and sum(rle["counts"]) == mask.size
+    assert mask_to_rle(np.array([[False, True], [True, True]]))["counts"] == [1, 3]
+    with pytest.raises(ValueError, match="runs add up to"):
+        rle_to_mask({"size": [2, 2], "counts": [1, 2]})

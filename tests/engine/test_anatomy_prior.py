@@ -12,7 +12,7 @@ import torch
 
 from db.store import CaseStore
 from medcm.checkpoint import save_checkpoint
-from medcm.config import AnatomyPriorConfig, AuxHeadConfig, get_config
+from medcm.config import AbstentionConfig, AnatomyPriorConfig, AuxHeadConfig, get_config
 from medcm.dicom.write import write_image
 import medcm.engine.anatomy as engine_anatomy
 from medcm.engine.anatomy import AnatomyRanking, query_anatomy, rerank, stored_regions
@@ -199,12 +199,15 @@ def test_an_engine_told_off_ranks_by_cosine_call_for_call(engine, checkpoint_dir
     """`anatomy_prior=AnatomyPriorConfig()` (the CLI's --anatomy-prior off) overrides the checkpoint's prior:
     the index is asked for k hits, and the prior reads nothing from the store."""
     query = _as(query_image, "MR", "CHEST")
-    off = Engine(engine.store, checkpoint=checkpoint_dir, device="cpu", anatomy_prior=AnatomyPriorConfig())
+    quiet = AbstentionConfig(below_percentile=0.0, header=False)  # abstention off: its own searches are not counted
+    off = Engine(engine.store, checkpoint=checkpoint_dir, device="cpu", anatomy_prior=AnatomyPriorConfig(),
+                 abstention=quiet)
+    on = Engine(engine.store, checkpoint=checkpoint_dir, device="cpu", abstention=quiet)
     expected = (off.similar_cases(query, k=3), off.similar_images(query, k=3))
-    for on in (engine, off):
-        _prior(monkeypatch, on, modality_weight=10.0, region_weight=10.0)
-    assert (off.anatomy_prior.active, engine.anatomy_prior.active) == (False, True)
-    for target, want_k in ((off, [3, 4]), (engine, [200, 201])):
+    for target in (on, off):
+        _prior(monkeypatch, target, modality_weight=10.0, region_weight=10.0)
+    assert (off.anatomy_prior.active, on.anatomy_prior.active) == (False, True)
+    for target, want_k in ((off, [3, 4]), (on, [200, 201])):
         calls, index = [], target.index
         monkeypatch.setattr(target, "index", lambda kind, index=index, calls=calls: _Recorder(index(kind), calls))
         matrix_calls = _count_calls(monkeypatch, target.store, "embedding_matrix")
@@ -216,8 +219,8 @@ def test_an_engine_told_off_ranks_by_cosine_call_for_call(engine, checkpoint_dir
         else:
             assert [[r.study_uid for r in rs] for rs in got] != [[r.study_uid for r in rs] for rs in expected]
         monkeypatch.undo()
-        for on in (engine, off):
-            _prior(monkeypatch, on, modality_weight=10.0, region_weight=10.0)
+        for again in (on, off):
+            _prior(monkeypatch, again, modality_weight=10.0, region_weight=10.0)
 
 
 # --- the engine: stored studies, drafts, the cache (these add studies to the store: keep them last) --------------------

@@ -39,10 +39,8 @@ def cases(synthetic_manifest):
 
 
 @pytest.fixture(scope="module")
-def engine(cases, trained_run, tmp_path_factory):
-    root = tmp_path_factory.mktemp("study-queries")
-    for i in range(N_POOL):
-        shutil.copytree(cases / f"train-{i:05d}", root / "pool" / f"train-{i:05d}")
+def engine(synthetic_pool, trained_run):
+    root = synthetic_pool(N_POOL, "study-queries")
     engine = Engine(CaseStore(f"sqlite:///{root / 'cases.db'}"), checkpoint=trained_run.best_dir.parent, device="cpu")
     assert engine.ingest([root / "pool"]).added_embeddings == 2 * N_POOL
     return engine

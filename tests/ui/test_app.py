@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import sys
 import typing
@@ -47,12 +46,10 @@ def cases(synthetic_manifest):
 
 
 @pytest.fixture(scope="module")
-def served(cases, trained_run, tmp_path_factory):
+def served(synthetic_pool, trained_run):
     """An engine over 40 synthetic training cases, and the app serving it on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("ui")
+    root = synthetic_pool(N_POOL, "ui")
     pool = root / "pool"
-    for i in range(N_POOL):
-        shutil.copytree(cases / f"train-{i:05d}", pool / f"train-{i:05d}")
     store = CaseStore(f"sqlite:///{root / 'cases.db'}")
     engine = Engine(store, checkpoint=trained_run.best_dir.parent, device="cpu")
     assert engine.ingest([pool], user="tester").added_reports == N_POOL
@@ -92,7 +89,7 @@ def test_binds_to_localhost_and_shows_the_notices(served):
 
 def test_api_page_lists_only_the_named_endpoints(served):
     endpoints = served.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/search", "/draft", "/sign", "/export", "/search_text"}
+    assert set(endpoints) == {"/search", "/draft", "/sign", "/export", "/search_text", "/heatmap"}
     assert not served.client.view_api(print_info=False, return_format="dict")["unnamed_endpoints"]
 
 
@@ -105,6 +102,7 @@ def test_search_returns_similar_cases_best_first(served, cases):
     for case in result:
         assert case["report"].startswith("FINDINGS:") and case["study_uid"] in stored
         assert (case["modality"], case["body_part"]) == ("DX", "CHEST")
+        assert 0.0 <= case["percentile"] <= 100.0 and case["weak"] == (case["percentile"] < 5.0)  # calibrated
     assert served.client.predict(gradio_client.handle_file(_dev(cases, 4)), 3, api_name="/search")[0] == result[0]
 
 
@@ -116,6 +114,44 @@ def test_draft_is_unverified_and_every_sentence_names_stored_sources(served, cas
         assert sentence["section"] in ("FINDINGS", "IMPRESSION") and sentence["text"] in result["text"]
         assert sentence["sources"] and all(src["case_id"] in stored for src in sentence["sources"])
     assert served.store.get_study(result["study_uid"]).status == "drafted"
+    assert (result["abstained"], result["reason"], result["abstention"]["abstained"]) == (False, "", False)
+    assert result["abstention"]["nearest_similarity"] >= result["abstention"]["threshold"]
+    assert {c["study_uid"] for c in result["similar_cases"]} == set(result["source_cases"])
+    assert all(c["percentile"] is not None and "report" not in c for c in result["similar_cases"])
+
+
+def _as_modality(cases, i: int, modality: str, folder: Path) -> str:
+    """Dev case `i` as a new study of another modality (e.g. a mammogram, MG): what the archive does not hold."""
+    ds = pydicom.dcmread(_dev(cases, i))
+    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = modality, generate_uid(), generate_uid()
+    ds.save_as(folder / f"{modality}.dcm")
+    return str(folder / f"{modality}.dcm")
+
+
+def test_draft_of_a_mammogram_abstains_with_the_reason_the_numbers_and_weak_cases(served, cases, tmp_path):
+    result = served.client.predict(gradio_client.handle_file(_as_modality(cases, 8, "MG", tmp_path)),
+                                   api_name="/draft")
+    assert (result["abstained"], result["reason"]) == (True, "this archive holds no MG studies")
+    assert (result["text"], result["sentences"], result["verified"]) == ("", [], False)
+    numbers = result["abstention"]
+    assert 0.0 < numbers["nearest_similarity"] <= 1.0 and 0.0 < numbers["typical_similarity"] <= 1.0
+    assert 0.0 <= numbers["percentile"] <= 100.0 and numbers["neighbours"] == 5
+    assert len(result["similar_cases"]) == 5 and all(c["weak"] for c in result["similar_cases"])
+    assert [c["study_uid"] for c in result["similar_cases"]] == result["source_cases"]
+    assert served.store.latest_report(result["study_uid"]) is None  # nothing to save
+    assert served.store.get_study(result["study_uid"]).status == "new"
+
+
+def test_the_app_shows_the_abstention_where_the_draft_would_be(served, cases, tmp_path):
+    h = served.handlers
+    study = h.on_upload([_as_modality(cases, 9, "US", tmp_path)], "default", CLINICIAN)[0]
+    found, gallery, table = h.on_similar(study, CLINICIAN)
+    assert list(table["match"]) == ["weak"] * 5 and all(p.startswith("p") for p in table["percentile"])
+    assert all("weak match" in caption for _, caption in gallery)
+    sentences, text, provenance, marker = h.on_draft(study, CLINICIAN)
+    assert (sentences, text, len(provenance)) == ([], "", 0)
+    assert marker.startswith("### No draft") and "This archive holds no US studies." in marker
+    assert "UNVERIFIED DRAFT" not in marker
 
 
 def test_sign_stores_the_report_and_refuses_empty_text(served, cases):
@@ -409,9 +445,11 @@ def test_a_volume_upload_scrolls_by_position_and_gets_cases_and_a_draft(served, 
     means = [np.asarray(h.render_view(study, "default", 0, k, VIEWER), dtype=float).mean() for k in range(8)]
     assert means == sorted(means) and means[0] < means[-1]  # slice k is the k-th along the normal
     cases, _, _ = h.on_similar(study, CLINICIAN)
-    _, text, _, _ = h.on_draft(study, CLINICIAN)
-    assert len(cases) == 5 and study_uid not in {c.study_uid for c in cases} and text.strip()
-    assert served.store.latest_report(study_uid).status == "draft"
+    _, text, _, marker = h.on_draft(study, CLINICIAN)
+    assert len(cases) == 5 and study_uid not in {c.study_uid for c in cases} and all(c.weak for c in cases)
+    # the archive holds DX chest radiographs only: a CT study gets no draft, and is told why
+    assert text == "" and "This archive holds no CT studies." in marker
+    assert served.store.latest_report(study_uid) is None
 
 
 def _dataset_bytes(ds) -> bytes:

@@ -68,9 +68,12 @@ class EfficientNetLiteTrunk(nn.Module):
         self.out_dim = int(net._bn1.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, 1280, h, w]`: the head's activations before global pooling (h = w = side / 32)."""
         x = self.act(self.bn0(self.stem(self.pad(x))))
         for index, block in enumerate(self.blocks):
             # Stochastic depth grows with depth, as in the network's own forward pass.
             x = block(x, drop_connect_rate=self.drop_connect_rate * index / len(self.blocks))
-        x = self.act(self.bn1(self.head(x)))
-        return x.mean(dim=(2, 3))
+        return self.act(self.bn1(self.head(x)))

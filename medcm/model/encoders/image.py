@@ -5,6 +5,8 @@ This is the only module that builds MONAI networks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -38,6 +40,10 @@ class _DenseNetTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x))
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, F, h, w]`: what the pooling averages (the features after the classifier's ReLU)."""
+        return self.pool[0](self.features(x))
+
 
 class _ViTTrunk(nn.Module):
     """MONAI ViT without its classification token; the patch tokens are mean-pooled."""
@@ -49,6 +55,14 @@ class _ViTTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.vit(x)
         return tokens.mean(dim=1)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, F, h, w]`: the patch tokens on their grid (a square input: h = w = side / patch size)."""
+        tokens, _ = self.vit(x)
+        side = math.isqrt(tokens.shape[1])
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"ViT feature map: got {tokens.shape[1]} patch tokens, expected a square grid")
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
 
 
 def build_trunk(config: ImageEncoderConfig, image_size: int) -> nn.Module:
@@ -113,6 +127,33 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(images))
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's last feature map before pooling, `[B, feature_dim, h, w]`; its mean over (h, w) is `features`."""
+        return trunk_feature_map(self.trunk, images)
+
+    def project_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The projection head applied at every location of `[B, F, h, w]`, giving `[B, embed_dim, h, w]`.
+
+        On channels-last rows a Linear (or Linear-GELU-Linear) head is exactly a 1×1 convolution with its weights.
+        """
+        return self.proj(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def trunk_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The last feature map `[B, F, h, w]` of a trunk built by `build_trunk`, before its global pooling.
+
+    Raises:
+        ValueError: the trunk has no spatial map to give (not one `build_trunk` makes).
+    """
+    if hasattr(trunk, "feature_map"):
+        return trunk.feature_map(images)
+    if hasattr(trunk, "layer4") and hasattr(trunk, "avgpool"):  # MONAI ResNet: its forward() without the pooling
+        x = trunk.act(trunk.bn1(trunk.conv1(images)))
+        if not trunk.no_max_pool:
+            x = trunk.maxpool(x)
+        return trunk.layer4(trunk.layer3(trunk.layer2(trunk.layer1(x))))
+    raise ValueError(f"feature map: got a {type(trunk).__name__} trunk, expected one built by build_trunk")
 
 
 def _probe_feature_dim(trunk: nn.Module, config: ImageEncoderConfig, image_size: int) -> int:
