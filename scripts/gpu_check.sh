@@ -55,5 +55,5 @@ START=$(date +%s)
   --query-split dev --out "$RUN_DIR/eval-dev.json" --quiet > "$OUT/eval.log" 2>&1 || fail "eval failed (rc $?)"
 echo "eval wall seconds: $(( $(date +%s) - START ))" | tee -a "$SUMMARY"
 for f in eval-dev.json eval-dev.md; do [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "$OUT/$f"; done
-awk -F', ' '{gsub(/ %/,"",$2); gsub(/ MiB/,"",$3); u+=$2; if ($3>m) m=$3; n++} END {if (n) printf "GPU utilisation mean %.0f%%, memory peak %d MiB over %d samples\n", u/n, m, n}' \
+awk -F', ' '{gsub(/ %/,"",$2); gsub(/ MiB/,"",$3); u+=$2; if ($3+0>m) m=$3+0; n++} END {if (n) printf "GPU utilisation mean %.0f%%, memory peak %d MiB over %d samples\n", u/n, m, n}' \
   "$OUT/nvidia-smi.csv" | tee -a "$SUMMARY"
