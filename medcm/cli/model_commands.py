@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from medcm.cli.options import add_draft_option, draft_config
+from medcm.cli.options import abstention_config, add_draft_option, draft_config
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -151,7 +151,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                                      "region_weight": args.region_weight}.items() if v is not None}
         prior = dataclasses.replace(checkpoint.config.anatomy_prior, **weights)
     results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(draft_config(args.draft), **overrides),
-                       device=device, seed=args.seed, progress=not args.quiet, prior=prior)
+                       device=device, seed=args.seed, progress=not args.quiet, prior=prior,
+                       abstention=abstention_config(args))
     for error in results["errors"]:
         print(f"error: {error}", file=sys.stderr)
     paths = write_results(results, args.out)
@@ -159,8 +160,21 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(f"image→report R@1/5/10 {i2r['R@1']:.3f}/{i2r['R@5']:.3f}/{i2r['R@10']:.3f}; "
           f"region P@1 {_fmt_optional(results['retrieval']['region_P@1'])}; "
           f"draft BLEU-4 {draft['BLEU-4']:.4f} ROUGE-L {draft['ROUGE-L']:.4f}")
+    if "abstention" in results["trust"]:
+        print(abstention_summary(results["trust"]["abstention"]))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def abstention_summary(block: dict) -> str:
+    """One line of `medcm.eval.abstention`'s block: abstained queries in distribution and leave-one-region-out."""
+    inside, outside = block["in_distribution"], block.get("out_of_distribution")
+    line = f"abstained: in distribution {inside['abstained']}/{inside['n']}"
+    if not inside["calibrated"]:
+        line += f" (pool too small to calibrate: {inside['calibrated_studies']} studies)"
+    if outside is None:
+        return line + "; leave one region out not measured (no region metadata)"
+    return line + f"; leave one region out {outside['abstained']}/{outside['n']}"
 
 
 def _fmt_optional(value: float | None) -> str:

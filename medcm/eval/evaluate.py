@@ -10,7 +10,9 @@ CT/MR/PT series embedded as a volume (`medcm.engine.embed`). Trust measures (`me
 self-contradiction rate and diversity of the drafts and of every baseline, a paired randomization test
 against the best non-oracle baseline, and a seeded sample of drafts beside their references to read;
 where the queries' metadata carry the truth (the demo's "finding" and "side"), finding-level precision,
-recall, laterality and hallucination of every system (`medcm.eval.findings`).
+recall, laterality and hallucination of every system (`medcm.eval.findings`); and how often the product's
+similarity abstention refuses to draft, for in-distribution queries and for queries of a body region left
+out of the pool (`medcm.eval.abstention`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from medcm.eval.baselines import (
     random_matching_reports,
     random_reports,
 )
+from medcm.eval.abstention import abstention_block
 from medcm.eval.anatomy import Anatomy, case_anatomy, image_anatomy
 from medcm.eval.metrics import corpus_meteor, draft_metrics
-from medcm.config import AnatomyPriorConfig
+from medcm.config import AbstentionConfig, AnatomyPriorConfig
 from medcm.index.anatomy import anatomy_bonus, prior_scores
 from medcm.eval.retrieval import DEFAULT_KS, first_hit_ranks, recall_at_k
 from medcm.eval.findings import finding_block
+from medcm.eval.grounding import grounding_block
 from medcm.eval.trust import CEILINGS, SAMPLE_COUNT, build_samples, trust_block
 from medcm.model.preprocess import prepare_image
 from medcm.report.text import findings_text, report_text_for_training
@@ -298,7 +302,8 @@ def cached_sentence_embedder(checkpoint: Checkpoint, device: torch.device) -> Ca
 
 def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_records: list[ManifestRecord], *,
              draft_config: DraftConfig = DraftConfig(), device: torch.device | str = "cpu", seed: int = 0,
-             progress: bool = False, prior: AnatomyPriorConfig | None = None) -> dict[str, Any]:
+             progress: bool = False, prior: AnatomyPriorConfig | None = None,
+             abstention: AbstentionConfig = AbstentionConfig()) -> dict[str, Any]:
     """Run the whole evaluation and return the JSON-ready results (see the module doc).
 
     Args:
@@ -311,6 +316,8 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
         progress: show progress bars.
         prior: rank image queries' candidates (reports, images, drafting sources) with this anatomy
             prior (`medcm.index.anatomy`); None ranks by cosine alone.
+        abstention: the abstention settings whose similarity rule is measured (`medcm.eval.abstention`);
+            with `below_percentile` 0 the trust block has no abstention.
 
     Raises:
         ValueError: the pool or the queries are empty, share case ids, or no query image is readable.
@@ -350,6 +357,10 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     trust = trust_block(systems, refs, "draft", {k: v for k, v in texts.items() if k not in CEILINGS}, baselines, seed=seed)
     if found := finding_block(systems, query_meta, scored, trust["self_contradiction"]):
         trust["findings"] = found
+    if grounded := grounding_block(checkpoint, query_records, device=device):
+        trust["grounding"] = grounded
+    if abstained := abstention_block(pool, queries, abstention):
+        trust["abstention"] = abstained
     return {
         "checkpoint": str(checkpoint.path),
         "model_id": checkpoint.model_id,

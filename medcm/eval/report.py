@@ -2,8 +2,9 @@
 (FILE.samples.md) and PNG plots.
 
 Plots: `FILE.recall.png` (image→report recall@K) and `FILE.draft.png` (draft metrics of the
-system and every baseline; beside them, with trust measures, self-contradiction and diversity, and
-where the queries' truth is known, finding F1 and the share of hallucinating texts).
+system and every baseline; beside them, with trust measures, self-contradiction and diversity, where
+the queries' truth is known, finding F1 and the share of hallucinating texts, and for the draft the
+share of in-distribution and left-out-region queries its abstention refuses).
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ def trust_lines(trust: dict[str, Any]) -> list[str]:
                      f"| {_fmt(row['p_value'])} |")
     if trust.get("findings"):
         lines += finding_lines(trust["findings"])
+    if trust.get("grounding"):
+        lines += grounding_lines(trust["grounding"])
+    if trust.get("abstention"):
+        lines += abstention_lines(trust["abstention"])
     if trust.get("contradiction_examples"):
         lines += ["", "Self-contradicting drafts (first few):", ""]
         lines += [f"- {_TRUST_NAMES.get(x['system'], x['system'])}, query {x['query']}: {pair}"
@@ -134,6 +139,56 @@ def finding_lines(findings: dict[str, Any]) -> list[str]:
         lines += ["", "Not judged (finding outside the checker's table): "
                   + ", ".join(f"{k} {v}" for k, v in findings["unscorable"].items())]
     return lines
+
+
+def grounding_lines(grounding: dict[str, Any]) -> list[str]:
+    """The pointing game (`medcm.eval.grounding.summarize`): hits against the random point's rate, overall,
+    per finding and per modality."""
+    lines = ["", f"Grounding, the pointing game: the heatmap of the reference sentence stating the finding peaks within "
+             f"{grounding['tolerance_px']} px of where the finding is drawn ({grounding['method']}); random: the share "
+             "of the image within that reach (a uniformly random point's hit rate).", "",
+             "| studies | n | pointing game | random | median miss (px) |", "|---|---|---|---|---|"]
+    groups = [("all", grounding["overall"])]
+    groups += [(f"finding: {name}", block) for name, block in grounding.get("per_finding", {}).items()]
+    groups += [(f"modality: {name or 'unknown'}", block) for name, block in grounding.get("per_modality", {}).items()]
+    for name, block in groups:
+        lines.append(f"| {name} | {block['n']} | {_fmt(block.get('pointing_game'))} | {_fmt(block.get('random'))} "
+                     f"| {_px(block.get('median_distance_px'))} |")
+    return lines
+
+
+def abstention_lines(abstention: dict[str, Any]) -> list[str]:
+    """Abstention (`medcm.eval.abstention`): in distribution, leave one region out per region, the targets."""
+    inside, outside = abstention["in_distribution"], abstention.get("out_of_distribution")
+    lines = ["", f"Abstention ({abstention['note']}): a query abstains when its mean cosine to its "
+             f"{abstention['neighbours']} most similar pool reports is below the {abstention['below_percentile']:g}th "
+             "percentile of the pool's own studies (leave-one-study-out). In distribution: against the whole pool. "
+             "Leave one region out: each region's queries against the pool without that region, recalibrated.", "",
+             "| queries | pool cases | abstained | rate | threshold | typical | median similarity |",
+             "|---|---|---|---|---|---|---|", _abstention_row("in distribution", inside)]
+    if outside is None:
+        lines += ["", "Leave one region out: not measured (the queries state no region)."]
+    else:
+        lines += [_abstention_row(f"without {region}", row) for region, row in outside["regions"].items()]
+        lines.append(f"| leave one region out, all | | {outside['abstained']}/{outside['n']} | {_fmt(outside['rate'])} "
+                     "| | | |")
+        if outside["not_judged"]:
+            lines += ["", *(f"Not judged, {region}: {why}." for region, why in outside["not_judged"].items())]
+        if outside["no_region"]:
+            lines += ["", f"{outside['no_region']} query case(s) state no region and are left out of that test."]
+    lines += ["", "| target | bound | value | met |", "|---|---|---|---|"]
+    lines += [f"| {name} | {t['target']} | {_fmt(t['value'])} | {'n/a' if t['met'] is None else 'yes' if t['met'] else 'NO'} |"
+              for name, t in abstention["targets"].items()]
+    return lines
+
+
+def _px(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _abstention_row(name: str, row: dict[str, Any]) -> str:
+    return (f"| {name} | {row['pool_cases']} | {row['abstained']}/{row['n']} | {_fmt(row['rate'])} "
+            f"| {_fmt(row['threshold'])} | {_fmt(row['typical'])} | {_fmt(row['median_similarity'])} |")
 
 
 def _fmt(value: float | None) -> str:
@@ -167,8 +222,9 @@ def _plot_draft(results: dict[str, Any], path: Path) -> None:
                     "most common": ("diversity", "top_share")}
         trust_rows = [(SYSTEM if n == "draft" else _TRUST_NAMES.get(n, n),
                        {**{label: trust[block][n].get(key) or 0.0 for label, (block, key) in measures.items()},
-                        **_finding_bars(trust, n)}) for n in names]
-        labels = [*measures, *(["finding F1", "hallucinating"] if trust.get("findings") else [])]
+                        **_finding_bars(trust, n), **(_abstention_bars(trust) if n == "draft" else {})}) for n in names]
+        labels = [*measures, *(["finding F1", "hallucinating"] if trust.get("findings") else []),
+                  *_abstention_bars(trust)]
         _grouped_bars(axes[0][1], trust_rows, labels, "share of texts", "trust: contradiction, diversity, findings",
                       colour)
     _save(fig, path)
@@ -178,6 +234,17 @@ def _finding_bars(trust: dict[str, Any], name: str) -> dict[str, float]:
     """A system's finding F1 and hallucinating share for the trust plot (none without a findings block)."""
     system = (trust.get("findings") or {}).get("systems", {}).get(name)
     return {"finding F1": system["f1"] or 0.0, "hallucinating": system["hallucination"]["rate"] or 0.0} if system else {}
+
+
+def _abstention_bars(trust: dict[str, Any]) -> dict[str, float]:
+    """The draft's abstention rates for the trust plot (none without an abstention block; OOD only when measured)."""
+    block = trust.get("abstention")
+    if not block:
+        return {}
+    bars = {"abstained\n(in-dist.)": block["in_distribution"]["rate"] or 0.0}
+    if (block.get("out_of_distribution") or {}).get("rate") is not None:
+        bars["abstained\n(OOD)"] = block["out_of_distribution"]["rate"]
+    return bars
 
 
 def _grouped_bars(ax, rows: list[tuple[str, dict[str, float]]], metrics: list[str], ylabel: str, title: str,
