@@ -3,9 +3,9 @@ search, drafts, sign-off), built from the ingest pipeline (`ingest`, with its PN
 cache with its stamp files (`indexes`), the embedding pipeline that turns a study into vectors
 (`embed`), a stored study's vectors and files read back (`stored`), batch embedding of a stored archive
 (`embed_archive`), abstention when the archive holds nothing like a study (`abstention`), a draft
-sentence's heatmap over the study (`grounding`), the machine-draft rule and export shared by the CLI and the app (`reports`) and the
-plain records handed to the store (`records`). It talks to the store through a protocol and never
-imports `db/`."""
+sentence's heatmap over the study (`grounding`), the machine-draft rule and export shared by the CLI and
+the app (`reports`) and the plain records handed to the store (`records`). It talks to the store through
+a protocol (`store_protocol`) and never imports `db/`."""
 
 from medcm.engine.facade import Engine, ImageMatch, IngestResult, SimilarCase
 
