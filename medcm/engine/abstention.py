@@ -34,11 +34,12 @@ import numpy as np
 from medcm.config import AbstentionConfig
 from medcm.dicom.read import DicomImage
 from medcm.index.anatomy import coarse_regions, modality_set
-from medcm.index.calibration import Calibration, calibrate
+from medcm.index.calibration import Calibration, calibrate, unit_rows
 from medcm.report.draft_types import Abstention, Draft
 
 __all__ = ["Abstainer", "ArchiveHeaders", "ArchiveProfile", "QueryHeader", "abstained_draft", "archive_headers",
-           "header_reason", "modality_kind", "query_headers", "similarity_abstention", "stated_regions"]
+           "header_reason", "modality_kind", "query_headers", "similarity_abstention", "stated_regions",
+           "usable_calibration"]
 
 QuerySource = Sequence[DicomImage] | str  # an upload's images, or a stored study's UID
 Case = TypeVar("Case")  # a dataclass with `score`, `percentile` and `weak` (`medcm.engine.facade.SimilarCase`)
@@ -196,6 +197,11 @@ def header_reason(query: Sequence[QueryHeader], archive: ArchiveHeaders, own: Co
     return f"this archive holds no {'/'.join(sorted(named))} {'/'.join(sorted(shared))} studies"
 
 
+def usable_calibration(calibration: Calibration, config: AbstentionConfig) -> Calibration | None:
+    """The calibration when it holds at least `config.min_studies` studies; None (too coarse to judge) else."""
+    return calibration if calibration.studies >= config.min_studies else None
+
+
 def similarity_abstention(similarity: float | None, calibration: Calibration | None,
                           config: AbstentionConfig) -> Abstention:
     """The similarity rule's verdict on a query whose neighbourhood similarity is `similarity`.
@@ -241,7 +247,7 @@ class Abstainer:
             images = self.store.embedding_matrix("image", model_id)
             reports = self.store.embedding_matrix("report", model_id)
             studies = [str(meta.get("study_uid") or sop) for meta, sop in zip(images.meta, images.keys)]
-            calibration = calibrate(images.vectors, studies, _normalised(reports.vectors), list(reports.keys),
+            calibration = calibrate(images.vectors, studies, unit_rows(reports.vectors), list(reports.keys),
                                     self.config.neighbours, self.config.max_studies, self.config.seed)
             cached = (key, ArchiveProfile(calibration, archive_headers(images.meta, images.keys)))
             self._cached = cached
@@ -267,7 +273,7 @@ class Abstainer:
         if not self.config.active:
             return list(cases), Abstention(False, "", neighbours=self.config.neighbours)
         profile = self.profile(model_id)
-        calibration = profile.calibration if profile.calibration.studies >= self.config.min_studies else None
+        calibration = usable_calibration(profile.calibration, self.config)
         hits = reports.search(query, k=self.config.neighbours, exclude=own)
         similarity = float(np.mean([hit.score for hit in hits])) if hits else None
         verdict = similarity_abstention(similarity, calibration, self.config)
@@ -286,10 +292,3 @@ class Abstainer:
 def abstained_draft(case_ids: Sequence[str], abstention: Abstention) -> Draft:
     """The draft of an abstained study: no sentences, its (weak) similar cases still named."""
     return Draft(sentences=(), dropped=(), source_cases=tuple(case_ids), abstention=abstention)
-
-
-def _normalised(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, np.float32)
-    if vectors.ndim != 2:
-        return np.zeros((0, 1), np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -16,8 +16,7 @@ import torch
 
 from medcm.checkpoint import Checkpoint
 from medcm.engine.stored import read_stored
-from medcm.model.grounding import GroundingConfig, heatmap_peak, sentence_heatmaps, to_image_grid
-from medcm.model.preprocess import normalize, resize_and_pad, select_frame
+from medcm.model.grounding import GroundingConfig, heatmap_peak, image_heatmap
 
 __all__ = ["SentenceHeatmap", "grounded_instance", "heatmap_grid", "overlay", "study_heatmap"]
 
@@ -78,14 +77,8 @@ def study_heatmap(checkpoint: Checkpoint, store: StudyStoreLike, study_uid: str,
     if not (sentence or "").strip():
         raise ValueError("grounding: the sentence is empty; expected a sentence of the draft or the report")
     instance = grounded_instance(store.get_study(study_uid).instances)
-    image = read_stored(instance)
-    preprocess = checkpoint.config.preprocess
-    frame = select_frame(image.pixels, preprocess.frame)
-    model = checkpoint.model.eval()
-    prepared = normalize(resize_and_pad(frame, preprocess.image_size), preprocess)[None].to(device)
-    text = model.encode_text([sentence.strip()]).float()
-    square = sentence_heatmaps(model, prepared, text, config, preprocess)[0, 0].cpu().numpy()
-    heat = to_image_grid(square, frame.shape)
+    frame, heat = image_heatmap(checkpoint.model.eval(), read_stored(instance).pixels, sentence.strip(),
+                                checkpoint.config.preprocess, config, device)
     return SentenceHeatmap(study_uid, instance.sop_instance_uid, sentence.strip(), heat, frame, heatmap_peak(heat),
                            config.method)
 

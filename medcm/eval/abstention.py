@@ -21,8 +21,8 @@ import numpy as np
 
 from medcm.config import AbstentionConfig
 from medcm.data.manifest import ManifestRecord
-from medcm.engine.abstention import similarity_abstention
-from medcm.index.calibration import Calibration, calibrate, neighbour_similarities, study_means
+from medcm.engine.abstention import similarity_abstention, usable_calibration
+from medcm.index.calibration import calibrate, neighbour_similarities, study_means, unit_rows
 
 __all__ = ["ABSTENTION_TARGETS", "EmbeddedLike", "abstention_block", "case_regions", "judge_queries", "query_regions"]
 
@@ -82,14 +82,11 @@ def judge_queries(pool: EmbeddedLike, kept: Sequence[bool], query_vectors: np.nd
     keep = {case for case, stays in zip(pool.case_ids, kept) if stays}
     rows = [i for i, case in enumerate(pool.image_case) if case in keep]
     reports = np.flatnonzero(np.asarray(kept, bool))
-    candidates = _normalised(np.asarray(pool.report_emb, np.float32)[reports])
+    candidates = unit_rows(np.asarray(pool.report_emb, np.float32)[reports])
     candidate_ids = [pool.case_ids[i] for i in reports]
-    calibration: Calibration | None = calibrate(
-        np.asarray(pool.image_emb, np.float32)[rows], [pool.image_case[i] for i in rows],
-        candidates, candidate_ids, config.neighbours, config.max_studies, config.seed)
-    studies = calibration.studies
-    if studies < config.min_studies:
-        calibration = None
+    full = calibrate(np.asarray(pool.image_emb, np.float32)[rows], [pool.image_case[i] for i in rows],
+                     candidates, candidate_ids, config.neighbours, config.max_studies, config.seed)
+    studies, calibration = full.studies, usable_calibration(full, config)
     _, similarity = neighbour_similarities(query_vectors, query_ids, candidates, candidate_ids, config.neighbours)
     verdicts = [similarity_abstention(None if np.isnan(s) else float(s), calibration, config) for s in similarity]
     abstained = [case for case, verdict in zip(query_ids, verdicts) if verdict.abstained]
@@ -165,10 +162,3 @@ def _targets(in_rate: float | None, out_rate: float | None) -> dict[str, dict[st
         met = None if value is None else value >= bound if direction == ">=" else value <= bound
         out[name] = {"target": f"{direction} {bound:.2f}", "value": value, "met": met}
     return out
-
-
-def _normalised(vectors: np.ndarray) -> np.ndarray:
-    if vectors.ndim != 2:
-        return np.zeros((0, 1), np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-

@@ -20,8 +20,7 @@ import torch
 from medcm.checkpoint import Checkpoint
 from medcm.data.demo_archive import rle_to_mask
 from medcm.data.manifest import ImageReadError, ManifestRecord, load_image
-from medcm.model.grounding import GroundingConfig, heatmap_peak, sentence_heatmaps, to_image_grid
-from medcm.model.preprocess import prepare_image
+from medcm.model.grounding import GroundingConfig, heatmap_peak, image_heatmap
 from medcm.report.text import is_negated, split_sections, split_sentences
 
 __all__ = ["FINDING_WORDS", "GroundedCase", "LocatedPeak", "finding_mask", "finding_sentence", "grounding_block",
@@ -139,11 +138,8 @@ def locate_peaks(checkpoint: Checkpoint, records: list[ManifestRecord], config: 
             pixels = load_image(record.images[0])
         except ImageReadError:
             continue
-        frame = pixels[pixels.shape[0] // 2] if pixels.ndim == 3 else pixels
-        image = prepare_image(pixels, preprocess)[None].to(device)
-        text = model.encode_text([sentence]).float()
-        heat = sentence_heatmaps(model, image, text, config, preprocess)[0, 0].cpu().numpy()
-        peak = heatmap_peak(to_image_grid(heat, frame.shape))
+        frame, heat = image_heatmap(model, pixels, sentence, preprocess, config, device)
+        peak = heatmap_peak(heat)
         located.append(LocatedPeak(record.case_id, str(record.meta.get("modality", "")), finding, sentence, peak,
                                    finding_mask(record.meta, frame.shape)))
     return located

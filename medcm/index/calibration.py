@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Calibration", "calibrate", "neighbour_similarities", "percentile_of", "study_means",
-           "threshold_of"]
+           "threshold_of", "unit_rows"]
 
 _BLOCK = 256  # queries scored at once: a [256, M] block of cosines
 
@@ -86,6 +86,15 @@ def threshold_of(reference: np.ndarray, below: float) -> float | None:
         raise ValueError(f"abstention percentile: got {below!r}, expected a number from 0 to 100")
     rank = math.ceil(below * len(reference) / 100.0 - 1e-9)  # values at or below it: at least `rank`
     return float(reference[rank - 1]) if rank >= 1 else None
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """`[M, D]` vectors as float32 unit rows (zero rows stay zero); anything not 2D (an empty store's
+    matrix) as an empty `[0, 1]` array."""
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.ndim != 2:
+        return np.zeros((0, 1), np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def study_means(vectors: np.ndarray, studies: Sequence[str]) -> tuple[list[str], np.ndarray]:

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from medcm.config import PreprocessConfig
 from medcm.model.align import DualEncoder
+from medcm.model.preprocess import prepare_image, select_frame
 
-__all__ = ["GROUNDING_METHODS", "GroundingConfig", "heatmap_peak", "integrated_gradients", "local_maps",
+__all__ = ["GROUNDING_METHODS", "GroundingConfig", "heatmap_peak", "image_heatmap", "integrated_gradients", "local_maps",
            "sentence_heatmaps", "to_image_grid"]
 
 GROUNDING_METHODS = ("integrated_gradients", "cosine", "cam")
@@ -244,6 +245,30 @@ def sentence_heatmaps(model: DualEncoder, images: torch.Tensor, texts: torch.Ten
         return _unit_range(_gaussian_blur(maps, config.smooth * side))
     maps, step, stride = local_maps(model, images, texts, config, background)
     return _unit_range(_resample(maps, step, stride, side))
+
+
+@torch.no_grad()
+def image_heatmap(model: DualEncoder, pixels: np.ndarray, sentence: str, preprocess: PreprocessConfig,
+                  config: GroundingConfig = GroundingConfig(),
+                  device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """One sentence's heatmap over one display image, on the pixels of the frame the encoder reads.
+
+    Args:
+        model: the dual encoder (in eval mode, on `device`).
+        pixels: `[F, H, W]` or `[H, W]` display pixels in [0, 1] (`medcm.dicom.read`, `load_image`).
+        sentence: the sentence to ground.
+        preprocess: the checkpoint's preprocessing (frame choice, size, normalisation).
+        config: method and its settings.
+        device: where the model runs.
+
+    Returns:
+        The frame `[H, W]` (`select_frame`) and the heatmap over it `[H, W]` float32 in [0, 1].
+    """
+    frame = select_frame(pixels, preprocess.frame)
+    image = prepare_image(frame, preprocess)[None].to(device)
+    text = model.encode_text([sentence]).float()
+    square = sentence_heatmaps(model, image, text, config, preprocess)[0, 0].cpu().numpy()
+    return frame, to_image_grid(square, frame.shape)
 
 
 def to_image_grid(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
