@@ -163,6 +163,14 @@ def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def _symmetric_cross_entropy(logits: torch.Tensor, positives: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the image→text and text→image cross-entropies of `[B, B]` logits (positives: the diagonal)."""
+    if positives is None:
+        positives = torch.eye(len(logits), device=logits.device)
+    positives = positives.to(logits.device, logits.dtype)
+    return 0.5 * (_soft_cross_entropy(logits, positives) + _soft_cross_entropy(logits.t(), positives.t()))
+
+
 def infonce_loss(
     image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -177,11 +185,7 @@ def infonce_loss(
     Returns:
         Scalar: the mean of the image→text and text→image cross-entropies.
     """
-    logits = logit_scale * image @ text.t()
-    if positives is None:
-        positives = torch.eye(len(image), device=image.device)
-    positives = positives.to(logits.device, logits.dtype)
-    return 0.5 * (_soft_cross_entropy(logits, positives) + _soft_cross_entropy(logits.t(), positives.t()))
+    return _symmetric_cross_entropy(logit_scale * image @ text.t(), positives)
 
 
 def local_infonce_loss(
@@ -204,11 +208,7 @@ def local_infonce_loss(
     """
     cosines = torch.einsum("bdl,kd->bkl", local.flatten(2), text)  # [B images, B texts, locations]
     pooled = (torch.logsumexp(LOCAL_SHARPNESS * cosines, dim=2) - math.log(cosines.shape[2])) / LOCAL_SHARPNESS
-    logits = logit_scale * pooled
-    if positives is None:
-        positives = torch.eye(len(local), device=local.device)
-    positives = positives.to(logits.device, logits.dtype)
-    return 0.5 * (_soft_cross_entropy(logits, positives) + _soft_cross_entropy(logits.t(), positives.t()))
+    return _symmetric_cross_entropy(logit_scale * pooled, positives)
 
 
 def mse_loss(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
