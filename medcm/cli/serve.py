@@ -25,8 +25,8 @@ DEMO_NOTICE = (
     "Try uploading a held-out study the demo has not stored, e.g. {example}."
 )
 # Bump when the demo data, model or layout changes, so a stale cache is rebuilt instead of reused.
-DEMO_VERSION = 3
-DEMO_SETTINGS = {"version": DEMO_VERSION, "n_train": 480, "n_dev": 60, "size": 192, "config": "cpu-small", "epochs": 12}
+DEMO_VERSION = 4
+DEMO_SETTINGS = {"version": DEMO_VERSION, "n_train": 480, "n_dev": 60, "size": 192, "config": "demo-cpu", "epochs": 12}
 
 
 def data_dirs(db_url: str, base: Path | None = None) -> tuple[Path, Path]:

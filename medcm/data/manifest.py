@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medcm.config import PreprocessConfig, VolumeEncoderConfig
+from medcm.config import REPORT_FINDINGS, PreprocessConfig, VolumeEncoderConfig
 from medcm.dicom.read import DicomReadError, read_instance
 from medcm.model.encoders.volume import prepare_volume
 from medcm.model.preprocess import resize_and_pad, select_frame
+from medcm.report.context import finding_labels
 from medcm.report.text import report_text_for_training
 from medcm.dicom.volume import VolumeError
 from medcm.dicom.series import group_series, read_volume
@@ -272,7 +273,8 @@ def records_to_pairs(records: list[ManifestRecord], label_field: str | None = No
     """One pair per image, or per volume series with `volumes`; the text is the report's training text.
 
     Cases whose report yields no training text are skipped with a warning. `label_field` names a
-    metadata field (the image's own, else the case's) for the multi-task head. With `volumes`, the
+    metadata field (the image's own, else the case's) for the multi-task head, or is `REPORT_FINDINGS`
+    (every image of a case gets its report's findings). With `volumes`, the
     files of a CT/MR/PT series with plane geometry (`medcm.dicom.series.group_series`, headers only)
     become one pair, placed where its first file was; every other file stays a 2D pair.
     """
@@ -284,11 +286,12 @@ def records_to_pairs(records: list[ManifestRecord], label_field: str | None = No
             log.warning("skipping case %s: its report has no findings or impression text", record.case_id)
             continue
         series_of = _volume_series(record.images) if volumes else {}
+        from_report = finding_labels(text) if label_field == REPORT_FINDINGS else None
         for index, image in enumerate(record.images):
             series = series_of.get(image, ())
             if series and series[0] != image:
                 continue  # a later slice of a volume already paired at its first file
-            label = record.meta_of_image(index).get(label_field) if label_field else None
+            label = from_report or (record.meta_of_image(index).get(label_field) if label_field else None)
             pairs.append(Pair(image, text, record.case_id, label, None if series else record.mask, series))
     return pairs
 

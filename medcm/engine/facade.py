@@ -362,7 +362,8 @@ class Engine:
         if abstention.abstained:  # the archive holds nothing like the study: no sentence to copy
             return abstained_draft([case.study_uid for case in cases], abstention)
         sources = [SourceCase(case.study_uid, case.score, case.report) for case in cases if case.report]
-        return replace(draft_findings(query, sources, self.embed_texts, self.draft_config), abstention=abstention)
+        seen = self._require_checkpoint().model.image_findings(query)
+        return replace(draft_findings(query, sources, self.embed_texts, self.draft_config, seen), abstention=abstention)
 
     def sign(self, study_uid: str, text: str, signer: str) -> Any:
         """Sign the final report of a stored study; the signed case joins the retrieval pool at once."""

@@ -248,7 +248,8 @@ class DraftRun:
 
 
 def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
-               config: DraftConfig, prior: AnatomyPriorConfig | None = None) -> DraftRun:
+               config: DraftConfig, prior: AnatomyPriorConfig | None = None,
+               image_findings: Callable[[np.ndarray], dict[str, float] | None] | None = None) -> DraftRun:
     """Draft every query case from the pool and find the nearest pool report with findings.
 
     With `prior`, the pool's reports are ranked by cosine plus the anatomy bonus between the query
@@ -266,7 +267,7 @@ def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callabl
         order = np.argsort(-ranking[row], kind="stable")
         top = order[: config.top_k_cases]
         sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report) for i in top]
-        draft = draft_findings(vector, sources, embed_sentences, config)
+        draft = draft_findings(vector, sources, embed_sentences, config, image_findings(vector) if image_findings else None)
         run.findings[case], run.reports[case] = draft.section_text("FINDINGS"), draft.text()
         run.details[case] = _draft_details(draft, sources)
         run.nearest[case] = next((pool_findings[i] for i in order if pool_findings[i]), "")
@@ -335,7 +336,8 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     retrieval = retrieval_metrics(queries, pool, prior)
 
     references = {r.case_id: reference_findings(r) for r in queries.records}
-    run = run_drafts(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config, prior)
+    run = run_drafts(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config, prior,
+                     checkpoint.model.image_findings)
     drafts = run.findings
     scored = [c for c in drafts if references.get(c)]  # cases without written Findings cannot be scored
     refs = [references[c] for c in scored]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcm.config import LOSS_NAMES, ModelConfig
+from medcm.config import LOSS_NAMES, REPORT_FINDINGS, ModelConfig
 from medcm.model.encoders.image import ImageEncoder
 from medcm.model.encoders.text import TextEncoder
 from medcm.model.encoders.volume import build_volume_encoder
@@ -107,12 +107,32 @@ class DualEncoder(nn.Module):
 
     def region_head(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
         """(classes, weight `[K, D]`, bias `[K]`) of a single-label multi-task head that reads the shared
-        embedding, so it can classify any stored vector; None for other heads or none."""
-        head = self.config.aux_head
-        if head is None or not head.on_embedding or head.multi_label:
+        embedding, so it can classify any stored vector (its `embedding_scale` folded into the weight);
+        None for other heads or none."""
+        return self._embedding_head(multi_label=False)
+
+    def finding_head(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+        """(labels, weight `[K, D]`, bias `[K]`) of a multi-label head on the shared embedding trained on
+        the findings each report states (`REPORT_FINDINGS`); None for other heads or none."""
+        head = self._embedding_head(multi_label=True)
+        return head if head is not None and self.config.aux_head.field == REPORT_FINDINGS else None
+
+    def image_findings(self, vector: np.ndarray) -> dict[str, float] | None:
+        """The probability per finding label (`medcm.report.context.finding_labels`) that the image whose
+        shared-space vector `[D]` this is shows it; None without a finding head."""
+        head = self.finding_head()
+        if head is None:
             return None
-        return (head.classes, self.aux_head.weight.detach().float().cpu().numpy(),
-                self.aux_head.bias.detach().float().cpu().numpy())
+        labels, weight, bias = head
+        logits = weight @ np.asarray(vector, dtype=np.float32).reshape(-1) + bias
+        return {label: float(p) for label, p in zip(labels, 1.0 / (1.0 + np.exp(-logits)))}
+
+    def _embedding_head(self, multi_label: bool) -> tuple[tuple[str, ...], np.ndarray, np.ndarray] | None:
+        head = self.config.aux_head
+        if head is None or not head.on_embedding or head.multi_label != multi_label:
+            return None
+        weight = self.aux_head.weight.detach().float().cpu().numpy() * head.embedding_scale  # folded in
+        return head.classes, weight, self.aux_head.bias.detach().float().cpu().numpy()
 
     def scale(self) -> torch.Tensor:
         """1/temperature, clamped to `MAX_LOGIT_SCALE`."""
@@ -134,7 +154,8 @@ class DualEncoder(nn.Module):
                 feats = self.image.features(images)
             visual.append(F.normalize(self.image.proj(feats), dim=-1))
             if self.aux_head is not None:
-                aux = self.aux_head(visual[0] if self.config.aux_head.on_embedding else feats)
+                head = self.config.aux_head
+                aux = self.aux_head(visual[0] * head.embedding_scale if head.on_embedding else feats)
         if volumes is not None and len(volumes):
             visual.append(self.encode_volume(volumes))
         if not visual:

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader
 from medcm.model import distributed as ddp
 from medcm.model.align import AlignmentLoss, DualEncoder
 from medcm.checkpoint import (
+    TRAINER_STATE_FILE,
+    load_checkpoint,
     load_trainer_state,
     load_weights,
     read_checkpoint_info,
@@ -35,6 +37,7 @@ from medcm.data.manifest import ManifestRecord, PairedImageDataset, collate_pair
 from medcm.eval.retrieval import case_retrieval_metrics, mean_recall
 from medcm.model.preprocess import augment_batch, augment_volumes, normalize
 from medcm.model.accumulate import accumulated_step, micro_batch_size
+from medcm.model.finding_head import set_operating_points
 from medcm.runtime import autocast, seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -227,8 +230,22 @@ def train(
         state["epoch"] = epoch + 1
         if ctx.is_main:
             _end_epoch(result, model, config, summary, state, optimizer, scheduler, progress)
+    if ctx.is_main and model.finding_head() is not None:
+        _calibrate_finding_head(result, train_set, device)
     ddp.close_distributed(ctx)
     return result
+
+
+def _calibrate_finding_head(result: TrainResult, dataset: PairedImageDataset, device: torch.device) -> None:
+    """Set the finding head's operating points of the saved checkpoints on the training images."""
+    for folder in dict.fromkeys((result.best_dir, result.last_dir)):
+        checkpoint = load_checkpoint(folder, device)
+        embeddings = embed_dataset(checkpoint.model, dataset, checkpoint.config, device)
+        targets = aux_targets(checkpoint.config.model.aux_head, [p.label for p in dataset.pairs])
+        points = set_operating_points(checkpoint.model, embeddings, targets)
+        state, optimizer = load_trainer_state(folder) if (folder / TRAINER_STATE_FILE).is_file() else (None, None)
+        save_checkpoint(folder, checkpoint.model, checkpoint.config, {**checkpoint.metrics, "finding_operating_points": points},
+                        trainer_state=state, optimizer_state=optimizer)
 
 
 def _end_epoch(result: TrainResult, model: DualEncoder, config: MedcmConfig, summary: dict[str, Any],

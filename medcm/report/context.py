@@ -22,11 +22,12 @@ from typing import Any
 from medcm.report.assertions import FindingClaim, describe, first_conflict
 from medcm.report.lexicon import (
     ANY, ATTRIBUTE_WORDS, COUNTS, DEGREES, FINDINGS, NORMAL_EXCEPTIONS, NORMAL_TERMS, ORGAN_SIDES, ORGANS,
-    QUALIFIERS, SIDES, SIZE_WORDS, STUDY_WORDS, THRESHOLD_WORDS, plural_forms,
+    QUALIFIERS, SIDES, SIZE_WORDS, STUDY_WORDS, THRESHOLD_WORDS, ancestors, plural_forms,
 )
 from medcm.report.text import split_sentences
 
-__all__ = ["FindingClaim", "sentence_claims", "finding_claims", "contradicting_pairs", "build_pipeline", "sizes_mm"]
+__all__ = ["FindingClaim", "sentence_claims", "finding_claims", "contradicting_pairs", "build_pipeline", "sizes_mm",
+           "NORMAL_LABEL", "finding_labels"]
 
 # A clause ends at these: a finding's organ, side and size are looked for within its clause.
 _CUT_WORDS = frozenset({"and", "or", "but", "with", "without", "while", "whereas", "which", "although", "however",
@@ -350,6 +351,28 @@ def finding_claims(text: str) -> list[FindingClaim]:
         TypeError: ``text`` is not a str.
     """
     return [c for s in split_sentences(text) for c in sentence_claims(s)]
+
+
+NORMAL_LABEL = "normal"
+
+
+def finding_labels(text: str) -> tuple[str, ...]:
+    """Weak labels of a report's text for training (as CheXpert's labeller gives): each finding it states
+    as present and each more general finding that includes it (`medcm.report.lexicon.ancestors`: a
+    pneumonia is a consolidation and an opacity), alone and with its side ("nodule", "nodule:right",
+    "opacity:right"...), or ``NORMAL_LABEL`` when it states none.
+
+    Raises:
+        TypeError: ``text`` is not a str.
+    """
+    labels: set[str] = set()
+    for claim in finding_claims(text):
+        if claim.status == "present" and claim.finding != ANY:
+            for finding in ancestors(claim.finding) - {ANY}:
+                labels.add(finding)
+                if claim.side:
+                    labels.add(f"{finding}:{claim.side}")
+    return tuple(sorted(labels)) or (NORMAL_LABEL,)
 
 
 def contradicting_pairs(sentences: Sequence[str]) -> list[tuple[int, int, str]]:

@@ -8,7 +8,10 @@
 3. ``score = max similarity over sources + support_weight * support``; ``support`` (0..1) is
    the sources' share of the retrieval-score mass (case weight ``max(case score, 0)``), so
    a sentence every retrieved case wrote gets the full bonus: consensus is evidence.
-4. A sentence stating a lexicon finding stays only if at least ``min_finding_share`` of the
+4. With the query image's finding probabilities (``image_findings``, from a checkpoint's finding head),
+   a sentence stating a finding the image does not show, or denying one it shows, is dropped first
+   (:mod:`medcm.report.image_findings`): what this image supports, not what a neighbour had.
+   A sentence stating a lexicon finding stays only if at least ``min_finding_share`` of the
    retrieved case weight states that finding (a neighbour's nodule is not evidence about this image).
    One finding gets one side, degree, size and count: sentences stating it otherwise never merge,
    and of such alternatives (in either section) the one the most case weight states at that side
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +44,7 @@ import numpy as np
 from medcm.report.assertions import FindingClaim, alternatives, describe, first_alternative, first_conflict
 from medcm.report.lexicon import ANY
 from medcm.report.context import sentence_claims, sizes_mm
+from medcm.report.image_findings import shown, unseen_claim
 from medcm.report.text import (
     SECTION_ALIASES,
     is_negated,
@@ -323,20 +327,40 @@ def _resolve_alternatives(groups: list[_Group], found: dict[str, set[_Pair]], we
 
 
 def _supported(groups: list[_Group], found: dict[str, set[_Pair]], weight: dict[str, float], floor: float,
+               probabilities: Mapping[str, float] | None = None, threshold: float = 0.5,
                ) -> tuple[list[_Group], list[DroppedSentence]]:
     """A sentence stating a finding stays only if at least ``floor`` of the retrieved case weight states
-    that finding (at any side): one neighbour's nodule is that patient's, not evidence about this image."""
+    that finding (at any side): one neighbour's nodule is that patient's, not evidence about this image.
+    A finding the query image itself shows (``probabilities``, `medcm.report.image_findings.shown`) needs no
+    neighbour's word for it."""
     kept: list[_Group] = []
     dropped: list[DroppedSentence] = []
     for g in groups:
         shares = [(_share(found, weight, c.finding, any_side=True), c) for c in g.claims
-                  if c.status == "present" and c.finding != ANY]
+                  if c.status == "present" and c.finding != ANY and not (probabilities and shown(c, probabilities, threshold))]
         weak = min(shares, key=lambda sc: sc[0], default=None)
         if weak is None or weak[0] >= floor:
             kept.append(g)
             continue
         reason = (f"unsupported finding: {weak[0]:.0%} of the retrieved case weight states {weak[1].finding} "
                   f"< min_finding_share {floor:.0%}")
+        dropped.append(DroppedSentence(g.text, reason, g.sources))
+    return kept, dropped
+
+
+def _seen(groups: list[_Group], probabilities: Mapping[str, float] | None, threshold: float,
+          ) -> tuple[list[_Group], list[DroppedSentence]]:
+    """Drops sentences the query image disagrees with (`medcm.report.image_findings.unseen_claim`)."""
+    if not probabilities:
+        return groups, []
+    kept: list[_Group] = []
+    dropped: list[DroppedSentence] = []
+    for g in groups:
+        if (unseen := unseen_claim(g.claims, probabilities, threshold)) is None:
+            kept.append(g)
+            continue
+        claim, why = unseen
+        reason = f"not this image: {'denies' if claim.status == 'absent' else 'states'} {why}"
         dropped.append(DroppedSentence(g.text, reason, g.sources))
     return kept, dropped
 
@@ -426,7 +450,7 @@ def _select(groups: list[_Group], config: DraftConfig, cases: list[SourceCase],
 
 def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
                    embed_sentences: Callable[[list[str]], np.ndarray],
-                   config: DraftConfig = DraftConfig()) -> Draft:
+                   config: DraftConfig = DraftConfig(), image_findings: Mapping[str, float] | None = None) -> Draft:
     """Drafts FINDINGS/IMPRESSION from the reports of retrieved cases (see module doc).
 
     Args:
@@ -435,6 +459,8 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
         embed_sentences: maps ``n`` sentences to ``[n, D]`` L2-normalised text embeddings;
             called at most once, with one text per distinct :func:`sentence_key`.
         config: selection weights and limits.
+        image_findings: the probability per finding label that the query image shows it (the
+            checkpoint's finding head, `DualEncoder.image_findings`); None: not judged.
 
     Returns:
         An unverified :class:`Draft`; empty (not an error) when there is nothing to use.
@@ -458,7 +484,9 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
     if config.agreement_weight > 0:
         _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
     found, weight = _case_findings(units)
-    kept, unsupported = _supported(groups, found, weight, config.min_finding_share)
+    groups, unseen = _seen(groups, image_findings, config.image_threshold)
+    kept, unsupported = _supported(groups, found, weight, config.min_finding_share, image_findings,
+                                   config.image_threshold)
     nearest = used[:config.side_cases]
     mass = sum(max(c.score, 0.0) for c in nearest)
     near = {c.case_id: (max(c.score, 0.0) / mass if mass > 0 else 1 / len(nearest)) for c in nearest}
@@ -467,4 +495,4 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
     chosen, unselected = _select(kept, config, used)
     chosen.sort(key=lambda g: (section_order.index(g.section), g.position, -g.score, g.first))
     sentences = tuple(DraftSentence(g.text, g.section, g.score, g.sources) for g in chosen)
-    return Draft(sentences, tuple(unsupported + alternative + contradicted + unselected), case_ids)
+    return Draft(sentences, tuple(unseen + unsupported + alternative + contradicted + unselected), case_ids)

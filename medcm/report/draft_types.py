@@ -107,6 +107,9 @@ class DraftConfig:
         side_cases: of sentences stating one finding at other sides (degrees, sizes, counts), the one
             most of the ``side_cases`` best cases state stays (leave-one-out on the demo archive the
             majority side of the 3 nearest cases is right 85% of the time, of all 40 only 60%).
+        image_threshold: with the query image's finding probabilities (a checkpoint trained with a
+            finding head, `medcm.report.image_findings`), a sentence stating a finding the image shows
+            with less probability, or denying one it shows with at least this, is dropped.
     """
     top_k_cases: int = 5
     max_findings: int = 6
@@ -119,6 +122,7 @@ class DraftConfig:
     length_from_sources: bool = False
     min_finding_share: float = 0.0
     side_cases: int = 3
+    image_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         checks = {"top_k_cases": self.top_k_cases >= 1, "max_findings": self.max_findings >= 0,
@@ -128,7 +132,8 @@ class DraftConfig:
                   "relative_margin": 0.0 <= self.relative_margin < math.inf,
                   "min_score": math.isfinite(self.min_score),
                   "agreement_weight": 0.0 <= self.agreement_weight < math.inf,
-                  "min_finding_share": 0.0 <= self.min_finding_share <= 1.0, "side_cases": self.side_cases >= 1}
+                  "min_finding_share": 0.0 <= self.min_finding_share <= 1.0, "side_cases": self.side_cases >= 1,
+                  "image_threshold": 0.0 <= self.image_threshold <= 1.0}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"DraftConfig.{name} out of range: {getattr(self, name)!r}")

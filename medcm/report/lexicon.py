@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 __all__ = ["ANY", "Finding", "FINDINGS", "ORGANS", "ORGAN_SIDES", "SCOPE", "SIDES", "NORMAL_TERMS", "STUDY_WORDS",
            "NORMAL_EXCEPTIONS", "SIZE_WORDS", "ATTRIBUTE_WORDS", "DEGREES", "COUNTS", "QUALIFIERS", "THRESHOLD_WORDS",
-           "plural_forms", "ancestors", "is_chronic", "covers"]
+           "plural_forms", "ancestors", "default_organ", "is_chronic", "covers"]
 
 ANY = "abnormality"
 """The finding every finding is a kind of: "No acute abnormality.", "Normal chest radiograph." deny it."""
@@ -272,6 +272,12 @@ def ancestors(name: str) -> frozenset[str]:
                     seen.add(k)
                     todo.append(k)
     return frozenset(seen)
+
+
+def default_organ(name: str) -> str | None:
+    """The organ a finding is in when its wording names none, where every entry of that name agrees."""
+    organs = {f.organ for f in _BY_NAME.get(name, ())}
+    return organs.pop() if len(organs) == 1 else None
 
 
 def is_chronic(name: str) -> bool:

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from medcm.config import PreprocessConfig
+from medcm.config import REPORT_FINDINGS, AuxHeadConfig
 from medcm.data.manifest import ImageReadError, PairedImageDataset, load_image, read_manifest, records_to_pairs, split_records
 from medcm.dicom.write import write_image
 
@@ -113,6 +114,20 @@ def test_pairs_use_training_text_and_skip_empty_reports(tmp_path):
     ]))
     pairs = records_to_pairs(records, label_field="r")
     assert [(p.text, p.label) for p in pairs] == [("Small left effusion. Effusion.", "Thorax")] * 2
+
+
+def test_report_findings_label_every_image_of_a_case(tmp_path):
+    records = read_manifest(_write_manifest(tmp_path / "m.jsonl", [
+        {"images": ["a.png", "b.png"], "report": "FINDINGS: Small left effusion. No pneumothorax.", "meta": {"r": "x"}},
+        {"image": "c.png", "report": "FINDINGS: The lungs are clear. No effusion."},
+    ]))
+    pairs = records_to_pairs(records, label_field=REPORT_FINDINGS)
+    assert [p.label for p in pairs] == [("effusion", "effusion:left", "fluid", "fluid:left")] * 2 + [("normal",)]
+
+
+def test_report_findings_need_a_multi_label_head():
+    with pytest.raises(ValueError, match="multi_label"):
+        AuxHeadConfig(field=REPORT_FINDINGS)
 
 
 def test_load_raster_images(tmp_path):

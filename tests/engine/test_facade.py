@@ -100,6 +100,17 @@ def test_draft_is_unverified_with_provenance(engine, synthetic_manifest):
     assert "upper left" in draft.text().lower()
 
 
+def test_the_checkpoints_finding_head_judges_the_drafts_sentences(engine, synthetic_manifest, monkeypatch):
+    query = _query(synthetic_manifest, "dev-00004")  # a large circle, upper left
+    before = engine.draft(query)
+    assert "upper left" in before.text().lower()
+    seen = {"lesion": 0.1}  # as if the image showed no lesion at all
+    monkeypatch.setattr(engine.checkpoint.model, "image_findings", lambda vector: seen)
+    after = engine.draft(query)
+    assert not any("lesion" in s.text.lower() for s in after.sentences)
+    assert any(d.reason.startswith("not this image: states") and "P(lesion) is 0.10" in d.reason for d in after.dropped)
+
+
 def test_signed_case_joins_the_pool_at_once(engine, synthetic_manifest, tmp_path):
     shutil.copy(synthetic_manifest.parent / "cases" / "dev-00010" / "image.dcm", tmp_path / "new.dcm")
     result = engine.ingest([tmp_path])  # no report.txt: stored without a report

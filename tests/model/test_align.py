@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,3 +142,30 @@ def test_aux_head_reads_features_or_the_shared_embedding(tiny_config, on_embeddi
         feats = model.image.features(images)
     source = out.image if on_embedding else feats
     torch.testing.assert_close(out.aux_logits, model.aux_head(source))
+
+
+def test_finding_head_gives_each_label_its_sigmoid_probability(tiny_config):
+    import dataclasses
+
+    from medcm.model.align import DualEncoder
+    from medcm.config import REPORT_FINDINGS, AuxHeadConfig
+
+    labels = ("effusion", "effusion:left", "normal")
+    head = AuxHeadConfig(field=REPORT_FINDINGS, classes=labels, multi_label=True, on_embedding=True, embedding_scale=2.0)
+    model = DualEncoder(dataclasses.replace(tiny_config.model, aux_head=head), tiny_config.preprocess.image_size)
+    vector = np.zeros(tiny_config.model.embed_dim, np.float32)
+    vector[0] = 1.0
+    with torch.no_grad():
+        model.aux_head.weight.zero_()
+        model.aux_head.weight[1, 0] = 2.0
+        model.aux_head.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    seen = model.image_findings(vector)
+    assert list(seen) == list(labels)
+    np.testing.assert_allclose([seen[x] for x in labels], 1 / (1 + np.exp(-np.array([0.0, 3.0, 3.0]))), rtol=1e-6)
+    with torch.no_grad():  # the forward pass scales the embedding the same way
+        out = model.eval()(torch.rand(1, 1, tiny_config.preprocess.image_size, tiny_config.preprocess.image_size), ["a"])
+    torch.testing.assert_close(out.aux_logits, model.aux_head(out.image * 2.0))
+    assert model.region_head() is None
+    # A multi-label head on another field, or a single-label one, is no finding head.
+    other = dataclasses.replace(head, field="labels")
+    assert DualEncoder(dataclasses.replace(tiny_config.model, aux_head=other), tiny_config.preprocess.image_size).image_findings(vector) is None

@@ -19,6 +19,7 @@ from medcm.model.grounding import (
     heatmap_peak,
     integrated_gradients,
     local_maps,
+    sentence_direction,
     sentence_heatmaps,
     to_image_grid,
 )
@@ -218,3 +219,22 @@ def test_forward_with_the_local_loss_gives_the_map_and_the_same_pooled_embedding
     loss = AlignmentLoss(model_config.losses)(out)
     loss.total.backward()  # the local term reaches the trunk
     assert model.image.trunk.conv1.weight.grad is not None
+
+
+def test_a_finding_sentence_is_grounded_along_the_finding_heads_weights(tiny_config, tiny_model):
+    from medcm.config import REPORT_FINDINGS, AuxHeadConfig
+    from medcm.model.align import DualEncoder
+
+    head = AuxHeadConfig(field=REPORT_FINDINGS, classes=("effusion", "effusion:left", "nodule"), multi_label=True,
+                         on_embedding=True)
+    model = DualEncoder(dataclasses.replace(tiny_config.model, aux_head=head), tiny_config.preprocess.image_size).eval()
+    rows = model.aux_head.weight.detach()
+    direction = sentence_direction(model, "Small left pleural effusion.")
+    torch.testing.assert_close(direction, F.normalize(rows[0:1] + rows[1:2], dim=-1))
+    torch.testing.assert_close(sentence_direction(model, "A 9 mm nodule in the right upper lobe."),
+                               F.normalize(rows[2:3], dim=-1))  # "nodule:right" is no label: the finding alone
+    # Denials, unknown findings and a model without a finding head use the sentence's embedding.
+    for sentence in ("No pleural effusion.", "Small right pneumothorax."):
+        torch.testing.assert_close(sentence_direction(model, sentence), model.encode_text([sentence]).float())
+    torch.testing.assert_close(sentence_direction(tiny_model, "Small left pleural effusion."),
+                               tiny_model.encode_text(["Small left pleural effusion."]).float())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medcm.checkpoint import load_checkpoint, read_checkpoint_info
-from medcm.config import AuxHeadConfig
+from medcm.config import REPORT_FINDINGS, AuxHeadConfig
 from medcm.data.manifest import (
     PairedImageDataset,
     read_manifest,
@@ -18,7 +18,7 @@ from medcm.data.manifest import (
     split_records,
 )
 from medcm.data.synthetic_radiographs import CLASSES, write_dataset
-from medcm.model.train import evaluate_retrieval, lr_lambda, train
+from medcm.model.train import aux_targets, embed_dataset, evaluate_retrieval, lr_lambda, train
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,32 @@ def test_multitask_head_is_trained_and_saved_with_its_classes(small_manifest, tm
     assert saved["classes"] == sorted({r.meta["label"] for r in train_records})
     model = load_checkpoint(result.best_dir).model
     assert model.aux_head.out_features == len(saved["classes"])
+
+
+def test_finding_head_is_set_to_its_best_f1_on_the_training_images(small_manifest, tmp_path, small_config):
+    import numpy as np
+
+    train_records, dev_records = split_records(read_manifest(small_manifest), "train", "dev", 0.0, 0)
+    head = AuxHeadConfig(field=REPORT_FINDINGS, multi_label=True, on_embedding=True, embedding_scale=10.0)
+    result = train(small_config(epochs=1, aux_head=head), train_records, dev_records, tmp_path / "run", progress=False)
+    checkpoint = load_checkpoint(result.best_dir)
+    labels = checkpoint.config.model.aux_head.classes
+    assert "lesion" in labels and "normal" in labels
+    assert set(checkpoint.metrics["finding_operating_points"]) == set(labels)
+    assert "trainer_state.json" in {p.name for p in result.last_dir.iterdir()}  # resuming still works
+    dataset = PairedImageDataset(records_to_pairs(train_records, REPORT_FINDINGS), checkpoint.config.preprocess)
+    vectors = embed_dataset(checkpoint.model, dataset, checkpoint.config, torch.device("cpu")).numpy()
+    targets = aux_targets(checkpoint.config.model.aux_head, [p.label for p in dataset.pairs]).numpy() > 0
+    _, weight, bias = checkpoint.model.finding_head()
+    logits = vectors @ weight.T + bias
+
+    def f1(k: int, cut: float) -> float:
+        predicted = logits[:, k] >= cut
+        return 2 * (predicted & targets[:, k]).sum() / (predicted.sum() + targets[:, k].sum())
+
+    for k in range(len(labels)):
+        if 0 < targets[:, k].sum() < len(targets):  # at 0.5 (logit 0) no other cut does better
+            assert f1(k, 0.0) >= max(f1(k, c) for c in logits[:, k]) - 1e-9
 
 
 @pytest.mark.parametrize("losses", [{"mse": 1.0}, {"kl": 0.5, "infonce": 1.0}])

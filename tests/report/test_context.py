@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from medcm.report.assertions import FindingClaim, alternatives, denies, first_conflict
-from medcm.report.context import build_pipeline, contradicting_pairs, finding_claims, sentence_claims
+from medcm.report.context import build_pipeline, contradicting_pairs, finding_claims, finding_labels, sentence_claims
 
 
 def only(sentence: str) -> FindingClaim:
@@ -226,3 +226,11 @@ def test_alternatives_table() -> None:
     nodule = claim("nodule", "lung", None, "present", size_mm=12.0)
     assert not alternatives(nodule, claim("nodule", "lung", None, "present", size_mm=11.0))
     assert alternatives(nodule, claim("nodule", "lung", None, "present", size_mm=5.0))
+
+
+def test_finding_labels_name_each_present_finding_and_its_kinds_with_and_without_its_side() -> None:
+    text = ("There is a 12 mm nodule in the right lower lobe. Small left pleural effusion. "
+            "No pneumothorax. Possible consolidation.")
+    assert finding_labels(text) == ("effusion", "effusion:left", "fluid", "fluid:left", "lesion", "lesion:right",
+                                    "nodule", "nodule:right", "opacity", "opacity:right")
+    assert finding_labels("The lungs are clear. No pleural effusion.") == ("normal",)

@@ -657,3 +657,36 @@ def test_an_impression_giving_another_size_than_the_kept_finding_is_dropped() ->
     draft = draft_findings(embed.vec(nodule), cases, embed, LOOSE)
     assert draft.section_text("IMPRESSION") == same
     assert {d.text: d.reason for d in draft.dropped}[other].startswith("impression differs from the kept findings")
+
+
+def test_sentences_the_image_disagrees_with_are_dropped() -> None:
+    embed = HashEmbedder()
+    nodule, effusion = "There is a 12 mm nodule in the right upper lobe.", "Small left pleural effusion."
+    denial, clear, pneumothorax = "No pleural effusion.", "Heart size is normal.", "Small right pneumothorax."
+    cases = [case("A", 0.9, f"{nodule} {clear} {denial}"), case("B", 0.9, f"{effusion} {clear} {pneumothorax}")]
+    seen = {"nodule": 0.9, "nodule:right": 0.2, "nodule:left": 0.6, "effusion": 0.8, "effusion:left": 0.7,
+            "effusion:right": 0.1, "pneumothorax": 0.1}
+    draft = draft_findings(embed.vec(nodule), cases, embed, LOOSE, image_findings=seen)
+    assert [s.text for s in draft.sentences] == [effusion, clear]
+    reasons = {d.text: d.reason for d in draft.dropped}
+    assert reasons[nodule] == ("not this image: states right lung nodule — the image favours the left side: "
+                               "P(nodule:left) 0.60 > P(nodule:right) 0.20")
+    assert reasons[pneumothorax] == ("not this image: states right pleura pneumothorax — the image's "
+                                     "P(pneumothorax) is 0.10 < 0.50")
+    assert reasons[denial] == "not this image: denies pleura effusion — the image shows effusion: P(effusion) 0.80 >= 0.50"
+    # Without probabilities nothing is judged; labels the head does not know are never judged.
+    assert nodule in [s.text for s in draft_findings(embed.vec(nodule), cases, embed, LOOSE).sentences]
+    assert nodule in [s.text for s in draft_findings(embed.vec(nodule), cases, embed, LOOSE,
+                                                     image_findings={"effusion": 0.1}).sentences]
+    with pytest.raises(ValueError, match="image_threshold"):
+        DraftConfig(image_threshold=1.5)
+
+
+def test_a_finding_the_image_shows_needs_no_share_of_the_neighbours() -> None:
+    embed = HashEmbedder()
+    nodule = "There is a 12 mm nodule in the right upper lobe."
+    cases = [case("N", 1.0, nodule, "Heart size is normal.")] + [case(c, 1.0, "Heart size is normal.") for c in "ABC"]
+    config = DraftConfig(**{**LOOSE.__dict__, "min_finding_share": 0.3})  # the nodule case holds 25%
+    texts = lambda seen: [s.text for s in draft_findings(embed.vec(nodule), cases, embed, config, seen).sentences]
+    assert nodule not in texts({"nodule": 0.3})
+    assert nodule in texts({"nodule": 0.7, "nodule:right": 0.6, "nodule:left": 0.1})
