@@ -230,9 +230,9 @@ def test_a_finding_sentence_is_grounded_along_the_finding_heads_weights(tiny_con
     model = DualEncoder(dataclasses.replace(tiny_config.model, aux_head=head), tiny_config.preprocess.image_size).eval()
     rows = model.aux_head.weight.detach()
     direction = sentence_direction(model, "Small left pleural effusion.")
-    torch.testing.assert_close(direction, F.normalize(rows[0:1] + rows[1:2], dim=-1))
+    torch.testing.assert_close(direction, F.normalize(rows[0:1], dim=-1))  # the finding's row, not its side's
     torch.testing.assert_close(sentence_direction(model, "A 9 mm nodule in the right upper lobe."),
-                               F.normalize(rows[2:3], dim=-1))  # "nodule:right" is no label: the finding alone
+                               F.normalize(rows[2:3], dim=-1))
     # Denials, unknown findings and a model without a finding head use the sentence's embedding.
     for sentence in ("No pleural effusion.", "Small right pneumothorax."):
         torch.testing.assert_close(sentence_direction(model, sentence), model.encode_text([sentence]).float())
