@@ -6,9 +6,9 @@ that an image shows it; training sets 0.5 at each label's best threshold (`medcm
 A copied sentence is another patient's unless this image agrees:
 
 - a finding it states must be shown (its label's probability at least the threshold);
-- stated at the left or the right, the image must not favour the other side (a side label is judged
-  against the other side, not the threshold: the finding is shown, the question is where); stated as
-  bilateral, the bilateral label must be shown;
+- stated at the left or the right, the image must not show the other side instead (that side's label
+  at least the threshold, this side's below it); where the head is unsure of the side, the neighbours'
+  side stands. Stated as bilateral, the bilateral label must be shown;
 - a denial ("No pleural effusion.", "The lungs are clear.") must not deny a finding the image shows
   (:func:`medcm.report.assertions.denies`).
 
@@ -44,8 +44,9 @@ def _present_reason(claim: FindingClaim, probabilities: Mapping[str, float], thr
         return f"the image's P({claim.finding}) is {p:.2f} < {threshold:.2f}"
     side, other = claim.side, _OTHER_SIDE.get(claim.side or "")
     here, there = probabilities.get(f"{claim.finding}:{side}"), probabilities.get(f"{claim.finding}:{other}")
-    if other and here is not None and there is not None and there > here:
-        return f"the image favours the {other} side: P({claim.finding}:{other}) {there:.2f} > P({claim.finding}:{side}) {here:.2f}"
+    if other and here is not None and there is not None and there >= threshold > here:
+        return (f"the image shows the {other} side, not this one: P({claim.finding}:{other}) {there:.2f}, "
+                f"P({claim.finding}:{side}) {here:.2f}")
     both = probabilities.get(f"{claim.finding}:bilateral")
     if side == "bilateral" and both is not None and both < threshold:
         return f"the image's P({claim.finding}:bilateral) is {both:.2f} < {threshold:.2f}"

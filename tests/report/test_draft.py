@@ -669,8 +669,8 @@ def test_sentences_the_image_disagrees_with_are_dropped() -> None:
     draft = draft_findings(embed.vec(nodule), cases, embed, LOOSE, image_findings=seen)
     assert [s.text for s in draft.sentences] == [effusion, clear]
     reasons = {d.text: d.reason for d in draft.dropped}
-    assert reasons[nodule] == ("not this image: states right lung nodule — the image favours the left side: "
-                               "P(nodule:left) 0.60 > P(nodule:right) 0.20")
+    assert reasons[nodule] == ("not this image: states right lung nodule — the image shows the left side, not this "
+                               "one: P(nodule:left) 0.60, P(nodule:right) 0.20")
     assert reasons[pneumothorax] == ("not this image: states right pleura pneumothorax — the image's "
                                      "P(pneumothorax) is 0.10 < 0.50")
     assert reasons[denial] == "not this image: denies pleura effusion — the image shows effusion: P(effusion) 0.80 >= 0.50"

@@ -18,8 +18,8 @@ def why(sentence: str, probabilities=SEEN) -> str | None:
 
 @pytest.mark.parametrize(("sentence", "reason"), [
     ("Small right pleural effusion.", None),
-    ("Small left pleural effusion.", "left pleura effusion — the image favours the right side: "
-                                     "P(effusion:right) 0.80 > P(effusion:left) 0.30"),
+    ("Small left pleural effusion.", "left pleura effusion — the image shows the right side, not this one: "
+                                     "P(effusion:right) 0.80, P(effusion:left) 0.30"),
     ("Bilateral pleural effusions.", "bilateral pleura effusion — the image's P(effusion:bilateral) is 0.20 < 0.50"),
     ("There is a 12 mm nodule in the right upper lobe.", "right lung nodule — the image's P(nodule) is 0.10 < 0.50"),
     ("No pleural effusion.", "pleura effusion — the image shows effusion: P(effusion) 0.90 >= 0.50"),
@@ -33,6 +33,12 @@ def why(sentence: str, probabilities=SEEN) -> str | None:
 ])
 def test_unseen_claims_and_their_reasons(sentence: str, reason: str | None) -> None:
     assert why(sentence) == reason
+
+
+def test_an_unsure_side_leaves_the_neighbours_side_standing() -> None:
+    unsure = {**SEEN, "effusion:left": 0.45, "effusion:right": 0.48}  # both below the threshold
+    assert why("Small left pleural effusion.", unsure) is None
+    assert why("Small left pleural effusion.", {**unsure, "effusion:right": 0.5}) is not None
 
 
 def test_labels_and_shown() -> None:
