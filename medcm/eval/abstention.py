@@ -14,7 +14,7 @@ is measured: the header rule needs a DICOM header (Modality, BodyPartExamined) t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np

@@ -76,8 +76,6 @@ def test_multitask_head_is_trained_and_saved_with_its_classes(small_manifest, tm
 
 
 def test_finding_head_is_set_to_its_best_f1_on_the_training_images(small_manifest, tmp_path, small_config):
-    import numpy as np
-
     train_records, dev_records = split_records(read_manifest(small_manifest), "train", "dev", 0.0, 0)
     head = AuxHeadConfig(field=REPORT_FINDINGS, multi_label=True, on_embedding=True, embedding_scale=10.0)
     result = train(small_config(epochs=1, aux_head=head), train_records, dev_records, tmp_path / "run", progress=False)
