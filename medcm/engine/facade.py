@@ -361,9 +361,20 @@ class Engine:
         cases, abstention = self._assessed_cases(query, study_uids, self.draft_config.top_k_cases, filters, source)
         if abstention.abstained:  # the archive holds nothing like the study: no sentence to copy
             return abstained_draft([case.study_uid for case in cases], abstention)
-        sources = [SourceCase(case.study_uid, case.score, case.report) for case in cases if case.report]
+        sources = self._image_scored([SourceCase(case.study_uid, case.score, case.report)
+                                      for case in cases if case.report], query)
         seen = self._require_checkpoint().model.image_findings(query)
         return replace(draft_findings(query, sources, self.embed_texts, self.draft_config, seen), abstention=abstention)
+
+    def _image_scored(self, sources: list[SourceCase], query: np.ndarray) -> list[SourceCase]:
+        """Each source with its nearest stored image's cosine to the query: image-to-image neighbours
+        decide a finding's side in the draft (`medcm.report.draft`)."""
+        if not sources:
+            return sources
+        hits = self.index(IMAGE).search(query, k=len(sources), filters={"study_uid": [s.case_id for s in sources]},
+                                        group_by="study_uid")
+        nearest = {hit.meta.get("study_uid"): hit.score for hit in hits}
+        return [replace(source, image_score=nearest.get(source.case_id)) for source in sources]
 
     def sign(self, study_uid: str, text: str, signer: str) -> Any:
         """Sign the final report of a stored study; the signed case joins the retrieval pool at once."""

@@ -235,6 +235,15 @@ def query_vectors(queries: EmbeddedSet) -> dict[str, np.ndarray]:
     return out
 
 
+def _case_rows(pool: EmbeddedSet) -> list[list[int]]:
+    """Per pool case (in `pool.case_ids` order), its image rows: a source's image score is its best image's
+    cosine to the query, as the engine's image index scores a study."""
+    rows: dict[str, list[int]] = {}
+    for row, case in enumerate(pool.image_case):
+        rows.setdefault(case, []).append(row)
+    return [rows.get(case, []) for case in pool.case_ids]
+
+
 @dataclass
 class DraftRun:
     """What drafting the query cases gave, by case id: the drafted FINDINGS (what the metrics score), the
@@ -261,12 +270,15 @@ def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callabl
     query_anatomy = case_anatomy(queries.anatomy(), queries.image_case, query_cases)
     cosine = np.stack([vectors[c] for c in query_cases]) @ pool.report_emb.T if query_cases else np.zeros((0, 0))
     ranking = ranking_scores(cosine, query_anatomy, pool.case_anatomy(), prior)
+    image_rows = _case_rows(pool)
     run = DraftRun()
     for row, (case, vector) in enumerate(vectors.items()):
         scores = cosine[row]
         order = np.argsort(-ranking[row], kind="stable")
         top = order[: config.top_k_cases]
-        sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report) for i in top]
+        image_cosine = pool.image_emb @ vector if len(pool.image_emb) else np.zeros(0)
+        sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report,
+                              float(image_cosine[image_rows[i]].max()) if image_rows[i] else None) for i in top]
         draft = draft_findings(vector, sources, embed_sentences, config, image_findings(vector) if image_findings else None)
         run.findings[case], run.reports[case] = draft.section_text("FINDINGS"), draft.text()
         run.details[case] = _draft_details(draft, sources)

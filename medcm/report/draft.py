@@ -14,8 +14,9 @@
    A sentence stating a lexicon finding stays only if at least ``min_finding_share`` of the
    retrieved case weight states that finding (a neighbour's nodule is not evidence about this image).
    One finding gets one side, degree, size and count: sentences stating it otherwise never merge,
-   and of such alternatives (in either section) the one the most case weight states at that side
-   stays, then the most query-like. Of two sentences where one denies a finding the other states
+   and of such alternatives (in either section) the one most of the ``side_cases`` nearest cases state
+   at that side stays (nearest by their own images when every case carries an ``image_score``; then the
+   head does not judge sides), then the most query-like. Of two sentences where one denies a finding the other states
    (in either section; synonyms, organs, sides, sizes and normal statements understood by
    :mod:`medcm.report.context`), the one with less ``evidence = sum over sources of
    max(similarity, 0) + support_weight * support`` is dropped.
@@ -130,12 +131,26 @@ def _top_cases(cases: Sequence[SourceCase], k: int) -> list[SourceCase]:
     for case in cases:
         if not isinstance(case, SourceCase):
             raise TypeError(f"cases must hold SourceCase, got {type(case).__name__}")
-        if not math.isfinite(case.score):
-            raise ValueError(f"case {case.case_id!r} has a non-finite score {case.score}")
+        if not math.isfinite(case.score) or not math.isfinite(case.image_score or 0.0):
+            raise ValueError(f"case {case.case_id!r} has a non-finite score {case.score} or image score "
+                             f"{case.image_score}")
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
     return sorted(cases, key=lambda c: -c.score)[:k]  # stable: ties keep the caller's order
+
+
+def _image_scored(used: list[SourceCase]) -> bool:
+    """Whether every case knows how near its own images are to the query's."""
+    return bool(used) and all(c.image_score is not None for c in used)
+
+
+def _side_cases(used: list[SourceCase], k: int) -> list[SourceCase]:
+    """The ``k`` cases that decide between sides: the nearest by image when every case knows its image
+    score (image-to-image neighbours name sides best), else by retrieval score."""
+    if _image_scored(used):
+        return sorted(used, key=lambda c: -c.image_score)[:k]
+    return used[:k]
 
 
 def _extract_units(cases: list[SourceCase]) -> list[_Unit]:
@@ -348,15 +363,16 @@ def _supported(groups: list[_Group], found: dict[str, set[_Pair]], weight: dict[
     return kept, dropped
 
 
-def _seen(groups: list[_Group], probabilities: Mapping[str, float] | None, threshold: float,
+def _seen(groups: list[_Group], probabilities: Mapping[str, float] | None, threshold: float, sides: bool,
           ) -> tuple[list[_Group], list[DroppedSentence]]:
-    """Drops sentences the query image disagrees with (`medcm.report.image_findings.unseen_claim`)."""
+    """Drops sentences the query image disagrees with (`medcm.report.image_findings.unseen_claim`); the
+    head judges left against right only when ``sides``."""
     if not probabilities:
         return groups, []
     kept: list[_Group] = []
     dropped: list[DroppedSentence] = []
     for g in groups:
-        if (unseen := unseen_claim(g.claims, probabilities, threshold)) is None:
+        if (unseen := unseen_claim(g.claims, probabilities, threshold, sides)) is None:
             kept.append(g)
             continue
         claim, why = unseen
@@ -484,10 +500,11 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
     if config.agreement_weight > 0:
         _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
     found, weight = _case_findings(units)
-    groups, unseen = _seen(groups, image_findings, config.image_threshold)
+    nearest = _side_cases(used, config.side_cases)
+    by_image = _image_scored(used)
+    groups, unseen = _seen(groups, image_findings, config.image_threshold, sides=not by_image)
     kept, unsupported = _supported(groups, found, weight, config.min_finding_share, image_findings,
                                    config.image_threshold)
-    nearest = used[:config.side_cases]
     mass = sum(max(c.score, 0.0) for c in nearest)
     near = {c.case_id: (max(c.score, 0.0) / mass if mass > 0 else 1 / len(nearest)) for c in nearest}
     kept, alternative = _resolve_alternatives(kept, found, weight, near)

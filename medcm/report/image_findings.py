@@ -8,7 +8,9 @@ A copied sentence is another patient's unless this image agrees:
 - a finding it states must be shown (its label's probability at least the threshold);
 - stated at the left or the right, the image must not show the other side instead (that side's label
   at least the threshold, this side's below it); where the head is unsure of the side, the neighbours'
-  side stands. Stated as bilateral, the bilateral label must be shown;
+  side stands. The drafter skips this check when it knows which stored images are nearest the query's:
+  their side was right more often than the head's on the demo (BENCHMARKS.md). Stated as bilateral, the
+  bilateral label must be shown;
 - a denial ("No pleural effusion.", "The lungs are clear.") must not deny a finding the image shows
   (:func:`medcm.report.assertions.denies`).
 
@@ -38,11 +40,12 @@ def shown(claim: FindingClaim, probabilities: Mapping[str, float], threshold: fl
             and probabilities.get(claim.finding, -1.0) >= threshold)
 
 
-def _present_reason(claim: FindingClaim, probabilities: Mapping[str, float], threshold: float) -> str | None:
+def _present_reason(claim: FindingClaim, probabilities: Mapping[str, float], threshold: float,
+                    sides: bool) -> str | None:
     p = probabilities.get(claim.finding)
     if p is not None and p < threshold:
         return f"the image's P({claim.finding}) is {p:.2f} < {threshold:.2f}"
-    side, other = claim.side, _OTHER_SIDE.get(claim.side or "")
+    side, other = claim.side, _OTHER_SIDE.get(claim.side or "") if sides else None
     here, there = probabilities.get(f"{claim.finding}:{side}"), probabilities.get(f"{claim.finding}:{other}")
     if other and here is not None and there is not None and there >= threshold > here:
         return (f"the image shows the {other} side, not this one: P({claim.finding}:{other}) {there:.2f}, "
@@ -67,11 +70,18 @@ def _denial_reason(denial: FindingClaim, probabilities: Mapping[str, float], thr
 
 
 def unseen_claim(claims: Iterable[FindingClaim], probabilities: Mapping[str, float], threshold: float,
-                 ) -> tuple[FindingClaim, str] | None:
-    """The first claim of a sentence the image disagrees with and why (see the module doc), or None."""
+                 sides: bool = True) -> tuple[FindingClaim, str] | None:
+    """The first claim of a sentence the image disagrees with and why (see the module doc), or None.
+
+    Args:
+        claims: a sentence's claims.
+        probabilities: the head's probability per label.
+        threshold: the probability from which the image shows a label.
+        sides: also judge left against right (False: the caller decides sides otherwise).
+    """
     for claim in claims:
         if claim.status == "present" and claim.finding != ANY:
-            reason = _present_reason(claim, probabilities, threshold)
+            reason = _present_reason(claim, probabilities, threshold, sides)
         elif claim.status == "absent":
             reason = _denial_reason(claim, probabilities, threshold)
         else:

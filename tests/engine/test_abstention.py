@@ -82,12 +82,12 @@ def test_similarity_below_the_percentile_abstains_with_the_numbers():
     low = similarity_abstention(0.41, calibration, config)
     assert low.abstained and (low.percentile, low.threshold) == (0.0, pytest.approx(0.71))
     assert low.reason.startswith("nothing in this archive resembles this study: nearest similarity 0.41, typical 0.80")
-    assert "mean of the 5 most similar cases" in low.reason
+    assert "mean of the 10 most similar cases" in low.reason
     edge = similarity_abstention(0.705, calibration, config)  # one archive study of 20 is as dissimilar: 5%
     assert edge.abstained and edge.percentile == pytest.approx(5.0)
     high = similarity_abstention(0.71, calibration, config)
     assert not high.abstained and high.reason == "" and high.percentile == pytest.approx(10.0)
-    assert high.typical_similarity == pytest.approx(0.795) and high.neighbours == 5
+    assert high.typical_similarity == pytest.approx(0.795) and high.neighbours == 10
 
 
 def test_without_a_calibration_or_a_percentile_nothing_abstains_on_similarity():
@@ -133,7 +133,7 @@ def test_a_held_out_study_like_the_archive_is_drafted(engine, cases):
     abstention = draft.abstention
     assert not abstention.abstained and abstention.reason == "" and draft.sentences
     assert abstention.nearest_similarity >= abstention.threshold and abstention.percentile >= 5.0
-    assert 0.0 < abstention.typical_similarity < 1.0 and abstention.neighbours == 5
+    assert 0.0 < abstention.typical_similarity < 1.0 and abstention.neighbours == AbstentionConfig().neighbours == 10
 
 
 @pytest.mark.parametrize("modality", ["MG", "US"])

@@ -111,6 +111,28 @@ def test_the_checkpoints_finding_head_judges_the_drafts_sentences(engine, synthe
     assert any(d.reason.startswith("not this image: states") and "P(lesion) is 0.10" in d.reason for d in after.dropped)
 
 
+def test_each_source_of_a_draft_carries_its_nearest_stored_images_cosine(engine, synthetic_manifest, monkeypatch):
+    """The drafter decides sides by image-to-image neighbours (`medcm.report.draft`): the engine gives every
+    source the cosine of its best stored image to the query."""
+    import medcm.engine.facade as facade
+
+    query = _query(synthetic_manifest, "dev-00004")
+    passed = {}
+    real = facade.draft_findings
+    monkeypatch.setattr(facade, "draft_findings", lambda q, sources, *rest: passed.setdefault("sources", sources)
+                        and real(q, sources, *rest))
+    engine.draft(query)
+    vector = engine.study_embedding(query)
+    images = engine.index("image")
+    cosine = images.vectors @ (vector / np.linalg.norm(vector))
+    best: dict[str, float] = {}
+    for meta, score in zip(images.meta, cosine.tolist()):
+        best[meta["study_uid"]] = max(best.get(meta["study_uid"], -1.0), score)
+    assert passed["sources"] and all(s.image_score is not None for s in passed["sources"])
+    assert [s.image_score for s in passed["sources"]] == pytest.approx([best[s.case_id] for s in passed["sources"]],
+                                                                        abs=1e-5)
+
+
 def test_signed_case_joins_the_pool_at_once(engine, synthetic_manifest, tmp_path):
     shutil.copy(synthetic_manifest.parent / "cases" / "dev-00010" / "image.dcm", tmp_path / "new.dcm")
     result = engine.ingest([tmp_path])  # no report.txt: stored without a report

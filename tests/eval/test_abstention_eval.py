@@ -58,12 +58,17 @@ def _queries() -> EmbeddedSet:
                       ("qp4", "Pelvis", [_plane(2, 3, 90)])])  # 46 degrees from the nearest Pelvis case
 
 
+def _config(**settings) -> AbstentionConfig:
+    """The product's settings but 5 neighbours: the hand-made pool holds 12 cases per region."""
+    return AbstentionConfig(**{"neighbours": 5, **settings})
+
+
 def _neighbourhood(*degrees: float) -> float:
     return float(np.mean(np.cos(np.radians(degrees))))
 
 
 def test_in_distribution_only_the_outlier_abstains():
-    pool, block = _pool(), abstention_block(_pool(), _queries(), AbstentionConfig())
+    pool, block = _pool(), abstention_block(_pool(), _queries(), _config())
     json.dumps(block)  # JSON-ready
     assert block["rule"] == "similarity" and "DICOM header" in block["note"]
     inside = block["in_distribution"]
@@ -79,7 +84,7 @@ def test_in_distribution_only_the_outlier_abstains():
 
 
 def test_leave_one_region_out_abstains_only_for_the_region_unlike_the_rest():
-    outside = abstention_block(_pool(), _queries(), AbstentionConfig())["out_of_distribution"]
+    outside = abstention_block(_pool(), _queries(), _config())["out_of_distribution"]
     assert list(outside["regions"]) == ["Head", "Neck", "Pelvis"]
     counts = {region: (row["n"], row["abstained"], row["pool_cases"]) for region, row in outside["regions"].items()}
     # Without Head, Head queries still find Neck cases 1-3 degrees away; without Pelvis nothing is near Pelvis.
@@ -91,14 +96,14 @@ def test_leave_one_region_out_abstains_only_for_the_region_unlike_the_rest():
 
 
 def test_targets_and_the_percentile_setting():
-    block = abstention_block(_pool(), _queries(), AbstentionConfig())
+    block = abstention_block(_pool(), _queries(), _config())
     assert block["targets"] == {
         "out-of-distribution abstention": {"target": ">= 0.90", "value": pytest.approx(4 / 7), "met": False},
         "in-distribution abstention": {"target": "<= 0.10", "value": pytest.approx(1 / 7), "met": False}}
     # At the 50th percentile half the pool's own studies are "unlike the archive": more queries abstain.
-    strict = abstention_block(_pool(), _queries(), AbstentionConfig(below_percentile=50))
+    strict = abstention_block(_pool(), _queries(), _config(below_percentile=50))
     assert strict["in_distribution"]["abstained"] > 1 and strict["below_percentile"] == 50
-    assert abstention_block(_pool(), _queries(), AbstentionConfig(below_percentile=0, header=True)) is None
+    assert abstention_block(_pool(), _queries(), _config(below_percentile=0, header=True)) is None
 
 
 def test_a_region_too_small_to_recalibrate_is_not_judged_and_regionless_queries_are_counted():
@@ -106,7 +111,7 @@ def test_a_region_too_small_to_recalibrate_is_not_judged_and_regionless_queries_
     queries = _embedded([("qh1", "Head", [_plane(0, 1, 1)]), ("qp1", "Pelvis", [_plane(2, 3, 2)]),
                          ("qx", "", [_plane(0, 1, 5)])])
     # Without Head, 24 studies remain: below min_studies 25 the region is not judged (the engine would not judge).
-    outside = abstention_block(pool, queries, AbstentionConfig(min_studies=25))["out_of_distribution"]
+    outside = abstention_block(pool, queries, _config(min_studies=25))["out_of_distribution"]
     assert outside["regions"] == {} and outside["n"] == 0 and outside["rate"] is None
     assert set(outside["not_judged"]) == {"Head", "Pelvis"} and "24 pool studies" in outside["not_judged"]["Head"]
     assert outside["no_region"] == 1
@@ -118,7 +123,7 @@ def test_a_region_too_small_to_recalibrate_is_not_judged_and_regionless_queries_
 
 def test_without_regions_there_is_no_out_of_distribution_test():
     queries = _embedded([("q1", "", [_plane(0, 1, 1)]), ("q2", "", [_plane(2, 3, 90)])])
-    block = abstention_block(_pool(), queries, AbstentionConfig())
+    block = abstention_block(_pool(), queries, _config())
     assert block["out_of_distribution"] is None
     assert block["in_distribution"]["abstained_cases"] == ["q2"]
     assert block["targets"]["out-of-distribution abstention"] == {"target": ">= 0.90", "value": None, "met": None}
@@ -128,7 +133,7 @@ def test_without_regions_there_is_no_out_of_distribution_test():
 
 
 def test_abstention_markdown_lines():
-    block = abstention_block(_pool(), _queries(), AbstentionConfig())
+    block = abstention_block(_pool(), _queries(), _config())
     text = "\n".join(abstention_lines(block))
     threshold = block["in_distribution"]["threshold"]
     assert f"| in distribution | 36 | 1/7 | {1 / 7:.4f} | {threshold:.4f} |" in text
@@ -138,7 +143,7 @@ def test_abstention_markdown_lines():
     assert f"| out-of-distribution abstention | >= 0.90 | {4 / 7:.4f} | NO |" in text
     assert f"| in-distribution abstention | <= 0.10 | {1 / 7:.4f} | NO |" in text
     assert "5th percentile" in text and "DICOM header" in text
-    regionless = abstention_block(_pool(), _embedded([("q1", "", [_plane(0, 1, 1)])]), AbstentionConfig())
+    regionless = abstention_block(_pool(), _embedded([("q1", "", [_plane(0, 1, 1)])]), _config())
     assert "Leave one region out: not measured" in "\n".join(abstention_lines(regionless))
 
 
@@ -152,7 +157,7 @@ def test_trust_lines_show_grounding_and_abstention():
                 GroundedCase("b", "CT", "pulmonary nodule", "s", (1, 1), 9.0, False, 0.2),
                 GroundedCase("c", "DX", "pleural effusion", "s", (1, 1), 0.0, True, 0.3)]
     grounding = {**summarize(outcomes), "tolerance_px": 6, "method": "gradcam", "shifts": 0, "cases": []}
-    abstention = abstention_block(_pool(), _queries(), AbstentionConfig())
+    abstention = abstention_block(_pool(), _queries(), _config())
     text = "\n".join(trust_lines(_trust(grounding=grounding, abstention=abstention)))
     assert "within 6 px" in text and "(gradcam)" in text
     assert f"| all | 3 | {2 / 3:.4f} | {0.2:.4f} | 0.0 |" in text
@@ -166,10 +171,10 @@ def test_trust_lines_show_grounding_and_abstention():
 
 
 def test_plot_bars_are_the_drafts_abstention_rates():
-    block = abstention_block(_pool(), _queries(), AbstentionConfig())
+    block = abstention_block(_pool(), _queries(), _config())
     assert _abstention_bars({"abstention": block}) == {"abstained\n(in-dist.)": pytest.approx(1 / 7),
                                                        "abstained\n(OOD)": pytest.approx(4 / 7)}
-    regionless = abstention_block(_pool(), _embedded([("q1", "", [_plane(0, 1, 1)])]), AbstentionConfig())
+    regionless = abstention_block(_pool(), _embedded([("q1", "", [_plane(0, 1, 1)])]), _config())
     assert _abstention_bars({"abstention": regionless}) == {"abstained\n(in-dist.)": 0.0}
     assert _abstention_bars({}) == {}
 
@@ -188,20 +193,20 @@ def test_evaluate_reports_the_block_of_its_own_embeddings(tiny_model, tiny_confi
             for i, r in enumerate([r for r in records if r.split == "train"][:16])]
     queries = [dataclasses.replace(r, meta={**r.meta, "region": regions[i % 2]})
                for i, r in enumerate([r for r in records if r.split == "dev"][:4])]
-    config = AbstentionConfig(min_studies=5)
+    config = _config(min_studies=5)
     block = evaluate_module.evaluate(checkpoint, pool, queries, abstention=config)["trust"]["abstention"]
     embedded = [evaluate_module.embed_records(checkpoint, cases, "cpu") for cases in (pool, queries)]
     assert block == abstention_block(*embedded, config)
     assert block["in_distribution"]["n"] == 4 and block["in_distribution"]["pool_cases"] == 16
     assert {r: row["n"] for r, row in block["out_of_distribution"]["regions"].items()} == {"Abdomen": 2, "Thorax": 2}
     assert all(row["pool_cases"] == 8 for row in block["out_of_distribution"]["regions"].values())
-    off = evaluate_module.evaluate(checkpoint, pool, queries, abstention=AbstentionConfig(below_percentile=0))
+    off = evaluate_module.evaluate(checkpoint, pool, queries, abstention=_config(below_percentile=0))
     assert "abstention" not in off["trust"]
 
 
 def test_cli_summary_line():
-    block = abstention_block(_pool(), _queries(), AbstentionConfig())
+    block = abstention_block(_pool(), _queries(), _config())
     assert abstention_summary(block) == "abstained: in distribution 1/7; leave one region out 4/7"
-    small = abstention_block(_pool(), _embedded([("q1", "", [_plane(0, 1, 1)])]), AbstentionConfig(min_studies=40))
+    small = abstention_block(_pool(), _embedded([("q1", "", [_plane(0, 1, 1)])]), _config(min_studies=40))
     assert abstention_summary(small) == ("abstained: in distribution 0/1 (pool too small to calibrate: 36 studies); "
                                          "leave one region out not measured (no region metadata)")

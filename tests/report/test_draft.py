@@ -648,6 +648,27 @@ def test_the_side_the_nearest_cases_state_outranks_a_farther_majority() -> None:
     assert [s.text for s in everyone.sentences] == ["Small right pleural effusion."]
 
 
+def test_with_image_scores_the_nearest_images_decide_the_side_and_the_head_does_not() -> None:
+    """Image-to-image neighbours name sides better than image-to-report ranking or the head's sided labels
+    (demo, 3 seeds): with every case's image score, the side of the nearest images stays."""
+    embed = FakeEmbedder()
+    left, right = "Small left pleural effusion.", "Small right pleural effusion."
+    scored = [SourceCase("A", 0.95, f"FINDINGS: {right}", image_score=0.80),
+              SourceCase("B", 0.90, f"FINDINGS: {right}", image_score=0.82),
+              SourceCase("C", 0.60, f"FINDINGS: {left}", image_score=0.99),
+              SourceCase("D", 0.60, f"FINDINGS: {left}", image_score=0.98)]
+    head = {"effusion": 0.9, "effusion:right": 0.6, "effusion:left": 0.4}  # the head leans the other way
+    config = DraftConfig(**{**LOOSE.__dict__, "side_cases": 3})
+    assert [s.text for s in draft_findings(Q, scored, embed, config, head).sentences] == [left]
+    # One case without an image score: retrieval order decides and the head judges sides again.
+    unscored = scored[:3] + [SourceCase("D", 0.60, f"FINDINGS: {left}")]
+    draft = draft_findings(Q, unscored, embed, config, head)
+    assert [s.text for s in draft.sentences] == [right]
+    assert {d.text: d.reason for d in draft.dropped}[left].startswith("not this image: states left pleura effusion")
+    with pytest.raises(ValueError, match="image score nan"):
+        draft_findings(Q, [SourceCase("A", 0.9, right, image_score=float("nan"))], embed, config)
+
+
 def test_an_impression_giving_another_size_than_the_kept_finding_is_dropped() -> None:
     embed = HashEmbedder()
     nodule = "There is a 19 mm rounded nodule in the right lower zone."

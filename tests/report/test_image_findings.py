@@ -45,3 +45,11 @@ def test_labels_and_shown() -> None:
     (claim,) = sentence_claims("Small right pleural effusion.")
     assert claim_label(claim) == "effusion:right"
     assert shown(claim, SEEN, 0.5) and not shown(claim, SEEN, 0.95) and not shown(claim, {}, 0.5)
+
+
+def test_without_sides_only_presence_and_bilateral_are_judged() -> None:
+    claims = sentence_claims("Small left pleural effusion.")
+    assert unseen_claim(claims, SEEN, 0.5, sides=False) is None  # the head's right side is not asked
+    (claim, reason) = unseen_claim(sentence_claims("Bilateral pleural effusions."), SEEN, 0.5, sides=False)
+    assert reason.endswith("P(effusion:bilateral) is 0.20 < 0.50")
+    assert unseen_claim(sentence_claims("Small left pleural effusion."), {"effusion": 0.3}, 0.5, sides=False)

@@ -135,7 +135,7 @@ def test_draft_of_a_mammogram_abstains_with_the_reason_the_numbers_and_weak_case
     assert (result["text"], result["sentences"], result["verified"]) == ("", [], False)
     numbers = result["abstention"]
     assert 0.0 < numbers["nearest_similarity"] <= 1.0 and 0.0 < numbers["typical_similarity"] <= 1.0
-    assert 0.0 <= numbers["percentile"] <= 100.0 and numbers["neighbours"] == 5
+    assert 0.0 <= numbers["percentile"] <= 100.0 and numbers["neighbours"] == 10
     assert len(result["similar_cases"]) == 5 and all(c["weak"] for c in result["similar_cases"])
     assert [c["study_uid"] for c in result["similar_cases"]] == result["source_cases"]
     assert served.store.latest_report(result["study_uid"]) is None  # nothing to save
