@@ -18,6 +18,7 @@ import os
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -37,12 +40,20 @@ from medcm.dicom.display import to_display
 from medcm.dicom.meta import InstanceMeta, instance_meta
 
 __all__ = [
-    "MAX_IMAGE_PIXELS", "MAX_ZIP_MEMBER", "DicomImage", "DicomReadError", "check_pixel_data", "member_name",
+    "MAX_IMAGE_PIXELS", "MAX_INFLATED_BYTES", "MAX_ZIP_MEMBER", "DicomImage", "DicomReadError", "check_pixel_data", "member_name",
     "read_dataset", "read_instance", "read_source", "split_member_name",
 ]
 
 MAX_ZIP_MEMBER = 2**31  # bytes; refuse larger members rather than exhaust memory
-MAX_IMAGE_PIXELS = 2**28  # rows*columns*frames*samples; larger declared images are refused before decoding
+# rows*columns*frames*samples; larger images are refused before decoding. Reading one costs about 25 bytes a
+# sample at its peak (the file's bytes, pydicom's copy, the decoded array, float intermediates, the float32
+# display pixels): some 3.4 GB at this limit (BENCHMARKS.md, "Memory per DICOM file"). 2**27 is 512 x 512 x
+# 512, or a 1,000-frame 384 x 350 cine.
+MAX_IMAGE_PIXELS = 2**27
+# A Deflated Explicit VR dataset is inflated whole by pydicom: first it is inflated here, counting and
+# keeping nothing, and refused once it passes this (2**27 samples of 16 bits).
+MAX_INFLATED_BYTES = 2**28
+_INFLATE_CHUNK = 2**20
 _ZIP_SEPARATOR = re.compile(r"\.zip:", re.IGNORECASE)  # between archive and member in a member name
 _BYTES = (bytes, bytearray, memoryview)
 
@@ -161,6 +172,7 @@ def read_dataset(source: str | os.PathLike | bytes, label: str | None = None, *,
             source = read_source(source, label)
         elif not os.path.isfile(source):
             raise DicomReadError(label, "no such file; expected a DICOM file or an 'archive.zip:member' name")
+    _check_inflated_size(source, label)
     if headers_only or force:
         return _lenient_read(source, label, headers_only)
     if not isinstance(source, _BYTES):
@@ -169,6 +181,37 @@ def read_dataset(source: str | os.PathLike | bytes, label: str | None = None, *,
             if ds.file_meta.get("TransferSyntaxUID"):
                 return ds
     return _strict_read(source, label)
+
+
+def _check_inflated_size(source: str | os.PathLike | bytes, label: str) -> None:
+    """Refuse a Deflated Explicit VR file whose dataset inflates past `MAX_INFLATED_BYTES`, before pydicom
+    inflates it whole: a few hundred KB of deflated zeros can hold gigabytes of pixel data."""
+    with contextlib.ExitStack() as stack:
+        fp = io.BytesIO(bytes(source)) if isinstance(source, _BYTES) else stack.enter_context(open(source, "rb"))
+        try:
+            with warnings.catch_warnings(), _quiet_pydicom_log():
+                warnings.simplefilter("ignore")
+                read_preamble(fp, False)
+                deflated = _read_file_meta_info(fp).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        except Exception:  # noqa: BLE001 - no standard preamble and meta: not deflated; the readers judge it
+            return
+        if deflated:
+            _count_inflated(fp, label)
+
+
+def _count_inflated(fp: io.BufferedIOBase, label: str) -> None:
+    """Inflate the rest of `fp` a chunk at a time, keeping nothing; raise once it passes the limit."""
+    inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    while (chunk := fp.read(_INFLATE_CHUNK)) and not inflater.eof:
+        while chunk:
+            try:
+                size += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+            except zlib.error as exc:
+                raise DicomReadError(label, f"corrupt deflated dataset: {exc}") from exc
+            if size > MAX_INFLATED_BYTES:
+                raise DicomReadError(label, f"the deflated dataset inflates to more than {MAX_INFLATED_BYTES} "
+                                            "bytes; refused before decoding (a decompression bomb?)")
+            chunk = inflater.unconsumed_tail
 
 
 def _open(source: str | os.PathLike | bytes) -> str | os.PathLike | io.BytesIO:
@@ -265,15 +308,25 @@ def check_pixel_data(ds: pydicom.Dataset, label: str) -> None:
     size = f"{rows}×{columns}×{frames}" + (f"×{samples} samples" if samples > 1 else "")
     if rows <= 0 or columns <= 0:
         raise DicomReadError(label, f"declared image size {size} has no pixels; expected Rows and Columns >= 1")
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    held = _frames_held(ds, rows * columns * samples) if ts in UncompressedTransferSyntaxes else 0
+    what = f"declared image size {size}"
+    if held > frames:  # pydicom decodes every frame the data holds, whatever NumberOfFrames says
+        what, frames = f"{what}, {held} frames by its pixel data length,", held
     pixels = rows * columns * frames * samples
     if pixels > MAX_IMAGE_PIXELS:
-        raise DicomReadError(label, f"declared image size {size} ({pixels:.2g} pixels) is over the "
-                                    f"{MAX_IMAGE_PIXELS}-pixel limit; expected a real image")
-    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+        raise DicomReadError(label, f"{what} ({pixels:.2g} pixels) is over the {MAX_IMAGE_PIXELS}-pixel limit; "
+                                    "refused before decoding")
     if ts in UncompressedTransferSyntaxes:  # deflate is undone at read time, so it counts
         expected, got = _expected_bytes(ds), len(ds.PixelData)
         if got < expected:
             raise DicomReadError(label, f"truncated pixel data: expected {expected} bytes, got {got}")
+
+
+def _frames_held(ds: pydicom.Dataset, samples_per_frame: int) -> int:
+    """How many whole frames uncompressed pixel data holds, by its length."""
+    bits = samples_per_frame * max(1, int(ds.BitsAllocated))
+    return len(ds.PixelData) * 8 // bits
 
 
 def _decode(ds: pydicom.Dataset, label: str) -> np.ndarray:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEGLSLossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from medcm.dicom import read as dicom
-from medcm.dicom.read import MAX_IMAGE_PIXELS, DicomImage, DicomReadError, read_instance
+from medcm.dicom.read import MAX_IMAGE_PIXELS, MAX_INFLATED_BYTES, DicomImage, DicomReadError, read_instance
 from medcm.dicom.walk import iter_dicom
 from medcm.dicom.write import write_image
 
@@ -49,13 +49,13 @@ def test_absurd_rows_and_columns_refused_before_decoding(tmp_path: Path, monkeyp
     with pytest.raises(DicomReadError) as info:
         read_instance(path)
     assert str(info.value) == (f"{path}: declared image size 60000×60000×1 (3.6e+09 pixels) is over the "
-                               "268435456-pixel limit; expected a real image")
+                               "134217728-pixel limit; refused before decoding")
 
 
 def test_absurd_frame_count_and_samples_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_decoding(monkeypatch)
     frames = _dicom(tmp_path / "frames.dcm", NumberOfFrames=2**23)  # 8 * 8 * 2**23 = 2**29 pixels
-    with pytest.raises(DicomReadError, match=r"8×8×8388608 \(5.4e\+08 pixels\) is over the 268435456-pixel"):
+    with pytest.raises(DicomReadError, match=r"8×8×8388608 \(5.4e\+08 pixels\) is over the 134217728-pixel"):
         read_instance(frames)
     colour = _dicom(tmp_path / "colour.dcm", Rows=16384, Columns=16384, SamplesPerPixel=3)
     with pytest.raises(DicomReadError, match=r"16384×16384×1×3 samples \(8.1e\+08 pixels\)"):
@@ -72,9 +72,52 @@ def test_zero_rows_or_columns_refused(tmp_path: Path, rows: int, columns: int) -
 
 
 def test_image_within_the_limit_still_reads(tmp_path: Path) -> None:
-    assert MAX_IMAGE_PIXELS == 2**28
+    assert (MAX_IMAGE_PIXELS, MAX_INFLATED_BYTES) == (2**27, 2**28)
     image = read_instance(_dicom(tmp_path / "ok.dcm", compress=JPEGLSLossless))
     assert image.pixels.shape == (1, 8, 8)
+
+
+def _padded(path: Path, frames: int, deflate: bool = False) -> Path:
+    """An 8 x 8 16-bit image without NumberOfFrames whose pixel data holds `frames` frames (ramp values)."""
+    write_image(path, np.zeros((8, 8)))
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (np.arange(64 * frames) % 4096).astype("<u2").tobytes()
+    if deflate:
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_frames_the_pixel_data_holds_count_against_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NumberOfFrames, padded pixel data: pydicom decodes every frame the data holds (issue 18: 3,641 frames,
+    3.2 GB); the limit counts them before decoding."""
+    within = read_instance(_padded(tmp_path / "three.dcm", 3))
+    assert within.pixels.shape == (3, 8, 8)
+    monkeypatch.setattr(dicom, "MAX_IMAGE_PIXELS", 64 * 100)
+    _no_decoding(monkeypatch)
+    path = _padded(tmp_path / "padded.dcm", 101)
+    with pytest.raises(DicomReadError) as info:
+        read_instance(path)
+    assert str(info.value) == (f"{path}: declared image size 8×8×1, 101 frames by its pixel data length, (6.5e+03 "
+                               "pixels) is over the 6400-pixel limit; refused before decoding")
+
+
+def test_a_deflated_dataset_reads_and_a_deflate_bomb_is_refused_while_inflating(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = read_instance(_padded(tmp_path / "deflated.dcm", 1, deflate=True))
+    assert image.pixels.shape == (1, 8, 8)
+    assert np.all(np.diff(image.pixels.ravel()) > 0)  # the ramp 0..63 survives inflating and display
+    bomb = _padded(tmp_path / "bomb.dcm", 2**15, deflate=True)  # 4 MiB of pixel data
+    assert bomb.stat().st_size < 200_000
+    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 2**20)
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: pytest.fail("pydicom inflated the bomb"))
+    with pytest.raises(DicomReadError) as info:
+        read_instance(bomb)
+    assert str(info.value) == (f"{bomb}: the deflated dataset inflates to more than 1048576 bytes; refused before "
+                               "decoding (a decompression bomb?)")
+    with pytest.raises(DicomReadError, match="inflates to more than"):
+        read_instance(bomb.read_bytes(), "bomb-bytes")
 
 
 # --- unsafe zip members (the CLI path does not call check_upload) ----------------------------------
