@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import logging
 import os
 import re
 import warnings
@@ -36,6 +35,7 @@ from pydicom.uid import (
     UncompressedTransferSyntaxes,
 )
 
+from medcm.dicom.decode import DecodeError, decode_pixels, quiet_pydicom
 from medcm.dicom.display import to_display
 from medcm.dicom.meta import InstanceMeta, instance_meta
 
@@ -189,7 +189,7 @@ def _check_inflated_size(source: str | os.PathLike | bytes, label: str) -> None:
     with contextlib.ExitStack() as stack:
         fp = io.BytesIO(bytes(source)) if isinstance(source, _BYTES) else stack.enter_context(open(source, "rb"))
         try:
-            with warnings.catch_warnings(), _quiet_pydicom_log():
+            with warnings.catch_warnings(), quiet_pydicom():
                 warnings.simplefilter("ignore")
                 read_preamble(fp, False)
                 deflated = _read_file_meta_info(fp).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
@@ -254,7 +254,7 @@ def _force_read(source: str | os.PathLike | bytes, label: str, first: Exception)
     # force=True "reads" almost any bytes, so only keep results that look like an image.
     reason = "not a DICOM file (no DICM header, and no image data parsed without one)"
     try:
-        with warnings.catch_warnings(), _quiet_pydicom_log():
+        with warnings.catch_warnings(), quiet_pydicom():
             warnings.simplefilter("ignore")  # pydicom warns (and logs) about every garbage element
             ds = pydicom.dcmread(_open(source), force=True)
             for _ in ds:  # converts every raw element; garbage fails here
@@ -265,17 +265,6 @@ def _force_read(source: str | os.PathLike | bytes, label: str, first: Exception)
     if not ok:
         raise DicomReadError(label, reason) from first
     return ds
-
-
-@contextlib.contextmanager
-def _quiet_pydicom_log() -> Iterator[None]:
-    logger = logging.getLogger("pydicom")
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
 
 
 def _expected_bytes(ds: pydicom.Dataset) -> int:
@@ -329,18 +318,16 @@ def _frames_held(ds: pydicom.Dataset, samples_per_frame: int) -> int:
     return len(ds.PixelData) * 8 // bits
 
 
-def _decode(ds: pydicom.Dataset, label: str) -> np.ndarray:
+def _decode(ds: pydicom.Dataset, label: str, source: bytes | None) -> np.ndarray:
     try:
-        return ds.pixel_array  # pydicom 3 converts YBR_* to RGB by default
-    except Exception as exc:
+        return decode_pixels(ds, source)  # pydicom 3 converts YBR_* to RGB by default
+    except DecodeError as exc:
         ts = UID(str(ds.file_meta.TransferSyntaxUID))
         what = f"{ts} ({ts.name})" if ts.name != ts else f"{ts} (unknown to pydicom)"
         hint = ""
         if ts not in UncompressedTransferSyntaxes:
             hint = "; compressed transfer syntaxes are decoded by the pylibjpeg and python-gdcm plugins"
-        raise DicomReadError(
-            label, f"cannot decode pixel data in transfer syntax {what}: {exc}{hint}"
-        ) from exc
+        raise DicomReadError(label, f"cannot decode pixel data in transfer syntax {what}: {exc}{hint}") from exc
 
 
 def _frames(ds: pydicom.Dataset) -> int:
@@ -381,7 +368,7 @@ def read_instance(source: str | os.PathLike | bytes, name: str | None = None,
     ds = read_dataset(source, label)
     try:
         check_pixel_data(ds, label)
-        pixels = to_display(ds, _decode(ds, label), window)
+        pixels = to_display(ds, _decode(ds, label, source), window)
         meta = instance_meta(ds, label, pixels.shape[0], digest, folder=folder)
     except DicomReadError:
         raise

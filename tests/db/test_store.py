@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
+import stat
 from datetime import timezone
 
 import numpy as np
@@ -364,6 +366,25 @@ def test_sqlite_foreign_keys_and_wal(sqlite_url):
     path = url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as raw:  # WAL is a property of the file: every client gets it
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_new_sqlite_store_and_its_wal_are_private_to_their_owner(tmp_path):
+    """Issue 18: cases.db and its WAL were world-readable (mode 644) under the usual umask."""
+    path = tmp_path / "new" / "cases.db"
+    old = os.umask(0o022)
+    try:
+        with CaseStore(f"sqlite:///{path}") as store:
+            store.ingest(archive())
+            wal = path.with_name("cases.db-wal")
+            assert wal.exists()
+            assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (path, wal)} == {"cases.db": 0o600,
+                                                                                       "cases.db-wal": 0o600}
+    finally:
+        os.umask(old)
+    shared = tmp_path / "shared.db"
+    shared.touch(mode=0o640)  # an existing file keeps the mode its owner gave it
+    CaseStore(f"sqlite:///{shared}").close()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
 
 
 def test_an_in_memory_store_works(tmp_path):

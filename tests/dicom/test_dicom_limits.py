@@ -32,7 +32,7 @@ def _dicom(path: Path, **attributes: object) -> Path:
 
 
 def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(ds: pydicom.Dataset, label: str) -> np.ndarray:
+    def refuse(ds: pydicom.Dataset, label: str, source: bytes | None = None) -> np.ndarray:
         raise AssertionError(f"{label}: decoder called for a refused image")
     monkeypatch.setattr(dicom, "_decode", refuse)
 
