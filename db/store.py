@@ -137,7 +137,7 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         Raises:
             StoreError: unknown study, or an invalid argument.
         """
-        write.check_text("save_draft text", text, empty_ok=True)
+        write.check_report_text("save_draft text", text, empty_ok=True)
         pairs = write.sections_of("save_draft sections", sections)
         write.check_text("save_draft author", author)
         write.check_text("save_draft source", source)
@@ -174,7 +174,7 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         Raises:
             StoreError: unknown study, empty text or signer, or an invalid argument.
         """
-        write.check_text("sign_report text", text)
+        write.check_report_text("sign_report text", text)
         pairs = write.sections_of("sign_report sections", sections)
         write.check_text("sign_report signer", signer)
         with self._session(write=True) as s:

@@ -41,6 +41,22 @@ def check_text(what: str, value: Any, empty_ok: bool = False) -> str:
     return value
 
 
+MAX_REPORT_CHARS = 100_000  # a long radiology report is under 10,000; a 10 MB "report" is an attack or an accident
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls and DEL, but tab and line breaks
+
+
+def check_report_text(what: str, value: Any, empty_ok: bool = False) -> str:
+    """`check_text` for a report a person wrote: at most `MAX_REPORT_CHARS` characters and no control
+    characters (a NUL or ESC would reach the DICOM SR and every export)."""
+    text = check_text(what, value, empty_ok)
+    if len(text) > MAX_REPORT_CHARS:
+        raise StoreError(f"{what}: {len(text)} characters; expected at most {MAX_REPORT_CHARS}")
+    if found := _CONTROL.search(text):
+        raise StoreError(f"{what}: control character U+{ord(found.group()):04X} at position {found.start()}; "
+                         "expected printable text (tabs and line breaks are fine)")
+    return text
+
+
 def check_json(what: str, value: Any) -> dict[str, Any]:
     """`value` if it is a dict that strict JSON can hold (no NaN), else StoreError."""
     try:

@@ -50,7 +50,7 @@ from medcm.report.draft_types import Abstention
 from medcm.report.text import report_text_for_training, split_sections
 from medcm.runtime import select_device
 
-__all__ = ["INGEST_CHUNK_IMAGES", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult", "SimilarCase"]
+__all__ = ["INGEST_CHUNK_IMAGES", "MAX_QUERY_CHARS", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult", "SimilarCase"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ INGEST_CHUNK_IMAGES = 64  # images per store transaction during ingest (whole st
 
 
 @dataclass(frozen=True)
+MAX_QUERY_CHARS = 1000  # longest text search query
+
 class SimilarCase:
     """A past case similar to the query, with the report the similarity was measured against; `percentile`
     is its calibrated score and `weak` marks a poor match (`medcm.engine.abstention`)."""
@@ -323,6 +325,8 @@ class Engine:
         """Stored images matching a phrase such as "pleural effusion" (text → images), one per study."""
         if not query.strip():
             raise ValueError("text search: the query is empty")
+        if len(query) > MAX_QUERY_CHARS:  # a 10 MB query cost 15 s and 836 MB (issue 18)
+            raise ValueError(f"text search: the query is {len(query)} characters; expected at most {MAX_QUERY_CHARS}")
         vector = self.embed_texts([query])[0]
         hits = self.index(IMAGE).search(vector, k=k, filters=_clean_filters(filters), group_by="study_uid")
         return [_image_match(hit) for hit in hits]

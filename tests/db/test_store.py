@@ -387,6 +387,20 @@ def test_a_new_sqlite_store_and_its_wal_are_private_to_their_owner(tmp_path):
     assert stat.S_IMODE(shared.stat().st_mode) == 0o640
 
 
+def test_report_text_a_person_writes_is_bounded_and_printable(filled):
+    """Issue 18: a 10 MB report was accepted, and NUL and ESC reached the SR."""
+    before = filled.report_versions(STUDY_A)
+    with pytest.raises(StoreError, match=r"^sign_report text: 100001 characters; expected at most 100000$"):
+        filled.sign_report(STUDY_A, "x" * 100_001, [], signer="dr.b")
+    with pytest.raises(StoreError, match=r"^save_draft text: control character U\+001B at position 9; expected"):
+        filled.save_draft(STUDY_A, "FINDINGS:\x1b[31m red", [], author="dr.a")
+    with pytest.raises(StoreError, match="control character U\\+0000"):
+        filled.sign_report(STUDY_A, "Normal.\x00", [], signer="dr.b")
+    assert filled.report_versions(STUDY_A) == before  # nothing stored
+    ok = filled.save_draft(STUDY_A, "FINDINGS:\tNormal.\r\nIMPRESSION: Normal.", [], author="dr.a")
+    assert ok.text.endswith("IMPRESSION: Normal.")
+
+
 def test_an_in_memory_store_works(tmp_path):
     with CaseStore("sqlite://") as store:
         store.ingest(archive())

@@ -85,6 +85,13 @@ def test_text_search_finds_matching_images(engine, pool, labels):
     assert sum(study_label[m.study_uid] == "large circle lower right" for m in matches) >= 2
 
 
+def test_an_overlong_text_search_is_refused_before_the_text_tower(engine, monkeypatch):
+    """Issue 18: a 10 MB search query cost 15 s and 836 MB that was never released."""
+    monkeypatch.setattr(engine, "embed_texts", lambda texts: pytest.fail("the text tower read the query"))
+    with pytest.raises(ValueError, match=r"^text search: the query is 1001 characters; expected at most 1000$"):
+        engine.search_text("x" * 1001)
+
+
 def test_filters_restrict_results(engine, synthetic_manifest):
     query = _query(synthetic_manifest, "dev-00001")
     assert all(c.modality == "DX" for c in engine.similar_cases(query, k=3, filters={"modality": "dx"}))
