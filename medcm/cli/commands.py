@@ -171,9 +171,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"demo ready: --db {db_url} --checkpoint {run}")
         return 0
     example = demo_held_out(args.dir)[0]
-    name, password, login_file = demo_login(args.dir, db_url)
+    name, _, login_file = demo_login(args.dir, db_url)
     print(f"medcm demo (synthetic data): http://127.0.0.1:{args.port}  (Ctrl+C stops it)")
-    print(f"log in as {name} with password {password} (kept in {login_file})")
+    # Not the password itself: the console is often a server log that others read (issue 18).
+    print(f"log in as {name}; the password is in {login_file} (readable by you only)")
     print(f"try uploading a held-out study, e.g. {example}")
     serve(db_url, run, "127.0.0.1", args.port, demo_notice=DEMO_NOTICE.format(example=example),
           deid=demo_deid(args.dir))
