@@ -1,11 +1,11 @@
 """The browser review app: upload a study, compare similar cases, edit the draft findings, sign.
 
 `build_app(engine, store, upload_dir=...)` returns a `gr.Blocks`; nothing is loaded or launched at
-import. Launch it bound to the local machine, with the options of `LAUNCH_OPTIONS` and the store's
+import. Launch it bound to the local machine, with the options of `launch_options()` and the store's
 login check (`ui.auth.make_auth`)::
 
     app = build_app(engine, store, upload_dir=Path("cases.db.uploads"))
-    app.launch(server_name="127.0.0.1", auth=make_auth(store), **LAUNCH_OPTIONS)
+    app.launch(server_name="127.0.0.1", auth=make_auth(store), **launch_options())
 
 Every page and every call needs a login; each handler acts as the logged-in account and checks its
 role (viewer: read; clinician: also upload, draft, edit, sign; admin: read and the Audit tab).
@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from db.store import CaseStore
 from medcm.engine.facade import Engine
@@ -107,10 +108,38 @@ ENGINE_QUEUE: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit":
 DELETE_CACHE = (3600, 86400)
 # Suggested `launch()` options: no share tunnel; no run history (gradio 6 would otherwise keep every
 # call's inputs and outputs, i.e. study images and reports, in the browser's storage); no monitoring
-# or MCP endpoints; only the API link in the footer. The default theme's fonts ship with gradio, so
-# the page fetches nothing from outside the server.
-LAUNCH_OPTIONS: dict[str, Any] = {"share": False, "footer_links": ["api"], "run_history": False,
-                                  "enable_monitoring": False, "mcp_server": False}
+# or MCP endpoints; only the API link in the footer; no public /openapi.json (the API's schema is for
+# logged-in users, at /gradio_api/info); security headers on every response (`SecurityHeaders`). The
+# default theme's fonts ship with gradio, so the page fetches nothing from outside the server.
+def launch_options() -> dict[str, Any]:
+    """Fresh keyword arguments for `gr.Blocks.launch` (gradio fills in the FastAPI arguments it is given)."""
+    return {"share": False, "footer_links": ["api"], "run_history": False, "enable_monitoring": False,
+            "mcp_server": False, "app_kwargs": {"openapi_url": None, "middleware": [Middleware(SecurityHeaders)]}}
+
+
+class SecurityHeaders:
+    """ASGI middleware: every HTTP response refuses to be framed by another site (clickjacking), to be
+    MIME-sniffed, and to send the page's address to other sites."""
+
+    HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
+               (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        names = {name for name, _ in self.HEADERS}
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + list(self.HEADERS)}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,

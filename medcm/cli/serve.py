@@ -74,7 +74,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     from medcm.config import AbstentionConfig
     from medcm.report.draft import DraftConfig
     from medcm.engine.facade import Engine
-    from ui.app import LAUNCH_OPTIONS, build_app
+    from ui.app import build_app, launch_options
     from ui.auth import make_auth
 
     store = CaseStore(db_url)
@@ -87,7 +87,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
                     abstention=abstention or AbstentionConfig())
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
-               max_file_size="2gb", auth=make_auth(store), **LAUNCH_OPTIONS)
+               max_file_size="2gb", auth=make_auth(store), **launch_options())
     return app
 
 

@@ -56,11 +56,10 @@ log = logging.getLogger(__name__)
 
 _BATCH = 32
 INGEST_CHUNK_IMAGES = 64  # images per store transaction during ingest (whole studies)
+MAX_QUERY_CHARS = 1000  # longest text search query
 
 
 @dataclass(frozen=True)
-MAX_QUERY_CHARS = 1000  # longest text search query
-
 class SimilarCase:
     """A past case similar to the query, with the report the similarity was measured against; `percentile`
     is its calibrated score and `weak` marks a poor match (`medcm.engine.abstention`)."""

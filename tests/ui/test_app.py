@@ -23,7 +23,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from db.store import CaseStore  # noqa: E402
 from medcm.dicom.write import write_image  # noqa: E402
 from medcm.engine.facade import Engine  # noqa: E402
-from ui.app import DISCLAIMER, LAUNCH_OPTIONS, build_app  # noqa: E402
+from ui.app import DISCLAIMER, build_app, launch_options  # noqa: E402
 from ui.auth import make_auth  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
 from ui.study import ingest_upload, load_study  # noqa: E402
@@ -59,7 +59,7 @@ def served(synthetic_pool, trained_run):
     mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio-tmp"))
     app = build_app(engine, store, upload_dir=root / "uploads", demo_notice=NOTICE)
     _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                           quiet=True, auth=make_auth(store), **LAUNCH_OPTIONS)
+                           quiet=True, auth=make_auth(store), **launch_options())
     clients = {name: _client(url, name) for name in ("dr.c", "dr.v")}
     yield SimpleNamespace(app=app, url=url, engine=engine, store=store, client=clients["dr.c"],
                           viewer=clients["dr.v"], upload_dir=root / "uploads",
@@ -303,6 +303,17 @@ def test_without_a_login_the_page_and_the_api_are_refused(served):
     assert info.value.code == 401
     with pytest.raises(Exception, match="(?i)login|auth|401"):
         gradio_client.Client(served.url, verbose=False, analytics_enabled=False)
+
+
+def test_every_response_refuses_framing_and_the_api_schema_is_not_public(served):
+    """Issue 18: no CSP or X-Frame-Options, and a public /openapi.json."""
+    with urllib.request.urlopen(served.url, timeout=30) as response:
+        headers = response.headers
+    assert headers["X-Frame-Options"] == "DENY" and headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "no-referrer"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(served.url.rstrip("/") + "/openapi.json", timeout=30)
+    assert info.value.code == 404 and info.value.headers["X-Frame-Options"] == "DENY"
 
 
 def test_logins_and_failed_logins_are_recorded(served):

@@ -29,7 +29,7 @@ def served(synthetic_manifest, trained_run, tmp_path_factory):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from db.store import CaseStore
     from medcm.engine.facade import Engine
-    from ui.app import LAUNCH_OPTIONS, build_app
+    from ui.app import build_app, launch_options
     from ui.auth import make_auth
 
     root = tmp_path_factory.mktemp("browser")
@@ -42,7 +42,7 @@ def served(synthetic_manifest, trained_run, tmp_path_factory):
     store.add_user(LOGIN[0], "clinician", LOGIN[1])
     app = build_app(engine, store, upload_dir=root / "uploads")
     app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-               auth=make_auth(store), **LAUNCH_OPTIONS)
+               auth=make_auth(store), **launch_options())
     yield app, store, root
     app.close()
 

@@ -18,7 +18,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from db.store import CaseStore  # noqa: E402
 from medcm.dicom.deid import DeidConfig  # noqa: E402
 from medcm.engine.facade import Engine  # noqa: E402
-from ui.app import LAUNCH_OPTIONS, build_app  # noqa: E402
+from ui.app import build_app, launch_options  # noqa: E402
 from ui.auth import make_auth  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))  # the planted-identifier dataset
@@ -53,7 +53,7 @@ def served(synthetic_manifest, trained_run, tmp_path_factory):
     mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio-tmp"))
     app = build_app(engine, store, upload_dir=root / "data" / "uploads")
     _, url, _ = app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
-                           auth=make_auth(store), **LAUNCH_OPTIONS)
+                           auth=make_auth(store), **launch_options())
     client = gradio_client.Client(url, auth=USERS[0], verbose=False, analytics_enabled=False, download_files=False)
     yield SimpleNamespace(root=root, url=url, store=store, client=client)
     client.close()
