@@ -29,7 +29,7 @@ from medcm.report.draft import Draft
 from medcm.report.draft_types import Abstention
 from ui.auth import Login, log_view, require
 from ui.errors import readable_errors, user_error
-from ui.study import ingest_upload
+from ui.study import ingest_upload, require_for_upload
 
 MAX_K = 50
 
@@ -169,7 +169,7 @@ class Endpoints:
     def search(self, dicom_file: str | None, k: float, request: gr.Request,
                progress: gr.Progress = gr.Progress()) -> list[dict]:
         """Similar past cases of a DICOM file or .zip (ingested first), best first (clinicians)."""
-        login = require(self.store, request, "ingest")
+        login = require_for_upload(self.store, request, "ingest", dicom_file)
         count = check_k(k)
         study_uid = self._ingest(dicom_file, login, progress)
         progress(0.8, desc="searching similar cases")
@@ -180,7 +180,7 @@ class Endpoints:
     @readable_errors
     def draft(self, dicom_file: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:
         """An unverified draft of the findings of a DICOM file or .zip (ingested first; clinicians)."""
-        login = require(self.store, request, "draft")
+        login = require_for_upload(self.store, request, "draft", dicom_file)
         study_uid = self._ingest(dicom_file, login, progress)
         progress(0.7, desc="drafting from similar cases")
         draft = self.engine.draft_for_study(study_uid, save=True, user=login.name)

@@ -29,7 +29,7 @@ import ui.render as render
 from ui.api import check_k, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
-from ui.study import ImageRef, ReviewStudy, ingest_upload, load_study, read_view, window_of
+from ui.study import ImageRef, ReviewStudy, ingest_upload, load_study, read_view, require_for_upload, window_of
 
 TOP_K = 5
 REVIEW_TAB = "review"
@@ -102,7 +102,7 @@ class Handlers:
     def on_upload(self, files: list[str] | None, preset: str | None, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> StudyOutputs:
         """Store the upload (content-addressed), ingest it as the logged-in clinician and show its first image."""
-        login = require(self.store, request, "ingest")
+        login = require_for_upload(self.store, request, "ingest", files)
         progress(0.2, desc="storing and indexing the upload")
         study_uid, notes = ingest_upload(self.engine, files, self.upload_dir, user=login.name)
         for note in notes:

@@ -27,6 +27,7 @@ from medcm.dicom.limits import UploadLimits, UploadRejected, check_upload
 from medcm.dicom.read import DicomImage, DicomReadError, read_instance
 from medcm.dicom.series import StoredFile, is_stored_volume, slice_order
 from medcm.engine.facade import Engine, IngestResult
+from ui.auth import Login, require
 from ui.errors import one_line, user_error
 
 DEFAULT_PRESET = "default"
@@ -129,6 +130,18 @@ def ingest_upload(engine: Engine, files: Sequence[str | Path] | str | Path | Non
     if len(result.studies) > 1:
         notes.append(f"the upload holds {len(result.studies)} studies; showing the first, all are in the worklist")
     return result.studies[0], notes
+
+
+def require_for_upload(store: CaseStore, request: object, action: str,
+                       files: Sequence[str | Path] | str | Path | None) -> Login:
+    """`ui.auth.require` for a request that carries an upload: when the role may not, Gradio's copies of
+    the upload are deleted before the refusal, so no identifiable original stays on the server."""
+    try:
+        return require(store, request, action)
+    except Exception:
+        if files is not None and (isinstance(files, (str, Path)) or files):
+            remove_upload_copies(upload_paths(files))
+        raise
 
 
 def remove_upload_copies(paths: Sequence[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import typing
@@ -338,6 +339,10 @@ def test_a_viewer_reads_but_cannot_upload_draft_or_sign_through_the_api(served, 
         assert "logged in as dr.v" in info.value.message and "\n" not in info.value.message
     assert served.store.latest_report(study_uid) == before
     assert not served.store.events(user="dr.v", kind="ingest")
+    # Issue 18: a refused upload kept the identifiable original in Gradio's temporary folder.
+    sent = Path(_dev(cases, 1)).read_bytes()
+    kept = [p for p in Path(os.environ["GRADIO_TEMP_DIR"]).rglob("*") if p.is_file() and p.read_bytes() == sent]
+    assert kept == []
     found = served.viewer.predict("Large round lesion, lower right.", 2, api_name="/search_text")
     assert len(found) == 2
     (search,) = served.store.events(user="dr.v", kind="view", limit=1)
