@@ -123,6 +123,7 @@ class SecurityHeaders:
 
     HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
                (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+    NAMES = frozenset(name for name, _ in HEADERS)
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -131,11 +132,9 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        names = {name for name, _ in self.HEADERS}
-
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in self.NAMES]
                 message = {**message, "headers": kept + list(self.HEADERS)}
             await send(message)
 

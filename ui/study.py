@@ -139,7 +139,7 @@ def require_for_upload(store: CaseStore, request: object, action: str,
     try:
         return require(store, request, action)
     except Exception:
-        if files is not None and (isinstance(files, (str, Path)) or files):
+        with contextlib.suppress(gr.Error):  # nothing uploaded: nothing to delete
             remove_upload_copies(upload_paths(files))
         raise
 

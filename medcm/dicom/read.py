@@ -39,8 +39,8 @@ from medcm.dicom.display import to_display
 from medcm.dicom.meta import InstanceMeta, instance_meta
 
 __all__ = [
-    "MAX_IMAGE_PIXELS", "MAX_INFLATED_BYTES", "MAX_ZIP_MEMBER", "DicomImage", "DicomReadError", "check_pixel_data", "member_name",
-    "read_dataset", "read_instance", "read_source", "split_member_name",
+    "MAX_IMAGE_PIXELS", "MAX_INFLATED_BYTES", "MAX_ZIP_MEMBER", "DicomImage", "DicomReadError", "check_pixel_data",
+    "member_name", "read_dataset", "read_instance", "read_source", "split_member_name",
 ]
 
 MAX_ZIP_MEMBER = 2**31  # bytes; refuse larger members rather than exhaust memory
@@ -186,10 +186,10 @@ def _check_inflated_size(source: str | os.PathLike | bytes, label: str) -> None:
     """Refuse a Deflated Explicit VR file whose dataset inflates past `MAX_INFLATED_BYTES`, before pydicom
     inflates it whole: a few hundred KB of deflated zeros can hold gigabytes of pixel data."""
     with contextlib.ExitStack() as stack:
-        fp = io.BytesIO(bytes(source)) if isinstance(source, _BYTES) else stack.enter_context(open(source, "rb"))
+        opened = _open(source)
+        fp = opened if isinstance(opened, io.BytesIO) else stack.enter_context(open(opened, "rb"))
         try:
-            with warnings.catch_warnings(), quiet_pydicom():
-                warnings.simplefilter("ignore")
+            with quiet_pydicom():
                 read_preamble(fp, False)
                 deflated = _read_file_meta_info(fp).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
         except Exception:  # noqa: BLE001 - no standard preamble and meta: not deflated; the readers judge it
@@ -253,8 +253,7 @@ def _force_read(source: str | os.PathLike | bytes, label: str, first: Exception)
     # force=True "reads" almost any bytes, so only keep results that look like an image.
     reason = "not a DICOM file (no DICM header, and no image data parsed without one)"
     try:
-        with warnings.catch_warnings(), quiet_pydicom():
-            warnings.simplefilter("ignore")  # pydicom warns (and logs) about every garbage element
+        with quiet_pydicom():  # pydicom warns (and logs) about every garbage element
             ds = pydicom.dcmread(_open(source), force=True)
             for _ in ds:  # converts every raw element; garbage fails here
                 pass
@@ -266,12 +265,16 @@ def _force_read(source: str | os.PathLike | bytes, label: str, first: Exception)
     return ds
 
 
-def _expected_bytes(ds: pydicom.Dataset) -> int:
+def _frame_bits(ds: pydicom.Dataset) -> int:
+    """The bits one frame of uncompressed pixel data takes."""
     samples = int(ds.get("SamplesPerPixel") or 1)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
         samples = 2  # chroma is stored horizontally subsampled
-    bits = ds.Rows * ds.Columns * _frames(ds) * samples * int(ds.BitsAllocated)
-    return (bits + 7) // 8
+    return int(ds.Rows) * int(ds.Columns) * samples * max(1, int(ds.BitsAllocated))
+
+
+def _expected_bytes(ds: pydicom.Dataset) -> int:
+    return (_frame_bits(ds) * _frames(ds) + 7) // 8
 
 
 def check_pixel_data(ds: pydicom.Dataset, label: str) -> None:
@@ -297,7 +300,7 @@ def check_pixel_data(ds: pydicom.Dataset, label: str) -> None:
     if rows <= 0 or columns <= 0:
         raise DicomReadError(label, f"declared image size {size} has no pixels; expected Rows and Columns >= 1")
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
-    held = _frames_held(ds, rows * columns * samples) if ts in UncompressedTransferSyntaxes else 0
+    held = _frames_held(ds) if ts in UncompressedTransferSyntaxes else 0
     what = f"declared image size {size}"
     if held > frames:  # pydicom decodes every frame the data holds, whatever NumberOfFrames says
         what, frames = f"{what}, {held} frames by its pixel data length,", held
@@ -311,10 +314,9 @@ def check_pixel_data(ds: pydicom.Dataset, label: str) -> None:
             raise DicomReadError(label, f"truncated pixel data: expected {expected} bytes, got {got}")
 
 
-def _frames_held(ds: pydicom.Dataset, samples_per_frame: int) -> int:
+def _frames_held(ds: pydicom.Dataset) -> int:
     """How many whole frames uncompressed pixel data holds, by its length."""
-    bits = samples_per_frame * max(1, int(ds.BitsAllocated))
-    return len(ds.PixelData) * 8 // bits
+    return len(ds.PixelData) * 8 // _frame_bits(ds)
 
 
 def _decode(ds: pydicom.Dataset, label: str, source: bytes | None) -> np.ndarray:

@@ -50,7 +50,8 @@ from medcm.report.draft_types import Abstention
 from medcm.report.text import report_text_for_training, split_sections
 from medcm.runtime import select_device
 
-__all__ = ["INGEST_CHUNK_IMAGES", "MAX_QUERY_CHARS", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult", "SimilarCase"]
+__all__ = ["INGEST_CHUNK_IMAGES", "MAX_QUERY_CHARS", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult",
+           "SimilarCase"]
 
 log = logging.getLogger(__name__)
 

@@ -279,7 +279,8 @@ def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callabl
         image_cosine = pool.image_emb @ vector if len(pool.image_emb) else np.zeros(0)
         sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report,
                               float(image_cosine[image_rows[i]].max()) if image_rows[i] else None) for i in top]
-        draft = draft_findings(vector, sources, embed_sentences, config, image_findings(vector) if image_findings else None)
+        seen = image_findings(vector) if image_findings else None
+        draft = draft_findings(vector, sources, embed_sentences, config, seen)
         run.findings[case], run.reports[case] = draft.section_text("FINDINGS"), draft.text()
         run.details[case] = _draft_details(draft, sources)
         run.nearest[case] = next((pool_findings[i] for i in order if pool_findings[i]), "")

@@ -500,11 +500,10 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
     if config.agreement_weight > 0:
         _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
     found, weight = _case_findings(units)
-    nearest = _side_cases(used, config.side_cases)
-    by_image = _image_scored(used)
-    groups, unseen = _seen(groups, image_findings, config.image_threshold, sides=not by_image)
+    groups, unseen = _seen(groups, image_findings, config.image_threshold, sides=not _image_scored(used))
     kept, unsupported = _supported(groups, found, weight, config.min_finding_share, image_findings,
                                    config.image_threshold)
+    nearest = _side_cases(used, config.side_cases)
     mass = sum(max(c.score, 0.0) for c in nearest)
     near = {c.case_id: (max(c.score, 0.0) / mass if mass > 0 else 1 / len(nearest)) for c in nearest}
     kept, alternative = _resolve_alternatives(kept, found, weight, near)
