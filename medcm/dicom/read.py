@@ -47,7 +47,7 @@ MAX_ZIP_MEMBER = 2**31  # bytes; refuse larger members rather than exhaust memor
 # rows*columns*frames*samples; larger images are refused before decoding. Reading one costs about 25 bytes a
 # sample at its peak (the file's bytes, pydicom's copy, the decoded array, float intermediates, the float32
 # display pixels): some 3.4 GB at this limit (BENCHMARKS.md, "Memory per DICOM file"). 2**27 is 512 x 512 x
-# 512, or a 1,000-frame 384 x 350 cine.
+# 512, or a 1,000-frame 360 x 360 cine.
 MAX_IMAGE_PIXELS = 2**27
 # A Deflated Explicit VR dataset is inflated whole by pydicom: first it is inflated here, counting and
 # keeping nothing, and refused once it passes this (2**27 samples of 16 bits).
