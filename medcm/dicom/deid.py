@@ -1,15 +1,16 @@
 """De-identify DICOM datasets (PS3.15 Annex E Basic Profile) and scrub free-text reports.
 
-`deidentify` applies the Basic Application Level Confidentiality Profile with the
-Retain Longitudinal Temporal Information Modified Dates option (dates shifted by a
-per-patient offset) and the Retain Patient Characteristics option (sex, age, size
-and weight kept: models need them and the profile deems them non-identifying).
-Pseudonyms, date shifts and UIDs are all keyed with HMAC-SHA256 over a site secret,
-so they are stable per patient/UID across runs and cannot be reversed without the key.
+`deidentify` applies the Basic Application Level Confidentiality Profile, attribute by attribute
+from the standard's Table E.1-1 (`medcm.dicom.basic_profile`, DICOM 2026c), with the Retain
+Longitudinal Temporal Information Modified Dates option (dates shifted by a per-patient offset) and the
+Retain Patient Characteristics option (sex, age, size and weight kept: models need them and the profile
+deems them non-identifying); Clean Descriptors is an option (`DeidConfig.clean_descriptors`).
+Pseudonyms, date shifts and UIDs are all keyed with HMAC-SHA256 over a site secret, so they are stable
+per patient/UID across runs and cannot be reversed without the key.
 
-`ACTIONS` lists the attributes handled explicitly; on top of it every private tag is
-removed, every non-standard UID remapped and every DA/DT value shifted, recursively.
-Attributes outside the table are kept (a strict profile would also drop non-IOD ones).
+On top of the table, recursively through every sequence: every private tag is removed, overlays
+(groups 60xx) and curves (50xx) are removed whole, every non-standard UID is remapped and every DA/DT
+value shifted. Attributes outside the table are kept (a strict profile would also drop non-IOD ones).
 """
 
 from __future__ import annotations
@@ -22,47 +23,16 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-__all__ = ["ACTIONS", "BurnedInAnnotationError", "DeidConfig", "DeidResult", "deidentify", "identifiers_of",
+from medcm.dicom.basic_profile import D, DESCRIPTORS, PROFILE_EDITION, RETAINED_CHARACTERISTICS, U, X, Z, action_for
+
+__all__ = ["BurnedInAnnotationError", "DeidConfig", "DeidResult", "deidentify", "identifiers_of",
            "pseudonymous_uid", "scrub_report"]
 
-X, Z, D = "X", "Z", "D"  # PS3.15 action codes: remove, zero-length, dummy (here: the pseudonym)
-ACTIONS: dict[str, str] = {
-    # Patient identity (PatientSex/Age/Size/Weight kept: Retain Patient Characteristics option)
-    "PatientName": D, "PatientID": D, "IssuerOfPatientID": X, "IssuerOfPatientIDQualifiersSequence": X,
-    "OtherPatientIDs": X, "OtherPatientIDsSequence": X, "OtherPatientNames": X, "PatientBirthName": X,
-    "PatientMotherBirthName": X, "PatientBirthDate": Z, "PatientBirthTime": X, "PatientAddress": X,
-    "PatientTelephoneNumbers": X, "PatientTelecomInformation": X, "EthnicGroup": X, "Occupation": X,
-    "AdditionalPatientHistory": X, "PatientComments": X, "MedicalRecordLocator": X, "MilitaryRank": X,
-    "BranchOfService": X, "CountryOfResidence": X, "RegionOfResidence": X, "PatientReligiousPreference": X,
-    "PatientInsurancePlanCodeSequence": X, "ResponsiblePerson": X, "ResponsibleOrganization": X,
-    "MedicalAlerts": X, "Allergies": X, "LastMenstrualDate": X, "ReferencedPatientSequence": X,
-    # Institution
-    "InstitutionName": X, "InstitutionAddress": X, "InstitutionalDepartmentName": X, "InstitutionCodeSequence": X,
-    # Staff
-    "ReferringPhysicianName": Z, "ReferringPhysicianAddress": X, "ReferringPhysicianTelephoneNumbers": X,
-    "ReferringPhysicianIdentificationSequence": X, "PerformingPhysicianName": X,
-    "PerformingPhysicianIdentificationSequence": X, "NameOfPhysiciansReadingStudy": X,
-    "PhysiciansReadingStudyIdentificationSequence": X, "RequestingPhysician": X, "OperatorsName": X,
-    "OperatorIdentificationSequence": X, "PhysiciansOfRecord": X, "PhysiciansOfRecordIdentificationSequence": X,
-    "ScheduledPerformingPhysicianName": X, "PersonName": X, "ContentCreatorName": Z, "VerifyingObserverName": X,
-    # Equipment
-    "StationName": X, "DeviceSerialNumber": X, "DetectorID": X, "GantryID": X, "PlateID": X, "CassetteID": X,
-    # Study / visit identifiers
-    "AccessionNumber": Z, "StudyID": Z, "RequestedProcedureID": X, "AdmissionID": X,
-    "IssuerOfAdmissionIDSequence": X, "PerformedProcedureStepID": X, "ScheduledProcedureStepID": X,
-    "ReferencedStudySequence": X, "ReferencedPerformedProcedureStepSequence": X,
-    # Free text and content that may carry identifiers
-    "StudyDescription": X, "SeriesDescription": X, "ProtocolName": X, "ImageComments": X, "StudyComments": X,
-    "RequestAttributesSequence": X, "ContentSequence": X, "AcquisitionComments": X, "FrameComments": X,
-    "RequestedProcedureComments": X, "ImagingServiceRequestComments": X, "VisitComments": X,
-    "ReasonForTheRequestedProcedure": X, "ReasonForStudy": X, "PerformedProcedureStepDescription": X,
-    "DerivationDescription": X, "TextValue": X, "TextString": X, "IconImageSequence": X,
-    "OriginalAttributesSequence": X, "ModifiedAttributesSequence": X,
-}
 # UI attributes naming classes/syntaxes/schemes rather than instances: remapping would break decoding.
 _KEEP_UIDS = frozenset({
     "SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID",
@@ -70,10 +40,17 @@ _KEEP_UIDS = frozenset({
     "CodingSchemeUID", "ContextGroupExtensionCreatorUID", "MappingResourceUID", "PrivateInformationCreatorUID",
 })
 _DICOM_UID_ROOT = "1.2.840.10008."  # standard (well-known) UIDs identify nothing
-_METHOD = "medcm PS3.15 Basic Profile; dates shifted; UIDs remapped"
+_METHOD = f"medcm {PROFILE_EDITION} Basic Profile; dates shifted; UIDs remapped"  # LO: <= 64
 _CODES = (("113100", "Basic Application Confidentiality Profile"),
           ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
           ("113108", "Retain Patient Characteristics Option"))
+_CLEAN_DESCRIPTORS_CODE = ("113105", "Clean Descriptors Option")
+# Dates the Modified Dates option does not shift: the table's action (empty, removed) stands.
+_NOT_SHIFTED = frozenset({"PatientBirthDate", "PatientBirthTime", "LastMenstrualDate"})
+_OVERLAYS_AND_CURVES = ((0x5000, 0x50FF), (0x6000, 0x60FF))  # removed whole: the table names only some elements
+_TEXT_VRS = frozenset({"AE", "CS", "SH", "LO", "LT", "ST", "UT", "UC", "PN"})
+_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
+_BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
 class BurnedInAnnotationError(ValueError):
@@ -89,12 +66,16 @@ class DeidConfig:
         uid_root: Prefix of generated UIDs ("2.25." = UUID-derived, no registered root needed).
         max_date_shift_days: Dates move back by 1..this many days, per patient.
         refuse_burned_in: Raise on BurnedInAnnotation == "YES" instead of returning a flagged result.
+        clean_descriptors: The Clean Descriptors option: keep `basic_profile.DESCRIPTORS` (study and
+            series descriptions, protocol name, ...) with identifiers scrubbed, instead of removing them.
+            Scrubbing free text by pattern can miss a name the header does not hold: off by default.
     """
 
     key: bytes
     uid_root: str = "2.25."
     max_date_shift_days: int = 365
     refuse_burned_in: bool = True
+    clean_descriptors: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes) or len(self.key) < 16:
@@ -159,8 +140,8 @@ def _shift_date(value: str, days: int) -> str:
 
 
 class _Walker:
-    def __init__(self, config: DeidConfig, pseudonym: str, shift: int) -> None:
-        self.config, self.pseudonym, self.shift = config, pseudonym, shift
+    def __init__(self, config: DeidConfig, pseudonym: str, shift: int, known: list[str]) -> None:
+        self.config, self.pseudonym, self.shift, self.known = config, pseudonym, shift, known
         self.removed: set[str] = set()
         self.replaced: set[str] = set()
 
@@ -174,31 +155,58 @@ class _Walker:
         for tag in list(ds.keys()):
             elem = ds[tag]
             name = elem.keyword or str(elem.tag)
-            action = ACTIONS.get(elem.keyword)
-            # Private tags and retired curve/overlay-comment groups hide free text: drop them all.
-            if elem.tag.is_private or 0x5000 <= elem.tag.group <= 0x50FF or (
-                    0x6000 <= elem.tag.group <= 0x60FF and elem.tag.element == 0x4000) or action == X:
-                del ds[tag]
+            if elem.tag.is_private or any(low <= elem.tag.group <= high for low, high in _OVERLAYS_AND_CURVES):
+                del ds[tag]  # private data and overlays hide free text and burned-in-like pixels
                 self.removed.add(name)
-            elif action == Z:
-                elem.value = [] if elem.VR == "SQ" else ""
-                self.removed.add(name)
-            elif action == D:
+            elif elem.keyword in RETAINED_CHARACTERISTICS:
+                continue
+            elif elem.keyword in ("PatientName", "PatientID"):
                 elem.value = self.pseudonym
                 self.replaced.add(name)
-            elif elem.VR == "SQ":
-                for item in elem.value:
-                    self.clean(item)
-            elif elem.VR == "UI" and elem.keyword not in _KEEP_UIDS and elem.value:
-                elem.value = self._map(self.uid, elem.value)
+            elif self.config.clean_descriptors and elem.keyword in DESCRIPTORS and elem.VR in _TEXT_VRS:
+                elem.value = self._map(lambda v: scrub_report(str(v), self.known), elem.value)
                 self.replaced.add(name)
-            elif elem.VR in ("DA", "DT") and elem.value:
-                elem.value = self._map(lambda v: _shift_date(v, self.shift), elem.value)
-                self.replaced.add(name)
-            # TM is kept: a whole-day shift leaves times of day unchanged.
+            else:
+                self._apply(ds, elem, action_for(elem.tag), name)
+
+    def _apply(self, ds: Dataset, elem: DataElement, action: str | None, name: str) -> None:
+        """One element by its table action (None: not in the table)."""
+        if elem.VR in ("DA", "DT", "TM") and action is not None and elem.keyword not in _NOT_SHIFTED:
+            action = None  # the Modified Dates option: shifted below (a time of day is kept), not removed
+        if action == X:
+            del ds[elem.tag]
+            self.removed.add(name)
+        elif action == Z or (action == U and elem.VR not in ("SQ", "UI")):
+            elem.value = [] if elem.VR == "SQ" else b"" if elem.VR in _BYTES_VRS else ""
+            self.removed.add(name)
+        elif action == D and elem.VR != "UI":
+            elem.value = _dummy(elem.VR)
+            self.replaced.add(name)
+        elif elem.VR == "SQ":
+            for item in elem.value:
+                self.clean(item)
+        elif elem.VR == "UI" and elem.keyword not in _KEEP_UIDS and elem.value:
+            elem.value = self._map(self.uid, elem.value)
+            self.replaced.add(name)
+        elif elem.VR in ("DA", "DT") and elem.value:
+            elem.value = self._map(lambda v: _shift_date(v, self.shift), elem.value)
+            self.replaced.add(name)
 
     def uid(self, value: str) -> str:
         return pseudonymous_uid(value, self.config)
+
+
+def _dummy(vr: str) -> object:
+    """The profile's D: a value of the right VR that says nothing (a sequence becomes empty)."""
+    if vr == "SQ":
+        return []
+    if vr in _TEXT_VRS:
+        return "ANONYMOUS"
+    if vr in ("IS", "DS"):
+        return "0"
+    if vr in _NUMBER_VRS:
+        return 0
+    return b"" if vr in _BYTES_VRS else ""
 
 
 def deidentify(ds: Dataset, config: DeidConfig) -> DeidResult:
@@ -229,19 +237,18 @@ def deidentify(ds: Dataset, config: DeidConfig) -> DeidResult:
     shift = -(1 + int(digest[12:28], 16) % config.max_date_shift_days)  # disjoint bits from the pseudonym
 
     out = copy.deepcopy(ds)
-    walker = _Walker(config, pseudonym, shift)
+    walker = _Walker(config, pseudonym, shift, identifiers_of(ds) if config.clean_descriptors else [])
     walker.clean(out)
     for kw in ("PatientName", "PatientID"):  # always present, even if the input lacked them
         setattr(out, kw, pseudonym)
     meta = getattr(out, "file_meta", None)
-    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-        meta.MediaStorageSOPInstanceUID = walker.uid(meta.MediaStorageSOPInstanceUID)
-        walker.replaced.add("MediaStorageSOPInstanceUID")
+    if meta is not None:  # MediaStorageSOPInstanceUID is remapped like the SOPInstanceUID it repeats
+        walker.clean(meta)
     out.PatientIdentityRemoved = "YES"
     out.LongitudinalTemporalInformationModified = "MODIFIED"
     out.DeidentificationMethod = _METHOD
     codes = []
-    for value, meaning in _CODES:
+    for value, meaning in _CODES + ((_CLEAN_DESCRIPTORS_CODE,) if config.clean_descriptors else ()):
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
         codes.append(item)

@@ -11,31 +11,48 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
-from medcm.dicom.deid import ACTIONS, BurnedInAnnotationError, DeidConfig, deidentify, identifiers_of, scrub_report
+from medcm.dicom.basic_profile import RETAINED_CHARACTERISTICS, TABLE_ACTIONS
+from medcm.dicom.deid import BurnedInAnnotationError, DeidConfig, deidentify, identifiers_of, scrub_report
 from medcm.dicom.read import read_instance
 
 KEY = b"site-secret-0123456789"
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
-# Set by _ct itself (the pseudonym sources), not by the table loop.
-_SKIP_PLANT = {"PatientName", "PatientID"}
+# Set by _ct itself (the pseudonym sources), not by the table loop; kept by the Retain Patient Characteristics option.
+_SKIP_PLANT = {"PatientName", "PatientID"} | RETAINED_CHARACTERISTICS
+_NUMBERS = ("US", "SS", "UL", "SL", "FL", "FD", "IS", "DS")
 
 
-def _plant_value(keyword: str, n: int) -> object:
-    vr = pydicom.datadict.dictionary_VR(pydicom.datadict.tag_for_keyword(keyword))
+def _plant_value(vr: str, n: int) -> object:
+    """A value of `vr` that nothing else in the file holds, findable in its bytes (numbers: n + 7000)."""
     if vr == "SQ":
-        item = Dataset()
-        item.CodeMeaning = f"PLANTSQ{n:03d}"
+        item = Dataset()  # a kept sequence's (X/Z/U*) items are cleaned by the table too
+        item.PersonName = f"PLANTSQ{n:03d}^X"
         return Sequence([item])
-    if vr == "DA":
-        return "19330517"
-    if vr == "TM":
-        return "013355"
+    if vr in ("DA", "DT"):
+        return "19330517" + ("101500" if vr == "DT" else "")
     if vr == "PN":
         return f"PLANTPN{n:03d}^X"
-    if vr in ("US", "SS", "UL", "SL", "FL", "FD", "IS", "DS"):
-        return None
-    return f"PLANT{n:03d}"
+    if vr == "UI":
+        return f"1.2.826.0.1.3680043.99.{5000 + n}"
+    if vr in ("OB", "OW", "UN"):
+        return f"PLANTBYTES{n:03d}".encode()
+    if vr in _NUMBERS:
+        return str(n + 7000) if vr in ("IS", "DS") else n + 7000
+    return f"PLANT{n:03d}" if vr != "UR" else f"http://plant{n:03d}.example"
+
+
+def _table_attributes() -> list[tuple[BaseTag, str]]:
+    """Every exact row of the Basic Profile table with the VR to plant it as (LO for tags pydicom does not know)."""
+    out = []
+    for tag in sorted(TABLE_ACTIONS):
+        try:
+            vr = pydicom.datadict.dictionary_VR(tag).split(" or ")[0]
+        except KeyError:
+            vr = "LO"
+        out.append((tag, vr))
+    return out
 
 
 def _ct(patient_id: str = "PAT-REAL-0001", study_uid: str = "1.2.826.0.1.3680043.99.1") -> Dataset:
@@ -43,13 +60,13 @@ def _ct(patient_id: str = "PAT-REAL-0001", study_uid: str = "1.2.826.0.1.3680043
     ds.PatientID = patient_id
     ds.PatientName = "PLANTFAMILY^PLANTGIVEN"
     ds.StudyInstanceUID = study_uid
-    planted = {}
-    for n, kw in enumerate(sorted(ACTIONS)):
-        value = _plant_value(kw, n)
-        if kw in _SKIP_PLANT or value is None:
-            continue
-        setattr(ds, kw, value)
-        planted[kw] = value
+    for n, (tag, vr) in enumerate(_table_attributes()):
+        if pydicom.datadict.keyword_for_tag(tag) in _SKIP_PLANT or vr in ("TM", "AT", "AS") or tag.group in (0, 2):
+            continue  # times of day are kept (whole-day date shift); no AT/AS row identifies anyone; no command
+            # set in a file, and the file meta's one row (MediaStorageSOPInstanceUID) is set below
+        if vr == "UI" and tag in ds:
+            continue  # the file's own study, series, instance and frame of reference UIDs stay theirs
+        ds.add_new(tag, vr, _plant_value(vr, n))
     ds.StudyDate, ds.SeriesDate, ds.AcquisitionDate = "20210312", "20210313", "20210320"
     ds.AcquisitionDateTime = "20210320101500.5"
     block = ds.private_block(0x0011, "PLANT CREATOR", create=True)
@@ -59,6 +76,10 @@ def _ct(patient_id: str = "PAT-REAL-0001", study_uid: str = "1.2.826.0.1.3680043
     ref.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.99.777"
     ref.PersonName = "PLANTNESTED^NAME"
     ds.ReferencedImageSequence = Sequence([ref])
+    ds.add_new(0x60000010, "US", 128)  # an overlay plane (rows) with its data and comment: removed whole
+    ds.add_new(0x60003000, "OW", b"PLANTOVERLAY" * 4)
+    ds.add_new(0x60004000, "LT", "PLANTOVERLAYCOMMENT")
+    ds.add_new(0x50000022, "LO", "PLANTCURVE")
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
 
@@ -70,31 +91,73 @@ def _bytes(ds: Dataset) -> bytes:
 
 
 def _planted_strings(ds: Dataset) -> list[str]:
-    found = ["PLANTFAMILY", "PLANTGIVEN", "PLANTPRIVATE", "PLANTNESTED", "PAT-REAL-0001", "19330517",
-             "20210312", "20210313", "20210320", str(ds.SOPInstanceUID), str(ds.StudyInstanceUID),
-             str(ds.SeriesInstanceUID), str(ds.FrameOfReferenceUID), "1.2.826.0.1.3680043.99.777"]
-    found += [f"PLANT{n:03d}" for n in range(len(ACTIONS))]
-    found += [f"PLANTSQ{n:03d}" for n in range(len(ACTIONS))] + [f"PLANTPN{n:03d}" for n in range(len(ACTIONS))]
+    found = ["PLANTFAMILY", "PLANTGIVEN", "PLANTPRIVATE", "PLANTNESTED", "PLANTOVERLAY", "PLANTCURVE",
+             "PAT-REAL-0001", "19330517", "20210312", "20210313", "20210320", str(ds.SOPInstanceUID),
+             str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.FrameOfReferenceUID),
+             "1.2.826.0.1.3680043.99.777"]
+    rows = len(TABLE_ACTIONS)
+    found += [f"PLANT{n:03d}" for n in range(rows)] + [f"PLANTBYTES{n:03d}" for n in range(rows)]
+    found += [f"PLANTSQ{n:03d}" for n in range(rows)] + [f"PLANTPN{n:03d}" for n in range(rows)]
+    found += [f"plant{n:03d}.example" for n in range(rows)]
+    found += [f"1.2.826.0.1.3680043.99.{5000 + n}" for n in range(rows)]
     return found
+
+
+def _planted_numbers(ds: Dataset) -> dict[BaseTag, str]:
+    return {elem.tag: str(elem.value) for elem in ds
+            if elem.VR in _NUMBERS and elem.tag in TABLE_ACTIONS and elem.keyword not in RETAINED_CHARACTERISTICS}
 
 
 def test_no_planted_identifier_survives_serialisation():
     ds = _ct()
     result = deidentify(ds, DeidConfig(KEY))
     original = _bytes(ds)
-    planted = [s for s in _planted_strings(ds) if s.encode() in original]  # one per table row, by VR
-    assert all(s in planted for s in _planted_strings(ds)[:14]) and len(planted) >= 90  # not vacuous
+    planted = [s for s in _planted_strings(ds) if s.encode() in original]
+    assert all(s in planted for s in _planted_strings(ds)[:16])
+    assert len(planted) >= 450, len(planted)  # one per text, UID, byte or sequence row: not vacuous
     data = _bytes(result.dataset)
     leaks = [s for s in planted if s.encode() in data]
     assert leaks == []
-    out = result.dataset
+    out = pydicom.dcmread(io.BytesIO(data))
+    numbers = _planted_numbers(ds)
+    assert len(numbers) >= 15
+    kept = {tag: str(out[tag].value) for tag in numbers if tag in out and str(out[tag].value) not in ("", "0")}
+    assert kept == {}
+    assert not any(0x5000 <= elem.tag.group <= 0x60FF for elem in out)  # curves and overlays
     assert out.PatientIdentityRemoved == "YES"
     assert out.PatientName == out.PatientID == result.pseudonym
-    assert out.DeidentificationMethod == "medcm PS3.15 Basic Profile; dates shifted; UIDs remapped"
+    assert out.DeidentificationMethod == "medcm PS3.15 2026c Basic Profile; dates shifted; UIDs remapped"
     codes = [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
-    assert "113100" in codes and "113107" in codes
+    assert "113100" in codes and "113107" in codes and "113105" not in codes
     assert not any(elem.tag.is_private for elem in out.iterall())
     assert "InstitutionName" in result.removed and "StudyInstanceUID" in result.replaced
+    assert out.PatientSex == ds.PatientSex and "StudyDescription" not in out
+
+
+def test_table_actions_by_kind():
+    ds = _ct()
+    ds.AcquisitionTime = "101500"
+    out = deidentify(ds, DeidConfig(KEY)).dataset
+    assert "OrderEnteredBy" not in out and "StationAETitle" not in out and "PersonTelephoneNumbers" not in out  # X
+    assert out.ConsultingPhysicianName == "" and out.ReviewerName == ""  # Z, and X/Z resolved to Z
+    assert out.AccessionNumber == "" and out.InstitutionName == ""  # Z, and X/Z/D resolved to Z
+    assert out.ContentSequence == [] and out.ClinicalTrialSubjectID == "ANONYMOUS"  # D: a dummy, an empty sequence
+    assert out.AcquisitionDeviceProcessingDescription == "ANONYMOUS"  # X/D resolved to D
+    assert str(out.AnnotationGroupUID).startswith("2.25.")  # D on a UID: remapped
+    assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID.startswith("2.25.")  # X/Z/U*: kept, remapped
+    assert out.ReferencedImageSequence[0].PersonName == "ANONYMOUS"  # its items cleaned by the table (D)
+    assert out.AcquisitionTime == "101500" and out.AcquisitionDate != "20210320"  # Modified Dates option
+
+
+def test_clean_descriptors_keeps_descriptions_scrubbed():
+    ds = _ct()
+    ds.StudyDescription = "CT CHEST for PLANTFAMILY MRN 12345678"
+    ds.SeriesDescription = "AX LUNG 1.25mm"
+    result = deidentify(ds, DeidConfig(KEY, clean_descriptors=True))
+    out = result.dataset
+    assert out.StudyDescription == "CT CHEST for [NAME] MRN [ID]" and out.SeriesDescription == "AX LUNG 1.25mm"
+    assert "113105" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+    assert "ImageComments" not in out  # a comment is not a descriptor: removed
 
 
 def test_input_unchanged_and_pixels_identical(tmp_path):
