@@ -11,7 +11,8 @@ the table from it and apply it with our own walker (keyed pseudonyms, shifted da
 Compound actions depend on each attribute's Type in each IOD, which a table per attribute cannot know;
 they are resolved to the action that keeps the attribute present wherever the standard allows an empty
 value, and never keeps the original: X/Z, Z/D and X/Z/D become Z (present, empty), X/D becomes D (a
-dummy), X/Z/U* becomes U (the sequence is kept, every UID in it remapped, the rest of its items cleaned).
+dummy), X/Z/U* becomes U (the sequence is kept, every UID in it remapped, the rest of its items cleaned);
+other sequences whose code allows X are removed.
 Two options change the table: Retain Patient Characteristics keeps `RETAINED_CHARACTERISTICS`, and
 Retain Longitudinal Temporal Information Modified Dates shifts every date instead of its table action
 (times of day are kept: the shift is whole days). Clean Descriptors (off by default) keeps the
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as _table
 from pydicom.tag import BaseTag, Tag
 
-__all__ = ["DESCRIPTORS", "PROFILE_EDITION", "PROFILE_VERSION", "RETAINED_CHARACTERISTICS", "TABLE_ACTIONS", "TagMask", "action_for",
-           "table_rows"]
+__all__ = ["DESCRIPTORS", "PROFILE_EDITION", "PROFILE_VERSION", "RETAINED_CHARACTERISTICS", "TABLE_ACTIONS", "TagMask",
+           "action_for", "table_rows"]
 
 PROFILE_EDITION = "PS3.15 2026c"  # the DICOM edition of the table
 PROFILE_VERSION = f"DICOM {PROFILE_EDITION} Table E.1-1 (from dicom-anonymizer 2.1.0)"
@@ -76,15 +77,21 @@ def table_rows() -> tuple[dict[BaseTag, str], tuple[TagMask, ...]]:
 
 
 _EXACT, _MASKS = table_rows()
-TABLE_ACTIONS: dict[BaseTag, str] = {tag: _APPLIED[code] for tag, code in _EXACT.items()}
+TABLE_ACTIONS: dict[BaseTag, str] = dict(_EXACT)  # tag → the standard's code ("X", "X/Z", ...)
 
 
-def action_for(tag: BaseTag) -> str | None:
-    """The action `deidentify` applies to `tag` by the table (X, Z, D or U); None when the table has no row."""
-    action = TABLE_ACTIONS.get(tag)
-    if action is not None:
-        return action
-    for mask in _MASKS:
-        if mask.matches(tag):
-            return _APPLIED[mask.code]
-    return None
+def action_for(tag: BaseTag, vr: str) -> str | None:
+    """The action `deidentify` applies to `tag` by the table (X, Z, D or U); None when the table has no row.
+
+    A compound code that allows removal removes a sequence: the sequences with such codes are Type 3
+    where dciodvfy checks them (Referenced Study, Referenced Performed Procedure Step, Institution Code),
+    and an empty Type 3 sequence is invalid where an absent one is not.
+    """
+    code = TABLE_ACTIONS.get(tag)
+    if code is None:
+        code = next((mask.code for mask in _MASKS if mask.matches(tag)), None)
+    if code is None:
+        return None
+    if vr == "SQ" and code.startswith("X/") and not code.endswith("U*"):
+        return X
+    return _APPLIED[code]

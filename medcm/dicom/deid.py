@@ -167,7 +167,7 @@ class _Walker:
                 elem.value = self._map(lambda v: scrub_report(str(v), self.known), elem.value)
                 self.replaced.add(name)
             else:
-                self._apply(ds, elem, action_for(elem.tag), name)
+                self._apply(ds, elem, action_for(elem.tag, elem.VR), name)
 
     def _apply(self, ds: Dataset, elem: DataElement, action: str | None, name: str) -> None:
         """One element by its table action (None: not in the table)."""
