@@ -24,7 +24,6 @@ from PIL import Image
 from db.store import CaseStore
 from medcm.report.draft import DraftSentence
 from medcm.engine.facade import Engine, ImageMatch, SimilarCase
-from medcm.report.text import split_sections
 import ui.render as render
 from ui.api import check_k, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
@@ -260,8 +259,7 @@ class Handlers:
             raise user_error(NO_STUDY)
         if not (text or "").strip():
             raise user_error("the report is empty: write the findings before saving")
-        sections = list(split_sections(text.strip()).sections)
-        report = self.store.save_draft(study.study_uid, text.strip(), sections, author=login.name, source="edit")
+        report = self.engine.save_edit(study.study_uid, text.strip(), author=login.name)
         message = render.saved_message(report)
         gr.Info(html.escape(message))
         return render.escape_md(message), self._worklist()

@@ -20,7 +20,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.dataelem import DataElement
@@ -29,6 +29,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from medcm.dicom.basic_profile import D, DESCRIPTORS, PROFILE_EDITION, RETAINED_CHARACTERISTICS, U, X, Z, action_for
+from medcm.dicom.deid_text import identifiers_of, scrub_report
 
 __all__ = ["BurnedInAnnotationError", "DeidConfig", "DeidResult", "deidentify", "identifiers_of",
            "pseudonymous_uid", "scrub_report"]
@@ -254,84 +255,3 @@ def deidentify(ds: Dataset, config: DeidConfig) -> DeidResult:
         codes.append(item)
     out.DeidentificationMethodCodeSequence = Sequence(codes)
     return DeidResult(out, pseudonym, shift, burned_in, sorted(walker.removed), sorted(walker.replaced))
-
-
-_IDENTIFYING = ("PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "StudyID", "AdmissionID",
-                "RequestedProcedureID", "MedicalRecordLocator", "InstitutionName", "InstitutionAddress",
-                "InstitutionalDepartmentName", "PatientAddress", "PatientTelephoneNumbers", "StationName",
-                "DeviceSerialNumber")
-_HONORIFICS = frozenset({"DR", "MR", "MRS", "MS", "MD", "PHD", "JR", "SR", "PROF", "MISS"})
-
-
-def identifiers_of(ds: Dataset) -> list[str]:
-    """Collect the identifying strings of a dataset, to pass to `scrub_report` as ``known``.
-
-    Args:
-        ds: A dataset (before de-identification).
-
-    Returns:
-        Person-name parts (of every PN attribute, nested ones included) and the values of
-        identifying attributes, deduplicated, each at least 2 characters.
-    """
-    found: list[str] = []
-
-    def visit(item: Dataset) -> None:
-        for elem in item:
-            if elem.VR == "SQ":
-                for sub in elem.value:
-                    visit(sub)
-            elif elem.VR == "PN" and elem.value:
-                names = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
-                for name in names:  # parts alone: reports say "Mr Smith", not "SMITH^JOHN"
-                    found.extend(p for p in re.split(r"[\^=,\s]+", str(name)) if p.strip(".").upper() not in _HONORIFICS)
-            elif elem.keyword in _IDENTIFYING and elem.value:
-                values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
-                found.extend(str(v).strip() for v in values)
-
-    visit(ds)
-    return list(dict.fromkeys(s for s in found if len(s) >= 2))
-
-
-_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
-          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_DATES = re.compile(
-    r"\b(?:\d{1,2}[/.-]\d{1,2}[/.-](?:\d{4}|\d{2})"              # 12/03/2021, 12-3-21
-    r"|\d{4}[/.-]\d{1,2}[/.-]\d{1,2}"                              # 2021-03-12
-    r"|(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"     # 20210312
-    rf"|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"          # March 12, 2021
-    rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH},?\s+\d{{4}})\b",      # 12 Mar 2021
-    re.IGNORECASE)
-_PHONE = re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}\b")
-# A label then a value with a digit: "MRN: A12345", "accession # 77-12", "ID 4711".
-_LABELLED_ID = re.compile(
-    r"\b((?:MRN|ID|acc(?:ession)?|record|patient\s+number)\.?(?:\s*(?:no\.?|number|#))?\s*[:#]?\s*)"
-    r"([A-Z0-9][A-Z0-9-]*\d[A-Z0-9-]*)\b", re.IGNORECASE)
-_DIGIT_RUN = re.compile(r"\b\d{6,}\b")
-
-
-def scrub_report(text: str, known: Iterable[str] = ()) -> str:
-    """Replace identifiers in free-text report with placeholders.
-
-    Dates become [DATE], e-mail addresses [EMAIL], phone numbers [PHONE], record-like numbers
-    (6+ digits, or a value after MRN/ID/accession) [ID], and each ``known`` string (whole
-    words, case-insensitive) [NAME] ([ID] if it contains a digit). Measurements ("3.2 cm")
-    and anatomical labels ("T2", "C5-C6", "L4") are left alone.
-
-    Args:
-        text: The report.
-        known: Identifiers of this patient/study, e.g. from `identifiers_of`; strings shorter
-            than 2 characters are ignored (an initial would erase every "a").
-
-    Returns:
-        The scrubbed text.
-    """
-    text = _EMAIL.sub("[EMAIL]", text)  # first: an address contains names and digits
-    text = _DATES.sub("[DATE]", text)
-    text = _PHONE.sub("[PHONE]", text)
-    words = sorted({k.strip() for k in known if len(k.strip()) >= 2}, key=len, reverse=True)
-    if words:  # one pass, longest first, never inside a placeholder: a known "NAME" must not hit "[NAME]"
-        pattern = re.compile(rf"(?<![\w\[])(?:{'|'.join(map(re.escape, words))})(?![\w\]])", re.IGNORECASE)
-        text = pattern.sub(lambda m: "[ID]" if any(c.isdigit() for c in m.group()) else "[NAME]", text)
-    text = _LABELLED_ID.sub(lambda m: m.group(1) + "[ID]", text)
-    return _DIGIT_RUN.sub("[ID]", text)

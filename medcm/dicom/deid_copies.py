@@ -33,6 +33,7 @@ from medcm.dicom.deid import (
     pseudonymous_uid,
     scrub_report,
 )
+from medcm.dicom.deid_text import identifier_keys
 from medcm.dicom.meta import instance_meta
 from medcm.dicom.read import DicomImage, DicomReadError, read_dataset
 from medcm.dicom.read import read_source as read_bytes
@@ -53,6 +54,8 @@ class DeidentifiedBatch:
         study_uids: original StudyInstanceUID → new one, for every study with a copy.
         burned_in: SOPInstanceUIDs (new) of copies whose pixels may show identifiers (flagged for review).
         errors: one per image refused (burned-in annotation, a clashing copy, an unwritable file).
+        identifier_keys: new StudyInstanceUID → keyed hashes of the names and ids its files held
+            (`medcm.dicom.deid_text.identifier_keys`), to scrub reports written after ingest.
     """
 
     images: list[DicomImage]
@@ -60,6 +63,7 @@ class DeidentifiedBatch:
     study_uids: dict[str, str]
     burned_in: list[str]
     errors: list[DicomReadError]
+    identifier_keys: dict[str, list[str]]
 
 
 def read_source(label: str) -> bytes:
@@ -142,7 +146,8 @@ def deidentify_images(images: list[DicomImage], reports: Mapping[str, str], conf
             flagged.append(copy.meta.sop_instance_uid)
     scrubbed = {study_uids[uid]: scrub_report(text, known.get(uid, ())) for uid, text in reports.items()
                 if uid in study_uids}
-    return DeidentifiedBatch(copies, scrubbed, study_uids, flagged, errors)
+    keys = {new: identifier_keys(known.get(old, ()), config.key) for old, new in study_uids.items()}
+    return DeidentifiedBatch(copies, scrubbed, study_uids, flagged, errors, keys)
 
 
 def _dataset(image: DicomImage) -> pydicom.Dataset:

@@ -39,7 +39,7 @@ from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
 from medcm.engine.records import EmbeddingRecord
 from medcm.engine.store_protocol import CaseStoreLike
-from medcm.engine.reports import save_machine_draft
+from medcm.engine.reports import save_machine_draft, scrubbed_report
 from medcm.engine.stored import read_stored, stored_study_vector
 from medcm.index.exact import Hit, VectorIndex
 from medcm.index.faiss import FaissIndex
@@ -380,8 +380,15 @@ class Engine:
         nearest = {hit.meta.get("study_uid"): hit.score for hit in hits}
         return [replace(source, image_score=nearest.get(source.case_id)) for source in sources]
 
+    def save_edit(self, study_uid: str, text: str, author: str) -> Any:
+        """Save a person's edited report of a stored study as a draft (scrubbed: `scrubbed_report`)."""
+        text = scrubbed_report(self.store, study_uid, text, self.deid)
+        return self.store.save_draft(study_uid, text, list(split_sections(text).sections), author=author, source="edit")
+
     def sign(self, study_uid: str, text: str, signer: str) -> Any:
-        """Sign the final report of a stored study; the signed case joins the retrieval pool at once."""
+        """Sign the final report of a stored study (scrubbed: `scrubbed_report`); the signed case joins the
+        retrieval pool at once."""
+        text = scrubbed_report(self.store, study_uid, text, self.deid)
         report = self.store.sign_report(study_uid, text, list(split_sections(text).sections), signer)
         if self.checkpoint is not None:
             vector = self.embed_texts([report_text_for_training(text) or text])[0]

@@ -26,7 +26,7 @@ from medcm.dicom.read import DicomImage, DicomReadError, split_member_name
 from medcm.dicom.walk import iter_dicom
 from medcm.engine.embed_archive import EmbedderLike
 from medcm.engine.previews import PreviewRenderer
-from medcm.engine.records import EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
+from medcm.engine.records import IDENTIFIER_KEYS, EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
 from medcm.report.text import report_text_for_training, split_sections
 
 __all__ = ["IMAGE", "REPORT", "IngestResult", "IngestStoreLike", "ingest_paths", "read_images"]
@@ -105,18 +105,21 @@ def ingest_paths(
         texts = _study_reports(images, reports or {}, default_report)
         uid_map = {image.meta.study_uid: image.meta.study_uid for image in images}
         flagged: tuple[str, ...] = ()
+        keys: dict[str, list[str]] = {}
         if deid is not None:
             if files_dir is None:
                 raise ValueError("de-identified copies need a folder: pass files_dir (--files DIR) for a database "
                                  "that is not a SQLite file")
             batch = deidentify_images(images, texts, deid, files_dir)
             images, texts, uid_map, flagged = batch.images, batch.reports, batch.study_uids, tuple(batch.burned_in)
+            keys = batch.identifier_keys
             errors += batch.errors
             _start_previews(known, previews, images)
         counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
         warnings: list[str] = []
         for chunk in _study_chunks(images, chunk_images):
-            stored = _ingest_chunk(store, embedder, chunk, texts, set(flagged), user, warnings, known, previews)
+            stored = _ingest_chunk(store, embedder, chunk, texts, _Marks(set(flagged), keys), user, warnings, known,
+                                   previews)
             for key, value in stored.items():
                 counts[key] += value
             added = stored["added_instances"] + stored["added_reports"] + stored["added_embeddings"]
@@ -181,7 +184,7 @@ def _start_previews(known: _StoredHashes, previews: PreviewRenderer, images: lis
 
 
 def _ingest_chunk(store: IngestStoreLike, embedder: EmbedderLike | None, images: list[DicomImage],
-                  texts: Mapping[str, str], flagged: set[str], user: str, warnings: list[str],
+                  texts: Mapping[str, str], marks: _Marks, user: str, warnings: list[str],
                   known: _StoredHashes, previews: PreviewRenderer) -> dict[str, int]:
     """Store whole studies in one transaction; their counts by `IngestResult` field (warnings appended)."""
     known.look_up(images)
@@ -194,8 +197,7 @@ def _ingest_chunk(store: IngestStoreLike, embedder: EmbedderLike | None, images:
         return counts
     records = [ReportRecord(uid, text, list(split_sections(text).sections)) for uid, text in new_texts.items()]
     embeddings = _embeddings(embedder, fresh, new_texts, warnings) if embedder is not None else []
-    instances = [_flag_burned_in(instance_record(image, previews.take(image, image.pixels)), flagged)
-                 for image in fresh]
+    instances = [marks.on(instance_record(image, previews.take(image, image.pixels))) for image in fresh]
     summary = store.ingest(instances, records, embeddings, user=user)
     known.mark_stored(fresh)
     counts["skipped_instances"] += summary.skipped_instances
@@ -238,10 +240,21 @@ def _study_chunks(images: list[DicomImage], max_images: int) -> Iterator[list[Di
         yield chunk
 
 
-def _flag_burned_in(record: InstanceRecord, flagged: set[str]) -> InstanceRecord:
-    if record.sop_instance_uid not in flagged:
-        return record
-    return dataclasses.replace(record, metadata={**record.metadata, "burned_in_annotation": True})
+@dataclasses.dataclass(frozen=True)
+class _Marks:
+    """What de-identification learnt about each copy, kept in its instance metadata: the burned-in flag
+    (new SOPInstanceUIDs) and its study's keyed identifier hashes (new study UID → hashes)."""
+
+    burned_in: set[str]
+    identifier_keys: Mapping[str, list[str]]
+
+    def on(self, record: InstanceRecord) -> InstanceRecord:
+        extra: dict[str, object] = {}
+        if record.sop_instance_uid in self.burned_in:
+            extra["burned_in_annotation"] = True
+        if self.identifier_keys.get(record.study_uid):
+            extra[IDENTIFIER_KEYS] = self.identifier_keys[record.study_uid]
+        return dataclasses.replace(record, metadata={**record.metadata, **extra}) if extra else record
 
 
 def _with_instance_uids(images: list[DicomImage]) -> tuple[list[DicomImage], list[DicomReadError]]:

@@ -14,6 +14,10 @@ import numpy as np
 
 from medcm.dicom.read import DicomImage
 
+# Instance metadata key: the keyed hashes of the names and ids its study's original files held
+# (`medcm.dicom.deid_text.identifier_keys`), with which reports written later are scrubbed.
+IDENTIFIER_KEYS = "identifier_keys"
+
 
 @dataclass(frozen=True)
 class InstanceRecord:

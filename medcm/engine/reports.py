@@ -1,6 +1,8 @@
-"""A study's report versions as the CLI and the app both handle them: saving a machine draft, and export.
+"""A study's report versions as the CLI and the app both handle them: scrubbing, saving a machine draft, export.
 
-A machine draft (author `DRAFT_AUTHOR`, source "draft") is saved over nothing or over an earlier
+A report a person writes (an edit, a signature) is scrubbed on its way in like an ingested one
+(`scrubbed_report`): the study's stored keyed identifier hashes, dates, phone numbers, e-mail
+addresses, record numbers and titled names become placeholders. A machine draft (author `DRAFT_AUTHOR`, source "draft") is saved over nothing or over an earlier
 machine draft only: a person's edit and a signed report are never replaced by the model. Export
 writes one version (`medcm.dicom.sr`) to a file and records one "export" event.
 """
@@ -12,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from medcm.dicom.deid import DeidConfig
+from medcm.dicom.deid_text import scrub_report
 from medcm.dicom.sr import EXPORT_FORMATS, export_filename, export_report, pick_report, save_export
+from medcm.engine.records import IDENTIFIER_KEYS
 from medcm.report.text import split_sections
 
 __all__ = ["DRAFT_AUTHOR", "Export", "ReportStoreLike", "export_study_report", "may_replace_with_machine_draft",
-           "save_machine_draft"]
+           "save_machine_draft", "scrubbed_report"]
 
 DRAFT_AUTHOR = "medcm-draft"  # the author of every version the model wrote
 
@@ -38,6 +43,21 @@ class Export:
 
     path: Path
     report: Any
+
+
+def scrubbed_report(store: ReportStoreLike, study_uid: str, text: str, deid: DeidConfig | None) -> str:
+    """`text` as a person's report on `study_uid` is stored: scrubbed when the store de-identifies (`deid`).
+
+    The study's originals are gone, so its names and ids are matched through the keyed hashes ingest
+    kept in its instances' metadata (`IDENTIFIER_KEYS`); without `deid` (`--no-deid`) the text is kept.
+
+    Raises:
+        StoreError: unknown study.
+    """
+    if deid is None:
+        return text
+    keys = {key for view in store.get_study(study_uid).instances for key in (view.metadata or {}).get(IDENTIFIER_KEYS, ())}
+    return scrub_report(text, keyed=(keys, deid.key))
 
 
 def may_replace_with_machine_draft(latest: Any | None) -> bool:

@@ -14,6 +14,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from medcm.dicom.basic_profile import RETAINED_CHARACTERISTICS, TABLE_ACTIONS
+from medcm.dicom.deid_text import identifier_keys
 from medcm.dicom.deid import BurnedInAnnotationError, DeidConfig, deidentify, identifiers_of, scrub_report
 from medcm.dicom.read import read_instance
 
@@ -275,3 +276,17 @@ def test_scrub_report_with_dataset_identifiers():
     ds = _ct()
     text = "plantfamily plantgiven (PAT-REAL-0001) has a 4 mm nodule."
     assert scrub_report(text, identifiers_of(ds)) == "[NAME] [NAME] ([ID]) has a 4 mm nodule."
+
+
+def test_keyed_identifiers_scrub_without_the_names_in_clear():
+    keys = identifier_keys(["SMITH", "JOHN", "PAT-REAL-0001", "General Hospital", "x"], KEY)
+    assert len(keys) == 4 and all(len(k) == 16 for k in keys)
+    assert not any("SMITH" in k for k in keys) and identifier_keys(["smith"], KEY)[0] in keys
+    text = "John Smith (PAT-REAL-0001) at General Hospital; Smithson and general anatomy fine."
+    assert scrub_report(text, keyed=(keys, KEY)) == "[NAME] [NAME] ([ID]) at [NAME]; Smithson and general anatomy fine."
+    assert scrub_report(text, keyed=(keys, b"another-secret-key-456")) == text  # another key: no match
+
+
+def test_titled_names_are_scrubbed_but_not_modalities():
+    text = "Discussed with Dr. Jane Doe and Mrs Lee. MR Brain and MS plaques; Dr MRI unchanged."
+    assert scrub_report(text) == "Discussed with Dr. [NAME] and Mrs [NAME]. MR Brain and MS plaques; Dr MRI unchanged."

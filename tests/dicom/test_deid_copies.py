@@ -241,3 +241,29 @@ def test_a_killed_ingest_leaves_a_consistent_store_and_can_be_retried(tmp_path):
     paths = {store.get_study(s.study_uid).instances[0].path for s in studies}
     assert all(Path(p).is_file() for p in paths) and len(paths) == 6
     assert len(store.events(kind="ingest")) == 3  # one per committed transaction, none for the killed one
+
+
+def test_reports_written_after_ingest_are_scrubbed_by_the_kept_keyed_identifiers(tmp_path):
+    """An edit and a signature typed in the app name the patient; the store holds neither the name nor
+    any identifier in clear, only keyed hashes of them in the instance metadata."""
+    ds = _ct()
+    ds.ReferringPhysicianName = "PLANTREFERRER^ALEX"
+    source = _study(tmp_path / "in", ds, report=None)
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.db'}")
+    engine = Engine(store, deid=DeidConfig(KEY))
+    study_uid = engine.ingest([source]).studies[0]
+    typed = ("FINDINGS: Plantfamily Plantgiven (PAT-REAL-0001), referred by Dr Plantreferrer, seen by "
+             "Dr. Watson on 12/03/2021: right upper lobe nodule, MR brain normal.")
+    edit = engine.save_edit(study_uid, typed, author="dr_edit")
+    signed = engine.sign(study_uid, typed + " IMPRESSION: Nodule.", signer="dr_sign")
+    for report in (edit, signed):
+        assert report.text.startswith("FINDINGS: [NAME] [NAME] ([ID]), referred by Dr [NAME], seen by Dr. [NAME] on "
+                                      "[DATE]: right upper lobe nodule, MR brain normal.")
+    stored = b"".join(p.read_bytes() for p in tmp_path.rglob("cases.db*") if p.is_file())
+    stored += _all_bytes(tmp_path / "cases.db.files")
+    assert b"nodule" in stored and b"ANON-" in stored  # not vacuous: the report and the copies are there
+    assert [s for s in ("PLANTFAMILY", "Plantfamily", "PAT-REAL-0001", "Plantreferrer", "Watson") if s.encode() in stored] == []
+    # Without de-identification (--no-deid) a report is kept as typed.
+    plain = Engine(CaseStore(f"sqlite:///{tmp_path / 'plain.db'}"))
+    plain_uid = plain.ingest([source]).studies[0]
+    assert plain.save_edit(plain_uid, typed, author="dr_edit").text == typed
