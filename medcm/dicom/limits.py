@@ -64,8 +64,9 @@ class UploadLimits:
         max_upload_bytes: Total bytes of the files as uploaded (folders summed recursively).
         max_files: Files plus zip members, nested zips' members included.
         max_unpacked_bytes: Total declared uncompressed size of all zip members, nested ones included.
-        max_compression_ratio: Per zip member, ``file_size / max(compress_size, 1)``; only judged for
-            members over 1 MiB unpacked, so small, highly compressible files pass.
+        max_compression_ratio: Per zip member, ``file_size / max(compress_size, 1)``, judged for
+            members over 1 MiB unpacked, and for each archive's members together once they unpack to
+            over 1 MiB, so a few small, highly compressible files pass but many do not.
         max_zip_depth: How deep zips may nest: 0 forbids zips inside zips; 1 lets a zip hold zips
             that themselves hold none.
     """
@@ -227,6 +228,15 @@ def _check_zip(fh: IO[bytes], label: str, depth: int, budget: _Budget) -> None:
     with zf:
         for info in zf.infolist():
             _check_member(zf, info, f"{label}:{_clean(info.filename)}", depth, budget)
+        # Members of up to 1 MiB are not judged one by one, so many small ones could hide a bomb (200
+        # members of 1 MiB of zeros in a 226 KB zip): the archive's members are judged together too.
+        files = [info for info in zf.infolist() if not info.is_dir()]
+        unpacked, packed = sum(i.file_size for i in files), sum(i.compress_size for i in files)
+        ratio = unpacked / max(packed, 1)
+        if unpacked > _RATIO_MIN_BYTES and ratio > budget.limits.max_compression_ratio:
+            raise UploadRejected(label, f"its members together unpack at {ratio:.0f}:1 ({_size(unpacked)} from "
+                                        f"{_size(packed)}), over the {budget.limits.max_compression_ratio:g}:1 "
+                                        "limit (a zip bomb?)")
 
 
 def _check_directory_size(fh: IO[bytes], label: str, budget: _Budget) -> None:

@@ -1,21 +1,21 @@
-"""The ingest pipeline: read → de-identify → previews → embeddings → store, a few whole studies at a time.
+"""The ingest pipeline: plan → read → de-identify → previews → embeddings → store, a chunk at a time.
 
-`ingest_paths` reads every DICOM file under the given paths (files, folders, zips), optionally
-writes de-identified copies and scrubs the reports (`medcm.dicom.deid_copies`), skips what the
-store already holds byte for byte, and stores the rest in chunks of whole studies, one transaction
-each: instances with PNG previews (`medcm.engine.previews`), report versions, and, given an
-embedder, one "image" vector per image or volume and one "report" vector per new report text.
+`ingest_paths` plans every DICOM file under the given paths (files, folders, zips) from its header
+(`medcm.engine.ingest_plan`), then per chunk of whole series (a study's series together, bounded in
+images and decoded samples) decodes the files, optionally writes de-identified copies and scrubs the
+reports (`medcm.dicom.deid_copies`), skips what the store already holds byte for byte, and stores
+the rest in one transaction: instances with PNG previews (`medcm.engine.previews`), report versions,
+and, given an embedder, one "image" vector per image or volume and one "report" vector per new
+report text. An upload holds one chunk's pixels at a time, not all of them.
 
-Each file is decoded once: its display pixels give both the preview and the model input. While
-files are read, the store is asked every `LOOKUP_BATCH` images which of them it lacks, and their
-previews are rendered on a worker thread (`PreviewRenderer`) during the reading of the next ones;
-a chunk then costs the model's forward passes and one batched write.
+Each file is decoded once: its display pixels give both the preview and the model input; previews
+are rendered on a worker thread (`PreviewRenderer`) while the chunk's model forward passes run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from medcm.dicom.deid_copies import deidentify_images
 from medcm.dicom.read import DicomImage, DicomReadError, split_member_name
 from medcm.dicom.walk import iter_dicom
 from medcm.engine.embed_archive import EmbedderLike
+from medcm.engine.ingest_plan import plan_files, planned_chunks, read_planned
 from medcm.engine.previews import PreviewRenderer
 from medcm.engine.records import IDENTIFIER_KEYS, EmbeddingRecord, InstanceRecord, ReportRecord, instance_record
 from medcm.report.text import report_text_for_training, split_sections
@@ -32,7 +33,6 @@ from medcm.report.text import report_text_for_training, split_sections
 __all__ = ["IMAGE", "REPORT", "IngestResult", "IngestStoreLike", "ingest_paths", "read_images"]
 
 IMAGE, REPORT = "image", "report"
-LOOKUP_BATCH = 64  # images read between two look-ups of which ones the store lacks
 
 
 class IngestStoreLike(Protocol):
@@ -85,7 +85,9 @@ def ingest_paths(
         store: the case store.
         paths: files, folders or zips.
         embedder: embeds images and texts (the `Engine`); None stores no vectors.
-        chunk_images: about this many images per store transaction (whole studies; a larger study is one).
+        chunk_images: about this many images per store transaction, and at most `ingest_plan.CHUNK_SAMPLES`
+            decoded samples: whole series, a study's series together; a larger series is one. Each chunk
+            is decoded, de-identified and stored before the next is read.
         reports: study UID (as in the files) → report text, e.g. from a manifest.
         default_report: report for studies not in `reports` (e.g. `--report FILE` for one study).
             Without either, a `report.txt` in the folder of a study's first file is used.
@@ -97,37 +99,42 @@ def ingest_paths(
     Raises:
         ValueError: `deid` without a `files_dir`.
     """
+    if deid is not None and files_dir is None:
+        raise ValueError("de-identified copies need a folder: pass files_dir (--files DIR) for a database "
+                         "that is not a SQLite file")
+    planned, errors = plan_files(paths)  # headers only: nothing is decoded before its chunk
+    counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
+    warnings: list[str] = []
+    studies: list[str] = []
+    uid_map: dict[str, str] = {}
+    flagged: list[str] = []
     with PreviewRenderer() as previews:
         known = _StoredHashes(store)
-        images, errors = _read(paths, known, previews if deid is None else None)  # copies get new UIDs
-        images, missing_uid = _with_instance_uids(images)
-        errors += missing_uid
-        texts = _study_reports(images, reports or {}, default_report)
-        uid_map = {image.meta.study_uid: image.meta.study_uid for image in images}
-        flagged: tuple[str, ...] = ()
-        keys: dict[str, list[str]] = {}
-        if deid is not None:
-            if files_dir is None:
-                raise ValueError("de-identified copies need a folder: pass files_dir (--files DIR) for a database "
-                                 "that is not a SQLite file")
-            batch = deidentify_images(images, texts, deid, files_dir)
-            images, texts, uid_map, flagged = batch.images, batch.reports, batch.study_uids, tuple(batch.burned_in)
-            keys = batch.identifier_keys
-            errors += batch.errors
+        for files in planned_chunks(planned, chunk_images):
+            images, failed = read_planned(files)
+            images, missing_uid = _with_instance_uids(images)
+            errors += failed + missing_uid
+            texts = _study_reports(images, reports or {}, default_report)
+            marks = _Marks(set(), {})
+            if deid is not None:
+                batch = deidentify_images(images, texts, deid, files_dir)
+                images, texts = batch.images, batch.reports
+                uid_map.update(batch.study_uids)
+                flagged += batch.burned_in
+                errors += batch.errors
+                marks = _Marks(set(batch.burned_in), batch.identifier_keys)
+            else:
+                uid_map.update((image.meta.study_uid, image.meta.study_uid) for image in images)
             _start_previews(known, previews, images)
-        counts = dict.fromkeys(("added_instances", "skipped_instances", "added_reports", "added_embeddings"), 0)
-        warnings: list[str] = []
-        for chunk in _study_chunks(images, chunk_images):
-            stored = _ingest_chunk(store, embedder, chunk, texts, _Marks(set(flagged), keys), user, warnings, known,
-                                   previews)
+            studies += [image.meta.study_uid for image in images]
+            stored = _ingest_chunk(store, embedder, images, texts, marks, user, warnings, known, previews)
             for key, value in stored.items():
                 counts[key] += value
             added = stored["added_instances"] + stored["added_reports"] + stored["added_embeddings"]
             if on_stored is not None and added:
                 on_stored()
-    return IngestResult(studies=tuple(dict.fromkeys(image.meta.study_uid for image in images)),
-                        errors=tuple(errors), study_uids=uid_map, burned_in=flagged, warnings=tuple(warnings),
-                        **counts)
+    return IngestResult(studies=tuple(dict.fromkeys(studies)), errors=tuple(errors), study_uids=uid_map,
+                        burned_in=tuple(flagged), warnings=tuple(warnings), **counts)
 
 
 class _StoredHashes:
@@ -154,26 +161,6 @@ class _StoredHashes:
 
     def mark_stored(self, images: list[DicomImage]) -> None:
         self._hashes.update((image.meta.sop_instance_uid, image.meta.content_sha256) for image in images)
-
-
-def _read(paths: Iterable[str | Path], known: _StoredHashes,
-          previews: PreviewRenderer | None) -> tuple[list[DicomImage], list[DicomReadError]]:
-    """`read_images`, starting (given `previews`) the previews of new images while reading the next files."""
-    images, errors, batch = [], [], []
-    for path in paths:
-        for item in iter_dicom(path):
-            if isinstance(item, DicomReadError):
-                errors.append(item)
-                continue
-            images.append(item)
-            if previews is not None and item.meta.sop_instance_uid:
-                batch.append(item)
-                if len(batch) >= LOOKUP_BATCH:
-                    _start_previews(known, previews, batch)
-                    batch = []
-    if previews is not None:
-        _start_previews(known, previews, batch)
-    return images, errors
 
 
 def _start_previews(known: _StoredHashes, previews: PreviewRenderer, images: list[DicomImage]) -> None:
@@ -223,21 +210,6 @@ def _embeddings(embedder: EmbedderLike, images: list[DicomImage], texts: Mapping
     vectors = embedder.embed_texts([report_text_for_training(texts[uid]) or texts[uid] for uid in uids])
     records += [EmbeddingRecord(REPORT, uid, model_id, vector) for uid, vector in zip(uids, vectors)]
     return records
-
-
-def _study_chunks(images: list[DicomImage], max_images: int) -> Iterator[list[DicomImage]]:
-    """Images in groups of whole studies, each of about `max_images` (a larger study is one group)."""
-    studies: dict[str, list[DicomImage]] = {}
-    for image in images:
-        studies.setdefault(image.meta.study_uid, []).append(image)
-    chunk: list[DicomImage] = []
-    for study in studies.values():
-        if chunk and len(chunk) + len(study) > max_images:
-            yield chunk
-            chunk = []
-        chunk.extend(study)
-    if chunk:
-        yield chunk
 
 
 @dataclasses.dataclass(frozen=True)

@@ -123,6 +123,17 @@ def test_declared_entry_count_refused_before_parsing(tmp_path: Path) -> None:
 # --- zip bombs -------------------------------------------------------------------------------------
 
 
+def test_many_small_members_are_judged_together(tmp_path: Path) -> None:
+    """Issue 18 item 5: 200 members of 1 MiB of zeros (each under the per-member threshold) in a small zip."""
+    data = _zip({f"m{i:03d}.dcm": b"\0" * 1024**2 for i in range(200)}, zipfile.ZIP_DEFLATED)
+    assert len(data) < 300_000
+    archive = _write(tmp_path / "many.zip", data)
+    message = _refused([archive])
+    assert message.startswith(f"{archive}: its members together unpack at ") and "over the 100:1 limit" in message
+    plain = _zip({f"m{i:03d}.dcm": np.random.default_rng(i).bytes(64 * 1024) for i in range(40)}, zipfile.ZIP_DEFLATED)
+    check_upload([_write(tmp_path / "plain.zip", plain)])  # 2.5 MiB of incompressible members pass
+
+
 def test_zip_bomb_ratio(tmp_path: Path, bomb_zip: bytes) -> None:
     assert len(bomb_zip) < 100_000
     archive = _write(tmp_path / "bomb.zip", bomb_zip)

@@ -14,7 +14,6 @@ from PIL import Image
 import medcm.engine.previews as previews
 from db.store import CaseStore
 from medcm.engine.facade import Engine
-from medcm.engine.ingest import LOOKUP_BATCH
 from medcm.engine.previews import PreviewRenderer, encode_png, preview_shape, render_preview
 from medcm.model.preprocess import resize_and_pad
 
@@ -102,9 +101,9 @@ class _CountingStore(CaseStore):
         return super().report_texts(study_uids)
 
 
-def test_ingest_renders_each_new_preview_once_and_asks_the_store_in_batches(synthetic_manifest, tmp_path,
-                                                                             monkeypatch):
-    n = LOOKUP_BATCH + 6  # two look-ups while reading
+def test_ingest_renders_each_new_preview_once_and_asks_the_store_once_per_chunk(synthetic_manifest, tmp_path,
+                                                                                 monkeypatch):
+    n = 70
     for i in range(n):
         shutil.copytree(synthetic_manifest.parent / "cases" / f"train-{i:05d}", tmp_path / "in" / f"c{i:03d}")
     rendered = []
@@ -116,11 +115,11 @@ def test_ingest_renders_each_new_preview_once_and_asks_the_store_in_batches(synt
     monkeypatch.setattr("medcm.engine.facade.INGEST_CHUNK_IMAGES", 32)  # three transactions
     first = engine.ingest([tmp_path / "in"])
     assert (first.added_instances, first.added_reports, first.skipped_instances) == (n, n, 0)
-    assert len(rendered) == n and store.calls == {"instance_hashes": 2, "report_texts": 3}
+    assert len(rendered) == n and store.calls == {"instance_hashes": 3, "report_texts": 3}
     stored = store.get_study(first.studies[5]).instances[0]
     assert _decoded(store.preview(stored.sop_instance_uid)).size == (256, 256)  # 64 px cases, enlarged
 
     again = engine.ingest([tmp_path / "in"])
     assert (again.added_instances, again.added_reports, again.skipped_instances) == (0, 0, n)
     assert len(rendered) == n  # nothing new: no preview rendered
-    assert store.calls == {"instance_hashes": 4, "report_texts": 6}
+    assert store.calls == {"instance_hashes": 6, "report_texts": 6}
