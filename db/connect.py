@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+import db.audit as audit
 from db.records import StoreError
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,12 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection | None = None, audit_key: bytes | None = None) -> Config:
     """The Alembic configuration of the case store (no alembic.ini needed).
 
     Args:
         connection: run migrations over this connection, inside its transaction.
+        audit_key: the store's audit key, for migrations that chain audit events (None: unkeyed).
 
     Returns:
         A `Config` for `alembic.command` functions.
@@ -108,15 +110,17 @@ def alembic_config(connection: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
         config.attributes["connection"] = connection
+    config.attributes["audit_key"] = audit_key
     return config
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
+def migrate(engine: Engine, revision: str = "head", audit_key: bytes | None = None) -> None:
     """Upgrade the database to `revision` in one transaction (nothing to do when it is there already).
 
     Args:
         engine: from `make_engine`.
         revision: an Alembic revision id, or "head".
+        audit_key: the store's audit key (`db.audit.store_key`); migration 0003 chains the stored events with it.
 
     Raises:
         StoreError: the migrated data violate a foreign key (SQLite).
@@ -130,7 +134,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         try:
             with connection.begin(), _quiet_alembic():
                 before = MigrationContext.configure(connection).get_current_heads()
-                command.upgrade(alembic_config(connection), revision)
+                command.upgrade(alembic_config(connection, audit_key), revision)
                 after = MigrationContext.configure(connection).get_current_heads()
                 if sqlite and after != before:  # a full scan: only after a migration actually ran
                     _check_foreign_keys(connection)
@@ -159,14 +163,18 @@ class Database:
     """An open database at a SQLAlchemy URL, migrated to the newest schema; the base of `db.store.CaseStore`.
 
     Subclasses (and the method groups `CaseStore` is built from) run each public method as one
-    `_session` transaction.
+    `_session` transaction; its Session carries the audit key (`db.audit`), which `db.write.log` chains with.
 
     Args:
         url: a SQLAlchemy URL, e.g. "sqlite:///cases.db".
 
     Raises:
-        StoreError: `url` is not a database URL.
+        StoreError: `url` is not a database URL, or `audit_key_file` does not hold a key.
     """
+
+    # The audit key file (`db.audit.store_key`); a class attribute, so that `CaseStore(url, audit_key_file=...)`
+    # can set it before the method groups' `__init__(url)` chain reaches this one. None: the default.
+    audit_key_file: str | Path | None = None
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -177,7 +185,8 @@ class Database:
         self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         self._closed = False
         try:
-            migrate(self._engine)
+            self._audit_key = audit.store_key(url, self.audit_key_file)
+            migrate(self._engine, audit_key=self._audit_key)
         except BaseException:
             self._engine.dispose()
             raise
@@ -201,5 +210,6 @@ class Database:
         # The one place a Session is opened: one transaction, committed on success, else rolled back.
         if self._closed:
             raise StoreError(f"{self!r}: is closed; expected an open store")
-        with Session(self._writer if write else self._engine) as s, s.begin():
+        info = {audit.SESSION_KEY: self._audit_key}  # what db.write.log chains events with
+        with Session(self._writer if write else self._engine, info=info) as s, s.begin():
             yield s

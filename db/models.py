@@ -1,4 +1,5 @@
-"""The case store's tables: patients, studies, series, instances, reports, embeddings, audit events, users.
+"""The case store's tables: patients, studies, series, instances, reports, embeddings, audit events (and
+their chain's head), users.
 
 Every change to these classes needs a migration in `db/migrations/versions/`; the test suite compares
 the models with the migrated schema and fails on any difference.
@@ -212,6 +213,23 @@ class Event(Base):
     # A plain string, not a foreign key: the trail must also record actions on unknown studies.
     study_uid: Mapped[str | None] = mapped_column(String, index=True)
     detail_json: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The hash chain (see db.audit): the previous event's row_hash, and this row's own (hex).
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The audit trail's anchor, one row: the last event's id and hash, the id of the key that chained
+    them, and a MAC over those (see `db.audit`); it catches deleted last events."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int | None] = mapped_column(Integer)  # None: no event yet
+    last_hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(16))
+    head_mac: Mapped[str] = mapped_column(String(64))
 
 
 class User(Base):
@@ -237,8 +255,8 @@ def _stored_status(report: Report) -> str | None:
 
 
 # Invariants, a last line of defence under the store's own logic: a signed version is a legal
-# record, and the audit trail is append-only (migration 0002 also makes the database itself refuse
-# UPDATE and DELETE on `events`, for writers that bypass the ORM).
+# record, and the audit trail is append-only (migrations 0002 and 0003 also make the database itself
+# refuse UPDATE, DELETE and out-of-order INSERTs on `events`, for writers that bypass the ORM).
 @event.listens_for(Report, "before_update")
 def _signed_is_final(_mapper: Any, _connection: Any, report: Report) -> None:
     changed = any(attr.history.has_changes() for attr in inspect(report).attrs)

@@ -14,13 +14,16 @@ latest version: "new" (no report), "drafted" or "signed".
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 
+import db.audit as audit
 import db.read as read
 import db.write as write
 from db.accounts import AccountMethods, UserView
+from db.audit import AuditProblem, AuditReport
 from db.embeddings import EmbeddingMethods
 from db.models import STUDY_STATUSES, Embedding, Instance, Report, Series, Study, utcnow
 from db.pgvector import VectorHit
@@ -39,6 +42,8 @@ from db.records import (
 )
 
 __all__ = [
+    "AuditProblem",
+    "AuditReport",
     "CaseStore",
     "EmbeddingInput",
     "EmbeddingMatrix",
@@ -61,10 +66,17 @@ class CaseStore(EmbeddingMethods, AccountMethods):
     Args:
         url: "sqlite:///path/to/cases.db" (the folder is created), "sqlite://" (in memory), or any
             SQLAlchemy URL such as "postgresql+psycopg://user@host/medcm".
+        audit_key_file: the secret key file the audit trail is chained with (`db.audit`), created on
+            first use. Default: beside a SQLite file (cases.db → cases.db.audit-key); none for other
+            databases, whose trail is then an unkeyed chain.
 
     Raises:
-        StoreError: `url` is not a database URL.
+        StoreError: `url` is not a database URL, or `audit_key_file` does not hold a key.
     """
+
+    def __init__(self, url: str, audit_key_file: str | Path | None = None) -> None:
+        self.audit_key_file = audit_key_file  # read by Database.__init__: the method groups pass on url alone
+        super().__init__(url)
 
     # ------------------------------------------------------------------ writes
     def ingest(
@@ -320,6 +332,16 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         write.check_limit("events", limit)
         with self._session() as s:
             return read.events(s, study_uid, kind, user, limit)
+
+    def verify_audit(self) -> AuditReport:
+        """Check the audit trail: every event's hash and link, the chain's head, its tables and triggers.
+
+        Changes nothing. `AuditReport.problems` name the first bad row first: a changed or forged row
+        (hash mismatch), a deleted one (gap or head mismatch), an inserted one (chain break), a dropped
+        trigger or table, or a key other than the one the trail was written with.
+        """
+        with self._session() as s:
+            return audit.verify(s, self._audit_key)
 
     def image_embeddings(self, sop_instance_uids: list[str], model_id: str) -> dict[str, np.ndarray]:
         """The stored "image" vectors of `model_id` of those of `sop_instance_uids` that have one (others absent).

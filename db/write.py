@@ -14,10 +14,10 @@ import numpy as np
 from sqlalchemy import insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+import db.audit as audit
 from db.models import (
     REPORT_STATUSES,
     Embedding,
-    Event,
     Instance,
     Patient,
     Report,
@@ -417,5 +417,11 @@ def _owners(s: Session, items: Sequence[Any]) -> dict[tuple[str, str], tuple[str
 
 
 def log(s: Session, kind: str, user: str, study_uid: str | None, detail: dict[str, Any]) -> None:
-    """Append one audit event."""
-    s.add(Event(time=utcnow(), kind=kind, user=user, study_uid=study_uid, detail_json=detail))
+    """Append one audit event to the hash chain, with the audit key of the store whose Session `s` is.
+
+    Raises:
+        StoreError: `s` is not a store's Session (it has no audit key), or see `db.audit.append`.
+    """
+    if audit.SESSION_KEY not in s.info:
+        raise StoreError("audit event: the Session has no audit key; expected one opened by Database._session")
+    audit.append(s, s.info[audit.SESSION_KEY], kind, user, study_uid, detail)

@@ -1,8 +1,9 @@
 """The `medcm` command line: `build_parser`, `main` and the verbs over the case store.
 
-Here: ingest, embed, search, draft, serve, demo, export, users. The verbs on data sets and checkpoints
-(synth, train, eval) are in `medcm.cli.model_commands`, `medcm import` in `medcm.cli.import_command`, and
-the options several verbs share (and opening an engine from them) in `medcm.cli.options`.
+Here: ingest, embed, search, draft, serve, demo, export, users, audit. The verbs on data sets and
+checkpoints (synth, train, eval) are in `medcm.cli.model_commands`, `medcm import` in
+`medcm.cli.import_command`, and the options several verbs share (and opening an engine from them) in
+`medcm.cli.options`.
 """
 
 from __future__ import annotations
@@ -262,6 +263,35 @@ def _run_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="check the audit trail", description="The audit trail's hash chain: "
+                       "`verify` checks every event's hash and link, the chain's head and the database triggers.")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("verify", help="check that no audit event was changed, inserted or deleted (exit 1 if so)")
+    a.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    a.add_argument("--audit-key", help="the trail's key file (default: beside a SQLite database, cases.db → "
+                   "cases.db.audit-key; other databases without one have an unkeyed chain)")
+    p.set_defaults(handler=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from db.store import CaseStore
+    from medcm.paths import sqlite_file
+
+    url = db_url(args.db)
+    file = sqlite_file(url)
+    if file is not None and not file.is_file():  # opening would create an empty store, "intact" and misleading
+        raise FileNotFoundError(f"{file}: no case store there; expected an existing database")
+    with CaseStore(url, audit_key_file=args.audit_key) as store:
+        report = store.verify_audit()
+    if report.intact:
+        print(report.summary())
+        return 0
+    for problem in report.problems:
+        print(problem)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="medcm", description="medcm: similar cases and draft findings for DICOM studies.")
@@ -279,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     _add_users(sub)
     _add_export(sub)
+    _add_audit(sub)
     return parser
 
 
