@@ -86,6 +86,7 @@ from ui.handlers import (
     TOP_K,
     Handlers,
 )
+from ui.login_guard import LoginPolicy, login_notice
 from ui.render import (
     AUDIT_HEADERS,
     MATCH_HEADERS,
@@ -95,6 +96,7 @@ from ui.render import (
     WORKLIST_HEADERS,
     table,
 )
+from ui.session_guard import SessionGuard
 from ui.study import DEFAULT_PRESET, PRESETS
 
 TITLE = "medcm review"
@@ -109,12 +111,16 @@ DELETE_CACHE = (3600, 86400)
 # Suggested `launch()` options: no share tunnel; no run history (gradio 6 would otherwise keep every
 # call's inputs and outputs, i.e. study images and reports, in the browser's storage); no monitoring
 # or MCP endpoints; only the API link in the footer; no public /openapi.json (the API's schema is for
-# logged-in users, at /gradio_api/info); security headers on every response (`SecurityHeaders`). The
-# default theme's fonts ship with gradio, so the page fetches nothing from outside the server.
+# logged-in users, at /gradio_api/info); security headers on every response (`SecurityHeaders`,
+# outermost, so refusals carry them too); the login rules of `auth=make_auth(store)` on gradio's own
+# routes (`SessionGuard`), stated on the login page. The default theme's fonts ship with gradio, so the
+# page fetches nothing from outside the server.
 def launch_options() -> dict[str, Any]:
     """Fresh keyword arguments for `gr.Blocks.launch` (gradio fills in the FastAPI arguments it is given)."""
     return {"share": False, "footer_links": ["api"], "run_history": False, "enable_monitoring": False,
-            "mcp_server": False, "app_kwargs": {"openapi_url": None, "middleware": [Middleware(SecurityHeaders)]}}
+            "mcp_server": False, "auth_message": login_notice(LoginPolicy()),
+            "app_kwargs": {"openapi_url": None,
+                           "middleware": [Middleware(SecurityHeaders), Middleware(SessionGuard)]}}
 
 
 class SecurityHeaders:

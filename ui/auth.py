@@ -4,7 +4,8 @@ Gradio keeps the login (a cookie naming the user) and hands every event its `gr.
 `username` is the logged-in name, or None when the app was launched without `auth`. Handlers never
 trust a name typed into the page: they call `require(store, request, action)`, which looks the
 account up in the store on every call, so a disabled account or a changed role takes effect at once,
-even for a browser that logged in earlier.
+even for a browser that logged in earlier. The login itself is throttled (`ui.login_guard`), and
+Gradio's own routes are held to the same accounts by `ui.session_guard.SessionGuard`.
 
 Roles: a viewer reads (worklist, studies, similar cases, text search, reports); a clinician also
 uploads, drafts, edits, signs and exports; an admin reads, sees the audit trail and the accounts
@@ -13,12 +14,14 @@ uploads, drafts, edits, signs and exports; an admin reads, sees the audit trail 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from db.store import CaseStore
 from ui.errors import user_error
+from ui.login_guard import LoginGuard, LoginPolicy
 
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
@@ -30,7 +33,6 @@ ACTION_WORDS = {
     "edit": "edit reports", "sign": "sign reports", "export": "export reports", "audit": "see the audit trail",
 }
 NOT_LOGGED_IN = "not logged in: open the app's page and log in with your medcm account"
-_MAX_NAME = 128  # a failed login's name goes into the audit trail as typed, cut to this length
 
 
 @dataclass(frozen=True)
@@ -41,25 +43,32 @@ class Login:
     role: str
 
 
-def make_auth(store: CaseStore) -> Callable[[str, str], bool]:
-    """The `auth=` callable for `launch()`: checks the store and records the attempt.
+def make_auth(store: CaseStore, policy: LoginPolicy | None = None,
+              clock: Callable[[], float] = time.monotonic) -> Callable[[str, str], Awaitable[bool]]:
+    """The `auth=` callable for `launch()`: checks the store, off the event loop, and records the attempt.
 
     Every attempt becomes an audit event: "login" (detail `{"ok": true}`) or "login_failed"
-    (`{"ok": false}`, with the name as typed). Disabled accounts cannot log in.
+    (`{"ok": false}`, with the name as typed). Disabled accounts cannot log in. After
+    `policy.max_failures` failures a name is locked (a 429, see `ui.login_guard.LoginGuard.check`).
+    Launch with `launch_options()` too: its middleware finds this guard and applies the rest of
+    `policy` (the per-address limit, the session cookie and lifetime, disabled accounts' sessions).
+
+    Args:
+        store: the case store holding the accounts.
+        policy: the limits (default `LoginPolicy()`: 5 failures in 15 minutes lock a name for 15 minutes).
+        clock: monotonic seconds (tests pass a fake one).
     """
-
-    def check(username: str, password: str) -> bool:
-        ok = store.authenticate(username, password) is not None
-        name = (username or "").strip()[:_MAX_NAME] or "(empty)"
-        store.log_event("login" if ok else "login_failed", name, None, {"ok": ok})
-        return ok
-
-    return check
+    return LoginGuard(store, policy, clock).check
 
 
 def allowed(role: str, action: str) -> bool:
     """Whether `role` may do `action` (a key of `ACTION_WORDS`)."""
     return action in ROLE_ACTIONS.get(role, frozenset())
+
+
+def disabled_line(name: str) -> str:
+    """The refusal for a login whose account is disabled or unknown."""
+    return f"account {name!r} is disabled or unknown: ask an admin to enable it"
 
 
 def current_login(store: CaseStore, request: Any) -> Login:
@@ -73,7 +82,7 @@ def current_login(store: CaseStore, request: Any) -> Login:
         raise user_error(NOT_LOGGED_IN)
     role = store.user_role(name)
     if role is None:
-        raise user_error(f"account {name!r} is disabled or unknown: ask an admin to enable it")
+        raise user_error(disabled_line(name))
     return Login(name, role)
 
 
