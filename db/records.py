@@ -65,6 +65,7 @@ class IngestSummary:
     skipped_instances: int  # same SOPInstanceUID and same content hash already stored
     added_reports: int
     added_embeddings: int  # inserted or replaced
+    kept_out: tuple[str, ...] = ()  # studies whose report was not stored over a clinician's signature
 
 
 @dataclass(frozen=True)

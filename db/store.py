@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 import db.audit as audit
 import db.read as read
+import db.versions as versions
 import db.write as write
 from db.accounts import AccountMethods, UserView
 from db.audit import AuditProblem, AuditReport
@@ -90,7 +91,9 @@ class CaseStore(EmbeddingMethods, AccountMethods):
 
         An instance already stored with the same content hash is skipped; a report whose text equals
         any stored version of its study is skipped (so re-ingesting an archive never buries a newer
-        signed version), otherwise it becomes the next version. Embeddings are written after the
+        signed version), and so is one of a study whose latest version a person signed in medcm (an
+        archive never supersedes a clinician's signature: the text is kept in the "ingest" event and
+        the study named in `IngestSummary.kept_out`); otherwise it becomes the next version. Embeddings are written after the
         reports of this call (a "report" embedding goes to its study's latest version) and replace
         any earlier one of the same model for the same key. Records one "ingest" event.
 
@@ -114,7 +117,9 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         with self._session(write=True) as s:
             added, skipped, studies = write.add_instances(s, instances)
             s.flush()  # reports and embeddings refer to the new rows' ids
-            added_reports = write.add_reports(s, reports)
+            added_reports, kept_out = versions.add_reports(s, reports)
+            # A report kept out by a signature has no version: its vector must not go to the signed one.
+            embeddings = [e for e in embeddings if not (e.kind == "report" and e.key in kept_out)]
             added_embeddings = len(self._put_embeddings(s, embeddings))
             studies |= {r.study_uid for r in reports}
             detail = {
@@ -124,14 +129,17 @@ class CaseStore(EmbeddingMethods, AccountMethods):
                 "added_embeddings": added_embeddings,
                 "study_uids": sorted(studies),
             }
+            if kept_out:  # kept here, in the append-only trail, rather than lost
+                detail["reports_kept_out_by_signature"] = kept_out
             write.log(s, "ingest", user, next(iter(studies)) if len(studies) == 1 else None, detail)
-        return IngestSummary(added, skipped, added_reports, added_embeddings)
+        return IngestSummary(added, skipped, added_reports, added_embeddings, tuple(sorted(kept_out)))
 
     def save_draft(
         self, study_uid: str, text: str, sections: Sequence[tuple[str, str]], author: str, source: str = "draft",
         user: str | None = None,
     ) -> ReportView:
-        """Save a draft: update the latest version in place if it is a draft, else add a draft version.
+        """Save a draft: update the latest version in place if it is a draft by the same author and source
+        (`db.versions.draft_in_place`), else add a draft version, so every version keeps its author.
 
         Args:
             study_uid: a stored study.
@@ -157,28 +165,34 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         with self._session(write=True) as s:
             study = study_or_error(s, study_uid)
             latest = latest_report(s, study)
-            if latest is not None and latest.status == "draft":
+            if versions.draft_in_place(latest, author, source):
                 report, action = latest, "updated"
                 report.text, report.sections_json, report.author, report.source = text, pairs, author, source
             else:
-                report, action = write.new_report(s, study, latest, text, pairs, "draft", author, source), "created"
+                report, action = versions.new_report(s, study, latest, text, pairs, "draft", author, source), "created"
             study.status = "drafted"
             s.flush()
             detail = {"version": report.version, "report_id": report.id, "action": action, "source": source}
             write.log(s, "draft" if source == "draft" else "edit", user, study_uid, detail)
             return report_view(report, study_uid)
 
-    def sign_report(self, study_uid: str, text: str, sections: Sequence[tuple[str, str]], signer: str) -> ReportView:
-        """Sign a study's report with its final text.
+    def sign_report(self, study_uid: str, text: str, sections: Sequence[tuple[str, str]], signer: str,
+                    embedding: EmbeddingInput | None = None) -> ReportView:
+        """Sign a study's report with its final text, with its embedding in the same transaction.
 
-        A latest draft becomes signed (with this text); otherwise (no report, or a signed latest
-        version: an amendment) a new signed version is added. Signed versions are never modified.
+        The signer's own latest draft becomes signed (with this text); over anything else (no report,
+        a machine draft, another person's draft, a signed version: an amendment) a new signed version
+        by the signer is added, and the earlier versions keep their authors (`db.versions`). Signing
+        again the text of the signer's latest signed version is a retry: that version is returned
+        (its embedding written if it lacks it) and no version is added. Signed versions never change.
 
         Args:
             study_uid: a stored study.
             text: the final report text (not empty).
             sections: [(name, text)] as split by the caller.
             signer: the signing clinician.
+            embedding: the text's "report" vector (key `study_uid`), written with the signature, so a
+                signed version never lacks it after a crash.
 
         Returns:
             The signed version.
@@ -189,21 +203,27 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         write.check_report_text("sign_report text", text)
         pairs = write.sections_of("sign_report sections", sections)
         write.check_text("sign_report signer", signer)
+        if embedding is not None and (embedding.kind, embedding.key) != ("report", study_uid):
+            raise StoreError(f"sign_report embedding: got ({embedding.kind!r}, {embedding.key!r}); expected "
+                             f"('report', {study_uid!r})")
         with self._session(write=True) as s:
             study = study_or_error(s, study_uid)
             latest = latest_report(s, study)
-            amendment = latest is not None and latest.status == "signed"
-            if latest is not None and latest.status == "draft":
+            action = versions.sign_action(latest, signer, text)
+            if action == versions.SIGN_IN_PLACE:
                 report = latest
-                if report.text != text:
-                    report.source = "edit"  # the signer changed the draft while signing
                 report.text, report.sections_json, report.status = text, pairs, "signed"
+                report.signed_by, report.signed_at = signer, utcnow()
+            elif action == versions.SIGN_NEW:
+                report = versions.new_report(s, study, latest, text, pairs, "signed", signer, "sign")
             else:
-                report = write.new_report(s, study, latest, text, pairs, "signed", signer, "sign")
-            report.signed_by, report.signed_at = signer, utcnow()
+                report = latest
             study.status = "signed"
             s.flush()
-            detail = {"version": report.version, "report_id": report.id, "amendment": amendment}
+            if embedding is not None:
+                self._put_embeddings(s, [embedding])
+            detail = {"version": report.version, "report_id": report.id, "action": action,
+                      "amendment": action == versions.SIGN_NEW and latest is not None and latest.status == "signed"}
             write.log(s, "sign", signer, study_uid, detail)
             return report_view(report, study_uid)
 
@@ -287,7 +307,7 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         found: dict[str, set[str]] = {}
         with self._session() as s:
             studies = write.by_key(s, Study.study_uid, study_uids)
-            _, texts = write.stored_versions(s, [study.id for study in studies.values()])
+            _, texts = versions.stored_versions(s, [study.id for study in studies.values()])
             for uid, study in studies.items():
                 found[uid] = texts.get(study.id, set())
         return found

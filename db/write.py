@@ -16,7 +16,6 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 import db.audit as audit
 from db.models import (
-    REPORT_STATUSES,
     Embedding,
     Instance,
     Patient,
@@ -264,70 +263,6 @@ class _Tree:
             s.execute(insert(Series), rows)
             series.update(ids_by_key(s, Series.series_uid, self.new_series))
         return series
-
-
-def new_report(
-    s: Session, study: Study, latest: Report | None, text: str, sections: list[list[str]], status: str,
-    author: str, source: str,
-) -> Report:
-    """Add the next report version of `study` (after `latest`)."""
-    report = Report(
-        study=study, version=latest.version + 1 if latest else 1, text=text, sections_json=sections,
-        status=status, author=author, source=source,
-    )
-    if status == "signed":
-        report.signed_by, report.signed_at = author, utcnow()
-    s.add(report)
-    return report
-
-
-def add_reports(s: Session, items: Sequence[Any]) -> int:
-    """Add each report as its study's next version, unless a stored version has the same text.
-
-    Two queries and one INSERT for the whole call, however many reports: the versions added here
-    are counted in memory, so a second report of a study in the same call becomes the version
-    after the first, and a repeated text is skipped.
-    """
-    studies = by_key(s, Study.study_uid, (item.study_uid for item in items if isinstance(item.study_uid, str)))
-    versions, texts = stored_versions(s, [study.id for study in studies.values()])
-    rows: list[dict[str, Any]] = []
-    for item in items:
-        uid = check_text("report study_uid", item.study_uid)
-        study = studies.get(uid)
-        if study is None:
-            raise StoreError(f"study {uid!r}: not in the store; expected a stored StudyInstanceUID")
-        text = check_text(f"report of study {uid}: text", item.text)
-        sections = sections_of(f"report of study {uid}: sections", item.sections)
-        author = check_text(f"report of study {uid}: author", item.author)
-        if item.status not in REPORT_STATUSES:
-            raise StoreError(f"report of study {uid}: status {item.status!r}; expected one of {REPORT_STATUSES}")
-        known = texts.setdefault(study.id, set())
-        if text in known:
-            continue
-        versions[study.id] = versions.get(study.id, 0) + 1
-        known.add(text)
-        signed = item.status == "signed"
-        rows.append({"study_id": study.id, "version": versions[study.id], "text": text, "sections_json": sections,
-                     "status": item.status, "author": author, "source": "ingest",
-                     "signed_by": author if signed else None, "signed_at": utcnow() if signed else None})
-        study.status = "signed" if signed else "drafted"
-    if rows:
-        s.execute(insert(Report), rows)
-    return len(rows)
-
-
-def stored_versions(s: Session, study_ids: Sequence[int]) -> tuple[dict[int, int], dict[int, set[str]]]:
-    """Per study id: its highest stored report version, and the texts of all its versions (studies
-    without a report are absent)."""
-    latest: dict[int, int] = {}
-    texts: dict[int, set[str]] = {}
-    for start in range(0, len(study_ids), CHUNK):
-        rows = s.execute(select(Report.study_id, Report.version, Report.text)
-                         .where(Report.study_id.in_(study_ids[start : start + CHUNK])))
-        for study_id, version, text in rows:
-            latest[study_id] = max(version, latest.get(study_id, 0))
-            texts.setdefault(study_id, set()).add(text)
-    return latest, texts
 
 
 def latest_report_ids(s: Session, study_ids: Sequence[int]) -> dict[int, int]:

@@ -389,10 +389,12 @@ class Engine:
         """Sign the final report of a stored study (scrubbed: `scrubbed_report`); the signed case joins the
         retrieval pool at once."""
         text = scrubbed_report(self.store, study_uid, text, self.deid)
-        report = self.store.sign_report(study_uid, text, list(split_sections(text).sections), signer)
+        embedding = None  # embedded first: the store writes the signature and its vector in one transaction
         if self.checkpoint is not None:
             vector = self.embed_texts([report_text_for_training(text) or text])[0]
-            self.store.add_embeddings([EmbeddingRecord(REPORT, study_uid, self.model_id, vector)])
+            embedding = EmbeddingRecord(REPORT, study_uid, self.model_id, vector)
+        report = self.store.sign_report(study_uid, text, list(split_sections(text).sections), signer, embedding)
+        if embedding is not None:
             self._indexes.drop(REPORT)
         return report
 

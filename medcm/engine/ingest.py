@@ -187,6 +187,8 @@ def _ingest_chunk(store: IngestStoreLike, embedder: EmbedderLike | None, images:
     instances = [marks.on(instance_record(image, previews.take(image, image.pixels))) for image in fresh]
     summary = store.ingest(instances, records, embeddings, user=user)
     known.mark_stored(fresh)
+    warnings += [f"study {uid}: its report was not stored over the version a clinician signed; the audit trail "
+                 "keeps it (ingest event)" for uid in getattr(summary, "kept_out", ())]
     counts["skipped_instances"] += summary.skipped_instances
     for key in ("added_instances", "added_reports", "added_embeddings"):
         counts[key] = getattr(summary, key)

@@ -189,33 +189,65 @@ def test_an_instance_without_patient_id_gets_no_patient_row(store):
 
 
 # ---------------------------------------------------------------- reports
-def test_report_versions_drafts_signing_and_amendments(filled):
+def test_report_versions_keep_their_authors_through_drafts_signing_and_amendments(filled):
     v1 = filled.latest_report(STUDY_A)
     assert (v1.version, v1.status, v1.author, v1.signed_by, v1.source) == (1, "signed", "archive", "archive", "ingest")
 
     v2 = filled.save_draft(STUDY_A, "draft one", [("FINDINGS", "draft one")], author="medcm")
     assert (v2.version, v2.status, v2.source) == (2, "draft", "draft")
     assert filled.get_study(STUDY_A).status == "drafted"
-    v2b = filled.save_draft(STUDY_A, "draft two", [("FINDINGS", "draft two")], author="dr.a", source="edit")
-    assert (v2b.id, v2b.version, v2b.text, v2b.source) == (v2.id, 2, "draft two", "edit")  # updated in place
+    redraft = filled.save_draft(STUDY_A, "draft one b", [], author="medcm")  # the model over its own draft
+    assert (redraft.id, redraft.version) == (v2.id, 2)
+    v3 = filled.save_draft(STUDY_A, "edit one", [("FINDINGS", "edit one")], author="dr.a", source="edit")
+    assert (v3.version, v3.author, v3.source) == (3, "dr.a", "edit")  # the machine's text stays version 2
+    v3b = filled.save_draft(STUDY_A, "edit two", [], author="dr.a", source="edit")
+    assert (v3b.id, v3b.version, v3b.text) == (v3.id, 3, "edit two")  # their own draft: updated in place
 
-    signed = filled.sign_report(STUDY_A, "final two", [("FINDINGS", "final two")], signer="dr.b")
-    assert (signed.id, signed.version, signed.status, signed.signed_by) == (v2.id, 2, "signed", "dr.b")
+    signed = filled.sign_report(STUDY_A, "final", [("FINDINGS", "final")], signer="dr.a")
+    assert (signed.id, signed.version, signed.status, signed.signed_by, signed.author) == (v3.id, 3, "signed", "dr.a",
+                                                                                           "dr.a")
     assert signed.signed_at is not None and signed.signed_at.tzinfo == timezone.utc
     assert filled.get_study(STUDY_A).status == "signed"
+    retry = filled.sign_report(STUDY_A, "final", [("FINDINGS", "final")], signer="dr.a")  # a client's retry
+    assert (retry.id, retry.version, retry.signed_at) == (signed.id, 3, signed.signed_at)
+    assert filled.events(kind="sign")[0]["detail"]["action"] == "repeat"
 
     amended = filled.sign_report(STUDY_A, "amended", [("FINDINGS", "amended")], signer="dr.b")
-    assert (amended.version, amended.status, amended.source) == (3, "signed", "sign")
-    v4 = filled.save_draft(STUDY_A, "after signing", [], author="dr.a")  # never over a signed version
-    assert (v4.version, v4.status) == (4, "draft")
+    assert (amended.version, amended.status, amended.source, amended.author) == (4, "signed", "sign", "dr.b")
+    v5 = filled.save_draft(STUDY_A, "after signing", [], author="dr.a", source="edit")  # never over a signed one
+    assert (v5.version, v5.status) == (5, "draft")
+    over_other = filled.sign_report(STUDY_A, "dr.b signs", [], signer="dr.b")  # over dr.a's draft: a new version
+    assert (over_other.version, over_other.author) == (6, "dr.b")
 
     versions = filled.report_versions(STUDY_A)
-    assert [(r.version, r.status, r.text) for r in versions] == [
-        (1, "signed", REPORT_A), (2, "signed", "final two"), (3, "signed", "amended"), (4, "draft", "after signing")]
-    assert filled.latest_report(STUDY_A, signed_only=True).version == 3
-    assert filled.get_study(STUDY_A).status == "drafted"
-    # Re-ingesting the archive report does not bury the clinician's versions under it.
+    assert [(r.version, r.status, r.author, r.text) for r in versions] == [
+        (1, "signed", "archive", REPORT_A), (2, "draft", "medcm", "draft one b"), (3, "signed", "dr.a", "final"),
+        (4, "signed", "dr.b", "amended"), (5, "draft", "dr.a", "after signing"), (6, "signed", "dr.b", "dr.b signs")]
+    assert filled.latest_report(STUDY_A, signed_only=True).version == 6
+    # Re-ingesting the archive report does not bury the clinician's versions under it ...
     assert filled.ingest([], reports()).added_reports == 0
+    # ... nor does a new archive text: it is kept out, named, and kept in the audit trail.
+    summary = filled.ingest([], [ReportInput(STUDY_A, "FINDINGS: From the archive.", [])], user="importer")
+    assert (summary.added_reports, summary.kept_out) == (0, (STUDY_A,))
+    assert [r.version for r in filled.report_versions(STUDY_A)] == [1, 2, 3, 4, 5, 6]
+    event = filled.events(kind="ingest", user="importer")[0]  # the newest
+    assert event["detail"]["reports_kept_out_by_signature"] == {STUDY_A: "FINDINGS: From the archive."}
+
+
+def test_a_signature_and_its_embedding_are_written_together(filled):
+    vector = np.ones(4, np.float32) / 2
+    report = filled.sign_report(STUDY_B, "FINDINGS: Clear.", [], "dr.b", EmbeddingInput("report", STUDY_B, "m1", vector))
+    matrix = filled.embedding_matrix("report", "m1")
+    assert list(matrix.keys) == [STUDY_B] and report.version == 2
+    before = filled.report_versions(STUDY_A)
+    with pytest.raises(StoreError):
+        filled.sign_report(STUDY_A, "FINDINGS: New.", [], "dr.b",
+                           EmbeddingInput("report", STUDY_A, "m1", np.full(4, np.nan, np.float32)))
+    assert filled.report_versions(STUDY_A) == before  # no signature without its vector
+    with pytest.raises(StoreError, match="expected \\('report'"):
+        filled.sign_report(STUDY_A, "x", [], "dr.b", EmbeddingInput("report", STUDY_B, "m1", vector))
+    again = filled.sign_report(STUDY_B, "FINDINGS: Clear.", [], "dr.b", EmbeddingInput("report", STUDY_B, "m2", vector))
+    assert again.id == report.id and list(filled.embedding_matrix("report", "m2").keys) == [STUDY_B]
 
 
 def test_a_new_archive_report_text_becomes_the_next_version(filled):
@@ -264,7 +296,8 @@ def test_events_record_who_did_what(filled):
     assert [(e["kind"], e["user"]) for e in trail] == [("view", "dr.c"), ("sign", "dr.b"), ("edit", "dr.a"),
                                                         ("draft", "medcm")]
     assert trail[0]["detail"] == {"screen": "viewer"} and trail[0]["time"].tzinfo == timezone.utc
-    assert trail[1]["detail"] == {"version": 2, "report_id": trail[1]["detail"]["report_id"], "amendment": False}
+    assert trail[1]["detail"] == {"version": 4, "report_id": trail[1]["detail"]["report_id"], "amendment": False,
+                                  "action": "new version"}  # dr.b signs over dr.a's draft (version 3)
     (ingest,) = filled.events(kind="ingest")
     assert ingest["user"] == "importer" and ingest["study_uid"] is None  # two studies in one call
     assert ingest["detail"] == {"added_instances": 5, "skipped_instances": 0, "added_reports": 2,

@@ -186,7 +186,7 @@ def test_read_source_reads_zip_members_and_names_failures(tmp_path):
 
 _KILLED_INGEST = textwrap.dedent("""
     import os, signal, sys
-    from db import write
+    from db import versions as write
     from db.store import CaseStore
     import medcm.engine.facade as engine_module
     from medcm.dicom.deid import DeidConfig

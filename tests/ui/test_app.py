@@ -166,7 +166,11 @@ def test_sign_stores_the_report_and_refuses_empty_text(served, cases):
     assert study_uid in served.engine.index("report").keys  # joins the retrieval pool at once
     trail = served.store.events(study_uid=study_uid)
     assert [(e["kind"], e["user"]) for e in trail] == [("sign", "dr.c"), ("draft", "dr.c"), ("ingest", "dr.c")]
-    assert latest.author == "medcm-draft"  # the model wrote the draft; the clinician asked for it and signed
+    # The model's draft stays its own version; the clinician's signed text is the next one, theirs.
+    machine, mine = served.store.report_versions(study_uid)
+    assert (machine.author, machine.status, mine.version, mine.author) == ("medcm-draft", "draft", 2, "dr.c")
+    again = served.client.predict(study_uid, text, api_name="/sign")  # a retry: the same version
+    assert again["report_id"] == signed["report_id"] and len(served.store.report_versions(study_uid)) == 2
     with pytest.raises(gradio_client.exceptions.AppError, match="the report is empty"):
         served.client.predict(study_uid, "   ", api_name="/sign")
 
