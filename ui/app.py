@@ -105,6 +105,10 @@ DISCLAIMER = ("Drafts are suggestions from similar past cases; "
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 # Model and store work runs one event at a time (one engine, CPU-bound); viewing does not wait on it.
 ENGINE_QUEUE: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": 1}
+# Work that must not wait behind an upload: an upload's cheap checks (a refused upload never enters the
+# engine's queue) and signing (one text embedding and one short transaction, beside a running ingest).
+CHECK_QUEUE: dict[str, Any] = {"concurrency_id": "checks", "concurrency_limit": 4}
+SIGN_QUEUE: dict[str, Any] = {"concurrency_id": "sign", "concurrency_limit": 2}
 # Gradio's temporary copies (uploads, rendered images) older than a day go, checked hourly;
 # uploads themselves live on in `upload_dir`.
 DELETE_CACHE = (3600, 86400)
@@ -260,8 +264,8 @@ def _wire_review(h: Handlers, c: dict[str, Any]) -> None:
     similar = ([c["study"]], [c["cases"], c["gallery"], c["similar"]])
     draft = ([c["study"]], [c["sentences"], c["draft"], c["provenance"], c["marker"]])
     c["shown"], c["load_similar"], c["load_draft"] = shown, similar, draft
-    c["uploaded"] = (c["files"].upload(h.on_upload, [c["files"], c["preset"]], shown,
-                                       **PRIVATE, **ENGINE_QUEUE)
+    c["uploaded"] = (c["files"].upload(h.on_upload_check, [c["files"]], None, **PRIVATE, **CHECK_QUEUE)
+                     .success(h.on_upload, [c["files"], c["preset"]], shown, **PRIVATE, **ENGINE_QUEUE)
                      .success(h.on_similar, *similar, **PRIVATE, **ENGINE_QUEUE)
                      .success(h.on_draft, *draft, **PRIVATE, **ENGINE_QUEUE))
     view = [c["study"], c["preset"], c["instance"], c["frame"]]
@@ -313,7 +317,7 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
     review["save"].click(h.on_save, [review["study"], review["draft"]], [review["signed"], worklist], **PRIVATE)
     review["export"].click(h.on_export, [review["study"], review["export_format"]], review["exported"], **PRIVATE)
     review["sign"].click(h.on_sign, [review["study"], review["draft"]], [review["signed"], worklist],
-                         **PRIVATE, **ENGINE_QUEUE)
+                         **PRIVATE, **SIGN_QUEUE)
     for trigger in (search.click, query.submit):
         trigger(h.on_text_search, [query, k], [matches, gallery, found], **PRIVATE, **ENGINE_QUEUE)
     for source in (gallery, found):
@@ -347,7 +351,7 @@ def _api(endpoints: Endpoints) -> None:
         run = {name: gr.Button(name) for name in ("search", "draft", "sign", "export", "search_text", "heatmap")}
     run["search"].click(endpoints.search, [dicom, k], result, api_name="search", **ENGINE_QUEUE)
     run["draft"].click(endpoints.draft, [dicom], result, api_name="draft", **ENGINE_QUEUE)
-    run["sign"].click(endpoints.sign, [study_uid, text], result, api_name="sign", **ENGINE_QUEUE)
+    run["sign"].click(endpoints.sign, [study_uid, text], result, api_name="sign", **SIGN_QUEUE)
     run["export"].click(endpoints.export, [study_uid, fmt], exported, api_name="export")
     run["search_text"].click(endpoints.search_text, [query, k], result, api_name="search_text", **ENGINE_QUEUE)
     run["heatmap"].click(endpoints.heatmap, [study_uid, text], result, api_name="heatmap", **ENGINE_QUEUE)

@@ -28,7 +28,17 @@ import ui.render as render
 from ui.api import check_k, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
-from ui.study import ImageRef, ReviewStudy, ingest_upload, load_study, read_view, require_for_upload, window_of
+from ui.study import (
+    ImageRef,
+    ReviewStudy,
+    UploadSlots,
+    check_upload_request,
+    ingest_upload,
+    load_study,
+    read_view,
+    require_for_upload,
+    window_of,
+)
 
 TOP_K = 5
 REVIEW_TAB = "review"
@@ -80,6 +90,7 @@ class Handlers:
     def __init__(self, engine: Engine, store: CaseStore, upload_dir: Path, top_k: int = TOP_K) -> None:
         self.engine, self.store, self.top_k = engine, store, top_k
         self.upload_dir = Path(upload_dir).resolve()  # stored file locations must not depend on the cwd
+        self.upload_slots = UploadSlots()
 
     # ------------------------------------------------------------------ viewer
     # ------------------------------------------------------------------- login
@@ -99,12 +110,22 @@ class Handlers:
 
     # ------------------------------------------------------------------ viewer
     @readable_errors
+    def on_upload_check(self, files: list[str] | None, request: gr.Request) -> None:
+        """The upload's cheap checks, before it waits for the engine (`check_upload_request`): a refused
+        upload never holds the engine's queue, and an account has one upload in flight at a time."""
+        check_upload_request(self.store, request, files, self.upload_slots)
+
+    @readable_errors
     def on_upload(self, files: list[str] | None, preset: str | None, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> StudyOutputs:
-        """Store the upload (content-addressed), ingest it as the logged-in clinician and show its first image."""
+        """Store the upload (content-addressed), ingest it as the logged-in clinician and show its first image;
+        the account's upload slot (`on_upload_check`) is free again afterwards."""
         login = require_for_upload(self.store, request, "ingest", files)
-        progress(0.2, desc="storing and indexing the upload")
-        study_uid, notes = ingest_upload(self.engine, files, self.upload_dir, user=login.name)
+        try:
+            progress(0.2, desc="storing and indexing the upload")
+            study_uid, notes = ingest_upload(self.engine, files, self.upload_dir, user=login.name)
+        finally:
+            self.upload_slots.release(login.name)
         for note in notes:
             gr.Warning(html.escape(note))
         return self._show(study_uid, preset, notes, login)

@@ -13,8 +13,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +132,67 @@ def ingest_upload(engine: Engine, files: Sequence[str | Path] | str | Path | Non
     if len(result.studies) > 1:
         notes.append(f"the upload holds {len(result.studies)} studies; showing the first, all are in the worklist")
     return result.studies[0], notes
+
+
+class UploadSlots:
+    """At most `per_user` uploads of one account waiting or running at a time, so one person cannot fill
+    the engine's queue ahead of everyone else. A slot claimed for an upload that never ran (the page
+    was closed in between) frees itself after `expire_s` seconds.
+
+    Args:
+        per_user: uploads per account in flight.
+        expire_s: seconds after which an unreleased slot is free again.
+        clock: seconds, monotonic (injectable for tests).
+    """
+
+    def __init__(self, per_user: int = 1, expire_s: float = 900.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_user, self.expire_s, self.clock = per_user, expire_s, clock
+        self._claimed: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, user: str) -> None:
+        """Take a slot for `user`.
+
+        Raises:
+            gr.Error: `user` already has `per_user` uploads in flight.
+        """
+        now = self.clock()
+        with self._lock:
+            live = [t for t in self._claimed.get(user, []) if now - t < self.expire_s]
+            if len(live) >= self.per_user:
+                raise user_error(f"you already have {len(live)} upload(s) being stored: wait for it to finish "
+                                 f"(at most {self.per_user} per account at a time)")
+            self._claimed[user] = [*live, now]
+
+    def release(self, user: str) -> None:
+        """Give back `user`'s oldest slot (nothing when none is held)."""
+        with self._lock:
+            held = self._claimed.get(user, [])
+            if held:
+                held.pop(0)
+
+
+def check_upload_request(store: CaseStore, request: object, files: Sequence[str | Path] | str | Path | None,
+                         slots: UploadSlots, limits: UploadLimits = UploadLimits()) -> Login:
+    """The cheap checks of an upload, before it waits for the engine: the role may upload, the upload is
+    within `limits` (size, files, zip bombs; refused in well under a second), and the account has a free
+    slot, which it then holds until `UploadSlots.release`. A refused upload's copies are deleted.
+
+    Raises:
+        gr.Error: not logged in or not allowed, no file, a limit broken, or no free slot.
+    """
+    login = require_for_upload(store, request, "ingest", files)
+    paths = upload_paths(files)
+    try:
+        check_upload(paths, limits, {path: Path(path).name for path in paths})
+        slots.claim(login.name)
+    except UploadRejected as err:
+        remove_upload_copies(paths)
+        raise user_error(f"upload refused, nothing stored: {err}") from None
+    except Exception:
+        remove_upload_copies(paths)
+        raise
+    return login
 
 
 def require_for_upload(store: CaseStore, request: object, action: str,

@@ -80,12 +80,12 @@ class IndexCache:
 
     def get(self, kind: str, model_id: str) -> VectorIndex | FaissIndex | None:
         """The index held in memory, else the saved one while its stamp matches the store; None if neither."""
-        if kind not in self._memory:
-            loaded = self._load_saved(kind, model_id)
-            if loaded is None:
-                return None
-            self._memory[kind] = loaded
-        return self._memory[kind]
+        index = self._memory.get(kind)  # one read: a signature may `drop` it from another thread meanwhile
+        if index is None:
+            index = self._load_saved(kind, model_id)
+            if index is not None:
+                self._memory[kind] = index
+        return index
 
     def _load_saved(self, kind: str, model_id: str) -> VectorIndex | FaissIndex | None:
         folder = self.folder_of(kind, model_id)
