@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
 from starlette.requests import HTTPConnection
 
-from ui.auth import disabled_line
+from ui.auth import allowed, disabled_line
 from ui.login_guard import CLIENT_IP, MAX_NAME, LoginGuard, wait_words
 
 Message = dict[str, Any]
@@ -36,6 +37,9 @@ OPEN_PATHS = frozenset({"/logout", "/logout/"})
 API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)  # Gradio escapes "<" inside the JSON
 NO_API_INFO = b"window.gradio_api_info = null;</script>"  # the page then asks /gradio_api/info (login needed)
 MAX_FORM = 16 * 1024  # bytes of a refused login's body read to audit the name it tried
+# A file the app exported (`ui.api.export_study`: a fresh "export-" folder in Gradio's cache), as Gradio
+# serves it: /gradio_api/file=<path>; group 1 is the file's name.
+EXPORT_FILE = re.compile(r"/file=.*/export-[^/]+/([^/]+)$")
 _FORM_NAME = re.compile(rb'name="username"(?:\r\n[^\r\n]*)*?\r\n\r\n(.*?)\r\n', re.S)  # a multipart field
 
 
@@ -71,6 +75,8 @@ class SessionGuard:
     - A session older than `session_max_age_s` is ended (Gradio then treats the browser as logged out).
     - A session whose account is disabled or unknown gets 403 and one line, on every route but logout and
       the event routes (`EVENT_PREFIXES`).
+    - A report export (`EXPORT_FILE`) is served only to roles that may export, and every download (or
+      refusal) is an audit event, "download" or "download_refused", naming the file.
     - Without a live session, an HTML page's embedded API schema is replaced by null.
     """
 
@@ -98,6 +104,14 @@ class SessionGuard:
         if not (path in OPEN_PATHS or path.startswith(EVENT_PREFIXES) or await guard.account_enabled(user)):
             await _refuse(send, 403, disabled_line(user))
             return
+        export = EXPORT_FILE.search(path)
+        if export is not None:  # a report export: for the roles that may export, and audited
+            role = await anyio.to_thread.run_sync(guard.store.user_role, user)
+            if role is None or not allowed(role, "export"):
+                await guard.audit("download_refused", user, {"file": export.group(1)})
+                await _refuse(send, 403, f"{user}: your role may not download report exports")
+                return
+            await guard.audit("download", user, {"file": export.group(1)})
         await self.app(scope, receive, send)
 
     async def _login(self, guard: LoginGuard, gradio_app: Any, scope: dict[str, Any], receive: Receive,

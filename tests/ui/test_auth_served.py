@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -59,6 +60,7 @@ def _free_port() -> int:
 def served(tmp_path_factory):
     store = CaseStore(f"sqlite:///{tmp_path_factory.mktemp('auth') / 'cases.db'}")
     store.add_user("dr.a", "clinician", PASSWORD)
+    store.add_user("viewer1", "viewer", PASSWORD)
     slow, clock = SlowStore(store), Clock()
     with gr.Blocks(analytics_enabled=False) as app:
         text, result = gr.Textbox(), gr.Textbox()
@@ -175,3 +177,20 @@ def test_an_address_is_throttled_and_the_first_refusal_audited(served):
     served.clock.now += 10
     assert _login(served)[0].status_code == 200
     assert json.loads(_login(served)[0].text)["detail"].startswith("too many login attempts")
+
+
+def test_an_export_is_served_to_roles_that_may_export_and_every_download_is_audited(served):
+    from gradio import utils as gradio_utils
+
+    folder = Path(gradio_utils.get_upload_folder()) / "export-test123"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.txt").write_text("FINDINGS: Clear.", encoding="utf-8")
+    route = f"/gradio_api/file={folder / 'report.txt'}"
+    _, viewer = _login(served, name="viewer1")
+    refused = viewer.get(route)
+    assert refused.status_code == 403 and "may not download report exports" in refused.json()["detail"]
+    _, clinician = _login(served)
+    fetched = clinician.get(route)
+    assert fetched.status_code == 200 and fetched.text == "FINDINGS: Clear."
+    assert [(e["user"], e["detail"]["file"]) for e in _events(served, "download_refused")][:1] == [("viewer1", "report.txt")]
+    assert [(e["user"], e["detail"]["file"]) for e in _events(served, "download")][:1] == [("dr.a", "report.txt")]
