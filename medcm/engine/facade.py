@@ -291,7 +291,7 @@ class Engine:
         hits = self.index(REPORT).search(query, k=pool, filters=_clean_filters(filters), exclude=self._own(study_uids))
         hits = self._anatomy.rank(hits, checkpoint, query, source, per_image=False)[:k]
         return self._abstainer.check(self.index(REPORT), query, self._own(study_uids), source, self.model_id,
-                                     [self._similar_case(hit) for hit in hits])
+                                     [self._similar_case(hit) for hit in hits], checkpoint.model.region_head())
 
     def _own(self, study_uids: set[str]) -> set[str]:
         """The query's studies as the store may know them: their UIDs, and their de-identified UIDs."""

@@ -374,7 +374,7 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
         trust["findings"] = found
     if grounded := grounding_block(checkpoint, query_records, device=device):
         trust["grounding"] = grounded
-    if abstained := abstention_block(pool, queries, abstention):
+    if abstained := abstention_block(pool, queries, abstention, checkpoint.model.region_head()):
         trust["abstention"] = abstained
     return {
         "checkpoint": str(checkpoint.path),

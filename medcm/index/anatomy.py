@@ -64,6 +64,26 @@ def region_probabilities(vectors: np.ndarray, weight: np.ndarray, bias: np.ndarr
     return (odds / odds.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def region_support(query: np.ndarray, archive: np.ndarray) -> np.ndarray:
+    """The expected number of archive studies of each query's region: `Σ_i p_q · p_i`.
+
+    Args:
+        query: `[Q, K]` region distributions of the queries (`region_probabilities`).
+        archive: `[S, K]` those of the archive's studies.
+
+    Returns:
+        `[Q]`: near the count of the archive's studies of the query's region when both are confident,
+        near 0 when the archive holds none of it.
+    """
+    return np.asarray(query, np.float64) @ np.asarray(archive, np.float64).sum(axis=0)
+
+
+def own_region_support(archive: np.ndarray) -> np.ndarray:
+    """`region_support` of each archive study against the others (leave-one-study-out): `[S]`."""
+    archive = np.asarray(archive, np.float64)
+    return archive @ archive.sum(axis=0) - (archive * archive).sum(axis=1)
+
+
 def modality_set(value: str | Sequence[str] | None) -> frozenset[str]:
     """Modalities as a set, from "CT", "CT,MR" or a list; upper-cased, blanks dropped."""
     parts = value.split(",") if isinstance(value, str) else (value or ())

@@ -118,7 +118,7 @@ def test_abstain_below_reaches_the_engine_and_is_checked(ingested, synthetic_man
         assert abstention_config(args).below_percentile == 12.5
     args.checkpoint = None  # the store alone: the engine is built without loading a model
     assert open_engine(args, need_model=False)._abstainer.config.below_percentile == 12.5
-    assert abstention_config(parser.parse_args(["serve", "--db", "x", "--checkpoint", "c"])).below_percentile == 5.0
+    assert abstention_config(parser.parse_args(["serve", "--db", "x", "--checkpoint", "c"])).below_percentile == 3.0
     study = synthetic_manifest.parent / "cases" / "dev-00005" / "image.dcm"
     bad = medcm("draft", study, "--db", ingested[0], "--checkpoint", trained_run.best_dir.parent, "--abstain-below", 150)
     assert bad.returncode == 2 and "expected a percentile from 0 to 100, got 150" in bad.stderr

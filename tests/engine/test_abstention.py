@@ -13,6 +13,8 @@ from db.store import CaseStore
 from medcm.config import AbstentionConfig
 from medcm.dicom.write import write_image
 from medcm.engine.abstention import (
+    archive_regions,
+    region_reason,
     Abstainer,
     QueryHeader,
     archive_headers,
@@ -212,3 +214,23 @@ def test_a_stored_mammogram_abstains_though_the_archive_now_holds_it(engine, cas
     draft = engine.draft_for_study(study_uid, save=True, user="dr.a")
     assert draft.abstention.reason == "this archive holds no MG studies" and draft.text() == ""
     assert engine.store.latest_report(study_uid) is None, "an empty draft is not saved"
+
+
+def test_the_region_rule_needs_studies_of_the_querys_region_in_the_archive():
+    head = (("Chest", "Knee"), 8 * np.eye(2, 3, dtype=np.float32), np.zeros(2, np.float32))
+    rng = np.random.default_rng(0)
+    chest = np.abs(rng.normal([1, 0.1, 0.1], 0.05, (30, 3))).astype(np.float32)
+    knee = np.abs(rng.normal([0.1, 1, 0.1], 0.05, (2, 3))).astype(np.float32)
+    studies = [f"c{i}" for i in range(30)] + ["k0", "k1"]
+    config = AbstentionConfig(min_studies=20)
+    regions = archive_regions(np.vstack([chest, knee]), studies, head, config)
+    assert regions.studies == studies and regions.probabilities.shape == (32, 2)
+    assert region_reason(np.array([1, 0.1, 0.1], np.float32), head, regions) == ""  # 30 chests: like most
+    reason = region_reason(np.array([0.1, 1, 0.1], np.float32), head, regions)
+    assert reason.startswith("this archive holds few studies like this one: it looks like Knee (")
+    assert "about 2.0 archive studies are of its region" in reason
+    own = region_reason(np.array([0.1, 1, 0.1], np.float32), head, regions, own={"k0"})
+    assert "about 1.0 archive studies" in own  # its own stored study is not evidence
+    assert archive_regions(chest, studies[:30], head, AbstentionConfig(region_percentile=0)) is None
+    assert archive_regions(chest[:5], studies[:5], head, config) is None  # too few studies to calibrate
+    assert archive_regions(chest, studies[:30], None, config) is None

@@ -59,8 +59,26 @@ def _queries() -> EmbeddedSet:
 
 
 def _config(**settings) -> AbstentionConfig:
-    """The product's settings but 5 neighbours: the hand-made pool holds 12 cases per region."""
-    return AbstentionConfig(**{"neighbours": 5, **settings})
+    """The product's settings but 5 neighbours (the hand-made pool holds 12 cases per region) and the similarity
+    rule at the 5th percentile (the numbers below are worked out for it)."""
+    return AbstentionConfig(**{"neighbours": 5, "below_percentile": 5.0, **settings})
+
+
+# A region head on the hand-made space: Head reads axis 0, Neck axis 1 (the two interleave: it tells them
+# apart only roughly), Pelvis the plane of axes 2 and 3.
+REGION_HEAD = (("Head", "Neck", "Pelvis"), 10 * np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]], np.float32),
+               np.zeros(3, np.float32))
+
+
+def test_the_region_head_abstains_where_the_archive_lacks_the_region_and_nowhere_else():
+    block = abstention_block(_pool(), _queries(), _config(below_percentile=0.0), REGION_HEAD)
+    assert block["rule"] == "similarity + region head" and block["region_percentile"] == 5.0
+    assert block["in_distribution"]["by_region"] == 0 and block["in_distribution"]["abstained"] == 0
+    regions = block["out_of_distribution"]["regions"]
+    assert (regions["Pelvis"]["by_region"], regions["Pelvis"]["n"]) == (4, 4)  # no Pelvis left in the pool
+    assert regions["Head"]["by_region"] == 0  # Neck cases look like Head to the head: the archive has such studies
+    without = abstention_block(_pool(), _queries(), _config(below_percentile=0.0, region_percentile=0.0), REGION_HEAD)
+    assert without is None  # both rules off
 
 
 def _neighbourhood(*degrees: float) -> float:
