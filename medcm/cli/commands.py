@@ -2,8 +2,8 @@
 
 Here: ingest, embed, search, draft, serve, demo, export, users, audit. The verbs on data sets and
 checkpoints (synth, train, eval) are in `medcm.cli.model_commands`, `medcm import` in
-`medcm.cli.import_command`, and the options several verbs share (and opening an engine from them) in
-`medcm.cli.options`.
+`medcm.cli.import_command`, `medcm listen` (the DICOM receiver) in `medcm.cli.listen_command`, and the
+options several verbs share (and opening an engine from them) in `medcm.cli.options`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medcm import __version__
 from medcm.cli.import_command import add_import_parser
+from medcm.cli.listen_command import add_listen_parser
 from medcm.cli.model_commands import add_eval, add_synth, add_train
 from medcm.cli.query_commands import add_draft, add_search
 from medcm.cli.options import (
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search(sub)
     add_draft(sub)
     _add_serve(sub)
+    add_listen_parser(sub)
     _add_demo(sub)
     add_eval(sub)
     _add_users(sub)
