@@ -254,8 +254,9 @@ def test_handlers_draft_then_sign_updates_the_worklist(served, cases):
     assert message.startswith("Signed version ") and " by dr.c at " in message
     row = worklist[worklist["study uid"] == study.study_uid]
     assert list(row["status"]) == ["signed"]
-    latest = served.store.latest_report(study.study_uid)
-    assert (latest.source, latest.signed_by) == ("edit", "dr.c")  # the signer changed the draft
+    machine, latest = served.store.report_versions(study.study_uid)  # the model's draft stays its own version
+    assert (machine.author, machine.status, machine.text) == ("medcm-draft", "draft", text)
+    assert (latest.source, latest.signed_by, latest.author, latest.text) == ("sign", "dr.c", "dr.c", text + " Edited.")
     trail = [(e["kind"], e["user"], e["detail"].get("screen")) for e in served.store.events(study_uid=study.study_uid)]
     assert trail == [("sign", "dr.c", None), ("draft", "dr.c", None), ("view", "dr.c", "similar cases"),
                      ("view", "dr.c", "review"), ("ingest", "dr.c", None)]

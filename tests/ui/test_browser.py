@@ -73,6 +73,7 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
             browser.close()
     study_uid = read_images([query])[0][0].meta.study_uid
     versions = store.report_versions(study_uid)
-    assert [(v.status, v.signed_by, v.text) for v in versions] == [("signed", LOGIN[0], edited)]
+    machine = edited.removesuffix(" Reviewed against prior studies.")  # the model's draft stays its own version
+    assert [(v.status, v.signed_by, v.text) for v in versions] == [("draft", None, machine), ("signed", LOGIN[0], edited)]
     assert store.get_study(study_uid).status == "signed"
     assert store.events(kind="login", user=LOGIN[0]) and store.events(kind="sign")[0]["user"] == LOGIN[0]
