@@ -12,10 +12,14 @@ Content tree (in the report's section order)::
       HAS CONCEPT MOD  CODE (121049, DCM, "Language of Content Item and Descendants") = en
       CONTAINS CONTAINER <heading, CID 7001>  e.g. (121070, DCM, "Findings")
         CONTAINS TEXT <element, CID 7002>      e.g. (121071, DCM, "Finding") = section text
+      CONTAINS IMAGE  one per source instance (at most 50; `medcm.dicom.sr_content`)
 
 Unknown section names go under Findings/Finding with the name prefixed to the text. A draft is
 UNVERIFIED, PARTIAL and PRELIMINARY; a signed report is VERIFIED (signer and time in the Verifying
-Observer Sequence), COMPLETE and FINAL. Times are written in UTC (TimezoneOffsetFromUTC +0000).
+Observer Sequence, the name as a PN and the account as a code), COMPLETE and FINAL. Times are
+written in UTC (TimezoneOffsetFromUTC +0000). Study date, time and ID and the patient name are
+taken or derived from the source study as `medcm.dicom.sr_content` describes, so that
+`dciodvfy` reports neither errors nor missing DICOMDIR keys.
 
 UIDs are derived from the report, so exporting the same version again gives the same file: the
 series from the study UID (one SR series per study), the SOP instance from (study UID, report id,
@@ -33,7 +37,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +47,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from medcm import __version__
+from medcm.dicom.sr_content import check_uid as _check_uid
+from medcm.dicom.sr_content import code as _code
+from medcm.dicom.sr_content import evidence, image_items, patient_study, verification
+from medcm.dicom.sr_content import utc as _utc
 from medcm.report.text import SECTION_ALIASES
 
 __all__ = ["BASIC_TEXT_SR", "EXPORT_FORMATS", "export_filename", "export_report", "pick_report", "report_sr",
@@ -54,7 +62,6 @@ EXPORT_FORMATS = ("sr", "txt", "json")
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 _EXTENSIONS = {"sr": "dcm", "txt": "txt", "json": "json"}
 _UID_NAMESPACE = uuid.UUID("5b0f7a52-4a9e-4c2b-9d0e-6d65646d0001")  # fixed forever: UIDs must not change
-_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _SR_SERIES_NUMBER = 999
 _DOCUMENT_TITLE = ("18748-4", "LN", "Diagnostic Imaging Report")
 _FINDINGS = (("121070", "Findings"), ("121071", "Finding"))
@@ -209,7 +216,7 @@ def report_sr(study: StudyLike, report: ReportLike) -> Dataset:
                              *(_content_key(report) if not signed else ()))
     ds.InstanceCreationDate, ds.InstanceCreationTime = f"{when:%Y%m%d}", f"{when:%H%M%S.%f}"
     ds.TimezoneOffsetFromUTC = "+0000"
-    _patient_study(ds, study)
+    patient_study(ds, study, report)
     ds.Modality = "SR"
     ds.SeriesInstanceUID = _uid("series", study.study_uid)
     ds.SeriesNumber = _SR_SERIES_NUMBER
@@ -219,11 +226,11 @@ def report_sr(study: StudyLike, report: ReportLike) -> Dataset:
     ds.SoftwareVersions = __version__
     ds.InstanceNumber = report.version
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
-    _verification(ds, report, signed)
+    verification(ds, report, signed)
     ds.PerformedProcedureCodeSequence = DicomSequence()
     if study.instances:
-        ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence([_evidence(study)])
-    _content(ds, report)
+        ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence([evidence(study)])
+    _content(ds, study, report)
     if not _is_ascii(ds):
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8; plain ASCII text keeps the default repertoire
     ds.file_meta = _file_meta(ds)
@@ -231,62 +238,7 @@ def report_sr(study: StudyLike, report: ReportLike) -> Dataset:
 
 
 # ---------------------------------------------------------------------------- SR parts
-def _patient_study(ds: Dataset, study: StudyLike) -> None:
-    ds.PatientName = study.patient_id
-    ds.PatientID = study.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.StudyInstanceUID = study.study_uid
-    date = study.study_date or ""
-    ds.StudyDate = date if len(date) == 8 and date.isdigit() else ""
-    ds.StudyTime = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.AccessionNumber = ""
-    if study.description:
-        ds.StudyDescription = study.description[:64]
-
-
-def _verification(ds: Dataset, report: ReportLike, signed: bool) -> None:
-    if not signed:
-        ds.CompletionFlag, ds.VerificationFlag, ds.PreliminaryFlag = "PARTIAL", "UNVERIFIED", "PRELIMINARY"
-        return
-    if not report.signed_by or report.signed_at is None:
-        raise ValueError(f"report {report.id} (study {report.study_uid!r}, version {report.version}): status "
-                         f"'signed' but signed_by={report.signed_by!r}, signed_at={report.signed_at!r}; "
-                         "expected both")
-    ds.CompletionFlag, ds.VerificationFlag, ds.PreliminaryFlag = "COMPLETE", "VERIFIED", "FINAL"
-    observer = Dataset()
-    observer.VerifyingObserverName = report.signed_by
-    observer.VerifyingObserverIdentificationCodeSequence = DicomSequence()
-    observer.VerifyingOrganization = "medcm"
-    observer.VerificationDateTime = f"{_utc(report.signed_at):%Y%m%d%H%M%S.%f}+0000"
-    ds.VerifyingObserverSequence = DicomSequence([observer])
-
-
-def _evidence(study: StudyLike) -> Dataset:
-    series: dict[str, list[Dataset]] = {}
-    for instance in study.instances:
-        sop_class = str((instance.metadata or {}).get("sop_class_uid") or "")
-        _check_uid(f"instance {instance.sop_instance_uid!r} metadata sop_class_uid", sop_class)
-        _check_uid("sop_instance_uid", instance.sop_instance_uid)
-        _check_uid(f"instance {instance.sop_instance_uid!r} series_uid", instance.series_uid)
-        item = Dataset()
-        item.ReferencedSOPClassUID = sop_class
-        item.ReferencedSOPInstanceUID = instance.sop_instance_uid
-        series.setdefault(instance.series_uid, []).append(item)
-    study_item = Dataset()
-    study_item.StudyInstanceUID = study.study_uid
-    study_item.ReferencedSeriesSequence = DicomSequence()
-    for series_uid, items in series.items():
-        series_item = Dataset()
-        series_item.SeriesInstanceUID = series_uid
-        series_item.ReferencedSOPSequence = DicomSequence(items)
-        study_item.ReferencedSeriesSequence.append(series_item)
-    return study_item
-
-
-def _content(ds: Dataset, report: ReportLike) -> None:
+def _content(ds: Dataset, study: StudyLike, report: ReportLike) -> None:
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = DicomSequence([_code(*_DOCUMENT_TITLE)])
     ds.ContinuityOfContent = "SEPARATE"
@@ -305,6 +257,7 @@ def _content(ds: Dataset, report: ReportLike) -> None:
         leaf.TextValue = body
         container.ContentSequence = DicomSequence([leaf])
         items.append(container)
+    items += image_items(study)
     ds.ContentSequence = DicomSequence(items)
 
 
@@ -331,12 +284,6 @@ def _item(relationship: str, value_type: str, concept: tuple[str, str, str]) -> 
     item.ValueType = value_type
     item.ConceptNameCodeSequence = DicomSequence([_code(*concept)])
     return item
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
-    return code
 
 
 def _file_meta(ds: Dataset) -> FileMetaDataset:
@@ -396,12 +343,6 @@ def _check_pair(study: StudyLike, report: ReportLike) -> None:
                          f"({study.study_uid!r}); expected the report's own study")
 
 
-def _check_uid(field: str, value: str) -> None:
-    if len(value) > 64 or not _UID_PATTERN.fullmatch(value):
-        raise ValueError(f"{field} {value!r}: not a valid DICOM UID (digits and dots, at most 64 characters); "
-                         "a DICOM SR needs the source's UIDs (txt and json exports do not)")
-
-
 def _is_ascii(ds: Dataset) -> bool:
     """Whether every text value (nested ones included) is plain ASCII."""
     for element in ds.iterall():
@@ -419,11 +360,6 @@ def _uid(*parts: str) -> str:
 def _content_key(report: ReportLike) -> tuple[str]:
     payload = json.dumps([report.text, [list(s) for s in report.sections], report.author], ensure_ascii=False)
     return (hashlib.sha256(payload.encode("utf-8")).hexdigest(),)
-
-
-def _utc(when: datetime) -> datetime:
-    """An aware UTC datetime; a naive one is taken to be UTC already (as the store keeps them)."""
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
 def _iso(when: datetime | None) -> str | None:

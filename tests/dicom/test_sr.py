@@ -92,7 +92,9 @@ def test_signed_is_verified_by_the_signer_at_the_signing_time(store, signed):
     (observer,) = ds.VerifyingObserverSequence
     assert str(observer.VerifyingObserverName) == "Rivera^Ana"
     assert observer.VerifyingOrganization == "medcm"
-    assert len(observer.VerifyingObserverIdentificationCodeSequence) == 0
+    (ident,) = observer.VerifyingObserverIdentificationCodeSequence
+    assert (ident.CodeValue, ident.CodingSchemeDesignator, ident.CodeMeaning) == ("Rivera^Ana", "99MEDCM", "Rivera^Ana")
+    assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99MEDCM"
     assert DT(observer.VerificationDateTime) == signed.signed_at
     assert ds.ContentTime == signed.signed_at.astimezone(timezone.utc).strftime("%H%M%S.%f")
 
@@ -103,11 +105,14 @@ def test_sr_header_patient_study_and_series(store, signed):
     assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == BASIC_TEXT_SR
     assert ds.StudyInstanceUID == STUDY
     assert ds.SeriesInstanceUID not in SERIES and ds.Modality == "SR"
-    assert str(ds.PatientName) == ds.PatientID == "PSN-0042"
+    assert (str(ds.PatientName), ds.PatientID) == ("PSN-0042^", "PSN-0042")  # a PN with a delimiter
     assert ds.PatientBirthDate == ds.PatientSex == ds.ReferringPhysicianName == ds.AccessionNumber == ""
     assert ds.Manufacturer == "medcm" and ds.InstanceNumber == signed.version
     assert "SpecificCharacterSet" not in ds  # plain ASCII keeps the default repertoire
-    assert ds.StudyDate == ""  # the test files carry none
+    # the test files carry no study date, time or ID: the date the study was stored, midnight, a hash
+    assert ds.StudyDate == store.get_study(STUDY).created_at.astimezone(timezone.utc).strftime("%Y%m%d")
+    assert ds.StudyTime == "000000"
+    assert len(ds.StudyID) == 16 and ds.StudyID.isdigit() and ds.StudyID == sr_of(store, signed).StudyID
     dated = dataclasses.replace(store.get_study(STUDY), study_date="20240131", description="CHEST PA")
     assert (report_sr(dated, signed).StudyDate, report_sr(dated, signed).StudyDescription) == ("20240131", "CHEST PA")
 
@@ -151,16 +156,74 @@ def test_non_ascii_text_is_written_as_utf8(store):
     assert str(ds.VerifyingObserverSequence[0].VerifyingObserverName) == "Müller^Jörg"
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
-@pytest.mark.parametrize("status", ["draft", "signed"])
-def test_dciodvfy_finds_no_errors(store, draft, status, tmp_path):
-    report = store.sign_report(STUDY, TEXT, SECTIONS, signer="Rivera^Ana") if status == "signed" else draft
+def test_study_date_comes_from_the_instances_and_the_study_id_is_per_study(store, signed):
+    study = store.get_study(STUDY)
+    dated = [dataclasses.replace(i, metadata={**i.metadata, "study_date": d})
+             for i, d in zip(study.instances, ["20230102", "20230101", "bad"])]
+    ds = report_sr(dataclasses.replace(study, instances=tuple(dated)), signed)
+    assert (ds.StudyDate, ds.StudyTime) == ("20230101", "000000")
+    other = "1.2.826.0.1.3680043.8.498.200"
+    assert report_sr(dataclasses.replace(study, study_uid=other, instances=()),
+                     dataclasses.replace(signed, study_uid=other)).StudyID != ds.StudyID
+
+
+@pytest.mark.parametrize("login, name", [
+    ("Rivera^Ana", "Rivera^Ana"), ("ana.rivera", "Rivera^Ana"), ("dr.a", "A^^^Dr"), ("arivera", "Arivera^"),
+    ("j_p_smith@example.org", "Smith^J^P"), ("prof.dr.jan-de-vries", "Vries^Jan^De^Prof Dr"),
+])
+def test_observer_name_is_a_person_name_and_the_login_its_code(store, login, name):
+    report = store.sign_report(STUDY, TEXT, SECTIONS, signer=login)
+    (observer,) = sr_of(store, report).VerifyingObserverSequence
+    assert str(observer.VerifyingObserverName) == name
+    (ident,) = observer.VerifyingObserverIdentificationCodeSequence
+    assert (ident.get("CodeValue") or ident.LongCodeValue, ident.CodeMeaning) == (login, login)
+
+
+def test_content_references_the_source_images(store, signed):
+    ds = sr_of(store, signed)
+    images = [item for item in ds.ContentSequence if item.ValueType == "IMAGE"]
+    assert all(item.RelationshipType == "CONTAINS" for item in images)
+    referenced = [(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID)
+                  for item in images for r in item.ReferencedSOPSequence]
+    expected = [(i.metadata["sop_class_uid"], i.sop_instance_uid) for i in store.get_study(STUDY).instances]
+    assert referenced == expected and len(expected) == 3
+
+
+def dciodvfy(store, report, tmp_path):
+    """dciodvfy's Error and Warning lines for the exported SR."""
     path = tmp_path / "report.dcm"
     path.write_bytes(export_report(store.get_study(STUDY), report, "sr"))
     done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False)
     output = done.stdout + done.stderr
     assert "BasicTextSR" in output
-    assert [line for line in output.splitlines() if line.startswith("Error")] == []
+    return [line for line in output.splitlines() if line.startswith(("Error", "Warning"))]
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+@pytest.mark.parametrize("status", ["draft", "signed"])
+@pytest.mark.parametrize("signer", ["Rivera^Ana", "dr.a"])
+def test_dciodvfy_finds_no_errors_and_no_missing_study_or_observer(store, draft, status, signer, tmp_path):
+    report = store.sign_report(STUDY, TEXT, SECTIONS, signer=signer) if status == "signed" else draft
+    lines = dciodvfy(store, report, tmp_path)
+    assert [line for line in lines if line.startswith("Error")] == []
+    # a private coding scheme is never in dciodvfy's list; every other warning is a defect
+    expected = "Warning - Unrecognized defined term <99MEDCM> for value 1 of attribute <Coding Scheme Designator>"
+    assert [line for line in lines if line != expected] == []
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+def test_dciodvfy_on_a_study_with_two_images(store, tmp_path):
+    study = store.get_study(STUDY)
+    two = dataclasses.replace(study, instances=study.instances[:2])
+    report = store.sign_report(STUDY, TEXT, SECTIONS, signer="dr.a")
+    path = tmp_path / "two.dcm"
+    path.write_bytes(export_report(two, report, "sr"))
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+    assert [line for line in lines if line.startswith("Error")] == []
+    words = ("Study Date", "Study Time", "Study ID", "Observer", "Person Name")
+    assert [line for line in lines if any(word in line for word in words)] == []
+    assert len([i for i in pydicom.dcmread(path).ContentSequence if i.ValueType == "IMAGE"]) == 2
 
 
 @pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dsrdump (dcmtk) not installed")
@@ -171,6 +234,10 @@ def test_dsrdump_reads_the_report(store, signed, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Basic Text SR" in done.stdout and "VERIFIED" in done.stdout
     assert "Small right pleural effusion. No pneumothorax." in " ".join(done.stdout.split())
+    assert done.stdout.count("<contains IMAGE:") == 3 and "Rivera^Ana,99MEDCM" in done.stdout
+    done = subprocess.run(["dsrdump", "+Pl", "+Pc", "+Pu", str(path)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert all(i.sop_instance_uid in done.stdout for i in store.get_study(STUDY).instances)
 
 
 def test_text_export_has_a_status_header_then_the_report(store, draft):
@@ -200,7 +267,7 @@ def test_json_export(store, draft):
 
 
 def test_filenames(draft, signed):
-    assert export_filename(signed, "sr") == f"report-{STUDY}-v1.dcm"
+    assert export_filename(signed, "sr") == f"report-{STUDY}-v2.dcm"  # signed over the model's draft (v1)
     assert [export_filename(draft, f).rsplit(".", 1)[1] for f in EXPORT_FORMATS] == ["dcm", "txt", "json"]
     assert export_filename(draft, "txt").endswith("-v1-draft.txt")
 
@@ -225,15 +292,15 @@ def test_cli_writes_the_file_and_logs_one_export_event(store, signed, tmp_path, 
     out = tmp_path / "out" / "report.dcm"
     out.parent.mkdir()
     code = main(["export", STUDY, "--db", str(tmp_path / "cases.db"), "--format", "sr", "--out", str(out),
-                 "--version", "1", "--signed-only", "--user", "alice"])
+                 "--version", "2", "--signed-only", "--user", "alice"])
     assert code == 0
     assert capsys.readouterr().out.strip() == (
-        f"wrote {out} (sr; study {STUDY}, report version 1, signed by Rivera^Ana)")
+        f"wrote {out} (sr; study {STUDY}, report version 2, signed by Rivera^Ana)")
     assert pydicom.dcmread(out).VerificationFlag == "VERIFIED"
     assert [p.name for p in out.parent.iterdir()] == ["report.dcm"]  # no temporary file left
     (event,) = store.events(kind="export")
     assert (event["user"], event["study_uid"]) == ("alice", STUDY)
-    assert event["detail"] == {"format": "sr", "version": 1, "report_id": signed.id}
+    assert event["detail"] == {"format": "sr", "version": 2, "report_id": signed.id}
 
 
 @pytest.mark.parametrize("argv, message", [
