@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medcm.cli.options import add_deid_options, db_url, open_engine
+from medcm.cli.options import add_deid_options, db_url, folder_beside_db, open_engine
 
 if TYPE_CHECKING:  # the real imports are inside functions: `medcm --help` must not load torch
     from medcm.data.manifest import ManifestRecord
@@ -57,21 +57,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def files_dir_option(url: str, files: str | None) -> Path:
-    """`--files` if given, else `<db file>.files` beside a SQLite database file.
-
-    Raises:
-        ValueError: no `files` for another database (e.g. PostgreSQL), which has no folder to sit beside.
-    """
-    from medcm.paths import default_files_dir
-
-    if files:
-        return Path(files).expanduser().resolve()
-    folder = default_files_dir(url)
-    if folder is None:
-        scheme = url.split("://", 1)[0]  # never echo the URL: it may hold a password
-        raise ValueError(f"--files: not given, and a {scheme}:// database has no folder beside it; "
-                         "expected --files DIR for the converted PNG/JPEG images")
-    return folder
+    """`--files` if given, else `<db file>.files` beside a SQLite database file (`folder_beside_db`)."""
+    return folder_beside_db(url, files, ".files", "--files", "the converted PNG/JPEG images")
 
 
 def select_split(records: Sequence[ManifestRecord], split: str | None) -> list[ManifestRecord]:

@@ -8,7 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
-from medcm.cli.options import add_deid_options, db_url, open_engine
+from medcm.cli.options import add_deid_options, db_url, folder_beside_db, open_engine
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,8 @@ def add_listen_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def spool_option(url: str, spool: str | None) -> Path:
-    """`--spool` if given, else `<db file>.spool` beside a SQLite database file.
-
-    Raises:
-        ValueError: no `spool` for another database (e.g. PostgreSQL), which has no folder to sit beside.
-    """
-    from medcm.paths import sqlite_file
-
-    if spool:
-        return Path(spool).expanduser().resolve()
-    file = sqlite_file(url)
-    if file is None:
-        scheme = url.split("://", 1)[0]  # never echo the URL: it may hold a password
-        raise ValueError(f"--spool: not given, and a {scheme}:// database has no folder beside it; "
-                         "expected --spool DIR for the received instances")
-    return file.with_name(file.name + ".spool")
+    """`--spool` if given, else `<db file>.spool` beside a SQLite database file (`folder_beside_db`)."""
+    return folder_beside_db(url, spool, ".spool", "--spool", "the received instances")
 
 
 def run_listen(args: argparse.Namespace) -> int:

@@ -148,3 +148,28 @@ def deid_config_from_args(args: argparse.Namespace, url: str) -> DeidConfig | No
                          "--deid-key FILE (created on first use), or --no-deid for already de-identified data")
     refuse = getattr(args, "burned_in", "refuse") != "flag"
     return DeidConfig(load_or_create_key(key_file), refuse_burned_in=refuse)
+
+
+def folder_beside_db(url: str, given: str | None, suffix: str, option: str, purpose: str) -> Path:
+    """`given` (a command's folder option) if set, else `<db file><suffix>` beside a SQLite database file.
+
+    Args:
+        url: the database URL.
+        given: the option's value (None or "" when not given).
+        suffix: e.g. ".files", ".spool".
+        option: the option's name, for the error ("--files").
+        purpose: what the folder holds, for the error ("the converted PNG/JPEG images").
+
+    Raises:
+        ValueError: no `given` for another database (e.g. PostgreSQL), which has no folder to sit beside.
+    """
+    from medcm.paths import sqlite_file
+
+    if given:
+        return Path(given).expanduser().resolve()
+    file = sqlite_file(url)
+    if file is None:
+        scheme = url.split("://", 1)[0]  # never echo the URL: it may hold a password
+        raise ValueError(f"{option}: not given, and a {scheme}:// database has no folder beside it; "
+                         f"expected {option} DIR for {purpose}")
+    return file.with_name(file.name + suffix)
