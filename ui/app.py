@@ -314,10 +314,14 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
      .success(h.on_similar, *review["load_similar"], **PRIVATE, **ENGINE_QUEUE)
      .success(h.on_open_draft, *review["load_draft"], **PRIVATE, **ENGINE_QUEUE)
      .then(h.on_worklist, None, worklist, **PRIVATE))
-    review["save"].click(h.on_save, [review["study"], review["draft"]], [review["signed"], worklist], **PRIVATE)
+    (review["save"].click(h.on_save, [review["study"], review["draft"]], review["signed"], **PRIVATE)
+     .success(h.on_worklist, None, worklist, **PRIVATE))
     review["export"].click(h.on_export, [review["study"], review["export_format"]], review["exported"], **PRIVATE)
-    review["sign"].click(h.on_sign, [review["study"], review["draft"]], [review["signed"], worklist],
-                         **PRIVATE, **SIGN_QUEUE)
+    (review["sign"].click(h.on_sign, [review["study"], review["draft"]],
+                          [review["signed"], review["marker"], review["sign"]], **PRIVATE, **SIGN_QUEUE)
+     .success(h.on_worklist, None, worklist, **PRIVATE))
+    review["draft"].input(h.enable_sign, None, review["sign"], **PRIVATE)  # edited after signing: an amendment
+    review["sentences"].change(h.enable_sign, None, review["sign"], **PRIVATE)  # a new draft
     for trigger in (search.click, query.submit):
         trigger(h.on_text_search, [query, k], [matches, gallery, found], **PRIVATE, **ENGINE_QUEUE)
     for source in (gallery, found):

@@ -274,8 +274,9 @@ class Handlers:
 
     # ------------------------------------------------------------- save, sign
     @readable_errors
-    def on_save(self, study: ReviewStudy | None, text: str | None, request: gr.Request) -> tuple[str, pd.DataFrame]:
-        """Save the edited report as a draft by the logged-in clinician (an "edit" event); nothing is signed."""
+    def on_save(self, study: ReviewStudy | None, text: str | None, request: gr.Request) -> str:
+        """Save the edited report as a draft by the logged-in clinician (an "edit" event); nothing is signed.
+        The worklist is refreshed by the next step of the event, so a refusal here never blanks it."""
         login = require(self.store, request, "edit")
         if study is None:
             raise user_error(NO_STUDY)
@@ -284,16 +285,23 @@ class Handlers:
         report = self.engine.save_edit(study.study_uid, text.strip(), author=login.name)
         message = render.saved_message(report)
         gr.Info(html.escape(message))
-        return render.escape_md(message), self._worklist()
+        return render.escape_md(message)
 
     @readable_errors
-    def on_sign(self, study: ReviewStudy | None, text: str | None, request: gr.Request) -> tuple[str, pd.DataFrame]:
-        """Sign the edited report as the logged-in clinician; the worklist shows the study as signed."""
+    def on_sign(self, study: ReviewStudy | None, text: str | None, request: gr.Request) -> tuple[str, str, gr.Button]:
+        """Sign the edited report as the logged-in clinician: the status line, the banner turned VERIFIED and
+        the Sign button disabled until the text changes (`enable_sign`). The worklist is refreshed by the
+        next step of the event, so a refused signature (an empty report) never blanks it."""
         login = require(self.store, request, "sign")
         report = sign_study(self.engine, study.study_uid if study else None, text, login.name)
         message = render.signed_message(report)
         gr.Info(html.escape(message))
-        return render.escape_md(message), self._worklist()
+        return render.escape_md(message), render.verified_marker(report), gr.Button(interactive=False)
+
+    @staticmethod
+    def enable_sign() -> gr.Button:
+        """The Sign button active again: the report text changed, or a new draft was loaded."""
+        return gr.Button(interactive=True)
 
     @readable_errors
     def on_export(self, study: ReviewStudy | None, fmt: str | None, request: gr.Request) -> str:

@@ -203,6 +203,12 @@ def signed_message(report: ReportView) -> str:
     return f"Signed version {report.version} by {report.signed_by} at {when}"
 
 
+def verified_marker(report: ReportView) -> str:
+    """The banner over a signed report: VERIFIED, by whom and when."""
+    return (f"### ✔ VERIFIED\n{escape_md(signed_message(report))}. Changing the text and signing again adds an "
+            "amended version.")
+
+
 def study_markdown(study_uid: str, n_images: int, report: ReportView | None, notes: Sequence[str] = ()) -> str:
     """The line above the viewer: which study, how many images, its report status, any warnings."""
     status = "no report yet" if report is None else f"latest report: {report.status} version {report.version}"

@@ -185,7 +185,9 @@ def test_export_gives_a_verified_sr_of_the_signed_report_and_is_audited(served, 
     assert (draft_sr.VerificationFlag, draft_sr.CompletionFlag) == ("UNVERIFIED", "PARTIAL")
     served.client.predict(study_uid, "FINDINGS: Round lesion.\nIMPRESSION: Lesion.", api_name="/sign")
     sr = pydicom.dcmread(exporter.predict(study_uid, "sr", api_name="/export"))
-    assert (sr.VerificationFlag, str(sr.VerifyingObserverSequence[0].VerifyingObserverName)) == ("VERIFIED", "dr.c")
+    observer = sr.VerifyingObserverSequence[0]  # a person name built from the login, the login as its code
+    assert (sr.VerificationFlag, str(observer.VerifyingObserverName)) == ("VERIFIED", "C^^^Dr")
+    assert observer.VerifyingObserverIdentificationCodeSequence[0].CodeValue == "dr.c"
     assert sr.StudyInstanceUID == study_uid and sr.Modality == "SR"
     as_json = json.loads(Path(exporter.predict(study_uid, "json", api_name="/export")).read_text(encoding="utf-8"))
     assert as_json["verified"] is True and as_json["signed_by"] == "dr.c"
@@ -250,8 +252,13 @@ def test_handlers_draft_then_sign_updates_the_worklist(served, cases):
     assert "UNVERIFIED DRAFT" in marker and len(provenance) == len(sentences) and text
     with pytest.raises(gr.Error, match="not logged in"):
         h.on_sign(study, text, SimpleNamespace(username=None))  # an app launched without auth
-    message, worklist = h.on_sign(study, text + " Edited.", CLINICIAN)
+    with pytest.raises(gr.Error, match="the report is empty"):
+        h.on_sign(study, "  ", CLINICIAN)
+    message, marker, sign_button = h.on_sign(study, text + " Edited.", CLINICIAN)
     assert message.startswith("Signed version ") and " by dr.c at " in message
+    assert marker.startswith("### ✔ VERIFIED\nSigned version 2 by dr.c at ") and "UNVERIFIED" not in marker
+    assert sign_button.interactive is False and h.enable_sign().interactive is True
+    worklist = h.on_worklist(CLINICIAN)  # the event's next step: a refused signature never blanks it
     row = worklist[worklist["study uid"] == study.study_uid]
     assert list(row["status"]) == ["signed"]
     machine, latest = served.store.report_versions(study.study_uid)  # the model's draft stays its own version
@@ -410,7 +417,8 @@ def test_an_admin_sees_the_audit_trail_filtered_and_newest_first(served):
 def test_save_draft_records_an_edit_by_the_logged_in_clinician(served, cases):
     h = served.handlers
     study = h.on_upload([_dev(cases, 25)], "default", CLINICIAN)[0]
-    message, worklist = h.on_save(study, "FINDINGS: Edited by hand.", CLINICIAN)
+    message = h.on_save(study, "FINDINGS: Edited by hand.", CLINICIAN)
+    worklist = h.on_worklist(CLINICIAN)
     assert message.startswith("Draft saved as version 1 by dr.c at ")
     latest = served.store.latest_report(study.study_uid)
     assert (latest.status, latest.source, latest.author, latest.text) == ("draft", "edit", "dr.c",

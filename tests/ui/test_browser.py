@@ -68,7 +68,13 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
             draft.fill(edited)
             page.locator("#sign").click()
             playwright_api.expect(page.locator("#signed-status")).to_contain_text("Signed", timeout=60_000)
+            playwright_api.expect(page.locator("#draft-marker")).to_contain_text("✔ VERIFIED", timeout=30_000)
+            playwright_api.expect(page.locator("#draft-marker")).not_to_contain_text("UNVERIFIED")
+            playwright_api.expect(page.locator("#sign")).to_be_disabled()
             page.screenshot(path=str(root / "signed.png"), full_page=True)
+            draft.press("End")
+            draft.type(" Amended.")  # typing makes it a new text: Sign is active again
+            playwright_api.expect(page.locator("#sign")).to_be_enabled(timeout=30_000)
         finally:
             browser.close()
     study_uid = read_images([query])[0][0].meta.study_uid

@@ -76,3 +76,12 @@ def test_uploads_are_checked_outside_the_engine_queue_and_signing_has_its_own(st
     assert by_name["on_upload"].concurrency_id == "engine" and by_name["on_draft"].concurrency_id == "engine"
     assert by_name["on_sign"].concurrency_id == "sign"
     assert {fn.concurrency_id for fn in app.fns.values() if fn.api_name == "sign"} == {"sign"}
+
+
+def test_a_refused_save_or_sign_cannot_blank_the_worklist(store, tmp_path):
+    """Save and Sign write their own status line only; the worklist is refreshed by the event's next step."""
+    app = build_app(Engine(store), store, upload_dir=tmp_path / "uploads")
+    worklist = next(block._id for block in app.blocks.values() if getattr(block, "elem_id", None) == "worklist")
+    for name in ("on_save", "on_sign"):
+        (fn,) = [fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") == name]
+        assert worklist not in [block._id for block in fn.outputs]
