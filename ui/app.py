@@ -102,6 +102,7 @@ from ui.study import DEFAULT_PRESET, PRESETS
 TITLE = "medcm review"
 DISCLAIMER = ("Drafts are suggestions from similar past cases; "
               "a clinician reviews, edits and signs every report.")
+LOGIN_PAGE_NOTE = f"<strong>{TITLE}</strong>: {DISCLAIMER}<br><br>"  # Gradio shows `auth_message` as HTML
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 # Model and store work runs one event at a time (one engine, CPU-bound); viewing does not wait on it.
 ENGINE_QUEUE: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": 1}
@@ -122,7 +123,7 @@ DELETE_CACHE = (3600, 86400)
 def launch_options() -> dict[str, Any]:
     """Fresh keyword arguments for `gr.Blocks.launch` (gradio fills in the FastAPI arguments it is given)."""
     return {"share": False, "footer_links": ["api"], "run_history": False, "enable_monitoring": False,
-            "mcp_server": False, "auth_message": login_notice(LoginPolicy()),
+            "mcp_server": False, "auth_message": LOGIN_PAGE_NOTE + login_notice(LoginPolicy()),
             "app_kwargs": {"openapi_url": None,
                            "middleware": [Middleware(SecurityHeaders), Middleware(SessionGuard)]}}
 
@@ -182,7 +183,7 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
                 _audit_tab(handlers)
         _api(endpoints)
         clinical = [review["files"], review["redraft"], review["save"], review["sign"], review["export"],
-                    review["draft"]]
+                    review["draft"], review["sign_section"]]
         app.load(handlers.on_load, None, [login, worklist, audit, *clinical], **PRIVATE)
     return app
 
@@ -245,15 +246,16 @@ def _draft_section(c: dict[str, Any]) -> None:
         c["source_report"] = gr.Markdown(latex_delimiters=[], elem_id="source-report")
         c["source_image"] = _picture("Best source case", "source-image")
         c["heatmap"] = _picture("Where the selected sentence is seen in this study", "sentence-heatmap")
-    gr.Markdown("## Save or sign (as the logged-in clinician)")
-    with gr.Row():
-        c["save"] = gr.Button("Save draft", elem_id="save-draft")
-        c["sign"] = gr.Button("Sign report", variant="primary", elem_id="sign")
-        c["signed"] = gr.Markdown(elem_id="signed-status")
-    with gr.Row():
-        c["export_format"] = gr.Radio(list(EXPORT_FORMATS), value="sr", label="Export format (sr: DICOM Structured Report)",
-                                      elem_id="export-format")
-        c["export"] = gr.Button("Export the latest report", elem_id="export")
+    with gr.Column(elem_id="sign-section") as c["sign_section"]:  # clinicians only (`Handlers.on_load`)
+        gr.Markdown("## Save or sign (as the logged-in clinician)")
+        with gr.Row():
+            c["save"] = gr.Button("Save draft", elem_id="save-draft")
+            c["sign"] = gr.Button("Sign report", variant="primary", elem_id="sign")
+            c["signed"] = gr.Markdown(elem_id="signed-status")
+        with gr.Row():
+            c["export_format"] = gr.Radio(list(EXPORT_FORMATS), value="sr",
+                                          label="Export format (sr: DICOM Structured Report)", elem_id="export-format")
+            c["export"] = gr.Button("Export the latest report", elem_id="export")
         c["exported"] = gr.File(label="Exported report", interactive=False, elem_id="exported")
 
 

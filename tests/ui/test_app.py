@@ -391,13 +391,16 @@ def test_a_viewer_opening_a_study_reads_its_report_instead_of_drafting(served):
 
 def test_the_page_shows_the_login_and_only_an_admin_the_audit_tab(served):
     h = served.handlers
-    line, worklist, audit, upload, *buttons, report = h.on_load(CLINICIAN)
+    line, worklist, audit, upload, *buttons, report, section = h.on_load(CLINICIAN)
     assert "**dr.c** (clinician)" in line and len(worklist) >= N_POOL and audit.visible is False
     assert upload.visible is True and all(b.visible for b in buttons) and report.interactive is True
-    line, _, audit, upload, *buttons, report = h.on_load(VIEWER)
+    assert section.visible is True
+    line, _, audit, upload, *buttons, report, section = h.on_load(VIEWER)
     assert "(viewer)" in line and audit.visible is False
     assert upload.visible is False and not any(b.visible for b in buttons) and report.interactive is False
-    assert h.on_load(ADMIN)[2].visible is True
+    assert section.visible is False
+    admin = h.on_load(ADMIN)
+    assert admin[2].visible is True and admin[-1].visible is False  # no empty "Save or sign" for an admin
 
 
 def test_an_admin_sees_the_audit_trail_filtered_and_newest_first(served):

@@ -141,6 +141,12 @@ def test_a_disabled_accounts_open_session_is_refused_on_gradios_own_routes(serve
     assert client.get("/config").status_code == 200
 
 
+def test_the_login_page_names_the_product_and_says_a_clinician_signs(served):
+    page = httpx.get(served.url + "/", timeout=30).text
+    assert "medcm review" in page and "a clinician reviews, edits and signs every report" in page
+    assert "failed logins within" in page
+
+
 def test_the_login_page_does_not_embed_the_api_schema(served):
     page = httpx.get(served.url + "/", timeout=30).text
     assert "auth_required" in page and "window.gradio_api_info = null;" in page and "/echo" not in page
