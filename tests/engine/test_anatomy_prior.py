@@ -199,7 +199,7 @@ def test_an_engine_told_off_ranks_by_cosine_call_for_call(engine, checkpoint_dir
     """`anatomy_prior=AnatomyPriorConfig()` (the CLI's --anatomy-prior off) overrides the checkpoint's prior:
     the index is asked for k hits, and the prior reads nothing from the store."""
     query = _as(query_image, "MR", "CHEST")
-    quiet = AbstentionConfig(below_percentile=0.0, header=False)  # abstention off: its own searches are not counted
+    quiet = AbstentionConfig(below_percentile=0.0, region_percentile=0.0, header=False)  # abstention off: not counted
     off = Engine(engine.store, checkpoint=checkpoint_dir, device="cpu", anatomy_prior=AnatomyPriorConfig(),
                  abstention=quiet)
     on = Engine(engine.store, checkpoint=checkpoint_dir, device="cpu", abstention=quiet)
