@@ -22,7 +22,7 @@ VIEW_MAX_PX = 1024
 VIEW_MIN_PX = 512  # small images are magnified (nearest neighbour: every pixel stays a visible square)
 SIMILAR_HEADERS = ["study uid", "score", "percentile", "match", "modality", "body part", "report"]
 PROVENANCE_HEADERS = ["#", "section", "sentence", "score", "source cases (score)"]
-WORKLIST_HEADERS = ["study uid", "date", "modalities", "body parts", "status", "description"]
+WORKLIST_HEADERS = ["study uid", "patient", "date", "modalities", "body parts", "status", "description"]
 MATCH_HEADERS = ["study uid", "score", "modality", "body part", "report"]
 AUDIT_HEADERS = ["time (UTC)", "kind", "user", "study uid", "detail"]
 USER_HEADERS = ["name", "role", "created (UTC)", "disabled"]
@@ -159,12 +159,19 @@ def report_markdown(study_uid: str, report: ReportView | None, score: float | No
 
 
 def worklist_rows(studies: Sequence[StudyView]) -> pd.DataFrame:
-    """study uid / date / modalities / body parts / status / description, newest first."""
+    """study uid / patient (the pseudonym) / date / modalities / body parts / status / description, newest first."""
     rows = [
-        (s.study_uid, s.study_date, ", ".join(s.modalities), ", ".join(s.body_parts), s.status, s.description)
+        (s.study_uid, s.patient_id, readable_date(s.study_date), ", ".join(s.modalities), ", ".join(s.body_parts),
+         s.status, s.description)
         for s in studies
     ]
     return table(rows, WORKLIST_HEADERS)
+
+
+def readable_date(value: str) -> str:
+    """A DICOM DA ("20031113") as "2003-11-13"; anything else as it is."""
+    text = (value or "").strip()
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
 
 
 def match_rows(matches: Sequence[ImageMatch], reports: dict[str, str]) -> pd.DataFrame:

@@ -85,3 +85,4 @@ def test_a_refused_save_or_sign_cannot_blank_the_worklist(store, tmp_path):
     for name in ("on_save", "on_sign"):
         (fn,) = [fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") == name]
         assert worklist not in [block._id for block in fn.outputs]
+
