@@ -35,17 +35,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from medcm.report.assertions import FindingClaim, alternatives, describe, first_alternative, first_conflict
-from medcm.report.lexicon import ANY
-from medcm.report.context import sentence_claims, sizes_mm
-from medcm.report.image_findings import shown, unseen_claim
+from medcm.report.assertions import first_alternative
+from medcm.report.context import sentence_claims
 from medcm.report.text import (
     SECTION_ALIASES,
     is_negated,
@@ -57,7 +53,16 @@ from medcm.report.text import (
     split_sections,
     split_sentences,
 )
-
+from medcm.report.draft_claims import (
+    Group,
+    Unit,
+    case_findings,
+    impression_from_findings,
+    resolve_alternatives,
+    resolve_contradictions,
+    seen,
+    supported,
+)
 from medcm.report.draft_types import (
     DRAFT_PRESETS,
     Draft,
@@ -73,34 +78,6 @@ __all__ = ["SourceCase", "Provenance", "DraftSentence", "DroppedSentence", "Draf
 
 _DRAFT_SECTIONS = ("FINDINGS", "IMPRESSION")
 
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One sentence occurrence in one source case."""
-    case: SourceCase
-    weight: float  # the case's share of the support mass
-    section: str
-    position: float  # relative position in its section, (i + 0.5) / n
-    text: str
-    key: str
-    order: int  # first-seen order, the last tie-break
-
-
-@dataclass
-class _Group:
-    """Merged duplicates; the fields after ``units`` are filled by :func:`_summarise`."""
-    section: str
-    negated: bool
-    units: list[_Unit]
-    text: str = ""
-    score: float = 0.0
-    evidence: float = 0.0
-    position: float = 0.0
-    first: int = 0
-    sources: tuple[Provenance, ...] = ()
-    claims: tuple[FindingClaim, ...] = ()
-    support: float = 0.0  # the sources' share of the retrieval-score mass
 
 
 def _case_sentences(report: str) -> dict[str, list[str]]:
@@ -153,17 +130,17 @@ def _side_cases(used: list[SourceCase], k: int) -> list[SourceCase]:
     return used[:k]
 
 
-def _extract_units(cases: list[SourceCase]) -> list[_Unit]:
+def _extract_units(cases: list[SourceCase]) -> list[Unit]:
     mass = [max(c.score, 0.0) for c in cases]
     # With no positive case score there is no ranking information: count cases equally.
     weights = [m / sum(mass) for m in mass] if sum(mass) > 0 else [1 / len(cases)] * len(cases)
-    units: list[_Unit] = []
+    units: list[Unit] = []
     for case, weight in zip(cases, weights):
         for section, sentences in _case_sentences(case.report).items():
             keyed = [(s, k) for s in sentences if (k := sentence_key(s))]
             for i, (text, key) in enumerate(keyed):
                 pos = (i + 0.5) / len(keyed)
-                units.append(_Unit(case, weight, section, pos, text, key, len(units)))
+                units.append(Unit(case, weight, section, pos, text, key, len(units)))
     return units
 
 
@@ -177,7 +154,7 @@ def _check_query(query: np.ndarray) -> np.ndarray:
     return q / norm
 
 
-def _embed(units: list[_Unit], embed_sentences: Callable[[list[str]], np.ndarray],
+def _embed(units: list[Unit], embed_sentences: Callable[[list[str]], np.ndarray],
            dim: int) -> tuple[dict[str, int], np.ndarray]:
     """Embeds one text per sentence key in a single call: ``(key -> row, [K, D])``."""
     texts: dict[str, str] = {}
@@ -193,16 +170,16 @@ def _embed(units: list[_Unit], embed_sentences: Callable[[list[str]], np.ndarray
     return {key: i for i, key in enumerate(texts)}, emb / np.where(norms > 0, norms, 1.0)
 
 
-def _cluster(units: list[_Unit], row: dict[str, int], emb: np.ndarray, sims: np.ndarray,
-             threshold: float) -> list[_Group]:
+def _cluster(units: list[Unit], row: dict[str, int], emb: np.ndarray, sims: np.ndarray,
+             threshold: float) -> list[Group]:
     """Leader clustering, best-scoring first, within a section and a polarity.
 
     Polarity must match because text encoders place "No effusion." next to "Effusion.".
     """
-    exact: dict[tuple[str, str], list[_Unit]] = {}
+    exact: dict[tuple[str, str], list[Unit]] = {}
     for u in units:
         exact.setdefault((u.section, u.key), []).append(u)
-    leaders: list[tuple[int, _Group]] = []
+    leaders: list[tuple[int, Group]] = []
     for (section, key), members in sorted(exact.items(), key=lambda kv: -sims[row[kv[0][1]]]):
         negated, r = is_negated(members[0].text), row[key]
         claims = sentence_claims(members[0].text)
@@ -214,13 +191,13 @@ def _cluster(units: list[_Unit], row: dict[str, int], emb: np.ndarray, sims: np.
         if best[1] is not None and best[0] >= threshold:
             best[1].units.extend(members)
         else:
-            leaders.append((r, _Group(section, negated, list(members))))
+            leaders.append((r, Group(section, negated, list(members))))
     return [g for _, g in leaders]
 
 
-def _summarise(group: _Group, row: dict[str, int], sims: np.ndarray, weight: float) -> None:
+def _summarise(group: Group, row: dict[str, int], sims: np.ndarray, weight: float) -> None:
     """Fills text, sources, score, evidence, position and claims of a group."""
-    best: dict[str, tuple[float, _Unit]] = {}  # per case, its best-matching occurrence
+    best: dict[str, tuple[float, Unit]] = {}  # per case, its best-matching occurrence
     for u in sorted(group.units, key=lambda u: u.order):
         s = float(sims[row[u.key]])
         if u.case.case_id not in best or s > best[u.case.case_id][0]:
@@ -252,7 +229,7 @@ def _section_counts(cases: list[SourceCase]) -> dict[tuple[str, str], tuple]:
     return out
 
 
-def _add_agreement(groups: list[_Group], units: list[_Unit], counts: dict[tuple[str, str], tuple],
+def _add_agreement(groups: list[Group], units: list[Unit], counts: dict[tuple[str, str], tuple],
                    weight: float) -> None:
     """Adds ``weight * agreement`` to each group's score and evidence (see the module doc)."""
     case_weight = {u.case.case_id: u.weight for u in units}
@@ -275,172 +252,17 @@ def _median_words(cases: list[SourceCase], section: str) -> float:
     return float(np.median(lengths)) if lengths else math.inf
 
 
-def _alternative(a: _Group, b: _Group) -> FindingClaim | None:
-    """The finding ``b`` states at another side, degree, size or count than ``a``: the query has one
-    of them. Two sentences that exactly the same cases wrote together (a bilateral finding described
-    side by side) are not alternatives.
-    """
-    if {p.case_id for p in a.sources} == {p.case_id for p in b.sources}:
-        return None
-    pair = first_alternative(b.claims, a.claims)
-    return pair[0] if pair else None
-
-
-_Pair = tuple[str, str | None]  # (finding, side)
-
-
-def _case_findings(units: list[_Unit]) -> tuple[dict[str, set[_Pair]], dict[str, float]]:
-    """Per retrieved case, the (finding, side) pairs its report states as present; and its weight."""
-    found: dict[str, set[_Pair]] = {}
-    weight: dict[str, float] = {}
-    for u in units:
-        weight[u.case.case_id] = u.weight
-        pairs = found.setdefault(u.case.case_id, set())
-        pairs.update((c.finding, c.side) for c in sentence_claims(u.text) if c.status == "present" and c.finding != ANY)
-    return found, weight
-
-
-def _share(found: dict[str, set[_Pair]], weight: dict[str, float], finding: str, side: str | None = None,
-           any_side: bool = False) -> float:
-    """The weighted share of retrieved cases stating ``finding`` (at ``side`` unless ``any_side``)."""
-    return sum(weight[c] for c, pairs in found.items()
-               if any(f == finding and (any_side or s == side) for f, s in pairs))
-
-
-def _strength(g: _Group, found: dict[str, set[_Pair]], weight: dict[str, float], near: dict[str, float],
-              ) -> tuple[float, float, float]:
-    """How strongly the retrieved cases back this group's findings at its sides: the share of the
-    nearest cases' weight (``near``), the best score of a case stating it, the share of all cases."""
-    pairs = [(c.finding, c.side) for c in g.claims if c.status == "present"]
-    if not pairs:
-        return 0.0, -math.inf, 0.0
-    stating = {c for c, stated in found.items() if any(p in stated for p in pairs)}
-    near_share = sum(w for c, w in near.items() if c in stating)
-    best = max((p.case_score for p in g.sources), default=-math.inf)
-    return near_share, best, max(_share(found, weight, f, s) for f, s in pairs)
-
-
-def _resolve_alternatives(groups: list[_Group], found: dict[str, set[_Pair]], weight: dict[str, float],
-                          near: dict[str, float]) -> tuple[list[_Group], list[DroppedSentence]]:
-    """One finding gets one side, degree, size and count in a draft: of alternatives (in either
-    section) the one most of the nearest cases state stays, then the one the nearest case states,
-    then the one most retrieved cases state, then the most query-like."""
-    kept: list[_Group] = []
-    dropped: list[DroppedSentence] = []
-    strength = {id(g): _strength(g, found, weight, near) for g in groups}
-    for g in sorted(groups, key=lambda g: tuple(-x for x in strength[id(g)]) + (-g.sources[0].sentence_score,
-                                                                                  -g.evidence, g.first)):
-        other = next(((k, a) for k in kept if (a := _alternative(k, g))), None)
-        if other is None:
-            kept.append(g)
-            continue
-        reason = (f"alternative to '{other[0].text}' ({describe(other[1])}: same finding, other side, degree, size "
-                  f"or count; stated by {strength[id(g)][0]:.0%} of the nearest cases' weight vs "
-                  f"{strength[id(other[0])][0]:.0%})")
-        dropped.append(DroppedSentence(g.text, reason, g.sources))
-    return kept, dropped
-
-
-def _supported(groups: list[_Group], found: dict[str, set[_Pair]], weight: dict[str, float], floor: float,
-               probabilities: Mapping[str, float] | None = None, threshold: float = 0.5,
-               ) -> tuple[list[_Group], list[DroppedSentence]]:
-    """A sentence stating a finding stays only if at least ``floor`` of the retrieved case weight states
-    that finding (at any side): one neighbour's nodule is that patient's, not evidence about this image.
-    A finding the query image itself shows (``probabilities``, `medcm.report.image_findings.shown`) needs no
-    neighbour's word for it."""
-    kept: list[_Group] = []
-    dropped: list[DroppedSentence] = []
-    for g in groups:
-        shares = [(_share(found, weight, c.finding, any_side=True), c) for c in g.claims
-                  if c.status == "present" and c.finding != ANY and not (probabilities and shown(c, probabilities, threshold))]
-        weak = min(shares, key=lambda sc: sc[0], default=None)
-        if weak is None or weak[0] >= floor:
-            kept.append(g)
-            continue
-        reason = (f"unsupported finding: {weak[0]:.0%} of the retrieved case weight states {weak[1].finding} "
-                  f"< min_finding_share {floor:.0%}")
-        dropped.append(DroppedSentence(g.text, reason, g.sources))
-    return kept, dropped
-
-
-def _seen(groups: list[_Group], probabilities: Mapping[str, float] | None, threshold: float, sides: bool,
-          ) -> tuple[list[_Group], list[DroppedSentence]]:
-    """Drops sentences the query image disagrees with (`medcm.report.image_findings.unseen_claim`); the
-    head judges left against right only when ``sides``."""
-    if not probabilities:
-        return groups, []
-    kept: list[_Group] = []
-    dropped: list[DroppedSentence] = []
-    for g in groups:
-        if (unseen := unseen_claim(g.claims, probabilities, threshold, sides)) is None:
-            kept.append(g)
-            continue
-        claim, why = unseen
-        reason = f"not this image: {'denies' if claim.status == 'absent' else 'states'} {why}"
-        dropped.append(DroppedSentence(g.text, reason, g.sources))
-    return kept, dropped
-
-
-def _resolve_contradictions(groups: list[_Group]) -> tuple[list[_Group], list[DroppedSentence]]:
-    """Keeps groups strongest-evidence first; one contradicting a kept group (in either section) is dropped."""
-    kept: list[_Group] = []
-    dropped: list[DroppedSentence] = []  # the order drops happen in
-    for g in sorted(groups, key=lambda g: (-g.evidence, -g.score, g.first)):
-        rival = next(((k, c) for k in kept if (c := first_conflict(k.claims, g.claims))), None)
-        if rival is None:
-            kept.append(g)
-            continue
-        reason = f"contradicts '{rival[0].text}' on {describe(rival[1][1])} (weaker evidence)"
-        dropped.append(DroppedSentence(g.text, reason, g.sources))
-    return kept, dropped
-
-
-def _sized(claim: FindingClaim) -> FindingClaim:
-    """The claim with the size its sentence gives where the claim has none ("nodule ..., measuring 1.2 cm")."""
-    sizes = sizes_mm(claim.sentence)
-    return claim if claim.size_mm is not None or len(sizes) != 1 else dataclasses.replace(claim, size_mm=sizes[0])
-
-
-def _impression_from_findings(groups: list[_Group], findings: list[_Group],
-                              ) -> tuple[list[_Group], list[DroppedSentence]]:
-    """The IMPRESSION is rebuilt from the kept FINDINGS rather than copied from another patient: an
-    impression sentence stating a finding stays only if every (finding, side) it states is stated by a
-    kept FINDINGS sentence, with no other side, degree, size or count; a global normal impression ("No
-    acute abnormality.") only when no finding is kept. Sentences naming no lexicon finding are left as they were.
-    """
-    stated = [c for g in findings for c in g.claims if c.status == "present" and c.finding != ANY]
-    pairs = {(c.finding, c.side) for c in stated}
-    kept: list[_Group] = []
-    dropped: list[DroppedSentence] = []
-    for g in groups:
-        positive = [c for c in g.claims if c.status in ("present", "uncertain") and c.finding != ANY]
-        missing = next((c for c in positive if (c.finding, c.side) not in pairs), None)
-        other = next((c for c in positive for f in stated if alternatives(_sized(c), f)), None)
-        normal = next((c for c in g.claims if c.status == "absent" and c.finding == ANY), None)
-        if missing is not None:
-            reason = f"impression not in the kept findings: {describe(missing)}"
-        elif other is not None:
-            reason = f"impression differs from the kept findings on {describe(other)}"
-        elif normal is not None and stated:
-            reason = f"normal impression beside a kept finding ({describe(stated[0])})"
-        else:
-            kept.append(g)
-            continue
-        dropped.append(DroppedSentence(g.text, reason, g.sources))
-    return kept, dropped
-
-
-def _select(groups: list[_Group], config: DraftConfig, cases: list[SourceCase],
-            ) -> tuple[list[_Group], list[DroppedSentence]]:
+def _select(groups: list[Group], config: DraftConfig, cases: list[SourceCase],
+            ) -> tuple[list[Group], list[DroppedSentence]]:
     """Per section, greedily by score within the margin, above the floor, up to the limit."""
-    chosen: list[_Group] = []
+    chosen: list[Group] = []
     dropped: list[DroppedSentence] = []
     for section in _DRAFT_SECTIONS:
         limit = config.max_findings if section == "FINDINGS" else config.max_impression
         words_limit = _median_words(cases, section) if config.length_from_sources else math.inf
         candidates = [g for g in groups if g.section == section]
         if section == "IMPRESSION":
-            candidates, unfounded = _impression_from_findings(candidates, chosen)
+            candidates, unfounded = impression_from_findings(candidates, chosen)
             dropped.extend(unfounded)
         ranked = sorted(candidates, key=lambda g: (-g.score, g.first))
         best = ranked[0].score if ranked else 0.0
@@ -499,15 +321,15 @@ def draft_findings(query: np.ndarray, cases: Sequence[SourceCase],
         _summarise(g, row, sims, config.support_weight)
     if config.agreement_weight > 0:
         _add_agreement(groups, units, _section_counts(used), config.agreement_weight)
-    found, weight = _case_findings(units)
-    groups, unseen = _seen(groups, image_findings, config.image_threshold, sides=not _image_scored(used))
-    kept, unsupported = _supported(groups, found, weight, config.min_finding_share, image_findings,
+    found, weight = case_findings(units)
+    groups, unseen = seen(groups, image_findings, config.image_threshold, sides=not _image_scored(used))
+    kept, unsupported = supported(groups, found, weight, config.min_finding_share, image_findings,
                                    config.image_threshold)
     nearest = _side_cases(used, config.side_cases)
     mass = sum(max(c.score, 0.0) for c in nearest)
     near = {c.case_id: (max(c.score, 0.0) / mass if mass > 0 else 1 / len(nearest)) for c in nearest}
-    kept, alternative = _resolve_alternatives(kept, found, weight, near)
-    kept, contradicted = _resolve_contradictions(kept)
+    kept, alternative = resolve_alternatives(kept, found, weight, near)
+    kept, contradicted = resolve_contradictions(kept)
     chosen, unselected = _select(kept, config, used)
     chosen.sort(key=lambda g: (section_order.index(g.section), g.position, -g.score, g.first))
     sentences = tuple(DraftSentence(g.text, g.section, g.score, g.sources) for g in chosen)
