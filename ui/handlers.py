@@ -52,7 +52,7 @@ StudyOutputs = tuple[ReviewStudy, Image.Image, gr.Dropdown, gr.Slider, str, None
 COMPARE_HINT = "Select a case above to compare."
 READ_ONLY_MARKER = "### Latest report (read-only)\nYour role can read reports; drafting and signing need a clinician."
 AUDIT_LIMIT = 500
-AUDIT_KINDS = ("", "ingest", "view", "draft", "edit", "sign", "export", "download", "download_refused", "login",
+AUDIT_KINDS = ("", "ingest", "view", "draft", "edit", "sign", "send", "export", "download", "download_refused", "login",
                "login_failed", "login_lockout", "login_locked", "login_throttled", "user")
 
 

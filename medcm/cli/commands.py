@@ -18,6 +18,7 @@ from medcm import __version__
 from medcm.cli.import_command import add_import_parser
 from medcm.cli.listen_command import add_listen_parser
 from medcm.cli.model_commands import add_eval, add_synth, add_train
+from medcm.cli.outbox_command import add_outbox_parser, add_send_to_option, outbox_from_args
 from medcm.cli.query_commands import add_draft, add_search
 from medcm.cli.options import (
     abstention_config,
@@ -135,6 +136,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     add_index_option(p)
     add_deid_options(p)
+    add_send_to_option(p)
     p.set_defaults(handler=_run_serve)
 
 
@@ -145,7 +147,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     url = db_url(args.db)
     serve(url, args.checkpoint, args.host, args.port, device=args.device, draft_config=draft_config(args.draft),
           deid=deid_config_from_args(args, url), files_dir=args.files, index_backend=args.index_backend,
-          abstention=abstention_config(args))
+          abstention=abstention_config(args), outbox=outbox_from_args(args, url))
     return 0
 
 
@@ -307,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_draft(sub)
     _add_serve(sub)
     add_listen_parser(sub)
+    add_outbox_parser(sub)
     _add_demo(sub)
     add_eval(sub)
     _add_users(sub)

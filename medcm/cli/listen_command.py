@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from medcm.cli.options import add_deid_options, db_url, folder_beside_db, open_engine
+from medcm.cli.outbox_command import add_send_to_option, attach_outbox
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def add_listen_parser(sub: argparse._SubParsersAction) -> None:
                    "stay 'new' in the worklist until a clinician opens them")
     p.add_argument("--device", help="cpu, cuda or cuda:N (for --checkpoint)")
     add_deid_options(p)
+    add_send_to_option(p)
     p.set_defaults(handler=run_listen)
 
 
@@ -59,6 +61,7 @@ def run_listen(args: argparse.Namespace) -> int:
     spool = spool_option(db_url(args.db), args.spool)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # it logs every association at INFO
     engine = open_engine(args, need_model=False)
+    attach_outbox(engine, args, db_url(args.db))
     receiver = Receiver(engine, spool, ae_title=args.ae_title, host=args.host, port=args.port,
                         allowed_aes=args.allow_ae, quiet_seconds=args.quiet_seconds,
                         draft=bool(args.checkpoint) and not args.no_draft)

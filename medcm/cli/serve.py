@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from medcm.config import AbstentionConfig
     from medcm.dicom.deid import DeidConfig
+    from medcm.engine.outbox import Outbox
     from medcm.report.draft import DraftConfig
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,14 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
           demo_notice: str | None = None, block: bool = True, device: str | None = None,
           draft_config: DraftConfig | None = None, deid: DeidConfig | None = None,
           files_dir: str | Path | None = None, index_backend: str = "exact",
-          abstention: AbstentionConfig | None = None):
+          abstention: AbstentionConfig | None = None, outbox: Outbox | None = None):
     """Open the store and the model once, then serve the review app (blocking unless `block=False`).
 
     Uploads are de-identified with `deid` (None: stored as they are) into `files_dir` (default
     beside a SQLite database file, see `medcm.paths.default_files_dir`). `index_backend` is
     "exact" or "faiss" (see `medcm.engine.facade.Engine`). `abstention` says when a draft abstains (None:
-    the defaults of `AbstentionConfig`).
+    the defaults of `AbstentionConfig`). With an `outbox`, signed reports are sent as DICOM SR
+    (`medcm.engine.outbox`).
 
     Every page and call needs a login (`medcm users add`); the store's accounts are checked by
     `ui.auth.make_auth`.
@@ -84,7 +86,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
                          f"create one with `medcm users add NAME --role admin --db {db_url}`")
     engine = Engine(store, checkpoint=checkpoint, device=device, draft_config=draft_config or DraftConfig(),
                     deid=deid, files_dir=files_dir, index_backend=index_backend,
-                    abstention=abstention or AbstentionConfig())
+                    abstention=abstention or AbstentionConfig(), outbox=outbox)
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
                max_file_size="2gb", auth=make_auth(store), **launch_options())

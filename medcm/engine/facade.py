@@ -37,6 +37,7 @@ from medcm.engine.embed_archive import EmbedSummary, embed_archive
 from medcm.engine.grounding import SentenceHeatmap, study_heatmap
 from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
+from medcm.engine.outbox import Outbox, send_signed
 from medcm.engine.records import EmbeddingRecord
 from medcm.engine.store_protocol import CaseStoreLike
 from medcm.engine.reports import save_machine_draft, scrubbed_report
@@ -106,6 +107,7 @@ class Engine:
         anatomy_prior: how image queries rank candidates (`medcm.engine.anatomy`); None: the checkpoint's
             `config.anatomy_prior`; `AnatomyPriorConfig()` turns it off (cosine order).
         abstention: when drafts abstain, and how similar cases are scored (`medcm.engine.abstention`).
+        outbox: where signed reports are sent as DICOM SR (`medcm.engine.outbox`); None: not sent.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class Engine:
         index_backend: str = "exact",
         anatomy_prior: AnatomyPriorConfig | None = None,
         abstention: AbstentionConfig = AbstentionConfig(),
+        outbox: Outbox | None = None,
     ) -> None:
         check_index_backend(index_backend, store)  # an unknown name or a missing FAISS fails here
         self.index_backend = index_backend
@@ -133,6 +136,7 @@ class Engine:
         self._indexes = IndexCache(store, self.index_dir, index_backend)  # not used by pgvector
         self._anatomy = AnatomyRanking(store, anatomy_prior)
         self._abstainer = Abstainer(store, abstention)
+        self.outbox = outbox  # signed reports are sent through it (`medcm.engine.outbox`); None: not sent
 
     @property
     def anatomy_prior(self) -> AnatomyPriorConfig:
@@ -396,6 +400,8 @@ class Engine:
         report = self.store.sign_report(study_uid, text, list(split_sections(text).sections), signer, embedding)
         if embedding is not None:
             self._indexes.drop(REPORT)
+        if self.outbox is not None:
+            send_signed(self.store, self.outbox, study_uid, report, signer)
         return report
 
 

@@ -1,0 +1,102 @@
+"""`medcm outbox`: list and retry the signed reports waiting to be sent to a PACS; `--send-to` for serve and listen."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from medcm.cli.options import db_url, folder_beside_db
+from medcm.engine.outbox import DELIVERED, Outbox, SendOutcome, parse_destination
+
+__all__ = ["add_outbox_parser", "add_send_to_option", "attach_outbox", "outbox_folder", "outbox_from_args",
+           "run_outbox"]
+
+
+def add_send_to_option(p: argparse.ArgumentParser, outbox_option: bool = True) -> None:
+    """Add `--send-to AE@host:port` (repeatable) and, unless the verb has its own, `--outbox DIR`."""
+    p.add_argument("--send-to", action="append", default=[], metavar="AE@HOST:PORT",
+                   help="send every signed report as DICOM SR (C-STORE) to this PACS (repeatable); a failed send "
+                   "stays in the outbox and is retried (medcm outbox --retry)")
+    if outbox_option:
+        p.add_argument("--outbox", help="folder for reports waiting to be sent (default: beside a SQLite database, "
+                       "cases.db → cases.db.outbox/; required for other databases)")
+
+
+def outbox_folder(url: str, given: str | None) -> Path:
+    """`--outbox` if given, else `<db file>.outbox` beside a SQLite database file (`folder_beside_db`)."""
+    return folder_beside_db(url, given, ".outbox", "--outbox", "the reports waiting to be sent")
+
+
+def outbox_from_args(args: argparse.Namespace, url: str) -> Outbox | None:
+    """The outbox for `--send-to`'s destinations, or None when none is given (reports are not sent).
+
+    Raises:
+        ValueError: a `--send-to` that is not AE@host:port, or no `--outbox` for a non-SQLite database.
+    """
+    destinations = [parse_destination(text) for text in getattr(args, "send_to", None) or []]
+    if not destinations:
+        return None
+    return Outbox(outbox_folder(url, getattr(args, "outbox", None)), destinations)
+
+
+def attach_outbox(engine: Any, args: argparse.Namespace, url: str) -> None:
+    """Give `engine` the outbox of `outbox_from_args` (none: left as it is)."""
+    outbox = outbox_from_args(args, url)
+    if outbox is not None:
+        engine.outbox = outbox
+
+
+def add_outbox_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `medcm outbox --db URL [--outbox DIR] [--send-to AE@host:port ...] [--retry]`."""
+    p = sub.add_parser("outbox", help="list (and with --retry, send) the signed reports waiting to go to a PACS",
+                       description=(
+        "Signed reports that serve or listen (with --send-to) could not deliver wait in the outbox folder and "
+        "are never dropped. Lists them; --retry sends each to the destination it was queued for. "
+        "Exits 1 when anything is still pending."))
+    p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
+    p.add_argument("--outbox", help="the outbox folder (default: beside a SQLite database, cases.db → cases.db.outbox/)")
+    p.add_argument("--send-to", action="append", default=[], metavar="AE@HOST:PORT",
+                   help="only the items for this destination (repeatable; default: all)")
+    p.add_argument("--retry", action="store_true", help="try to send the pending items now and print the outcomes")
+    p.add_argument("--user", default="cli", help="name recorded in the audit trail for each retried send")
+    p.set_defaults(handler=run_outbox)
+
+
+def run_outbox(args: argparse.Namespace) -> int:
+    """Run `medcm outbox`: 0 when nothing (of the chosen destinations) is left pending, else 1.
+
+    Raises:
+        ValueError: a `--send-to` that is not AE@host:port, or no `--outbox` for a non-SQLite database.
+    """
+    only = [parse_destination(text) for text in args.send_to] or None
+    outbox = Outbox(outbox_folder(db_url(args.db), args.outbox), only or [])
+    items = outbox.pending(only)
+    print(f"{len(items)} pending in {outbox.folder}")
+    for item in items:
+        print(f"  {item.destination}  study {item.study_uid}  v{item.version}  attempts {item.attempts}"
+              + (f"  last error: {item.last_error}" if item.last_error else ""))
+    if not args.retry:
+        return 1 if items else 0
+    outcomes = outbox.send_pending(only)
+    _audit(args.db, outcomes, args.user)
+    for outcome in outcomes:
+        print(f"{outcome.status}: {outcome.destination}  study {outcome.study_uid}  v{outcome.version}"
+              + (f"  ({outcome.error})" if outcome.error else ""))
+    left = [outcome for outcome in outcomes if outcome.status != DELIVERED]
+    return 1 if left else 0
+
+
+def _audit(url: str, outcomes: list[SendOutcome], user: str) -> None:
+    """One "send" event per outcome, as `Engine.sign` records them."""
+    from db.store import CaseStore  # the command line is the composition root: it alone opens the store
+
+    store = CaseStore(db_url(url))
+    try:
+        for outcome in outcomes:
+            detail = {"destination": str(outcome.destination), "version": outcome.version, "status": outcome.status}
+            if outcome.error:
+                detail["error"] = outcome.error
+            store.log_event("send", user, outcome.study_uid, detail)
+    finally:
+        store.close()

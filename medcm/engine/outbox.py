@@ -1,0 +1,266 @@
+"""Signed reports on their way to a PACS: a folder outbox, one item per destination, sent by C-STORE until delivered.
+
+An item is the SR's file `<folder>/pending/<destination>/<study>-v<version>.dcm` beside a JSON sidecar
+(destination, study, version, attempts, last error, created). Both are written atomically, the sidecar
+first, so a crash leaves either a whole item or nothing that is listed. A delivered item (C-STORE status
+0x0000) moves to `<folder>/sent/`; anything else keeps it pending with one more attempt and the error:
+a report is never dropped, only retried (`send_pending`, `medcm outbox --retry`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from medcm.dicom.sr import export_report
+
+__all__ = ["Destination", "Outbox", "PendingItem", "SendOutcome", "parse_destination", "send_signed"]
+
+log = logging.getLogger(__name__)
+
+DELIVERED = "delivered"
+QUEUED = "queued"
+_DESTINATION = re.compile(r"^([^@\\]{1,16})@(\[[0-9A-Fa-f:.]+\]|[^:@\s\[\]]+):(\d{1,5})$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9.@_-]")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-STORE SCP to send reports to: its AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def slug(self) -> str:
+        """A folder name for this destination's items."""
+        return _UNSAFE.sub("_", f"{self.ae_title}@{self.host}_{self.port}")
+
+
+def parse_destination(text: str) -> Destination:
+    """A destination from "AE@host:port" (e.g. "PACS@10.0.0.5:104").
+
+    Raises:
+        ValueError: the text is not AE@host:port with an AE title of 1-16 characters and a port of 1-65535.
+    """
+    match = _DESTINATION.match(text.strip())
+    port = int(match.group(3)) if match else 0
+    if not match or not match.group(1).strip() or not 0 < port < 65536:
+        raise ValueError(f"--send-to: got {text!r}, expected AE@host:port (AE title of 1-16 characters, "
+                         f"port 1-65535), e.g. PACS@10.0.0.5:104")
+    return Destination(match.group(1).strip(), match.group(2).strip("[]"), port)
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    """An SR waiting for its destination."""
+
+    path: Path
+    destination: Destination
+    study_uid: str
+    version: int
+    attempts: int
+    last_error: str | None
+    created: str
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one send attempt did: `DELIVERED` (moved to sent/) or `QUEUED` (still pending, with the error)."""
+
+    destination: Destination
+    study_uid: str
+    version: int
+    status: str
+    error: str | None
+    path: Path
+
+
+class Outbox:
+    """Pending and sent report SRs under `folder`, for `destinations`, sent with `calling_ae` as the calling AE.
+
+    Args:
+        folder: the outbox folder (created when needed); it holds pseudonymous reports.
+        destinations: where `enqueue` queues each report; `send_pending` sends every pending item to the
+            destination it was queued for, configured now or not.
+        calling_ae: this sender's AE title.
+        timeout: seconds for connecting and for each DICOM message.
+    """
+
+    def __init__(self, folder: str | os.PathLike, destinations: Sequence[Destination], calling_ae: str = "MEDCM",
+                 timeout: float = 10.0) -> None:
+        self.folder = Path(folder)
+        self.destinations = tuple(destinations)
+        self.calling_ae = calling_ae
+        self.timeout = timeout
+        self._lock = threading.Lock()  # several app sessions may sign at once: one send pass at a time
+
+    def enqueue(self, sr_bytes: bytes, study_uid: str, version: int) -> list[Path]:
+        """Queue one SR for every destination; an item already pending or sent is kept, not duplicated.
+
+        Returns:
+            Each destination's item: the pending file, or the sent one when it was delivered before.
+        """
+        paths = []
+        name = f"{_UNSAFE.sub('_', study_uid)}-v{int(version)}.dcm"
+        for dest in self.destinations:
+            pending, sent = self._pending_dir(dest) / name, self.folder / "sent" / dest.slug / name
+            if sent.exists() or pending.exists():
+                paths.append(sent if sent.exists() else pending)
+                continue
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            sidecar = {"destination": str(dest), "ae_title": dest.ae_title, "host": dest.host, "port": dest.port,
+                       "study_uid": study_uid, "version": int(version), "attempts": 0, "last_error": None,
+                       "created": _now()}
+            _write_atomic(pending.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
+            _write_atomic(pending, sr_bytes)
+            paths.append(pending)
+        return paths
+
+    def pending(self, destinations: Sequence[Destination] | None = None) -> list[PendingItem]:
+        """The items waiting to be sent (only to `destinations` when given), oldest first."""
+        paths = sorted((self.folder / "pending").glob("*/*.dcm"))
+        items = [_item(path) for path in paths if not path.name.startswith(".")]  # not a half-written temp
+        if destinations is not None:
+            items = [item for item in items if item.destination in set(destinations)]
+        return sorted(items, key=lambda item: (item.created, str(item.path)))
+
+    def send_pending(self, destinations: Sequence[Destination] | None = None) -> list[SendOutcome]:
+        """Try every pending item once (only those to `destinations` when given); never raises for a failed send."""
+        with self._lock:
+            return [self._send(item) for item in self.pending(destinations)]
+
+    def _pending_dir(self, dest: Destination) -> Path:
+        return self.folder / "pending" / dest.slug
+
+    def _send(self, item: PendingItem) -> SendOutcome:
+        error = self._store(item)
+        sidecar_path = item.path.with_suffix(".json")
+        sidecar = _read_sidecar(item)
+        sidecar["attempts"] = item.attempts + 1
+        sidecar["last_attempt"] = _now()
+        sidecar["last_error"] = error
+        if error is None:
+            sent = self.folder / "sent" / item.path.parent.name / item.path.name
+            sent.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item.path, sent)  # the SR first: a crash now leaves a stale sidecar, never a resend loop
+            _write_atomic(sent.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
+            sidecar_path.unlink(missing_ok=True)
+            return SendOutcome(item.destination, item.study_uid, item.version, DELIVERED, None, sent)
+        _write_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode("utf-8"))
+        log.warning("report of study %s v%d not delivered to %s (attempt %d): %s", item.study_uid, item.version,
+                    item.destination, item.attempts + 1, error)
+        return SendOutcome(item.destination, item.study_uid, item.version, QUEUED, error, item.path)
+
+    def _store(self, item: PendingItem) -> str | None:
+        """C-STORE the item's SR to its destination: None when delivered, else the error in one line."""
+        from pynetdicom import AE
+
+        dest = item.destination
+        try:
+            ds = pydicom.dcmread(item.path)
+            ae = AE(ae_title=self.calling_ae)
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+            ae.connection_timeout = self.timeout
+            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+            if not assoc.is_established:
+                why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
+                return f"association with {dest} not established ({why})"
+            try:
+                status = assoc.send_c_store(ds)
+            finally:
+                assoc.release()
+        except Exception as err:  # noqa: BLE001 — a send never raises: the item stays pending with the reason
+            return f"{type(err).__name__}: {err}"
+        if "Status" not in status:
+            return f"no C-STORE response from {dest} (connection lost or timed out)"
+        code = int(status.Status)
+        return None if code == 0x0000 else f"C-STORE status 0x{code:04X} from {dest}"
+
+
+def _item(path: Path) -> PendingItem:
+    sidecar = _read_sidecar_file(path.with_suffix(".json"))
+    study, _, version = path.stem.rpartition("-v")
+    if "ae_title" in sidecar:
+        dest = Destination(sidecar["ae_title"], sidecar["host"], int(sidecar["port"]))
+    else:  # no readable sidecar: recover the destination from the folder name rather than lose the item
+        ae, _, rest = path.parent.name.partition("@")
+        host, _, port = rest.rpartition("_")
+        dest = Destination(ae, host, int(port) if port.isdigit() else 0)
+    return PendingItem(path, dest, sidecar.get("study_uid", study), int(sidecar.get("version", version or 0)),
+                       int(sidecar.get("attempts", 0)), sidecar.get("last_error"), sidecar.get("created", ""))
+
+
+def _read_sidecar(item: PendingItem) -> dict:
+    sidecar = _read_sidecar_file(item.path.with_suffix(".json"))
+    dest = item.destination
+    sidecar.update(destination=str(dest), ae_title=dest.ae_title, host=dest.host, port=dest.port,
+                   study_uid=item.study_uid, version=item.version, created=item.created or _now())
+    return sidecar
+
+
+def _read_sidecar_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def send_signed(store: Any, outbox: Outbox, study_uid: str, report: Any, user: str) -> None:
+    """Queue a signed version's SR in `outbox`, send what is pending, and audit each outcome ("send").
+
+    Args:
+        store: the case store (`get_study`, `log_event`).
+        outbox: where it goes.
+        study_uid: the signed study.
+        report: the signed version (`db.store.ReportView`).
+        user: the signer, recorded in the audit trail.
+
+    Never raises: the signature is already stored, and an item that was not delivered stays queued
+    (`medcm outbox --retry` sends it later).
+    """
+    try:
+        sr = export_report(store.get_study(study_uid), report, "sr")
+        outbox.enqueue(sr, study_uid, report.version)
+        for outcome in outbox.send_pending():
+            detail = {"destination": str(outcome.destination), "version": outcome.version, "status": outcome.status}
+            if outcome.error:
+                detail["error"] = outcome.error
+            store.log_event("send", user, outcome.study_uid, detail)
+    except Exception as err:  # noqa: BLE001 - sending is best effort; the signature stands
+        log.warning("signed report of study %s v%s not sent: %s: %s", study_uid, report.version,
+                    type(err).__name__, err)
