@@ -1,9 +1,11 @@
-"""Small file helpers shared by checkpoints and indexes: atomic folder replacement and hashing."""
+"""Small file helpers shared by checkpoints, indexes, exports and the outbox: atomic writes, hashing."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -33,3 +35,27 @@ def sha256_of_files(files: list[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically and durably: a temporary file in the same folder, fsync, rename.
+
+    A reader finds the old file or the whole new one, never part of it.
+
+    Raises:
+        FileNotFoundError: the destination folder does not exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist; expected an existing folder")
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path

@@ -34,7 +34,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -47,6 +46,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from medcm import __version__
+from medcm.fileio import write_bytes_atomic
 from medcm.dicom.sr_content import check_uid as _check_uid
 from medcm.dicom.sr_content import code as _code
 from medcm.dicom.sr_content import evidence, image_items, patient_study, verification
@@ -183,20 +183,7 @@ def save_export(data: bytes, path: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: the destination folder does not exist.
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist; expected an existing folder")
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, data)
 
 
 def report_sr(study: StudyLike, report: ReportLike) -> Dataset:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import pydicom
 
 from medcm.dicom.sr import export_report
+from medcm.fileio import write_bytes_atomic
 
 __all__ = ["Destination", "Outbox", "PendingItem", "SendOutcome", "parse_destination", "send_signed"]
 
@@ -127,8 +127,8 @@ class Outbox:
             sidecar = {"destination": str(dest), "ae_title": dest.ae_title, "host": dest.host, "port": dest.port,
                        "study_uid": study_uid, "version": int(version), "attempts": 0, "last_error": None,
                        "created": _now()}
-            _write_atomic(pending.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
-            _write_atomic(pending, sr_bytes)
+            write_bytes_atomic(pending.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
+            write_bytes_atomic(pending, sr_bytes)
             paths.append(pending)
         return paths
 
@@ -159,10 +159,10 @@ class Outbox:
             sent = self.folder / "sent" / item.path.parent.name / item.path.name
             sent.parent.mkdir(parents=True, exist_ok=True)
             os.replace(item.path, sent)  # the SR first: a crash now leaves a stale sidecar, never a resend loop
-            _write_atomic(sent.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
+            write_bytes_atomic(sent.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
             sidecar_path.unlink(missing_ok=True)
             return SendOutcome(item.destination, item.study_uid, item.version, DELIVERED, None, sent)
-        _write_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode("utf-8"))
+        write_bytes_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode("utf-8"))
         log.warning("report of study %s v%d not delivered to %s (attempt %d): %s", item.study_uid, item.version,
                     item.destination, item.attempts + 1, error)
         return SendOutcome(item.destination, item.study_uid, item.version, QUEUED, error, item.path)
@@ -221,19 +221,6 @@ def _read_sidecar_file(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _now() -> str:
