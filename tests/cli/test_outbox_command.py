@@ -2,59 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
-import pydicom
-from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import BasicTextSRStorage
 
 from db.store import CaseStore
 from medcm.cli.commands import build_parser, main
 from medcm.dicom.deid import DeidConfig
 from medcm.engine.facade import Engine
 from medcm.engine.outbox import Destination, Outbox
+from pacs_peers import StorageSCP, free_port, ingest_study  # tests/pacs_peers.py
 
 TEXT = "FINDINGS: Clear lungs.\nIMPRESSION: No acute disease."
-
-
-class StorageSCP:
-    """A Basic Text SR storage SCP on `port`, recording what it received."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.received, self._server = port, [], None
-
-    def _on_store(self, event) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
-
-    def start(self) -> StorageSCP:
-        ae = AE(ae_title="PACS")
-        ae.add_supported_context(BasicTextSRStorage, ExplicitVRLittleEndian)
-        self._server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ingest_study(engine: Engine, folder: Path) -> str:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
-    uid = generate_uid(prefix="1.2.826.0.1.3680043.8.498.")[:50]
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid, uid + ".1"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid + ".1.1"
-    folder.mkdir(parents=True)
-    ds.save_as(folder / "1.dcm", enforce_file_format=True)
-    return engine.ingest([folder]).study_uids[uid]
 
 
 def _queued(tmp_path, port: int) -> tuple[str, str, str]:
