@@ -2,8 +2,9 @@
 
 Here: ingest, embed, search, draft, serve, demo, export, users, audit. The verbs on data sets and
 checkpoints (synth, train, eval) are in `medcm.cli.model_commands`, `medcm import` in
-`medcm.cli.import_command`, `medcm listen` (the DICOM receiver) in `medcm.cli.listen_command`, and the
-options several verbs share (and opening an engine from them) in `medcm.cli.options`.
+`medcm.cli.import_command`, `medcm listen` (the DICOM receiver) in `medcm.cli.listen_command`, `medcm fetch`
+(a DICOMweb pull) in `medcm.cli.fetch_command`, and the options several verbs share (and opening an engine
+from them) in `medcm.cli.options`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from medcm import __version__
 from medcm.cli.import_command import add_import_parser
+from medcm.cli.fetch_command import add_fetch_parser
 from medcm.cli.listen_command import add_listen_parser
 from medcm.cli.model_commands import add_eval, add_synth, add_train
 from medcm.cli.outbox_command import add_outbox_parser, add_send_to_option, outbox_from_args
@@ -310,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     add_listen_parser(sub)
     add_outbox_parser(sub)
+    add_fetch_parser(sub)
     _add_demo(sub)
     add_eval(sub)
     _add_users(sub)

@@ -34,7 +34,7 @@ from medcm.dicom.read import DicomReadError, check_pixel_data, read_dataset
 if TYPE_CHECKING:
     from medcm.engine.facade import Engine
 
-__all__ = ["ReceivedStudy", "Receiver", "decodable_transfer_syntaxes", "image_storage_classes"]
+__all__ = ["ReceivedStudy", "Receiver", "decodable_transfer_syntaxes", "image_storage_classes", "ingest_received"]
 
 log = logging.getLogger(__name__)
 
@@ -247,34 +247,57 @@ class Receiver:
         senders = self._senders.get(claimed.name) or {"unknown AE"}  # unknown: spooled before a restart
         user = "dicom:" + ",".join(sorted(senders))
         try:
-            result = self.engine.ingest([claimed], user=user)
+            received = ingest_received(self.engine, [claimed], user, self.draft)
         except Exception as err:  # noqa: BLE001 - e.g. the database is down: keep the files for a retry
             self._retry_at[claimed.name] = time.time() + RETRY_SECONDS
             log.error("received study in %s: ingest failed, kept for a retry in %.0f s: %s", claimed,
                       RETRY_SECONDS, err)
             return None
-        errors = tuple(str(error) for error in result.errors)
-        for error in errors:
-            log.warning("received instance not stored: %s", error)
-        drafted = self.draft and result.added_instances > 0  # a repeated send changes nothing to draft again
-        drafts = {uid: self._draft(uid, user) for uid in result.studies} if drafted else {}
         shutil.rmtree(claimed, ignore_errors=True)  # only now: a crash before this ingests it again
         self._senders.pop(claimed.name, None)
         self._retry_at.pop(claimed.name, None)
-        for uid in result.studies:
-            log.info("received study %s from %s: %d new instance(s), %d already stored, %d not stored%s", uid,
-                     user, result.added_instances, result.skipped_instances, len(errors),
-                     f"; {drafts[uid]}" if uid in drafts else "")
-        return ReceivedStudy(tuple(result.studies), result.added_instances, result.skipped_instances, errors,
-                             drafts, user)
+        return received
 
-    def _draft(self, study_uid: str, user: str) -> str:
-        """Draft a stored study and save it as the app does after an upload; what happened, in words."""
-        try:
-            draft = self.engine.draft_for_study(study_uid, save=True, user=user)
-        except Exception as err:  # noqa: BLE001 - the study is stored; a clinician can draft it in the app
-            log.warning("received study %s: no draft (%s: %s)", study_uid, type(err).__name__, err)
-            return f"draft failed: {err}"
-        if draft.abstention is not None and draft.abstention.abstained:
-            return "abstained (nothing similar enough to draft from)"
-        return "drafted" if draft.text() else "no draft (no usable sentence)"
+
+def ingest_received(engine: Engine, paths: Sequence[str | Path], user: str, draft: bool = False) -> ReceivedStudy:
+    """Ingest received DICOM like an upload (`Engine.ingest`: the engine's de-identification) and draft it.
+
+    The one intake of instances from the network: the receiver's quiet studies, a DICOMweb pull
+    (`medcm.engine.dicomweb.pull_study`) and STOW-RS all come through here.
+
+    Args:
+        engine: the engine to ingest with.
+        paths: files or folders of received instances (the caller deletes them afterwards).
+        user: recorded in the audit trail, e.g. "dicom:PACS" or "dicomweb:http://pacs/dicom-web".
+        draft: draft each study that gained instances and save the draft (`Engine.draft_for_study(save=True)`).
+
+    Returns:
+        What was stored; per-instance errors are in it, not raised.
+
+    Raises:
+        Exception: whatever `Engine.ingest` raises (e.g. the database is down); nothing was drafted.
+    """
+    result = engine.ingest(list(paths), user=user)
+    errors = tuple(str(error) for error in result.errors)
+    for error in errors:
+        log.warning("received instance not stored: %s", error)
+    drafted = draft and result.added_instances > 0  # a repeated send changes nothing to draft again
+    drafts = {uid: _draft(engine, uid, user) for uid in result.studies} if drafted else {}
+    for uid in result.studies:
+        log.info("received study %s from %s: %d new instance(s), %d already stored, %d not stored%s", uid,
+                 user, result.added_instances, result.skipped_instances, len(errors),
+                 f"; {drafts[uid]}" if uid in drafts else "")
+    return ReceivedStudy(tuple(result.studies), result.added_instances, result.skipped_instances, errors,
+                         drafts, user)
+
+
+def _draft(engine: Engine, study_uid: str, user: str) -> str:
+    """Draft a stored study and save it as the app does after an upload; what happened, in words."""
+    try:
+        draft = engine.draft_for_study(study_uid, save=True, user=user)
+    except Exception as err:  # noqa: BLE001 - the study is stored; a clinician can draft it in the app
+        log.warning("received study %s: no draft (%s: %s)", study_uid, type(err).__name__, err)
+        return f"draft failed: {err}"
+    if draft.abstention is not None and draft.abstention.abstained:
+        return "abstained (nothing similar enough to draft from)"
+    return "drafted" if draft.text() else "no draft (no usable sentence)"
