@@ -56,7 +56,8 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     (`medcm.engine.outbox`).
 
     Every page and call needs a login (`medcm users add`); the store's accounts are checked by
-    `ui.auth.make_auth`.
+    `ui.auth.make_auth`. The same server answers STOW-RS at `POST /dicomweb/studies` (`ui.stow.StowRS`:
+    HTTP Basic credentials of an account that may upload; stored studies are drafted).
 
     Returns:
         The launched `gr.Blocks` app (useful with `block=False`; call `.close()` to stop it).
@@ -76,8 +77,11 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     from medcm.config import AbstentionConfig
     from medcm.report.draft import DraftConfig
     from medcm.engine.facade import Engine
+    from starlette.middleware import Middleware
+
     from ui.app import build_app, launch_options
     from ui.auth import make_auth
+    from ui.stow import StowRS
 
     store = CaseStore(db_url)
     if not any(not user.disabled for user in store.users()):
@@ -88,8 +92,10 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
                     deid=deid, files_dir=files_dir, index_backend=index_backend,
                     abstention=abstention or AbstentionConfig(), outbox=outbox)
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
+    options = launch_options()
+    options["app_kwargs"]["middleware"].append(Middleware(StowRS, engine=engine, draft=True))  # inside the guards
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
-               max_file_size="2gb", auth=make_auth(store), **launch_options())
+               max_file_size="2gb", auth=make_auth(store), **options)
     return app
 
 

@@ -72,6 +72,7 @@ class ReceivedStudy:
     errors: tuple[str, ...]
     drafts: dict[str, str]  # stored study UID → "drafted", "abstained", "no draft" or "failed: ..."
     user: str
+    failed_files: tuple[str, ...] = ()  # the files (as given to ingest) that were not stored, one per error
 
 
 class _Refused(Exception):
@@ -288,7 +289,7 @@ def ingest_received(engine: Engine, paths: Sequence[str | Path], user: str, draf
                  user, result.added_instances, result.skipped_instances, len(errors),
                  f"; {drafts[uid]}" if uid in drafts else "")
     return ReceivedStudy(tuple(result.studies), result.added_instances, result.skipped_instances, errors,
-                         drafts, user)
+                         drafts, user, tuple(str(error.path) for error in result.errors))
 
 
 def _draft(engine: Engine, study_uid: str, user: str) -> str:
