@@ -89,7 +89,8 @@ class Orthanc:
         self.process: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "medcm-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
+            "Name": "medcm-test", "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "storage"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": self.ae_title,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
             "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,

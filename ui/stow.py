@@ -94,7 +94,8 @@ class StowRS:
         ip = client[0] if client else "unknown"
         wait, _ = guard.take_attempt(ip)
         if wait > 0:
-            return "", (429, {"detail": f"too many login attempts from {ip}"}, [(b"retry-after", str(int(wait) + 1).encode())])
+            retry = [(b"retry-after", str(int(wait) + 1).encode())]
+            return "", (429, {"detail": f"too many login attempts from {ip}"}, retry)
         context = CLIENT_IP.set(ip)
         try:
             ok = await guard.check(name, password)

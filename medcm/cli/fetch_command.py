@@ -1,4 +1,4 @@
-"""`medcm fetch`: pull a study by StudyInstanceUID from a DICOMweb server into the case store (`medcm.engine.dicomweb`)."""
+"""`medcm fetch`: pull a study by StudyInstanceUID from a DICOMweb server into the case store (engine.dicomweb)."""
 
 from __future__ import annotations
 

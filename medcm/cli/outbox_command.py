@@ -14,10 +14,11 @@ __all__ = ["add_outbox_parser", "add_send_to_option", "attach_outbox", "outbox_f
 
 
 def add_send_to_option(p: argparse.ArgumentParser, outbox_option: bool = True) -> None:
-    """Add `--send-to AE@host:port` (repeatable) and, unless the verb has its own, `--outbox DIR`."""
-    p.add_argument("--send-to", action="append", default=[], metavar="AE@HOST:PORT",
-                   help="send every signed report as DICOM SR (C-STORE) to this PACS (repeatable); a failed send "
-                   "stays in the outbox and is retried (medcm outbox --retry)")
+    """Add `--send-to AE@host:port|URL` (repeatable) and, unless the verb has its own, `--outbox DIR`."""
+    p.add_argument("--send-to", action="append", default=[], metavar="AE@HOST:PORT|URL",
+                   help="send every signed report as DICOM SR to this PACS (repeatable): by C-STORE to AE@host:port, "
+                   "or by STOW-RS to a DICOMweb URL (a user in the URL, its password in $MEDCM_DICOMWEB_PASSWORD); "
+                   "a failed send stays in the outbox and is retried (medcm outbox --retry)")
     if outbox_option:
         p.add_argument("--outbox", help="folder for reports waiting to be sent (default: beside a SQLite database, "
                        "cases.db → cases.db.outbox/; required for other databases)")
@@ -32,7 +33,7 @@ def outbox_from_args(args: argparse.Namespace, url: str) -> Outbox | None:
     """The outbox for `--send-to`'s destinations, or None when none is given (reports are not sent).
 
     Raises:
-        ValueError: a `--send-to` that is not AE@host:port, or no `--outbox` for a non-SQLite database.
+        ValueError: a `--send-to` that is neither AE@host:port nor a URL, or no `--outbox` for a non-SQLite database.
     """
     destinations = [parse_destination(text) for text in getattr(args, "send_to", None) or []]
     if not destinations:
@@ -56,7 +57,7 @@ def add_outbox_parser(sub: argparse._SubParsersAction) -> None:
         "Exits 1 when anything is still pending."))
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--outbox", help="the outbox folder (default: beside a SQLite database, cases.db → cases.db.outbox/)")
-    p.add_argument("--send-to", action="append", default=[], metavar="AE@HOST:PORT",
+    p.add_argument("--send-to", action="append", default=[], metavar="AE@HOST:PORT|URL",
                    help="only the items for this destination (repeatable; default: all)")
     p.add_argument("--retry", action="store_true", help="try to send the pending items now and print the outcomes")
     p.add_argument("--user", default="cli", help="name recorded in the audit trail for each retried send")
@@ -67,7 +68,7 @@ def run_outbox(args: argparse.Namespace) -> int:
     """Run `medcm outbox`: 0 when nothing (of the chosen destinations) is left pending, else 1.
 
     Raises:
-        ValueError: a `--send-to` that is not AE@host:port, or no `--outbox` for a non-SQLite database.
+        ValueError: a `--send-to` that is neither AE@host:port nor a URL, or no `--outbox` for a non-SQLite database.
     """
     only = [parse_destination(text) for text in args.send_to] or None
     outbox = Outbox(outbox_folder(db_url(args.db), args.outbox), only or [])

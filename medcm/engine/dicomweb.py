@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medcm.dicom.limits import UploadLimits
+from medcm.dicom.web import dicomweb_client
 from medcm.engine.receiver import ReceivedStudy, ingest_received
 
 if TYPE_CHECKING:
     from medcm.engine.facade import Engine
 
-__all__ = ["DicomWebError", "PulledStudy", "dicomweb_client", "intake_folder", "pull_study"]
+__all__ = ["DicomWebError", "PulledStudy", "check_uid", "intake_folder", "pull_study"]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC"})  # series modalities that hold no image to ingest
@@ -46,18 +47,6 @@ class PulledStudy:
     fetched_instances: int
     skipped_series: tuple[str, ...]  # series not fetched: no images (e.g. "1.2.3 (SR)")
     received: ReceivedStudy
-
-
-def dicomweb_client(url: str, username: str | None = None, password: str | None = None,
-                    timeout: float = 30.0) -> Any:
-    """A `dicomweb_client.api.DICOMwebClient` for `url` (HTTP Basic credentials when a username is given)."""
-    import requests
-    from dicomweb_client.api import DICOMwebClient
-
-    session = requests.Session()
-    if username is not None:
-        session.auth = (username, password or "")
-    return DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
 
 
 def check_uid(uid: str, what: str = "StudyInstanceUID") -> str:

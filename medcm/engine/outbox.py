@@ -1,9 +1,13 @@
-"""Signed reports on their way to a PACS: a folder outbox, one item per destination, sent by C-STORE until delivered.
+"""Signed reports on their way to a PACS: a folder outbox, one item per destination, sent until delivered.
+
+A destination is a C-STORE SCP ("AE@host:port", `Destination`) or a DICOMweb server taking STOW-RS
+("http(s)://.../dicom-web", `StowDestination`).
 
 An item is the SR's file `<folder>/pending/<destination>/<study>-v<version>.dcm` beside a JSON sidecar
 (destination, study, version, attempts, last error, created). Both are written atomically, the sidecar
 first, so a crash leaves either a whole item or nothing that is listed. A delivered item (C-STORE status
-0x0000) moves to `<folder>/sent/`; anything else keeps it pending with one more attempt and the error:
+0x0000, or a STOW-RS answer listing the SR as stored) moves to `<folder>/sent/`; anything else keeps it
+pending with one more attempt and the error:
 a report is never dropped, only retried (`send_pending`, `medcm outbox --retry`).
 """
 
@@ -18,14 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
+from urllib.parse import urlsplit, urlunsplit
 
 import pydicom
 
 from medcm.dicom.sr import export_report
 from medcm.fileio import write_bytes_atomic
 
-__all__ = ["Destination", "Outbox", "PendingItem", "SendOutcome", "parse_destination", "send_signed"]
+__all__ = ["Destination", "Outbox", "PendingItem", "SendOutcome", "StowDestination", "parse_destination",
+           "send_signed"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +58,62 @@ class Destination:
         return _UNSAFE.sub("_", f"{self.ae_title}@{self.host}_{self.port}")
 
 
-def parse_destination(text: str) -> Destination:
-    """A destination from "AE@host:port" (e.g. "PACS@10.0.0.5:104").
+PASSWORD_ENV = "MEDCM_DICOMWEB_PASSWORD"  # a STOW-RS destination's password (never in the URL or the outbox)
+
+
+@dataclass(frozen=True)
+class StowDestination:
+    """A DICOMweb server to send reports to by STOW-RS: its root URL, and a user name for HTTP Basic.
+
+    The password is read from the environment variable `PASSWORD_ENV` at every send.
+    """
+
+    url: str
+    username: str | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def slug(self) -> str:
+        """A folder name for this destination's items."""
+        return "stow_" + _UNSAFE.sub("_", self.url.split("://", 1)[-1])[:120]
+
+
+AnyDestination = Union[Destination, StowDestination]
+
+
+def parse_destination(text: str) -> AnyDestination:
+    """A destination from "AE@host:port" (e.g. "PACS@10.0.0.5:104") or a DICOMweb URL (STOW-RS).
+
+    A URL may name a user ("https://medcm@pacs/dicom-web"); the password comes from $MEDCM_DICOMWEB_PASSWORD.
 
     Raises:
-        ValueError: the text is not AE@host:port with an AE title of 1-16 characters and a port of 1-65535.
+        ValueError: neither AE@host:port (AE title of 1-16 characters, port 1-65535) nor an http(s) URL.
     """
-    match = _DESTINATION.match(text.strip())
+    text = text.strip()
+    if text.lower().startswith(("http://", "https://")):
+        parts = urlsplit(text)
+        if not parts.hostname or parts.password is not None:
+            raise ValueError(f"--send-to: got a URL without a host or with a password; expected e.g. "
+                             f"https://pacs.example.org/dicom-web (the password goes in ${PASSWORD_ENV})")
+        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        netloc += f":{parts.port}" if parts.port else ""
+        url = urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), parts.query, ""))
+        return StowDestination(url, parts.username)
+    match = _DESTINATION.match(text)
     port = int(match.group(3)) if match else 0
     if not match or not match.group(1).strip() or not 0 < port < 65536:
         raise ValueError(f"--send-to: got {text!r}, expected AE@host:port (AE title of 1-16 characters, "
-                         f"port 1-65535), e.g. PACS@10.0.0.5:104")
+                         f"port 1-65535), e.g. PACS@10.0.0.5:104, or a DICOMweb URL for STOW-RS, e.g. "
+                         f"http://pacs:8042/dicom-web")
     return Destination(match.group(1).strip(), match.group(2).strip("[]"), port)
+
+
+def _sidecar_destination(dest: AnyDestination) -> dict[str, Any]:
+    if isinstance(dest, StowDestination):
+        return {"destination": str(dest), "url": dest.url, "username": dest.username}
+    return {"destination": str(dest), "ae_title": dest.ae_title, "host": dest.host, "port": dest.port}
 
 
 @dataclass(frozen=True)
@@ -71,7 +121,7 @@ class PendingItem:
     """An SR waiting for its destination."""
 
     path: Path
-    destination: Destination
+    destination: AnyDestination
     study_uid: str
     version: int
     attempts: int
@@ -83,7 +133,7 @@ class PendingItem:
 class SendOutcome:
     """What one send attempt did: `DELIVERED` (moved to sent/) or `QUEUED` (still pending, with the error)."""
 
-    destination: Destination
+    destination: AnyDestination
     study_uid: str
     version: int
     status: str
@@ -102,7 +152,7 @@ class Outbox:
         timeout: seconds for connecting and for each DICOM message.
     """
 
-    def __init__(self, folder: str | os.PathLike, destinations: Sequence[Destination], calling_ae: str = "MEDCM",
+    def __init__(self, folder: str | os.PathLike, destinations: Sequence[AnyDestination], calling_ae: str = "MEDCM",
                  timeout: float = 10.0) -> None:
         self.folder = Path(folder)
         self.destinations = tuple(destinations)
@@ -124,15 +174,15 @@ class Outbox:
                 paths.append(sent if sent.exists() else pending)
                 continue
             pending.parent.mkdir(parents=True, exist_ok=True)
-            sidecar = {"destination": str(dest), "ae_title": dest.ae_title, "host": dest.host, "port": dest.port,
-                       "study_uid": study_uid, "version": int(version), "attempts": 0, "last_error": None,
+            sidecar = {**_sidecar_destination(dest), "study_uid": study_uid, "version": int(version), "attempts": 0,
+                       "last_error": None,
                        "created": _now()}
             write_bytes_atomic(pending.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
             write_bytes_atomic(pending, sr_bytes)
             paths.append(pending)
         return paths
 
-    def pending(self, destinations: Sequence[Destination] | None = None) -> list[PendingItem]:
+    def pending(self, destinations: Sequence[AnyDestination] | None = None) -> list[PendingItem]:
         """The items waiting to be sent (only to `destinations` when given), oldest first."""
         paths = sorted((self.folder / "pending").glob("*/*.dcm"))
         items = [_item(path) for path in paths if not path.name.startswith(".")]  # not a half-written temp
@@ -140,12 +190,12 @@ class Outbox:
             items = [item for item in items if item.destination in set(destinations)]
         return sorted(items, key=lambda item: (item.created, str(item.path)))
 
-    def send_pending(self, destinations: Sequence[Destination] | None = None) -> list[SendOutcome]:
+    def send_pending(self, destinations: Sequence[AnyDestination] | None = None) -> list[SendOutcome]:
         """Try every pending item once (only those to `destinations` when given); never raises for a failed send."""
         with self._lock:
             return [self._send(item) for item in self.pending(destinations)]
 
-    def _pending_dir(self, dest: Destination) -> Path:
+    def _pending_dir(self, dest: AnyDestination) -> Path:
         return self.folder / "pending" / dest.slug
 
     def _send(self, item: PendingItem) -> SendOutcome:
@@ -168,10 +218,12 @@ class Outbox:
         return SendOutcome(item.destination, item.study_uid, item.version, QUEUED, error, item.path)
 
     def _store(self, item: PendingItem) -> str | None:
-        """C-STORE the item's SR to its destination: None when delivered, else the error in one line."""
+        """Send the item's SR (C-STORE, or STOW-RS to a URL): None when delivered, else the error in one line."""
         from pynetdicom import AE
 
         dest = item.destination
+        if isinstance(dest, StowDestination):
+            return self._stow(item.path, dest)
         try:
             ds = pydicom.dcmread(item.path)
             ae = AE(ae_title=self.calling_ae)
@@ -194,10 +246,35 @@ class Outbox:
         return None if code == 0x0000 else f"C-STORE status 0x{code:04X} from {dest}"
 
 
+    def _stow(self, path: Path, dest: StowDestination) -> str | None:
+        """STOW-RS the SR at `path` to `dest`: None when the answer lists it as stored, else the error in one line."""
+        import requests
+
+        from medcm.dicom.web import dicomweb_client
+
+        try:
+            ds = pydicom.dcmread(path)
+            client = dicomweb_client(dest.url, dest.username, os.environ.get(PASSWORD_ENV), self.timeout)
+            answer = client.store_instances([ds])
+        except requests.exceptions.HTTPError as err:
+            status = err.response.status_code if err.response is not None else "?"
+            return f"STOW-RS to {dest}: HTTP {status}"
+        except Exception as err:  # noqa: BLE001 — a send never raises: the item stays pending with the reason
+            return f"STOW-RS to {dest}: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        stored = {str(ref.ReferencedSOPInstanceUID) for ref in answer.get("ReferencedSOPSequence", [])}
+        if ds.SOPInstanceUID in stored:
+            return None
+        reasons = [f"0x{int(ref.FailureReason):04X}" for ref in answer.get("FailedSOPSequence", [])
+                   if "FailureReason" in ref]
+        return f"STOW-RS to {dest}: not stored (failure reason {', '.join(reasons) or 'not given'})"
+
+
 def _item(path: Path) -> PendingItem:
     sidecar = _read_sidecar_file(path.with_suffix(".json"))
     study, _, version = path.stem.rpartition("-v")
-    if "ae_title" in sidecar:
+    if "url" in sidecar:
+        dest: AnyDestination = StowDestination(sidecar["url"], sidecar.get("username"))
+    elif "ae_title" in sidecar:
         dest = Destination(sidecar["ae_title"], sidecar["host"], int(sidecar["port"]))
     else:  # no readable sidecar: recover the destination from the folder name rather than lose the item
         ae, _, rest = path.parent.name.partition("@")
@@ -210,8 +287,8 @@ def _item(path: Path) -> PendingItem:
 def _read_sidecar(item: PendingItem) -> dict:
     sidecar = _read_sidecar_file(item.path.with_suffix(".json"))
     dest = item.destination
-    sidecar.update(destination=str(dest), ae_title=dest.ae_title, host=dest.host, port=dest.port,
-                   study_uid=item.study_uid, version=item.version, created=item.created or _now())
+    sidecar.update(**_sidecar_destination(dest), study_uid=item.study_uid, version=item.version,
+                   created=item.created or _now())
     return sidecar
 
 

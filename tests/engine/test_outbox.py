@@ -13,7 +13,7 @@ from pynetdicom.sop_class import BasicTextSRStorage
 from db.store import CaseStore
 from medcm.dicom.deid import DeidConfig
 from medcm.engine.facade import Engine
-from medcm.engine.outbox import DELIVERED, QUEUED, Destination, Outbox, parse_destination
+from medcm.engine.outbox import DELIVERED, QUEUED, Destination, Outbox, StowDestination, parse_destination
 from pacs_peers import StorageSCP, free_port, ingest_study  # tests/pacs_peers.py
 
 KEY = b"outbox-test-key-0123456789"
@@ -44,6 +44,24 @@ def test_parse_destination():
     for bad in ("PACS@host", "host:104", "PACS@host:0", "PACS@host:70000", "WAYTOOLONGAETITLE1@h:104", "@h:104"):
         with pytest.raises(ValueError, match="--send-to"):
             parse_destination(bad)
+
+
+def test_parse_a_stow_rs_destination():
+    assert parse_destination("HTTP://pacs.example.org:8042/dicom-web/") == \
+        StowDestination("http://pacs.example.org:8042/dicom-web")
+    assert parse_destination("https://medcm@pacs/dicom-web") == StowDestination("https://pacs/dicom-web", "medcm")
+    with pytest.raises(ValueError, match="MEDCM_DICOMWEB_PASSWORD"):
+        parse_destination("https://medcm:secret@pacs/dicom-web")
+
+
+def test_a_stow_rs_item_keeps_its_url_across_restarts(tmp_path):
+    dest = StowDestination("http://127.0.0.1:9/dicom-web", "medcm")
+    Outbox(tmp_path, [dest]).enqueue(b"SR bytes", "1.2.3", 1)
+    (item,) = Outbox(tmp_path, []).pending()
+    assert item.destination == dest and item.path.parent.name == "stow_127.0.0.1_9_dicom-web"
+    (outcome,) = Outbox(tmp_path, [], timeout=2).send_pending()
+    assert outcome.status == QUEUED and outcome.error.startswith("STOW-RS to http://127.0.0.1:9/dicom-web: ")
+    assert Outbox(tmp_path, []).pending()[0].attempts == 1
 
 
 def test_a_signed_report_is_sent_as_a_verified_sr(store, scp, tmp_path):
