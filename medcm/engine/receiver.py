@@ -7,7 +7,9 @@ the engine refuses it) and written atomically to ``<spool>/<StudyInstanceUID>/<S
 before the sender hears "success", so an acknowledged instance survives a crash. A study folder that
 has received nothing for `quiet_seconds` is claimed (moved under ``<spool>/.ingesting/``), ingested
 with `Engine.ingest` exactly like an upload (the engine's de-identification), optionally drafted, and
-only then deleted: a crash re-ingests it at the next start, and ingest stores nothing twice.
+only then deleted: a crash re-ingests it at the next start, and ingest stores nothing twice. Without
+de-identification (`--no-deid`) the store refers to the received files themselves, so they are moved to
+``<files_dir>/received/`` before ingest and kept.
 """
 
 from __future__ import annotations
@@ -247,14 +249,22 @@ class Receiver:
     def _ingest(self, claimed: Path) -> ReceivedStudy | None:
         senders = self._senders.get(claimed.name) or {"unknown AE"}  # unknown: spooled before a restart
         user = "dicom:" + ",".join(sorted(senders))
+        source = claimed
+        if getattr(self.engine, "deid", None) is None:  # the store refers to the files as received: keep them
+            source = Path(self.engine.files_dir) / "received" / claimed.name
+            source.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(claimed, source)
         try:
-            received = ingest_received(self.engine, [claimed], user, self.draft)
+            received = ingest_received(self.engine, [source], user, self.draft)
         except Exception as err:  # noqa: BLE001 - e.g. the database is down: keep the files for a retry
+            if source != claimed:
+                shutil.move(source, claimed)
             self._retry_at[claimed.name] = time.time() + RETRY_SECONDS
             log.error("received study in %s: ingest failed, kept for a retry in %.0f s: %s", claimed,
                       RETRY_SECONDS, err)
             return None
-        shutil.rmtree(claimed, ignore_errors=True)  # only now: a crash before this ingests it again
+        if source == claimed:  # de-identified copies were stored: the received files go
+            shutil.rmtree(claimed, ignore_errors=True)  # only now: a crash before this ingests it again
         self._senders.pop(claimed.name, None)
         self._retry_at.pop(claimed.name, None)
         return received

@@ -111,6 +111,23 @@ def test_a_pynetdicom_send_is_stored_and_a_second_send_stores_nothing_new(receiv
     assert len(engine.store.get_study(first.studies[0]).instances) == 2
 
 
+def test_without_deidentification_the_received_files_are_kept_where_the_store_finds_them(tmp_path):
+    store = CaseStore(f"sqlite:///{tmp_path / 'plain.db'}")
+    engine = Engine(store, device="cpu", deid=None, files_dir=tmp_path / "files")
+    scp = Receiver(engine, tmp_path / "plain-spool", port=0, quiet_seconds=0.0)
+    scp.start(background_flush=False)
+    try:
+        _, files = _study(tmp_path / "pacs", n=2)
+        assert _send(scp.port, [pydicom.dcmread(f) for f in files]) == [0, 0]
+        (received,) = scp.flush()
+        paths = [Path(i.path) for i in store.get_study(received.studies[0]).instances]
+        assert len(paths) == 2 and all(p.is_file() and tmp_path / "files" / "received" in p.parents for p in paths)
+        assert [p for p in scp.spool.rglob("*") if p.is_file()] == []
+    finally:
+        scp.stop()
+        store.close()
+
+
 def test_c_echo_answers_and_a_calling_ae_not_allowed_is_rejected(receiver, tmp_path, caplog):
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(Verification)
