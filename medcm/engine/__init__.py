@@ -6,7 +6,7 @@ cache with its stamp files (`indexes`), the embedding pipeline that turns a stud
 sentence's heatmap over the study (`grounding`), the machine-draft rule and export shared by the CLI and
 the app (`reports`), the plain records handed to the store (`records`), planning an ingest from headers
 (`ingest_plan`), the DICOM receiver that spools what a PACS sends (`receiver`), the outbox that sends signed
-reports (`outbox`) and DICOMweb pulls (`dicomweb`). It talks to the store through
+reports (`outbox`), DICOMweb pulls (`dicomweb`) and the STOW-RS intake (`stow`). It talks to the store through
 a protocol (`store_protocol`) and never imports `db/`."""
 
 from medcm.engine.facade import Engine, ImageMatch, IngestResult, SimilarCase
