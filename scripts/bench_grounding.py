@@ -2,7 +2,7 @@
 
     # a built demo (`medcm demo --build-only`, or any run trained on a demo archive):
     .venv/bin/python scripts/bench_grounding.py --manifest .medcm-demo/archive/manifest.jsonl \
-        --checkpoint .medcm-demo/model --variants integrated_gradients cosine:1 cosine:4 cam:1 cam:4
+        --checkpoint .medcm-demo/model --variants occlusion integrated_gradients cosine:1 cam:4
 
 Each variant is METHOD or METHOD:SHIFTS (`medcm.model.grounding.GroundingConfig`). The sentence grounded is the
 reference report's FINDINGS sentence that states the drawn finding; a hit is a heatmap maximum within
@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--manifest", required=True, help="a demo archive's manifest.jsonl (with finding masks)")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint or run folder trained on that archive")
     parser.add_argument("--split", default="dev", help="the manifest split to evaluate (default: dev)")
-    parser.add_argument("--variants", nargs="+", default=["integrated_gradients", "cosine:1", "cam:4"],
+    parser.add_argument("--variants", nargs="+", default=["occlusion", "integrated_gradients"],
                         help="METHOD or METHOD:SHIFTS, e.g. cam:4")
     parser.add_argument("--tolerance", type=int, nargs="+", default=[6], help="pixels around the finding that count")
     parser.add_argument("--fresh", type=int, default=0, help="also score this many newly drawn studies")

@@ -111,13 +111,14 @@ def test_integrated_gradients_add_up_to_the_cosines_change_from_black(tower):
     torch.testing.assert_close(maps.sum(dim=(2, 3))[0], change, atol=0.04 * float(change.abs().max()) + 1e-3, rtol=0)
 
 
-def test_integrated_gradients_point_at_the_blob_the_sentence_describes(tower):
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion"])
+def test_maps_from_black_point_at_the_blob_the_sentence_describes(tower, method):
     model, _ = tower
     first, second = (16, 16), (44, 44)
     image = _blob(first) + _blob(second, radius=3)
     with torch.no_grad():  # the "sentence" is the embedding of an image holding only the first blob
         text = F.normalize(model.image(_blob(first)), dim=-1)
-    heat = sentence_heatmaps(model, image, text, GroundingConfig(steps=16))[0, 0].numpy()
+    heat = sentence_heatmaps(model, image, text, GroundingConfig(method, steps=16))[0, 0].numpy()
     row, col = heatmap_peak(heat)
     assert np.hypot(row + 0.5 - first[0], col + 0.5 - first[1]) <= 6, (row, col)
     corners = np.concatenate([heat[:8, -8:], heat[-8:, :8]])  # black like the baseline: no share at all
