@@ -104,8 +104,9 @@ def review_tab(h: Handlers) -> dict[str, Any]:
         with gr.Column(scale=9, min_width=440):
             _draft_section(c)
             _similar_strip(c)
-    _provenance_section(c)
+            _provenance_section(c)
     _comparison_section(c)
+    _export_section(c)
     _fallback_section(c)
     with gr.Accordion("Keyboard shortcuts", open=False, elem_id="shortcuts"):
         gr.Markdown(SHORTCUTS)
@@ -132,7 +133,7 @@ def gallery(label: str, elem_id: str, height: int = 240) -> gr.Gallery:
 def _draft_section(c: dict[str, Any]) -> None:
     """The unverified draft, its marker and the save / sign / draft-again buttons."""
     c["marker"] = gr.Markdown(DRAFT_MARKER, elem_id="draft-marker")
-    c["draft"] = gr.Textbox(label="Report (edit before signing)", lines=11, max_lines=11, interactive=True,
+    c["draft"] = gr.Textbox(label="Report (edit before signing)", lines=9, max_lines=9, interactive=True,
                             elem_id="draft-text")
     with gr.Row():
         c["redraft"] = gr.Button("Draft again", size="sm", elem_id="redraft")
@@ -150,15 +151,19 @@ def _similar_strip(c: dict[str, Any]) -> None:
 
 
 def _provenance_section(c: dict[str, Any]) -> None:
-    """Where each sentence comes from, its sources and heatmap; and the export."""
-    with gr.Accordion("Where each sentence comes from (select a row: its sources and where it is seen)",
+    """Where each sentence comes from: select one for its sources and where it is seen in this study."""
+    with gr.Accordion("Where each sentence comes from (select one: its sources, and where it is seen)",
                       open=False, elem_id="provenance-panel") as c["provenance_panel"]:
-        c["provenance"] = selectable_table(PROVENANCE_HEADERS, "Draft sentences and their source cases", "provenance",
-                                 column_widths=["4%", "11%", "45%", "7%", "33%"])
+        c["provenance"] = selectable_table(PROVENANCE_HEADERS, "Draft sentences and their source cases",
+                                           "provenance", column_widths=["5%", "13%", "44%", "8%", "30%"])
         with gr.Row():
-            c["source_report"] = gr.Markdown(latex_delimiters=[], elem_id="source-report")
-            c["source_image"] = picture("Best source case", "source-image")
-            c["heatmap"] = picture("Where the selected sentence is seen in this study", "sentence-heatmap")
+            c["heatmap"] = picture("Where the selected sentence is seen in this study", "sentence-heatmap", 240)
+            c["source_image"] = picture("Best source case", "source-image", 240)
+        c["source_report"] = gr.Markdown(latex_delimiters=[], elem_id="source-report")
+
+
+def _export_section(c: dict[str, Any]) -> None:
+    """The export of the latest report (DICOM SR, text, JSON)."""
     with gr.Accordion("Export the report", open=False, elem_id="export-panel") as c["export_panel"]:
         with gr.Row():
             c["export_format"] = gr.Radio(list(EXPORT_FORMATS), value="sr",

@@ -6,7 +6,7 @@ sessions and refused disabled accounts) that answers three paths and passes ever
 - `GET /medcm/static/viewer.js`: the bundled viewer (`ui/static/viewer.js`, built by scripts/build_viewer.sh);
 - `GET /medcm/viewer/<study_uid>/<series>`: JSON about series `<series>` of the study as the review tab lists
   it (`ui.study.load_study`): `{"frames", "start" (the middle slice or frame), "modality", "label", "kind"
-  ("slice" or "frame"), "colour", "presets": {name: [center, width]}, "frame_time_ms", "has_orientation"}`;
+  ("slice" or "frame"), "colour", "presets": {name: [center, width]}, "frame_time_ms"}`;
 - `GET /medcm/viewer/<study_uid>/<series>/<frame>`: one frame (`medcm.dicom.viewer_data.encode_frame`).
 
 Each needs a live session whose account may read studies (the same rule as the app's events,
@@ -99,7 +99,7 @@ class ViewerData:
         return {"frames": ref.frames, "start": start, "modality": frames.modality or "OT", "label": ref.label,
                 "kind": "slice" if ref.slices else "frame", "colour": frames.colour,
                 "presets": {name: list(window) for name, window in presets.items()},
-                "frame_time_ms": frames.frame_time_ms, "has_orientation": frames.orientation is not None}
+                "frame_time_ms": frames.frame_time_ms}
 
     def frame_bytes(self, study_uid: str, series: int, frame: int) -> bytes:
         """One frame of a series, encoded (`encode_frame`)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from medcm.dicom.decode import DecodeError, decode_pixels
@@ -43,6 +44,8 @@ class ViewerFrames:
         modality: the DICOM Modality ("" when absent).
         spacing: (row, column) pixel spacing in mm, None when unknown.
         orientation: ImageOrientationPatient's six direction cosines, None when absent.
+        patient_orientation: PatientOrientation (projection images): the patient directions of the rows and
+            the columns, e.g. ("L", "F") or ("A", "FR"), None when absent.
         frame_time_ms: the time between frames of a cine (FrameTime, else 1000 / CineRate), None when unknown.
     """
 
@@ -53,6 +56,7 @@ class ViewerFrames:
     spacing: tuple[float, float] | None
     orientation: tuple[float, ...] | None
     frame_time_ms: float | None
+    patient_orientation: tuple[str, str] | None = None
 
     @property
     def colour(self) -> bool:
@@ -126,7 +130,7 @@ def _frames(ds: pydicom.Dataset, stored: np.ndarray) -> ViewerFrames:
     return ViewerFrames(pixels=np.ascontiguousarray(pixels), window=window,
                         invert=photometric == "MONOCHROME1" and not colour, modality=modality,
                         spacing=pixel_spacing(ds), orientation=tuple(orientation) if len(orientation) == 6 else None,
-                        frame_time_ms=_frame_time(ds))
+                        frame_time_ms=_frame_time(ds), patient_orientation=_patient_orientation(ds))
 
 
 def _to_uint8(rgb: np.ndarray, bits: int) -> np.ndarray:
@@ -162,6 +166,15 @@ def _default_window(ds: pydicom.Dataset, values: np.ndarray, modality: str) -> t
     return (lo + hi) / 2.0, max(hi - lo, 1.0)
 
 
+def _patient_orientation(ds: pydicom.Dataset) -> tuple[str, str] | None:
+    value = ds.get("PatientOrientation")
+    values = [str(v).strip().upper() for v in (value if isinstance(value, (list, tuple, MultiValue)) else [value])
+              if v is not None]
+    if len(values) == 2 and all(v and set(v) <= set("LRAPHF") for v in values):
+        return values[0], values[1]
+    return None
+
+
 def _frame_time(ds: pydicom.Dataset) -> float | None:
     time = attribute_floats(ds.get("FrameTime"))
     if time and time[0] > 0:
@@ -174,7 +187,8 @@ def encode_frame(frames: ViewerFrames, index: int) -> bytes:
     """One frame for a browser: uint32 LE header length, a UTF-8 JSON header, zero padding to 8 bytes, pixels.
 
     The header: `{"rows", "columns", "samples" (1 or 3), "dtype" ("int16", "float32" or "uint8"), "window":
-    [center, width], "invert", "spacing": [row, column] | null, "orientation": [6 floats] | null}`; the pixels
+    [center, width], "invert", "spacing": [row, column] | null, "orientation": [6 floats] | null,
+    "patient_orientation": [row direction, column direction] | null}`; the pixels
     are little-endian, row by row (RGB interleaved).
 
     Raises:
@@ -189,6 +203,7 @@ def encode_frame(frames: ViewerFrames, index: int) -> bytes:
         "dtype": frame.dtype.name, "window": [float(v) for v in frames.window], "invert": frames.invert,
         "spacing": list(frames.spacing) if frames.spacing else None,
         "orientation": list(frames.orientation) if frames.orientation else None,
+        "patient_orientation": list(frames.patient_orientation) if frames.patient_orientation else None,
     }, separators=(",", ":")).encode("utf-8")
     padding = -(4 + len(header)) % _ALIGN
     body = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()

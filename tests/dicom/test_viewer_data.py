@@ -73,12 +73,15 @@ def test_fractional_rescale_gives_float32_and_mr_without_a_window_gets_percentil
     assert frames.window == pytest.approx(((low + high) / 2, high - low))
 
 
-def test_monochrome1_is_marked_to_show_inverted(tmp_path):
+def test_a_monochrome1_radiograph_is_marked_inverted_with_its_patient_orientation(tmp_path):
     path = ct_series(tmp_path, slices=3, size=32)[0]
     ds = pydicom.dcmread(path)
-    ds.Modality, ds.PhotometricInterpretation = "CR", "MONOCHROME1"
+    ds.Modality, ds.PhotometricInterpretation, ds.PatientOrientation = "CR", "MONOCHROME1", ["L", "F"]
+    del ds.ImageOrientationPatient
     ds.save_as(path)
-    assert read_viewer_frames(path).invert is True
+    frames = read_viewer_frames(path)
+    assert (frames.invert, frames.orientation, frames.patient_orientation) == (True, None, ("L", "F"))
+    assert _decode(encode_frame(frames, 0))[0]["patient_orientation"] == ["L", "F"]
 
 
 @pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])

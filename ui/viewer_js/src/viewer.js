@@ -21,7 +21,7 @@ const TOOL_GROUP_ID = "medcm-tools";
 const SCHEME = "medcm";
 const meta = new Map(); // imageId -> {pixel, plane, voi, series}
 const DTYPES = { int16: Int16Array, float32: Float32Array, uint8: Uint8Array, uint16: Uint16Array };
-const state = { src: null, series: null, cine: null, ready: null };
+const state = { src: null, series: null, cine: null, ready: null, sentence: null };
 
 function frameUrl(imageId) {
   return imageId.slice(SCHEME.length + 1);
@@ -61,6 +61,7 @@ function makeImage(imageId, header, data) {
     voiLutModule: { windowCenter: [center], windowWidth: [width], voiLUTFunction: "LINEAR" },
     modalityLutModule: { rescaleSlope: 1, rescaleIntercept: 0 },
     generalSeriesModule: { modality: (state.series && state.series.modality) || "OT" },
+    header,
   });
   const voxelManager = csUtils.VoxelManager.createImageVoxelManager({
     height: rows, width: columns, numberOfComponents: samples, scalarData: data, id: imageId,
@@ -98,13 +99,23 @@ function hasWebGL() {
   }
 }
 
-async function setup(element) {
+async function setupOnce() {
   await coreInit();
   if (!hasWebGL()) setUseCPURendering(true); // headless browsers and remote desktops without a GPU
   toolsInit();
   imageLoader.registerImageLoader(SCHEME, loadImage);
   metaData.addProvider(metadataProvider, 10000);
   for (const tool of [WindowLevelTool, PanTool, ZoomTool, StackScrollTool]) addTool(tool);
+  document.addEventListener("keydown", onPageKey, true);
+  document.addEventListener("fullscreenchange", onFullscreen);
+  setInterval(watchSource, 200);
+}
+
+function attach(element) {
+  // A new engine on `element` (Gradio may re-create the viewer's elements, e.g. after a tab switch).
+  const old = getRenderingEngine(ENGINE_ID);
+  if (old) old.destroy();
+  if (ToolGroupManager.getToolGroup(TOOL_GROUP_ID)) ToolGroupManager.destroyToolGroup(TOOL_GROUP_ID);
   const engine = new RenderingEngine(ENGINE_ID);
   engine.enableElement({ viewportId: VIEWPORT_ID, type: Enums.ViewportType.STACK, element,
                          defaultOptions: { background: [0, 0, 0] } });
@@ -121,7 +132,16 @@ async function setup(element) {
   element.addEventListener("contextmenu", (event) => event.preventDefault());
   element.addEventListener(Enums.Events.IMAGE_RENDERED, updateOverlay);
   new ResizeObserver(() => { engine.resize(true, true); }).observe(element);
-  return engine;
+  const root = document.getElementById("medcm-viewer");
+  root.addEventListener("keydown", onViewerKey);
+  document.getElementById("medcm-cine").addEventListener("click", toggleCine);
+  document.getElementById("medcm-full").addEventListener("click", toggleFullscreen);
+  document.getElementById("medcm-reset").addEventListener("click", resetView);
+  document.getElementById("medcm-slider").addEventListener("input", (e) => goTo(Number(e.target.value)));
+  element.addEventListener("mousedown", () => root.focus({ preventScroll: true }));
+  element.addEventListener("wheel", () => root.focus({ preventScroll: true }), { passive: true });
+  root.dataset.ready = "1";
+  if (state.src) show(state.src).catch((err) => text("medcm-ov-series", `viewer error: ${err.message}`));
 }
 
 function viewport() {
@@ -139,17 +159,22 @@ function directionLetters(vector) {
     .map((i) => (vector[i] > 0 ? AXES[i][0] : AXES[i][1])).join("");
 }
 
-function orientationMarkers(orientation, vp) {
-  if (!orientation) return { left: "", right: "", top: "", bottom: "" };
-  let row = orientation.slice(0, 3), column = orientation.slice(3, 6);
-  const camera = vp.getCamera ? vp.getCamera() : {};
-  const props = vp.getProperties ? vp.getProperties() : {};
-  if (camera.flipHorizontal) row = row.map((v) => -v);
-  if (camera.flipVertical) column = column.map((v) => -v);
-  if (props.rotation) { /* rotation is not offered by this viewer */ }
-  const negate = (v) => v.map((x) => -x);
-  return { right: directionLetters(row), left: directionLetters(negate(row)),
-           bottom: directionLetters(column), top: directionLetters(negate(column)) };
+const OPPOSITE = { L: "R", R: "L", A: "P", P: "A", H: "F", F: "H" };
+
+function orientationMarkers(series) {
+  // From ImageOrientationPatient (cross-sectional images), else PatientOrientation (projection images).
+  if (series.orientation) {
+    const row = series.orientation.slice(0, 3), column = series.orientation.slice(3, 6);
+    const negate = (v) => v.map((x) => -x);
+    return { right: directionLetters(row), left: directionLetters(negate(row)),
+             bottom: directionLetters(column), top: directionLetters(negate(column)) };
+  }
+  if (series.patientOrientation) {
+    const [row, column] = series.patientOrientation;
+    const flip = (letters) => [...letters].map((c) => OPPOSITE[c] || "").join("");
+    return { right: row, left: flip(row), bottom: column, top: flip(column) };
+  }
+  return { left: "", right: "", top: "", bottom: "" };
 }
 
 function text(id, value) {
@@ -175,8 +200,7 @@ function updateOverlay() {
   }
   text("medcm-ov-zoom", `zoom ${vp.getZoom().toFixed(2)}`);
   text("medcm-ov-series", `${series.modality} · ${series.label}`);
-  const markers = orientationMarkers(found && found.imagePlaneModule.hasOrientation !== false
-    ? series.orientation : null, vp);
+  const markers = orientationMarkers(series);
   for (const side of ["left", "right", "top", "bottom"]) text(`medcm-ov-${side}`, markers[side]);
   const slider = document.getElementById("medcm-slider");
   if (slider && Number(slider.value) !== index) slider.value = String(index);
@@ -233,7 +257,8 @@ function toggleCine() {
 }
 
 function nativeZoom(vp) {
-  // The zoom at which one image pixel is one screen pixel (zoom 1 fits the image to the canvas).
+  // The zoom at which one image pixel is one screen pixel (zoom 1 fits the image to the canvas): a film
+  // larger than the screen is shown 1:1 (pan to see the rest), a smaller image fills the screen.
   const image = vp.getCornerstoneImage ? vp.getCornerstoneImage() : null;
   const canvas = vp.getCanvas();
   if (!image) return 1;
@@ -255,7 +280,7 @@ function onFullscreen() {
     engine.resize(true, false);
     const vp = viewport();
     if (!vp) return;
-    if (document.fullscreenElement) vp.setZoom(nativeZoom(vp));
+    if (document.fullscreenElement) vp.setZoom(Math.max(1, nativeZoom(vp)));  // 1:1, or fit if smaller
     else vp.resetCamera();
     vp.render();
   }, 50);
@@ -292,6 +317,48 @@ function onViewerKey(event) {
   }
 }
 
+// The page's own shortcuts (listed in the app's "Keyboard shortcuts"): draft sentences, save, sign.
+function click(selector) {
+  const node = document.querySelector(selector);
+  if (node && !node.disabled) node.click();
+}
+
+function selectSentence(delta) {
+  const panel = document.getElementById("provenance-panel");
+  const toggle = panel && panel.querySelector(".label-wrap");
+  if (toggle && !toggle.classList.contains("open")) toggle.click();
+  let tries = 0;
+  const pick = () => {  // the table's rows appear once the accordion has opened
+    const rows = document.querySelectorAll("#provenance .virtual-row");  // Gradio 6's table: one per sentence
+    if (!rows.length) {
+      if (++tries < 30) setTimeout(pick, 100);
+      return;
+    }
+    state.sentence = Math.min(Math.max((state.sentence ?? -1) + delta, 0), rows.length - 1);
+    const cell = document.querySelector(`#provenance .body-cell[data-row="${state.sentence}"][data-col="2"]`);
+    if (!cell) return;
+    cell.scrollIntoView({ block: "nearest" });
+    for (const type of ["pointerdown", "mousedown", "pointerup", "mouseup", "click"]) {  // as a real click
+      const Event = type.startsWith("pointer") ? PointerEvent : MouseEvent;
+      cell.dispatchEvent(new Event(type, { bubbles: true, cancelable: true, button: 0, view: window }));
+    }
+  };
+  pick();
+}
+
+function onPageKey(event) {
+  if (event.altKey && (event.key === "ArrowDown" || event.key === "ArrowUp")) {
+    selectSentence(event.key === "ArrowDown" ? 1 : -1);
+  } else if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "s") {
+    click("#save-draft");
+  } else if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
+    click("#sign");
+  } else {
+    return;
+  }
+  event.preventDefault();
+}
+
 function renderToolbar(series) {
   const bar = document.getElementById("medcm-presets");
   if (!bar) return;
@@ -319,6 +386,7 @@ function renderToolbar(series) {
 
 // ------------------------------------------------------------------------------------------- loading
 async function show(src) {
+  state.sentence = null;
   if (state.cine) toggleCine();
   const root = document.getElementById("medcm-viewer");
   const response = await fetch(src, { credentials: "same-origin" });
@@ -328,15 +396,15 @@ async function show(src) {
   }
   const series = await response.json();
   series.orientation = null;
+  series.patientOrientation = null;
   state.series = series;
   const imageIds = Array.from({ length: series.frames }, (_, i) => `${SCHEME}:${src}/${i}`);
   renderToolbar(series);
   const vp = viewport();
   await vp.setStack(imageIds, series.start);
   const first = meta.get(imageIds[series.start]);
-  series.orientation = first && first.imagePlaneModule.imageOrientationPatient;
-  series.hasOrientation = first && series.has_orientation;
-  if (!series.has_orientation) series.orientation = null;
+  series.orientation = first && first.header.orientation;
+  series.patientOrientation = first && first.header.patient_orientation;
   vp.resetCamera();
   vp.render();
   if (root) root.dataset.src = src;
@@ -354,27 +422,14 @@ function watchSource() {
 
 function mount() {
   const element = document.getElementById("medcm-viewport");
-  if (!element || element.dataset.mounted) return false;
+  if (!element || element.dataset.mounted) return;
   element.dataset.mounted = "1";
-  state.ready = setup(element).then(() => {
-    const root = document.getElementById("medcm-viewer");
-    root.addEventListener("keydown", onViewerKey);
-    document.addEventListener("fullscreenchange", onFullscreen);
-    document.getElementById("medcm-cine").addEventListener("click", toggleCine);
-    document.getElementById("medcm-full").addEventListener("click", toggleFullscreen);
-    document.getElementById("medcm-reset").addEventListener("click", resetView);
-    document.getElementById("medcm-slider").addEventListener("input", (e) => goTo(Number(e.target.value)));
-    element.addEventListener("mousedown", () => root.focus({ preventScroll: true }));
-    element.addEventListener("wheel", () => root.focus({ preventScroll: true }), { passive: true });
-    root.dataset.ready = "1";
-    setInterval(watchSource, 200);
-  });
-  return true;
+  const first = !state.ready;
+  state.ready = (state.ready || Promise.resolve()).then(() => (first ? setupOnce() : null)).then(() => attach(element));
 }
 
-// Gradio renders the page after this script runs: mount once the viewer's element exists.
-if (!mount()) {
-  const observer = new MutationObserver(() => { if (mount()) observer.disconnect(); });
-  observer.observe(document.documentElement, { childList: true, subtree: true });
-}
+// Gradio renders the page after this script runs (and may render the viewer again): mount whenever a
+// viewer element without an engine appears.
+mount();
+new MutationObserver(mount).observe(document.documentElement, { childList: true, subtree: true });
 window.medcmViewer = { go, goTo, applyPreset, toggleCine, toggleFullscreen, resetView, state };
