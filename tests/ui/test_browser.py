@@ -182,7 +182,17 @@ def test_viewer_scrolls_windows_and_shows_colour_in_chromium(served, tmp_path):
             page.keyboard.press("1")  # the lung preset
             time.sleep(0.5)
             playwright_api.expect(page.locator("#medcm-ov-wl")).to_have_text("W 1500 L -600")
-            _canvas(page, shots / "6-lung-preset.png")
+            lung = _canvas(page, shots / "6-lung-preset.png")
+            page.keyboard.down("Shift")  # Shift + drag (or the right button) zooms
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 - 150, steps=10)
+            page.mouse.up()
+            page.keyboard.up("Shift")
+            time.sleep(0.5)
+            assert page.locator("#medcm-ov-zoom").inner_text() != "zoom 1.00"
+            assert page.locator("#medcm-ov-wl").inner_text() == "W 1500 L -600"  # zooming leaves the window
+            assert _differs(_canvas(page, shots / "6b-zoomed.png"), lung) > 1.0
 
             page.close()  # a fresh page for the next study (the upload box still lists the last one)
             page = _logged_in_page(browser, app.local_url)
@@ -194,6 +204,10 @@ def test_viewer_scrolls_windows_and_shows_colour_in_chromium(served, tmp_path):
             assert min(spread) > 100  # the red and the blue Doppler blobs are shown in colour
             assert page.locator("#medcm-presets button").all_inner_texts() == ["0 file"]  # no CT presets for US
             page.screenshot(path=str(shots / "8-page-colour.png"))
+            page.locator("#medcm-cine").click()  # cine: the frames play by themselves
+            page.wait_for_selector('#medcm-viewer:not([data-index="1"])', timeout=10_000)
+            page.locator("#medcm-cine").click()
+            playwright_api.expect(page.locator("#medcm-cine")).to_have_text("▶ cine")
         finally:
             browser.close()
 
@@ -210,6 +224,9 @@ def test_viewer_data_needs_a_login_and_a_stored_study(served):
                 assert refused.status == 401 and "not logged in" in refused.text()
             page = _logged_in_page(browser, app.local_url)
             base = app.local_url.rstrip("/")
+            script = page.request.get(f"{base}/medcm/static/viewer.js")
+            assert script.status == 200 and script.headers["content-encoding"] == "gzip"
+            assert b"medcmViewer" in script.body() and script.headers["etag"]
             info = page.request.get(f"{base}/medcm/viewer/{study_uid}/0").json()
             assert info["frames"] == 1 and info["start"] == 0 and info["presets"] == {}  # a radiograph: no HU presets
             frame = page.request.get(f"{base}/medcm/viewer/{study_uid}/0/0")
