@@ -76,40 +76,20 @@ from starlette.middleware import Middleware
 
 from db.store import CaseStore
 from medcm.engine.facade import Engine
-from medcm.dicom.sr import EXPORT_FORMATS
 from ui.api import MAX_K, Endpoints
-from ui.handlers import (
-    AUDIT_KINDS,
-    COMPARE_HINT,
-    DRAFT_MARKER,
-    REVIEW_TAB,
-    TOP_K,
-    Handlers,
-)
+from ui.handlers import AUDIT_KINDS, REVIEW_TAB, TOP_K, Handlers
 from ui.login_guard import LoginPolicy, login_notice
-from ui.render import (
-    AUDIT_HEADERS,
-    MATCH_HEADERS,
-    PROVENANCE_HEADERS,
-    SIMILAR_HEADERS,
-    USER_HEADERS,
-    WORKLIST_HEADERS,
-    table,
-)
+from ui.render import AUDIT_HEADERS, MATCH_HEADERS, USER_HEADERS, WORKLIST_HEADERS
+from ui.review import CHECK_QUEUE, CSS, ENGINE_QUEUE, PRIVATE, SIGN_QUEUE, gallery, picture, review_tab, selectable_table
 from ui.session_guard import SessionGuard
-from ui.study import DEFAULT_PRESET, PRESETS
+from ui.viewer_route import ViewerRoutes
 
 TITLE = "medcm review"
 DISCLAIMER = ("Drafts are suggestions from similar past cases; "
               "a clinician reviews, edits and signs every report.")
 LOGIN_PAGE_NOTE = f"<strong>{TITLE}</strong>: {DISCLAIMER}<br><br>"  # Gradio shows `auth_message` as HTML
-PRIVATE: dict[str, Any] = {"api_visibility": "private"}
-# Model and store work runs one event at a time (one engine, CPU-bound); viewing does not wait on it.
-ENGINE_QUEUE: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": 1}
-# Work that must not wait behind an upload: an upload's cheap checks (a refused upload never enters the
-# engine's queue) and signing (one text embedding and one short transaction, beside a running ingest).
-CHECK_QUEUE: dict[str, Any] = {"concurrency_id": "checks", "concurrency_limit": 4}
-SIGN_QUEUE: dict[str, Any] = {"concurrency_id": "sign", "concurrency_limit": 2}
+__all__ = ["CHECK_QUEUE", "DISCLAIMER", "ENGINE_QUEUE", "PRIVATE", "SIGN_QUEUE", "TITLE", "SecurityHeaders",
+           "build_app", "launch_options"]
 # Gradio's temporary copies (uploads, rendered images) older than a day go, checked hourly;
 # uploads themselves live on in `upload_dir`.
 DELETE_CACHE = (3600, 86400)
@@ -118,14 +98,16 @@ DELETE_CACHE = (3600, 86400)
 # or MCP endpoints; only the API link in the footer; no public /openapi.json (the API's schema is for
 # logged-in users, at /gradio_api/info); security headers on every response (`SecurityHeaders`,
 # outermost, so refusals carry them too); the login rules of `auth=make_auth(store)` on gradio's own
-# routes (`SessionGuard`), stated on the login page. The default theme's fonts ship with gradio, so the
-# page fetches nothing from outside the server.
+# routes (`SessionGuard`), stated on the login page; the study viewer's script and data for readers
+# (`ViewerRoutes`); the one-screen layout's style. The default theme's fonts ship with gradio, and the
+# viewer is served by the app, so the page fetches nothing from outside the server.
 def launch_options() -> dict[str, Any]:
     """Fresh keyword arguments for `gr.Blocks.launch` (gradio fills in the FastAPI arguments it is given)."""
     return {"share": False, "footer_links": ["api"], "run_history": False, "enable_monitoring": False,
-            "mcp_server": False, "auth_message": LOGIN_PAGE_NOTE + login_notice(LoginPolicy()),
+            "mcp_server": False, "auth_message": LOGIN_PAGE_NOTE + login_notice(LoginPolicy()), "css": CSS,
             "app_kwargs": {"openapi_url": None,
-                           "middleware": [Middleware(SecurityHeaders), Middleware(SessionGuard)]}}
+                           "middleware": [Middleware(SecurityHeaders), Middleware(SessionGuard),
+                                          Middleware(ViewerRoutes)]}}
 
 
 class SecurityHeaders:
@@ -167,15 +149,15 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
     """
     handlers = Handlers(engine, store, Path(upload_dir))
     endpoints = Endpoints(engine, store, Path(upload_dir))
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE) as app:
-        gr.Markdown(f"# {TITLE}")
-        if demo_notice:
-            gr.Markdown(f"**⚠ {demo_notice}**", elem_id="demo-notice")
-        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
-        login = gr.Markdown(elem_id="login")
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE, fill_width=True) as app:
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"**{TITLE}** · {DISCLAIMER}", elem_id="disclaimer")
+            if demo_notice:
+                gr.Markdown(f"**⚠ {demo_notice}**", elem_id="demo-notice")
+            login = gr.Markdown(elem_id="login")
         with gr.Tabs() as tabs:
             with gr.Tab("Review", id=REVIEW_TAB):
-                review = _review_tab(handlers)
+                review = review_tab(handlers)
                 review["tabs"] = tabs
             with gr.Tab("Worklist", id="worklist"):
                 worklist = _worklist_tab(handlers, review)
@@ -188,113 +170,15 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
     return app
 
 
-def _picture(label: str, elem_id: str, height: int = 320) -> gr.Image:
-    """A read-only PNG image panel."""
-    return gr.Image(label=label, type="pil", format="png", height=height, interactive=False, elem_id=elem_id)
-
-
-def _table(headers: list[str], label: str, elem_id: str, **kwargs: Any) -> gr.Dataframe:
-    """A read-only table whose rows can be selected."""
-    return gr.Dataframe(table([], headers), label=label, interactive=False, wrap=True, elem_id=elem_id, **kwargs)
-
-
-def _gallery(label: str, elem_id: str) -> gr.Gallery:
-    """A row of thumbnails, one per case; selecting one fires `.select`."""
-    return gr.Gallery(label=label, columns=TOP_K, height=240, format="png", allow_preview=False,
-                      interactive=False, elem_id=elem_id)
-
-
-def _review_tab(h: Handlers) -> dict[str, Any]:
-    """Upload and viewer, similar cases, draft, sign; returns the components other tabs drive."""
-    c: dict[str, Any] = {"study": gr.State(None), "cases": gr.State([]), "sentences": gr.State([])}
-    with gr.Row():
-        with gr.Column(scale=1):
-            c["files"] = gr.File(label="DICOM files or a .zip of one study", file_count="multiple", elem_id="upload")
-            c["preset"] = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Window / level", elem_id="window-preset")
-            c["instance"] = gr.Dropdown(choices=[], label="Series / instance", visible=False, elem_id="instance")
-            c["frame"] = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="frame")
-            c["info"] = gr.Markdown(elem_id="study-info")
-        with gr.Column(scale=2):
-            c["image"] = _picture("Study", "study-image", height=512)
-    _similar_section(c)
-    _draft_section(c)
-    _wire_review(h, c)
-    return c
-
-
-def _similar_section(c: dict[str, Any]) -> None:
-    """Gallery and table of similar cases, and the side-by-side comparison."""
-    gr.Markdown(f"## Similar past cases (top {TOP_K})")
-    c["gallery"] = _gallery("Similar cases (similarity · modality · body part)", "similar-gallery")
-    c["similar"] = _table(SIMILAR_HEADERS, "Similar cases (select one to compare)", "similar-table")
-    with gr.Row(equal_height=True):
-        c["compare_query"] = _picture("This study", "compare-query")
-        c["compare_case"] = _picture("Selected past case", "compare-case")
-        c["compare_report"] = gr.Markdown(COMPARE_HINT, latex_delimiters=[], elem_id="compare-report")
-
-
-def _draft_section(c: dict[str, Any]) -> None:
-    """The unverified draft, its provenance table and source cases, and signing."""
-    gr.Markdown("## Draft findings")
-    c["marker"] = gr.Markdown(DRAFT_MARKER, elem_id="draft-marker")
-    c["redraft"] = gr.Button("Draft again", size="sm", elem_id="redraft")
-    c["draft"] = gr.Textbox(label="Report (edit before signing)", lines=8, interactive=True, elem_id="draft-text")
-    c["provenance"] = _table(PROVENANCE_HEADERS, "Where each sentence comes from (select a row to see its sources "
-                                                 "and where it is seen in this study)",
-                             "provenance", column_widths=["4%", "11%", "45%", "7%", "33%"])
-    with gr.Row():
-        c["source_report"] = gr.Markdown(latex_delimiters=[], elem_id="source-report")
-        c["source_image"] = _picture("Best source case", "source-image")
-        c["heatmap"] = _picture("Where the selected sentence is seen in this study", "sentence-heatmap")
-    with gr.Column(elem_id="sign-section") as c["sign_section"]:  # clinicians only (`Handlers.on_load`)
-        gr.Markdown("## Save or sign (as the logged-in clinician)")
-        with gr.Row():
-            c["save"] = gr.Button("Save draft", elem_id="save-draft")
-            c["sign"] = gr.Button("Sign report", variant="primary", elem_id="sign")
-            c["signed"] = gr.Markdown(elem_id="signed-status")
-        with gr.Row():
-            c["export_format"] = gr.Radio(list(EXPORT_FORMATS), value="sr",
-                                          label="Export format (sr: DICOM Structured Report)", elem_id="export-format")
-            c["export"] = gr.Button("Export the latest report", elem_id="export")
-        c["exported"] = gr.File(label="Exported report", interactive=False, elem_id="exported")
-
-
-def _wire_review(h: Handlers, c: dict[str, Any]) -> None:
-    """Upload → view → similar cases → draft (each step only after the last succeeded); viewer and picks."""
-    shown = [c["study"], c["image"], c["instance"], c["frame"], c["info"], c["compare_query"], c["compare_case"],
-             c["compare_report"], c["source_report"], c["source_image"], c["signed"]]
-    similar = ([c["study"]], [c["cases"], c["gallery"], c["similar"]])
-    draft = ([c["study"]], [c["sentences"], c["draft"], c["provenance"], c["marker"]])
-    c["shown"], c["load_similar"], c["load_draft"] = shown, similar, draft
-    c["uploaded"] = (c["files"].upload(h.on_upload_check, [c["files"]], None, **PRIVATE, **CHECK_QUEUE)
-                     .success(h.on_upload, [c["files"], c["preset"]], shown, **PRIVATE, **ENGINE_QUEUE)
-                     .success(h.on_similar, *similar, **PRIVATE, **ENGINE_QUEUE)
-                     .success(h.on_draft, *draft, **PRIVATE, **ENGINE_QUEUE))
-    view = [c["study"], c["preset"], c["instance"], c["frame"]]
-    c["preset"].input(h.render_view, view, c["image"], **PRIVATE)
-    c["frame"].release(h.render_view, view, c["image"], **PRIVATE)
-    c["instance"].input(h.on_instance, [c["study"], c["instance"], c["preset"]], [c["frame"], c["image"]],
-                        **PRIVATE)
-    compare = [c["compare_query"], c["compare_case"], c["compare_report"]]
-    for source in (c["gallery"], c["similar"]):
-        source.select(h.on_case_select, [c["cases"], *view], compare, **PRIVATE)
-    c["redraft"].click(h.on_draft, *draft, **PRIVATE, **ENGINE_QUEUE)
-    c["provenance"].select(h.on_source_select, [c["sentences"]], [c["source_report"], c["source_image"]],
-                           **PRIVATE)
-    c["provenance"].select(h.on_sentence_heatmap, [c["study"], c["sentences"]], c["heatmap"],
-                           **PRIVATE, **ENGINE_QUEUE)
-    c["sentences"].change(h.clear_heatmap, None, c["heatmap"], **PRIVATE)  # a new draft: the old map is stale
-
-
 def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
     """Worklist with status, opening a study for review, and text search; returns the worklist table."""
     picked, matches = gr.State(None), gr.State([])
     with gr.Row():
         refresh = gr.Button("Refresh", elem_id="worklist-refresh")
         open_button = gr.Button("Open selected study for review", elem_id="worklist-open")
-    worklist = _table(WORKLIST_HEADERS, "Studies (select one)", "worklist")
+    worklist = selectable_table(WORKLIST_HEADERS, "Studies (select one)", "worklist")
     with gr.Row():
-        picked_image = _picture("Selected study", "worklist-image")
+        picked_image = picture("Selected study", "worklist-image")
         picked_report = gr.Markdown(latex_delimiters=[], elem_id="worklist-report")
     gr.Markdown("## Text search")
     with gr.Row():
@@ -302,10 +186,10 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
                            elem_id="text-query")
         k = gr.Number(value=TOP_K, minimum=1, maximum=MAX_K, precision=0, label="How many", scale=1, elem_id="text-k")
         search = gr.Button("Search", scale=1, elem_id="text-search")
-    gallery = _gallery("Matching studies (similarity · modality · body part)", "match-gallery")
-    found = _table(MATCH_HEADERS, "Matches (select one to read its report)", "match-table")
+    found_gallery = gallery("Matching studies (similarity · modality · body part)", "match-gallery")
+    found = selectable_table(MATCH_HEADERS, "Matches (select one to read its report)", "match-table")
     with gr.Row():
-        match_image = _picture("Selected match", "match-image")
+        match_image = picture("Selected match", "match-image")
         match_report = gr.Markdown(latex_delimiters=[], elem_id="match-report")
 
     refresh.click(h.on_worklist, None, worklist, **PRIVATE)
@@ -325,8 +209,8 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
     review["draft"].input(h.enable_sign, None, review["sign"], **PRIVATE)  # edited after signing: an amendment
     review["sentences"].change(h.enable_sign, None, review["sign"], **PRIVATE)  # a new draft
     for trigger in (search.click, query.submit):
-        trigger(h.on_text_search, [query, k], [matches, gallery, found], **PRIVATE, **ENGINE_QUEUE)
-    for source in (gallery, found):
+        trigger(h.on_text_search, [query, k], [matches, found_gallery, found], **PRIVATE, **ENGINE_QUEUE)
+    for source in (found_gallery, found):
         source.select(h.on_match_select, [matches], [match_image, match_report], **PRIVATE)
     return worklist
 
@@ -337,8 +221,8 @@ def _audit_tab(h: Handlers) -> None:
         user = gr.Textbox(label="User", placeholder="any user", scale=2, elem_id="audit-user")
         kind = gr.Dropdown(choices=list(AUDIT_KINDS), value="", label="Kind", scale=2, elem_id="audit-kind")
         show = gr.Button("Show", scale=1, elem_id="audit-show")
-    events = _table(AUDIT_HEADERS, "Audit trail (newest first, read-only)", "audit-events")
-    users = _table(USER_HEADERS, "Accounts (manage them with `medcm users`)", "audit-users")
+    events = selectable_table(AUDIT_HEADERS, "Audit trail (newest first, read-only)", "audit-events")
+    users = selectable_table(USER_HEADERS, "Accounts (manage them with `medcm users`)", "audit-users")
     for trigger in (show.click, user.submit, kind.input):
         trigger(h.on_audit, [user, kind], [events, users], **PRIVATE)
 

@@ -28,6 +28,7 @@ import ui.render as render
 from ui.api import check_k, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
+from ui.viewer_route import viewer_url
 from ui.study import (
     ImageRef,
     ReviewStudy,
@@ -167,6 +168,15 @@ class Handlers:
             return None
         ref = study.images[min(max(int(index or 0), 0), len(study.images) - 1)]
         return render.frame_image(*read_view(ref, int(frame or 0), window_of(preset)))
+
+    @readable_errors
+    def viewer_source(self, study: ReviewStudy | None, index: int | None, request: gr.Request) -> str:
+        """What the page's viewer should show: series `index` of the study (`render.viewer_source_html`)."""
+        require(self.store, request, "read")
+        if study is None:
+            return ""
+        index = min(max(int(index or 0), 0), len(study.images) - 1)
+        return render.viewer_source_html(viewer_url(study.study_uid, index))
 
     @readable_errors
     def on_instance(self, study: ReviewStudy | None, index: int | None, preset: str | None,

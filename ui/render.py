@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import re
@@ -39,6 +40,11 @@ def frame_image(image: DicomImage, frame: int = 0) -> Image.Image:
     index = min(max(int(frame), 0), pixels.shape[0] - 1)
     grey = (np.clip(pixels[index], 0.0, 1.0) * 255).round().astype(np.uint8)
     return _viewable(Image.fromarray(grey))  # uint8 [H, W] → mode "L"
+
+
+def viewer_source_html(url: str) -> str:
+    """The hidden element that tells the page's viewer (`ui/static/viewer.js`) which series to open."""
+    return f'<span data-src="{html.escape(url, quote=True)}"></span>'
 
 
 def heatmap_image(heat: SentenceHeatmap) -> Image.Image:

@@ -89,7 +89,7 @@ class SessionGuard:
         if guard is None:
             await self.app(scope, receive, send)
             return
-        path = _route(scope)
+        path = route(scope)
         if scope["method"] == "POST" and path in LOGIN_PATHS:
             await self._login(guard, gradio_app, scope, receive, send)
             return
@@ -102,14 +102,14 @@ class SessionGuard:
             return
         user = gradio_app.tokens[token]
         if not (path in OPEN_PATHS or path.startswith(EVENT_PREFIXES) or await guard.account_enabled(user)):
-            await _refuse(send, 403, disabled_line(user))
+            await refuse(send, 403, disabled_line(user))
             return
         export = EXPORT_FILE.search(path)
         if export is not None:  # a report export: for the roles that may export, and audited
             role = await anyio.to_thread.run_sync(guard.store.user_role, user)
             if role is None or not allowed(role, "export"):
                 await guard.audit("download_refused", user, {"file": export.group(1)})
-                await _refuse(send, 403, f"{user}: your role may not download report exports")
+                await refuse(send, 403, f"{user}: your role may not download report exports")
                 return
             await guard.audit("download", user, {"file": export.group(1)})
         await self.app(scope, receive, send)
@@ -123,7 +123,7 @@ class SessionGuard:
             if first:
                 name = await _form_name(receive)
                 await guard.audit("login_throttled", name, {"ip": ip, "retry_after_s": math.ceil(wait)})
-            await _refuse(send, 429, f"too many login attempts from {ip}: try again in {wait_words(wait)}", wait)
+            await refuse(send, 429, f"too many login attempts from {ip}: try again in {wait_words(wait)}", wait)
             return
         https, max_age = scope.get("scheme") == "https", guard.policy.session_max_age_s
 
@@ -147,10 +147,16 @@ class SessionGuard:
         guard.forget_sessions(gradio_app.tokens)  # sessions logged out since
 
 
-def _route(scope: dict[str, Any]) -> str:
+def route(scope: dict[str, Any]) -> str:
     """The request's path below the app's root path."""
     path, root = scope.get("path", ""), scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
+
+
+def session_user(gradio_app: Any, scope: dict[str, Any]) -> str | None:
+    """The account name of the request's live session (as `SessionGuard` checks it), None without one."""
+    token = _session_token(gradio_app, scope)
+    return None if token is None else gradio_app.tokens[token]
 
 
 def _session_token(gradio_app: Any, scope: dict[str, Any]) -> str | None:
@@ -161,7 +167,7 @@ def _session_token(gradio_app: Any, scope: dict[str, Any]) -> str | None:
     return token if token and token in gradio_app.tokens else None
 
 
-async def _refuse(send: Send, status: int, line: str, retry_after_s: float | None = None) -> None:
+async def refuse(send: Send, status: int, line: str, retry_after_s: float | None = None) -> None:
     """Answer `{"detail": line}` with `status` (the shape of Gradio's own refusals)."""
     body = json.dumps({"detail": line}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -4,8 +4,8 @@ one parser of "archive.zip:member" names live), walking folders and zips (`walk`
 slices; `series` groups files, reads them and orders a stored series' slices), PS3.15 de-identification
 of datasets (`deid`, by the standard's table in `basic_profile`) and of stored copies (`deid_copies`),
 upload limits (`limits`), writing simple DICOM images (`write`) and report export as DICOM SR, text or
-JSON (`sr`), and a DICOMweb client for a server's URL (`web`). Nothing here knows about models, the case store
-or the UI."""
+JSON (`sr`), a DICOMweb client for a server's URL (`web`) and what an interactive viewer is sent
+(`viewer_data`). Nothing here knows about models, the case store or the UI."""
 
 from medcm.dicom.meta import InstanceMeta
 from medcm.dicom.read import DicomImage, DicomReadError, read_instance

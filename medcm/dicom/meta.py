@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-__all__ = ["InstanceMeta", "attribute_floats", "instance_meta"]
+__all__ = ["InstanceMeta", "attribute_floats", "instance_meta", "pixel_spacing"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def instance_meta(ds: pydicom.Dataset, path: str | os.PathLike, frames: int, con
         rows=int(ds.Rows),
         columns=int(ds.Columns),
         frames=frames,
-        pixel_spacing=_spacing(ds),
+        pixel_spacing=pixel_spacing(ds),
         instance_number=int(number[0]) if len(number) == 1 else None,
         photometric=_text(ds, "PhotometricInterpretation"),
         bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
@@ -113,8 +113,9 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
-    # Zero or negative spacings occur in the wild (e.g. "0\0") and mean "unknown".
+def pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm from PixelSpacing, else ImagerPixelSpacing; None when absent or not positive
+    (zero or negative spacings occur in the wild, e.g. "0\\0", and mean "unknown")."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         values = attribute_floats(ds.get(keyword))
         if len(values) == 2 and min(values) > 0:

@@ -1,22 +1,32 @@
-"""A clinician's path through the review app in a real browser: Playwright driving Debian's Chromium.
+"""A clinician's path through the review app in a real browser: Playwright driving Debian's Chromium at 1440 × 900.
 
 Log in on Gradio's login page, upload a DICOM study, wait for the similar cases and the draft, edit the
-draft, sign it, then check the case store: the signer is the logged-in account. Skips where Chromium or
-Playwright is missing (CI installs both; Playwright never downloads a browser here).
+draft, sign it, then check the case store: the signer is the logged-in account. The study viewer
+(Cornerstone3D, `ui/static/viewer.js`) is checked by its pixels: a CT series opens on its middle slice,
+the wheel and the arrow keys change the slice shown, dragging changes the window, and a colour
+ultrasound is shown in colour; the viewer and the draft are on screen together. Screenshots of each
+state go to the test's temporary folder. Skips where Chromium or Playwright is missing (CI installs
+both; Playwright never downloads a browser here).
 """
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from medcm.engine.ingest import read_images
+from viewer_samples import colour_ultrasound, ct_series_zip  # tests/viewer_samples.py
 
 CHROMIUM = Path("/usr/bin/chromium")
 LOGIN = ("dr.browser", "browser-password")
+SCREEN = {"width": 1440, "height": 900}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -53,20 +63,23 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.goto(app.local_url)
-            page.get_by_label("Username").fill(LOGIN[0])
-            page.get_by_label("Password").fill(LOGIN[1])
-            page.get_by_role("button", name="Login").click()
-            playwright_api.expect(page.locator("#login")).to_contain_text(f"Logged in as {LOGIN[0]}", timeout=60_000)
+            page = _logged_in_page(browser, app.local_url)
             page.locator("#upload input[type=file]").set_input_files(str(query))
             draft = page.locator("#draft-text textarea")
             playwright_api.expect(draft).to_have_value(re.compile(r"^FINDINGS:"), timeout=120_000)
+            _wait_rendered(page)
+            assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
+            page.screenshot(path=str(root / "drafted.png"))
+            page.keyboard.press("Alt+ArrowDown")  # the first sentence's sources (Keyboard shortcuts)
+            playwright_api.expect(page.locator("#source-report")).to_contain_text("Sources of:", timeout=30_000)
+            page.screenshot(path=str(root / "sentence-sources.png"))
+            playwright_api.expect(page.locator("#similar-gallery button img")).to_have_count(5, timeout=30_000)
+            page.get_by_role("button", name=re.compile("^Similar cases: scores")).click()  # the table is in an accordion
             playwright_api.expect(page.locator("#similar-table")).to_contain_text("FINDINGS", timeout=30_000)
             playwright_api.expect(page.locator("#draft-marker")).to_contain_text("UNVERIFIED")
             edited = draft.input_value() + " Reviewed against prior studies."
             draft.fill(edited)
-            page.locator("#sign").click()
+            draft.press("Control+Enter")  # the shortcut for Sign
             playwright_api.expect(page.locator("#signed-status")).to_contain_text("Signed", timeout=60_000)
             playwright_api.expect(page.locator("#draft-marker")).to_contain_text("✔ VERIFIED", timeout=30_000)
             playwright_api.expect(page.locator("#draft-marker")).not_to_contain_text("UNVERIFIED")
@@ -83,3 +96,144 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
     assert [(v.status, v.signed_by, v.text) for v in versions] == [("draft", None, machine), ("signed", LOGIN[0], edited)]
     assert store.get_study(study_uid).status == "signed"
     assert store.events(kind="login", user=LOGIN[0]) and store.events(kind="sign")[0]["user"] == LOGIN[0]
+
+
+def _logged_in_page(browser, url: str):
+    page = browser.new_page(viewport=SCREEN)
+    page.goto(url)
+    page.get_by_label("Username").fill(LOGIN[0])
+    page.get_by_label("Password").fill(LOGIN[1])
+    page.get_by_role("button", name="Login").click()
+    playwright_api.expect(page.locator("#login")).to_contain_text(f"Logged in as {LOGIN[0]}", timeout=60_000)
+    page.wait_for_selector("#medcm-viewer[data-ready]", timeout=30_000)
+    return page
+
+
+def _on_screen(page, selector: str) -> bool:
+    """Whether the element's box lies wholly inside the 1440 × 900 viewport (no scrolling needed)."""
+    box = page.locator(selector).bounding_box()
+    return (box is not None and box["width"] > 0 and box["height"] > 0 and box["x"] >= 0 and box["y"] >= 0
+            and box["x"] + box["width"] <= SCREEN["width"] and box["y"] + box["height"] <= SCREEN["height"])
+
+
+def _wait_rendered(page, index: int | None = None) -> None:
+    """Wait until the viewer has drawn (slice or frame `index`, when given) and settled."""
+    selector = "#medcm-viewer[data-rendered]" if index is None else f'#medcm-viewer[data-index="{index}"]'
+    page.wait_for_selector(selector, timeout=60_000)
+    time.sleep(0.5)
+
+
+def _canvas(page, path: Path) -> np.ndarray:
+    """The viewer's pixels as shown (a screenshot of its canvas area, also saved to `path`), RGB [H, W, 3]."""
+    png = page.screenshot(clip=page.locator("#medcm-viewport").bounding_box(), path=str(path))
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def test_viewer_scrolls_windows_and_shows_colour_in_chromium(served, tmp_path):
+    app, _store, root = served
+    shots = root / "viewer"
+    shots.mkdir(exist_ok=True)
+    series = ct_series_zip(tmp_path / "ct.zip", slices=7)
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = _logged_in_page(browser, app.local_url)
+            page.locator("#upload input[type=file]").set_input_files(str(series))
+            _wait_rendered(page, 3)  # 7 slices: opens on the middle one
+            playwright_api.expect(page.locator("#medcm-ov-frame")).to_have_text("Slice 4 / 7")
+            sides = [page.locator(f"#medcm-ov-{side}").inner_text() for side in ("left", "right", "top", "bottom")]
+            assert sides == ["R", "L", "A", "P"]  # an axial slice as radiologists read it
+            playwright_api.expect(page.locator("#draft-marker")).to_contain_text("No draft", timeout=120_000)
+            assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
+            assert page.locator("#medcm-presets button").all_inner_texts() == [
+                "0 file", "1 lung", "2 mediastinum", "3 bone", "4 brain", "5 abdomen"]  # CT: the HU presets
+            middle = _canvas(page, shots / "1-middle-slice.png")
+            page.screenshot(path=str(shots / "0-page.png"))
+
+            box = page.locator("#medcm-viewport").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, 120)
+            _wait_rendered(page, 4)
+            wheeled = _canvas(page, shots / "2-after-wheel.png")
+            assert _differs(middle, wheeled) > 1.0
+            assert page.evaluate("window.scrollY") == 0  # the wheel scrolled the slices, not the page
+
+            page.keyboard.press("ArrowUp")
+            page.keyboard.press("ArrowUp")
+            _wait_rendered(page, 2)
+            arrowed = _canvas(page, shots / "3-after-arrow-up.png")
+            assert _differs(arrowed, wheeled) > 1.0 and _differs(arrowed, middle) > 1.0
+            page.keyboard.press("ArrowDown")
+            _wait_rendered(page, 3)
+            assert _differs(_canvas(page, shots / "4-after-arrow-down.png"), middle) < 1.0  # back on the middle
+
+            before = page.locator("#medcm-ov-wl").inner_text()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2 + 120, box["y"] + box["height"] / 2 + 80, steps=10)
+            page.mouse.up()
+            time.sleep(0.5)
+            assert page.locator("#medcm-ov-wl").inner_text() != before
+            assert _differs(_canvas(page, shots / "5-after-window-drag.png"), middle) > 1.0
+            page.keyboard.press("1")  # the lung preset
+            time.sleep(0.5)
+            playwright_api.expect(page.locator("#medcm-ov-wl")).to_have_text("W 1500 L -600")
+            lung = _canvas(page, shots / "6-lung-preset.png")
+            page.keyboard.down("Shift")  # Shift + drag (or the right button) zooms
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 - 150, steps=10)
+            page.mouse.up()
+            page.keyboard.up("Shift")
+            time.sleep(0.5)
+            assert page.locator("#medcm-ov-zoom").inner_text() != "zoom 1.00"
+            assert page.locator("#medcm-ov-wl").inner_text() == "W 1500 L -600"  # zooming leaves the window
+            assert _differs(_canvas(page, shots / "6b-zoomed.png"), lung) > 1.0
+
+            page.close()  # a fresh page for the next study (the upload box still lists the last one)
+            page = _logged_in_page(browser, app.local_url)
+            page.locator("#upload input[type=file]").set_input_files(str(colour_ultrasound(tmp_path / "us.dcm")))
+            playwright_api.expect(page.locator("#medcm-ov-series")).to_contain_text("US", timeout=120_000)
+            _wait_rendered(page, 1)  # 4 frames: opens on the 2nd
+            colour = _canvas(page, shots / "7-colour-ultrasound.png")
+            spread = np.abs(colour[..., 0] - colour[..., 1]).max(), np.abs(colour[..., 2] - colour[..., 1]).max()
+            assert min(spread) > 100  # the red and the blue Doppler blobs are shown in colour
+            assert page.locator("#medcm-presets button").all_inner_texts() == ["0 file"]  # no CT presets for US
+            page.screenshot(path=str(shots / "8-page-colour.png"))
+            page.locator("#medcm-cine").click()  # cine: the frames play by themselves
+            page.wait_for_selector('#medcm-viewer:not([data-index="1"])', timeout=10_000)
+            page.locator("#medcm-cine").click()
+            playwright_api.expect(page.locator("#medcm-cine")).to_have_text("▶ cine")
+        finally:
+            browser.close()
+
+
+def test_viewer_data_needs_a_login_and_a_stored_study(served):
+    app, store, _root = served
+    study_uid = next(s.study_uid for s in store.list_studies() if list(s.modalities) == ["DX"])
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            anonymous = browser.new_context().request
+            for path in (f"/medcm/viewer/{study_uid}/0", f"/medcm/viewer/{study_uid}/0/0", "/medcm/static/viewer.js"):
+                refused = anonymous.get(app.local_url.rstrip("/") + path)
+                assert refused.status == 401 and "not logged in" in refused.text()
+            page = _logged_in_page(browser, app.local_url)
+            base = app.local_url.rstrip("/")
+            script = page.request.get(f"{base}/medcm/static/viewer.js")
+            assert script.status == 200 and script.headers["content-encoding"] == "gzip"
+            assert b"medcmViewer" in script.body() and script.headers["etag"]
+            info = page.request.get(f"{base}/medcm/viewer/{study_uid}/0").json()
+            assert info["frames"] == 1 and info["start"] == 0 and info["presets"] == {}  # a radiograph: no HU presets
+            frame = page.request.get(f"{base}/medcm/viewer/{study_uid}/0/0")
+            assert frame.status == 200 and frame.headers["content-type"] == "application/octet-stream"
+            assert b"DICM" not in frame.body()  # pixels and a small header, never the stored file
+            assert page.request.get(f"{base}/medcm/viewer/{study_uid}/0/1").status == 404
+            assert page.request.get(f"{base}/medcm/viewer/1.2.3.999/0").status == 404
+            assert page.request.get(f"{base}/medcm/viewer/..%2F..%2Fetc/0").status == 404
+        finally:
+            browser.close()
