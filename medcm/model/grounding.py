@@ -262,6 +262,7 @@ def sentence_heatmaps(model: DualEncoder, images: torch.Tensor, texts: torch.Ten
         maps = integrated_gradients(model, images, texts, config.steps, background)
         return _unit_range(_gaussian_blur(maps, config.smooth * side))
     if config.method == "occlusion":
+        _check_inputs(images, texts)
         maps = occlusion_maps(model, images, texts, config.patch, config.stride, background)
         return _unit_range(_gaussian_blur(maps, config.smooth * side))
     maps, step, stride = local_maps(model, images, texts, config, background)
