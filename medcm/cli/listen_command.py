@@ -69,6 +69,7 @@ def run_listen(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     receiver.start()
+    engine.start_sending()  # with --send-to: delivers, in the background, what waits in the outbox
     allowed = ", ".join(args.allow_ae) if args.allow_ae else "any"
     log.info("medcm listen: AE %s on %s:%d (calling AEs: %s; spool %s); Ctrl+C stops it",
              args.ae_title, args.host, receiver.port, allowed, spool)
@@ -77,6 +78,7 @@ def run_listen(args: argparse.Namespace) -> int:
             pass
     finally:
         receiver.stop()
+        engine.stop_sending()
         engine.store.close()
     log.info("medcm listen: stopped")
     return 0

@@ -14,7 +14,8 @@ TEXT = "FINDINGS: Clear lungs.\nIMPRESSION: No acute disease."
 
 
 def _queued(tmp_path, port: int) -> tuple[str, str, str]:
-    """A study signed while its destination was down: the db file, the outbox folder and the study UID."""
+    """A study signed while its destination was down (queued, not tried: no sender ran): the db file, the outbox
+    folder and the study UID."""
     db = str(tmp_path / "cases.db")
     store = CaseStore(f"sqlite:///{db}")
     try:
@@ -39,10 +40,13 @@ def test_outbox_lists_and_retries(tmp_path, capsys):
     db, folder, study_uid = _queued(tmp_path, port)
     assert main(["outbox", "--db", db]) == 1  # the default folder is beside the db file
     out = capsys.readouterr().out
-    assert "1 pending" in out and study_uid in out and f"PACS@127.0.0.1:{port}" in out and "attempts 1" in out
+    assert "1 pending" in out and study_uid in out and f"PACS@127.0.0.1:{port}" in out and "attempts 0" in out
 
     assert main(["outbox", "--db", db, "--outbox", folder, "--retry"]) == 1  # still down
     assert "queued" in capsys.readouterr().out
+    assert main(["outbox", "--db", db]) == 1
+    out = capsys.readouterr().out
+    assert "attempts 1" in out and "last error: " in out and "next try: " in out
 
     server = StorageSCP(port).start()
     try:
@@ -56,7 +60,7 @@ def test_outbox_lists_and_retries(tmp_path, capsys):
         events = store.events(study_uid, kind="send")
     finally:
         store.close()
-    assert [e["detail"]["status"] for e in events] == ["delivered", "queued", "queued"]  # newest first
+    assert [e["detail"]["status"] for e in events] == ["delivered", "queued"]  # newest first; signing sent nothing
     assert events[0]["user"] == "ops"
 
 
