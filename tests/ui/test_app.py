@@ -114,7 +114,8 @@ def test_draft_is_unverified_and_every_sentence_names_stored_sources(served, cas
     for sentence in result["sentences"]:
         assert sentence["section"] in ("FINDINGS", "IMPRESSION") and sentence["text"] in result["text"]
         assert sentence["sources"] and all(src["case_id"] in stored for src in sentence["sources"])
-    assert served.store.get_study(result["study_uid"]).status == "drafted"
+    assert served.store.get_study(result["study_uid"]).status == "new"  # the model's draft: nobody worked on it yet
+    assert served.store.latest_report(result["study_uid"]).source == "draft"  # stored, for the app to open
     assert (result["abstained"], result["reason"], result["abstention"]["abstained"]) == (False, "", False)
     assert result["abstention"]["nearest_similarity"] >= result["abstention"]["threshold"]
     assert {c["study_uid"] for c in result["similar_cases"]} == set(result["source_cases"])

@@ -1,0 +1,58 @@
+"""What the worklist says of a study: "new" until a person drafts (the model's draft is kept but changes no status)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from db.store import CaseStore
+from medcm.config import AbstentionConfig
+from medcm.dicom.deid import DeidConfig
+from medcm.engine.facade import Engine
+from medcm.engine.receiver import ingest_received
+from medcm.engine.reports import DRAFT_AUTHOR
+
+KEY = b"study-state-test-key-0123456789"
+REPORT = "FINDINGS: Clear lungs.\nIMPRESSION: No acute disease."
+
+
+def write_study(folder: Path, patient_id: str, study_date: str = "20240131", description: str = "CT CHEST") -> Path:
+    """A one-image CT study of `patient_id` (original identifiers: the engine de-identifies it)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    uid = generate_uid(prefix="1.2.826.0.1.3680043.8.498.")[:50]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid, uid + ".1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid + ".1.1"
+    ds.PatientID, ds.PatientName = patient_id, f"{patient_id}^GIVEN"
+    ds.StudyDate, ds.StudyDescription = study_date, description
+    folder.mkdir(parents=True)
+    ds.save_as(folder / "1.dcm", enforce_file_format=True)
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path):
+    with CaseStore(f"sqlite:///{tmp_path / 'cases.db'}") as opened:
+        yield opened
+
+
+def test_a_received_study_with_a_machine_draft_is_new_until_a_clinician_drafts(store, tmp_path, untrained_checkpoint):
+    engine = Engine(store, checkpoint=untrained_checkpoint(volume=False), device="cpu", deid=DeidConfig(KEY),
+                    abstention=AbstentionConfig(below_percentile=0.0))
+    assert not engine.ingest([write_study(tmp_path / "reference", "REF")], default_report=REPORT).errors
+    received = ingest_received(engine, [write_study(tmp_path / "received", "P1")], "dicom:PACS", draft=True)
+    (study_uid,) = received.studies
+    assert received.drafts == {study_uid: "drafted"}
+    draft = store.latest_report(study_uid)  # kept, for the app to open for editing...
+    assert (draft.status, draft.source, draft.author) == ("draft", "draft", DRAFT_AUTHOR) and draft.text
+    assert store.get_study(study_uid).status == "new"  # ...but nobody has worked on the study yet
+    assert study_uid in {study.study_uid for study in store.list_studies(status="new")}
+    engine.draft_for_study(study_uid, save=True, user="dr.a")  # drafting again in the app: still the model's
+    assert store.get_study(study_uid).status == "new"
+    engine.save_edit(study_uid, draft.text + " Checked.", "dr.a")
+    assert store.get_study(study_uid).status == "drafted"
+    engine.sign(study_uid, draft.text + " Checked.", "dr.a")
+    assert store.get_study(study_uid).status == "signed"
