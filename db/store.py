@@ -289,6 +289,16 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         with self._session() as s:
             return read.newest_studies(s, status, limit)
 
+    def prior_studies(self, study_uid: str) -> list[tuple[StudyView, ReportView | None]]:
+        """The same patient's other studies (same pseudonym), newest study date first, without instances,
+        each with its latest signed report version (None if none); empty for a study of no known patient.
+
+        Raises:
+            StoreError: unknown study.
+        """
+        with self._session() as s:
+            return read.patient_priors(s, study_uid)
+
     def study_of_instance(self, sop_instance_uid: str) -> str:
         """The StudyInstanceUID of a stored instance. Raises StoreError for an unknown instance."""
         with self._session() as s:

@@ -7,7 +7,7 @@ sentence's heatmap over the study (`grounding`), the machine-draft rule and expo
 the app (`reports`), the plain records handed to the store (`records`), planning an ingest from headers
 (`ingest_plan`), the DICOM receiver that spools what a PACS sends (`receiver`), the outbox of signed reports
 (`outbox`) and the background thread that sends it (`sender`), DICOMweb pulls (`dicomweb`), the STOW-RS intake
-(`stow`) and what the similarity queries return (`results`). It talks to the store through a protocol
+(`stow`), what the similarity queries return (`results`) and a study's priors (`priors`). It talks to the store through a protocol
 (`store_protocol`) and never imports `db/`."""
 
 from medcm.engine.facade import Engine, ImageMatch, IngestResult, SimilarCase

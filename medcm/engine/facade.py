@@ -39,6 +39,7 @@ from medcm.engine.grounding import SentenceHeatmap, study_heatmap
 from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
 from medcm.engine.outbox import Outbox
+from medcm.engine.priors import Prior, study_priors
 from medcm.engine.records import EmbeddingRecord
 from medcm.engine.store_protocol import CaseStoreLike
 from medcm.engine.reports import save_machine_draft, scrubbed_report
@@ -54,7 +55,7 @@ from medcm.report.draft_types import Abstention
 from medcm.report.text import report_text_for_training, split_sections
 from medcm.runtime import select_device
 
-__all__ = ["INGEST_CHUNK_IMAGES", "MAX_QUERY_CHARS", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult",
+__all__ = ["INGEST_CHUNK_IMAGES", "MAX_QUERY_CHARS", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult", "Prior",
            "SendStatus", "SimilarCase"]
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ class Engine:
                 self.sender.wake()
         return report
 
-    # ---------------------------------------------------------------- sending
+    # ------------------------------------------------------- sending, priors
     def start_sending(self) -> OutboxSender | None:
         """Start the background thread that sends the outbox (`medcm.engine.sender.OutboxSender`); None
         without an outbox. Stop it with `stop_sending`."""
@@ -392,3 +393,11 @@ class Engine:
         """Where the study's signed reports stand with each destination ("pending", "failed" with the last
         error and next try, "sent"), newest version first; empty without an outbox or before signing."""
         return send_status(self.outbox, study_uid)
+
+    def priors(self, study_uid: str) -> list[Prior]:
+        """The same patient's other stored studies, newest first (`medcm.engine.priors.study_priors`).
+
+        Raises:
+            StoreError: unknown study.
+        """
+        return study_priors(self.store, study_uid)

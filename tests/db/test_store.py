@@ -339,6 +339,25 @@ def test_migration_0005_sets_machine_drafted_studies_back_to_what_a_person_did(t
     assert rows == {"9.1": "drafted", "9.2": "drafted", "9.3": "drafted", "9.4": "drafted"}
 
 
+# ----------------------------------------------------------------- priors
+def test_prior_studies_are_the_same_patients_other_studies_newest_first(store):
+    store.ingest([*archive(), instance("1.6", "2.0", "2.0.1", "PSEUDO-1", "CR", "CHEST"),
+                  instance("1.7", "3.0", "3.0.1", "", "CR", "CHEST")])
+    store.ingest([], [ReportInput("2.0", "FINDINGS: Earlier.", [])])
+    store.save_draft("2.0", "FINDINGS: A newer draft.", [], author="dr.a", source="edit")
+    with store._engine.begin() as conn:  # study dates as ingest stores them (de-identified: shifted)
+        conn.execute(text("UPDATE studies SET study_date = '20240131' WHERE study_uid = :a"), {"a": STUDY_A})
+        conn.execute(text("UPDATE studies SET study_date = '20230105' WHERE study_uid = '2.0'"))
+    (prior,) = [(study.study_uid, study.study_date, study.status, study.modalities, report.text, report.version)
+                for study, report in store.prior_studies(STUDY_A)]
+    assert prior == ("2.0", "20230105", "drafted", ("CR",), "FINDINGS: Earlier.", 1)  # the latest *signed* one
+    assert [(study.study_uid, report) for study, report in store.prior_studies("2.0")][0][0] == STUDY_A
+    assert store.prior_studies(STUDY_B) == []  # PSEUDO-2 has one study
+    assert store.prior_studies("3.0") == []  # no patient id: no priors
+    with pytest.raises(StoreError, match="not in the store"):
+        store.prior_studies("4.0")
+
+
 # ----------------------------------------------------------------- events
 def test_events_record_who_did_what(filled):
     filled.save_draft(STUDY_A, "draft", [], author="medcm")
