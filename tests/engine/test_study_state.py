@@ -105,3 +105,20 @@ def test_a_study_without_a_patient_id_has_no_priors(store, tmp_path):
 def test_study_dates_are_formatted():
     assert [format_study_date(d) for d in ("20240131", "", " 2024 ", "2024-01-31")] == [
         "2024-01-31", "", "2024", "2024-01-31"]
+
+
+def test_a_study_stored_without_vectors_is_read_again_to_query_and_a_lost_file_is_named(store, tmp_path,
+                                                                                      untrained_checkpoint):
+    """`Engine.study_query`'s fallback (`medcm.engine.stored.read_stored_study`): no stored vector of this model."""
+    import numpy as np
+
+    from medcm.engine.stored import read_stored
+
+    engine = Engine(store, checkpoint=untrained_checkpoint(volume=False), device="cpu", deid=DeidConfig(KEY))
+    plain = Engine(store, device="cpu", deid=DeidConfig(KEY), index_dir=tmp_path / "unused")  # stores no vectors
+    (study_uid,) = plain.ingest([write_study(tmp_path / "plain", "P9")]).studies
+    (view,) = store.get_study(study_uid).instances
+    np.testing.assert_allclose(engine.study_query(study_uid), engine.study_embedding([read_stored(view)]), atol=1e-5)
+    Path(view.path).unlink()
+    with pytest.raises(ValueError, match=f"study {study_uid}: no stored image can be read to search with"):
+        engine.study_query(study_uid)
