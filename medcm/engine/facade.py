@@ -361,7 +361,8 @@ class Engine:
 
     def sign(self, study_uid: str, text: str, signer: str) -> Any:
         """Sign the final report of a stored study (scrubbed: `scrubbed_report`); the signed case joins the
-        retrieval pool at once."""
+        retrieval pool at once. With an outbox, its SR is queued on disk and sent in the background
+        (`start_sending`): signing never waits for the network."""
         text = scrubbed_report(self.store, study_uid, text, self.deid)
         embedding = None  # embedded first: the store writes the signature and its vector in one transaction
         if self.checkpoint is not None:
