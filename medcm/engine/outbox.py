@@ -156,8 +156,16 @@ class PendingItem:
     user: str | None = None
 
     def due(self, now: datetime) -> bool:
-        """Whether the background sender may try it at `now` (aware UTC)."""
-        return self.next_try is None or datetime.fromisoformat(self.next_try) <= now
+        """Whether the background sender may try it at `now` (aware UTC); an unreadable next try is due."""
+        return self.seconds_to_next_try(now) <= 0
+
+    def seconds_to_next_try(self, now: datetime) -> float:
+        """Seconds from `now` (aware UTC) to its next try: 0 or less when due (no or an unreadable next try)."""
+        try:
+            when = datetime.fromisoformat(self.next_try) if self.next_try else None
+        except (TypeError, ValueError):  # a sidecar edited by hand: try it rather than stall its destination
+            return 0.0
+        return 0.0 if when is None or when.tzinfo is None else (when - now).total_seconds()
 
 
 @dataclass(frozen=True)

@@ -169,9 +169,7 @@ class OutboxSender:
     def _seconds_to_next(self) -> float:
         """Until the earliest next try of a destination's oldest item (at most `max_wait_s`)."""
         now = datetime.now(timezone.utc)
-        waits = [0.0 if items[0].next_try is None else
-                 (datetime.fromisoformat(items[0].next_try) - now).total_seconds()
-                 for items in _by_destination(self.outbox.pending())]
+        waits = [items[0].seconds_to_next_try(now) for items in _by_destination(self.outbox.pending())]
         return min([max(wait, 0.0) for wait in waits] + [self.max_wait_s])
 
     def _loop(self) -> None:

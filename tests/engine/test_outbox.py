@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -185,6 +186,17 @@ def test_a_destination_backing_off_is_not_tried_before_its_next_try(store, tmp_p
     assert [item.attempts for item in outbox.pending()] == [2, 0]
     nxt = datetime.fromisoformat(outbox.pending()[0].next_try) - datetime.now(timezone.utc)
     assert timedelta(seconds=100) < nxt <= timedelta(seconds=121)  # doubled: 120 s
+
+
+def test_an_unreadable_next_try_is_due_rather_than_stalling_its_destination(tmp_path):
+    outbox = Outbox(tmp_path / "outbox", [Destination("PACS", "127.0.0.1", 104)])
+    (path,) = outbox.enqueue(b"sr", "1.2.3", 1)
+    now = datetime.now(timezone.utc)
+    for next_try, due in ((None, True), ("garbage", True), ((now + timedelta(minutes=5)).isoformat(), False),
+                          ((now - timedelta(seconds=1)).isoformat(), True)):
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        path.with_suffix(".json").write_text(json.dumps({**sidecar, "next_try": next_try}))
+        assert outbox.pending()[0].due(now) is due, next_try
 
 
 def test_retry_policy_doubles_up_to_its_cap():
