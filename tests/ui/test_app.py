@@ -516,7 +516,7 @@ def test_a_volume_with_a_missing_slice_is_shown_with_a_warning_naming_the_series
 
 def test_upload_then_similar_cases_then_draft_embeds_the_study_once(served, cases, monkeypatch):
     """Similar cases and the draft reuse the vectors ingest stored: one embedding pass, one image forward."""
-    import medcm.engine.facade as facade
+    import medcm.engine.stored as stored
 
     engine, calls = served.engine, {"embed_visual": 0, "encode_image": 0, "read_stored": 0}
 
@@ -529,7 +529,7 @@ def test_upload_then_similar_cases_then_draft_embeds_the_study_once(served, case
     monkeypatch.setattr(engine, "embed_visual", counting("embed_visual", engine.embed_visual))
     model = engine.checkpoint.model
     monkeypatch.setattr(model, "encode_image", counting("encode_image", model.encode_image))
-    monkeypatch.setattr(facade, "read_stored", counting("read_stored", facade.read_stored))  # the fallback's re-read
+    monkeypatch.setattr(stored, "read_stored", counting("read_stored", stored.read_stored))  # the fallback's re-read
     h = served.handlers
     study = h.on_upload([_dev(cases, 28)], "default", CLINICIAN)[0]
     found, _, _ = h.on_similar(study, CLINICIAN)
