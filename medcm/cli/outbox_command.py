@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from medcm.cli.options import db_url, folder_beside_db
-from medcm.engine.outbox import DELIVERED, Outbox, SendOutcome, parse_destination
+from medcm.engine.outbox import DELIVERED, Outbox, RetryPolicy, SendOutcome, parse_destination
 from medcm.engine.sender import audit_outcome
 
 __all__ = ["add_outbox_parser", "add_send_to_option", "attach_outbox", "outbox_folder", "outbox_from_args",
-           "run_outbox"]
+           "parse_backoff", "run_outbox"]
 
 
 def add_send_to_option(p: argparse.ArgumentParser, outbox_option: bool = True) -> None:
@@ -20,8 +20,10 @@ def add_send_to_option(p: argparse.ArgumentParser, outbox_option: bool = True) -
                    help="send every signed report as DICOM SR to this PACS (repeatable): by C-STORE to AE@host:port, "
                    "or by STOW-RS to a DICOMweb URL (a user in the URL, its password in $MEDCM_DICOMWEB_PASSWORD); "
                    "signing only queues the report: it is sent in the background, and a failed send stays in the "
-                   "outbox and is retried with backoff (10 s, doubling, at most 10 min apart; medcm outbox --retry "
-                   "tries at once)")
+                   "outbox and is retried with backoff (--send-backoff; medcm outbox --retry tries at once)")
+    p.add_argument("--send-backoff", default="10,600", metavar="FIRST,MAX",
+                   help="seconds before a failed send is retried the first time, and the most between retries "
+                   "(doubling in between; default: 10,600)")
     if outbox_option:
         p.add_argument("--outbox", help="folder for reports waiting to be sent (default: beside a SQLite database, "
                        "cases.db → cases.db.outbox/; required for other databases)")
@@ -41,7 +43,24 @@ def outbox_from_args(args: argparse.Namespace, url: str) -> Outbox | None:
     destinations = [parse_destination(text) for text in getattr(args, "send_to", None) or []]
     if not destinations:
         return None
-    return Outbox(outbox_folder(url, getattr(args, "outbox", None)), destinations)
+    retry = parse_backoff(getattr(args, "send_backoff", None) or "10,600")
+    return Outbox(outbox_folder(url, getattr(args, "outbox", None)), destinations, retry=retry)
+
+
+def parse_backoff(text: str) -> RetryPolicy:
+    """`--send-backoff FIRST,MAX` (seconds) as a `RetryPolicy`.
+
+    Raises:
+        ValueError: not two numbers with 0 <= FIRST <= MAX.
+    """
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError(f"{len(parts)} value(s)")
+        return RetryPolicy(first_delay_s=float(parts[0]), max_delay_s=float(parts[1]))
+    except ValueError:
+        raise ValueError(f"--send-backoff: got {text!r}; expected FIRST,MAX in seconds with 0 <= FIRST <= MAX, "
+                         "e.g. 10,600") from None
 
 
 def attach_outbox(engine: Any, args: argparse.Namespace, url: str) -> None:

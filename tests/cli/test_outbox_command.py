@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 
 from db.store import CaseStore
 from medcm.cli.commands import build_parser, main
+from medcm.cli.outbox_command import outbox_from_args, parse_backoff
 from medcm.dicom.deid import DeidConfig
 from medcm.engine.facade import Engine
-from medcm.engine.outbox import Destination, Outbox
+from medcm.engine.outbox import Destination, Outbox, RetryPolicy
 from pacs_peers import StorageSCP, free_port, ingest_study  # tests/pacs_peers.py
 
 TEXT = "FINDINGS: Clear lungs.\nIMPRESSION: No acute disease."
@@ -33,6 +35,19 @@ def test_serve_and_listen_take_send_to():
     serve = parser.parse_args(["serve", "--db", "x.db", "--checkpoint", "c", "--send-to", "PACS@h:104"])
     listen = parser.parse_args(["listen", "--db", "x.db", "--send-to", "A@h:1", "--send-to", "B@h:2"])
     assert serve.send_to == ["PACS@h:104"] and listen.send_to == ["A@h:1", "B@h:2"]
+
+
+def test_send_backoff_configures_the_retry_policy(tmp_path):
+    parser = build_parser()
+    url = f"sqlite:///{tmp_path / 'cases.db'}"
+    default = outbox_from_args(parser.parse_args(["listen", "--db", "x.db", "--send-to", "A@h:1"]), url)
+    assert default.retry == RetryPolicy(10.0, 600.0)
+    args = parser.parse_args(["serve", "--db", "x.db", "--checkpoint", "c", "--send-to", "A@h:1",
+                              "--send-backoff", "2,60"])
+    assert outbox_from_args(args, url).retry == RetryPolicy(2.0, 60.0)
+    for bad in ("10", "a,b", "60,2", "-1,5", "1,2,3"):
+        with pytest.raises(ValueError, match=f"--send-backoff: got '{bad}'"):
+            parse_backoff(bad)
 
 
 def test_outbox_lists_and_retries(tmp_path, capsys):
