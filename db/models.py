@@ -93,7 +93,8 @@ class Patient(Base):
 
 
 class Study(Base):
-    """A DICOM study; `status` follows its latest report version (none → "new")."""
+    """A DICOM study; `status` follows its latest report version that is not the model's draft (`db.versions`):
+    none → "new", a person's draft → "drafted", a signed version → "signed"."""
 
     __tablename__ = "studies"
     __table_args__ = (CheckConstraint(_in("status", STUDY_STATUSES), name="status"),)

@@ -104,6 +104,23 @@ def newest_studies(s: Session, status: str | None, limit: int) -> list[StudyView
     return [study_view(study, pseudonym or "", tags.get(study.id), ()) for study, pseudonym in rows]
 
 
+def patient_priors(s: Session, study_uid: str) -> list[tuple[StudyView, ReportView | None]]:
+    """The other studies of `study_uid`'s patient, newest study date first (then newest stored), each with
+    its latest signed report version (None if none); empty for a study of no known patient."""
+    study = study_or_error(s, study_uid)
+    if study.patient_id is None:
+        return []
+    others = list(s.scalars(select(Study).where(Study.patient_id == study.patient_id, Study.id != study.id)
+                            .order_by(Study.study_date.desc(), Study.created_at.desc(), Study.id.desc())))
+    tags = study_tags(s, [other.id for other in others])
+    found = []
+    for other in others:
+        signed = latest_report(s, other, signed_only=True)
+        found.append((study_view(other, study.patient.pseudonym, tags.get(other.id), ()),
+                      None if signed is None else report_view(signed, other.study_uid)))
+    return found
+
+
 def events(s: Session, study_uid: str | None, kind: str | None, user: str | None, limit: int) -> list[dict]:
     """Audit events as dicts, newest first, optionally only those of one study, kind or user."""
     query = select(Event)

@@ -8,7 +8,8 @@ and pgvector methods, `db.accounts` the accounts; `db.connect.Database` opens an
 
 Report versions: drafts are mutable, signed versions never change. Saving a draft over a signed
 version, or signing over one (an amendment), adds a new version. A study's status follows its
-latest version: "new" (no report), "drafted" or "signed".
+latest version that is not the model's draft: "new" (none), "drafted" (a person's draft) or "signed";
+the model's draft is stored and shown but changes no status.
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ class CaseStore(EmbeddingMethods, AccountMethods):
             sections: [(name, text)] as split by the caller.
             author: who (or which model) wrote it.
             source: "draft" (generated) or "edit" (a person's edit), or another label; recorded on
-                the version and as the event kind ("draft" for "draft", otherwise "edit").
+                the version and as the event kind ("draft" for "draft", otherwise "edit"). A "draft"
+                (the model's) leaves the study's status as it is ("new" in the worklist until a person
+                works on it); any other makes it "drafted".
             user: who asked for it, recorded in the audit trail (default: `author`); e.g. the
                 clinician who had the model write a draft whose author is the model.
 
@@ -170,7 +173,8 @@ class CaseStore(EmbeddingMethods, AccountMethods):
                 report.text, report.sections_json, report.author, report.source = text, pairs, author, source
             else:
                 report, action = versions.new_report(s, study, latest, text, pairs, "draft", author, source), "created"
-            study.status = "drafted"
+            if source != versions.MACHINE_SOURCE:  # the model's draft changes no status (`db.versions`)
+                study.status = "drafted"
             s.flush()
             detail = {"version": report.version, "report_id": report.id, "action": action, "source": source}
             write.log(s, "draft" if source == "draft" else "edit", user, study_uid, detail)
@@ -284,6 +288,16 @@ class CaseStore(EmbeddingMethods, AccountMethods):
         write.check_limit("list_studies", limit)
         with self._session() as s:
             return read.newest_studies(s, status, limit)
+
+    def prior_studies(self, study_uid: str) -> list[tuple[StudyView, ReportView | None]]:
+        """The same patient's other studies (same pseudonym), newest study date first, without instances,
+        each with its latest signed report version (None if none); empty for a study of no known patient.
+
+        Raises:
+            StoreError: unknown study.
+        """
+        with self._session() as s:
+            return read.patient_priors(s, study_uid)
 
     def study_of_instance(self, sop_instance_uid: str) -> str:
         """The StudyInstanceUID of a stored instance. Raises StoreError for an unknown instance."""

@@ -7,6 +7,9 @@
   draft, a signed version (an amendment) or nothing, it adds a new signed version by the signer.
   Signing again the text the signer's latest signed version holds is a retry: the same version is
   returned and nothing new is written (`SIGN_REPEAT`).
+- A study's status follows its latest version that is not a machine draft (source `MACHINE_SOURCE`): "new"
+  with none, "drafted" with a person's draft (an edit, or an imported draft), "signed" with a signed
+  version. The model's draft is kept and shown, but changes no status: no person has worked on the study.
 - An archive import (source "ingest") never supersedes a version a person signed in medcm: it is kept
   out of the versions and reported (`kept_by_signature`), and its text is kept in the ingest's audit
   event.
@@ -25,10 +28,11 @@ from db.read import CHUNK
 from db.records import StoreError
 from db.write import by_key, check_text, sections_of
 
-__all__ = ["IMPORT_SOURCE", "SIGN_IN_PLACE", "SIGN_NEW", "SIGN_REPEAT", "add_reports", "draft_in_place",
-           "kept_by_signature", "new_report", "sign_action", "stored_versions"]
+__all__ = ["IMPORT_SOURCE", "MACHINE_SOURCE", "SIGN_IN_PLACE", "SIGN_NEW", "SIGN_REPEAT", "add_reports",
+           "draft_in_place", "kept_by_signature", "new_report", "sign_action", "stored_versions"]
 
 IMPORT_SOURCE = "ingest"  # the source of a version an archive import wrote
+MACHINE_SOURCE = "draft"  # the source of a draft the model wrote (`save_draft(source="draft")`)
 SIGN_REPEAT, SIGN_IN_PLACE, SIGN_NEW = "repeat", "in place", "new version"
 
 
@@ -41,7 +45,7 @@ def sign_action(latest: Report | None, signer: str, text: str) -> str:
     """How `signer` signing `text` is written over `latest` (the study's newest version, None if none)."""
     if latest is not None and latest.status == "signed" and latest.signed_by == signer and latest.text == text:
         return SIGN_REPEAT
-    if latest is not None and latest.status == "draft" and latest.author == signer and latest.source != "draft":
+    if latest is not None and latest.status == "draft" and latest.author == signer and latest.source != MACHINE_SOURCE:
         return SIGN_IN_PLACE
     return SIGN_NEW
 

@@ -307,6 +307,8 @@ class Handlers:
         login = require(self.store, request, "sign")
         report = sign_study(self.engine, study.study_uid if study else None, text, login.name)
         message = render.signed_message(report)
+        sending = render.send_status_text(self.engine.send_status(report.study_uid))
+        message += f". {sending}" if sending else ""
         gr.Info(html.escape(message))
         return render.escape_md(message), render.verified_marker(report), gr.Button(interactive=False)
 

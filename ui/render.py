@@ -16,7 +16,7 @@ from db.store import CaseStore, ReportView, StoreError, StudyView, UserView
 from medcm.dicom.read import DicomImage
 from medcm.report.draft import Draft, DraftSentence
 from medcm.report.draft_types import Abstention
-from medcm.engine.facade import ImageMatch, SimilarCase
+from medcm.engine.facade import ImageMatch, SendStatus, SimilarCase
 from medcm.engine.grounding import SentenceHeatmap, overlay
 
 VIEW_MAX_PX = 1024
@@ -214,6 +214,19 @@ def signed_message(report: ReportView) -> str:
     """"Signed version N by <signer> at <time>"."""
     when = report.signed_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if report.signed_at else "an unknown time"
     return f"Signed version {report.version} by {report.signed_by} at {when}"
+
+
+def send_status_text(statuses: Sequence[SendStatus]) -> str:
+    """Where a signed report stands with each PACS, e.g. "PACS@pacs:104: sent; ARCHIVE@a:104: failed, retried at
+    10:32:05 (no connection)"; "" when nothing is sent anywhere."""
+    parts = []
+    for status in statuses:
+        text = {"pending": "queued, sent in the background", "sent": "sent"}.get(status.state, status.state)
+        if status.state == "failed":
+            when = status.next_try[11:19] if status.next_try else "soon"
+            text = f"not delivered after {status.attempts} attempt(s), retried at {when} UTC ({status.last_error})"
+        parts.append(f"v{status.version} to {status.destination}: {text}")
+    return "; ".join(parts)
 
 
 def verified_marker(report: ReportView) -> str:

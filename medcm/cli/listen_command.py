@@ -34,8 +34,9 @@ def add_listen_parser(sub: argparse._SubParsersAction) -> None:
                    help="ingest a study once nothing arrived for it for this long (default: 10)")
     p.add_argument("--spool", help="folder for received instances until ingested (default: beside a SQLite "
                    "database, cases.db → cases.db.spool/; required for other databases); holds patient data")
-    p.add_argument("--no-draft", action="store_true", help="with --checkpoint: embed but do not draft; studies "
-                   "stay 'new' in the worklist until a clinician opens them")
+    p.add_argument("--no-draft", action="store_true", help="with --checkpoint: embed but do not draft (the app "
+                   "drafts when a clinician opens the study); either way a study is 'new' in the worklist until a "
+                   "clinician saves a draft")
     p.add_argument("--device", help="cpu, cuda or cuda:N (for --checkpoint)")
     add_deid_options(p)
     add_send_to_option(p)
@@ -69,6 +70,7 @@ def run_listen(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     receiver.start()
+    engine.start_sending()  # with --send-to: delivers, in the background, what waits in the outbox
     allowed = ", ".join(args.allow_ae) if args.allow_ae else "any"
     log.info("medcm listen: AE %s on %s:%d (calling AEs: %s; spool %s); Ctrl+C stops it",
              args.ae_title, args.host, receiver.port, allowed, spool)
@@ -77,6 +79,7 @@ def run_listen(args: argparse.Namespace) -> int:
             pass
     finally:
         receiver.stop()
+        engine.stop_sending()
         engine.store.close()
     log.info("medcm listen: stopped")
     return 0

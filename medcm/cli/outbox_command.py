@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from medcm.cli.options import db_url, folder_beside_db
-from medcm.engine.outbox import DELIVERED, Outbox, SendOutcome, parse_destination
+from medcm.engine.outbox import DELIVERED, Outbox, RetryPolicy, SendOutcome, parse_destination
+from medcm.engine.sender import audit_outcome
 
 __all__ = ["add_outbox_parser", "add_send_to_option", "attach_outbox", "outbox_folder", "outbox_from_args",
-           "run_outbox"]
+           "parse_backoff", "run_outbox"]
 
 
 def add_send_to_option(p: argparse.ArgumentParser, outbox_option: bool = True) -> None:
@@ -18,7 +19,11 @@ def add_send_to_option(p: argparse.ArgumentParser, outbox_option: bool = True) -
     p.add_argument("--send-to", action="append", default=[], metavar="AE@HOST:PORT|URL",
                    help="send every signed report as DICOM SR to this PACS (repeatable): by C-STORE to AE@host:port, "
                    "or by STOW-RS to a DICOMweb URL (a user in the URL, its password in $MEDCM_DICOMWEB_PASSWORD); "
-                   "a failed send stays in the outbox and is retried (medcm outbox --retry)")
+                   "signing only queues the report: it is sent in the background, and a failed send stays in the "
+                   "outbox and is retried with backoff (--send-backoff; medcm outbox --retry tries at once)")
+    p.add_argument("--send-backoff", default="10,600", metavar="FIRST,MAX",
+                   help="seconds before a failed send is retried the first time, and the most between retries "
+                   "(doubling in between; default: 10,600)")
     if outbox_option:
         p.add_argument("--outbox", help="folder for reports waiting to be sent (default: beside a SQLite database, "
                        "cases.db → cases.db.outbox/; required for other databases)")
@@ -38,7 +43,24 @@ def outbox_from_args(args: argparse.Namespace, url: str) -> Outbox | None:
     destinations = [parse_destination(text) for text in getattr(args, "send_to", None) or []]
     if not destinations:
         return None
-    return Outbox(outbox_folder(url, getattr(args, "outbox", None)), destinations)
+    retry = parse_backoff(getattr(args, "send_backoff", None) or "10,600")
+    return Outbox(outbox_folder(url, getattr(args, "outbox", None)), destinations, retry=retry)
+
+
+def parse_backoff(text: str) -> RetryPolicy:
+    """`--send-backoff FIRST,MAX` (seconds) as a `RetryPolicy`.
+
+    Raises:
+        ValueError: not two numbers with 0 <= FIRST <= MAX.
+    """
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError(f"{len(parts)} value(s)")
+        return RetryPolicy(first_delay_s=float(parts[0]), max_delay_s=float(parts[1]))
+    except ValueError:
+        raise ValueError(f"--send-backoff: got {text!r}; expected FIRST,MAX in seconds with 0 <= FIRST <= MAX, "
+                         "e.g. 10,600") from None
 
 
 def attach_outbox(engine: Any, args: argparse.Namespace, url: str) -> None:
@@ -52,8 +74,9 @@ def add_outbox_parser(sub: argparse._SubParsersAction) -> None:
     """Register `medcm outbox --db URL [--outbox DIR] [--send-to AE@host:port ...] [--retry]`."""
     p = sub.add_parser("outbox", help="list (and with --retry, send) the signed reports waiting to go to a PACS",
                        description=(
-        "Signed reports that serve or listen (with --send-to) could not deliver wait in the outbox folder and "
-        "are never dropped. Lists them; --retry sends each to the destination it was queued for. "
+        "Signed reports that serve or listen (with --send-to) have not delivered yet wait in the outbox folder "
+        "and are never dropped; serve and listen retry them in the background with backoff. Lists them "
+        "(attempts, last error, next try); --retry sends each now to the destination it was queued for. "
         "Exits 1 when anything is still pending."))
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--outbox", help="the outbox folder (default: beside a SQLite database, cases.db → cases.db.outbox/)")
@@ -76,7 +99,8 @@ def run_outbox(args: argparse.Namespace) -> int:
     print(f"{len(items)} pending in {outbox.folder}")
     for item in items:
         print(f"  {item.destination}  study {item.study_uid}  v{item.version}  attempts {item.attempts}"
-              + (f"  last error: {item.last_error}" if item.last_error else ""))
+              + (f"  last error: {item.last_error}" if item.last_error else "")
+              + (f"  next try: {item.next_try}" if item.next_try else ""))
     if not args.retry:
         return 1 if items else 0
     outcomes = outbox.send_pending(only)
@@ -89,15 +113,12 @@ def run_outbox(args: argparse.Namespace) -> int:
 
 
 def _audit(url: str, outcomes: list[SendOutcome], user: str) -> None:
-    """One "send" event per outcome, as `Engine.sign` records them."""
+    """One "send" event per outcome, as the background sender records them (`medcm.engine.sender`)."""
     from db.store import CaseStore  # the command line is the composition root: it alone opens the store
 
     store = CaseStore(db_url(url))
     try:
         for outcome in outcomes:
-            detail = {"destination": str(outcome.destination), "version": outcome.version, "status": outcome.status}
-            if outcome.error:
-                detail["error"] = outcome.error
-            store.log_event("send", user, outcome.study_uid, detail)
+            audit_outcome(store, outcome, user)
     finally:
         store.close()

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from medcm.config import AbstentionConfig
@@ -52,8 +52,8 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     Uploads are de-identified with `deid` (None: stored as they are) into `files_dir` (default
     beside a SQLite database file, see `medcm.paths.default_files_dir`). `index_backend` is
     "exact" or "faiss" (see `medcm.engine.facade.Engine`). `abstention` says when a draft abstains (None:
-    the defaults of `AbstentionConfig`). With an `outbox`, signed reports are sent as DICOM SR
-    (`medcm.engine.outbox`).
+    the defaults of `AbstentionConfig`). With an `outbox`, signed reports are queued as DICOM SR and sent
+    by a background thread (`medcm.engine.sender`), stopped when the server stops (or by `app.close()`).
 
     Every page and call needs a login (`medcm users add`); the store's accounts are checked by
     `ui.auth.make_auth`. The same server answers STOW-RS at `POST /dicomweb/studies` (`ui.stow.StowRS`:
@@ -94,9 +94,29 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
     options = launch_options()
     options["app_kwargs"]["middleware"].append(Middleware(StowRS, engine=engine, draft=True))  # inside the guards
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False, quiet=not block,
-               max_file_size="2gb", auth=make_auth(store), **options)
+    engine.start_sending()  # with an outbox: signed reports leave in the background
+    try:
+        app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
+                   quiet=not block, max_file_size="2gb", auth=make_auth(store), **options)
+    except BaseException:
+        engine.stop_sending()
+        raise
+    if block:  # the server has stopped (Ctrl+C)
+        engine.stop_sending()
+    else:
+        _stop_sending_on_close(app, engine)
     return app
+
+
+def _stop_sending_on_close(app: Any, engine: Any) -> None:
+    """Make `app.close()` also stop the engine's outbox sender (for `serve(block=False)`)."""
+    close = app.close
+
+    def close_and_stop(*args: Any, **kwargs: Any) -> Any:
+        engine.stop_sending()
+        return close(*args, **kwargs)
+
+    app.close = close_and_stop
 
 
 def demo_deid(folder: str | Path) -> DeidConfig:

@@ -5,7 +5,8 @@ when the checkpoint has a volume encoder, see `medcm.engine.embed`), stores case
 `medcm.engine.ingest`) and answers the three questions the assistant asks of its memory: which past
 cases are similar (image → reports), which past images look alike (image → images), and which images
 match a phrase (text → images), searching the indexes of `medcm.engine.indexes`. It also drafts
-findings from the similar cases and signs reports.
+findings from the similar cases and signs reports; a signed report's DICOM SR is queued in the outbox and
+sent in the background (`medcm.engine.sender`), never while the clinician waits.
 
 A stored study is queried by its UID (`similar_cases_for_study`, `draft_for_study`) from the image
 vectors ingest stored for it (`medcm.engine.stored`), so an upload is decoded and embedded once.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 from medcm.checkpoint import Checkpoint, load_checkpoint
 from medcm.config import AbstentionConfig, AnatomyPriorConfig
 from medcm.dicom.deid import DeidConfig, pseudonymous_uid
-from medcm.dicom.read import DicomImage, DicomReadError
+from medcm.dicom.read import DicomImage
 import medcm.engine.embed as visual
 from medcm.engine.abstention import Abstainer, abstained_draft
 from medcm.engine.anatomy import AnatomyRanking, QuerySource
@@ -37,11 +38,14 @@ from medcm.engine.embed_archive import EmbedSummary, embed_archive
 from medcm.engine.grounding import SentenceHeatmap, study_heatmap
 from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
-from medcm.engine.outbox import Outbox, send_signed
+from medcm.engine.outbox import Outbox
+from medcm.engine.priors import Prior, study_priors
 from medcm.engine.records import EmbeddingRecord
 from medcm.engine.store_protocol import CaseStoreLike
 from medcm.engine.reports import save_machine_draft, scrubbed_report
-from medcm.engine.stored import read_stored, stored_study_vector
+from medcm.engine.results import ImageMatch, SimilarCase, clean_filters, image_match, study_uids_of
+from medcm.engine.sender import OutboxSender, SendStatus, queue_signed, send_status
+from medcm.engine.stored import read_stored_study, stored_study_vector
 from medcm.index.exact import Hit, VectorIndex
 from medcm.index.faiss import FaissIndex
 from medcm.index.pgvector import PgVectorIndex
@@ -51,39 +55,14 @@ from medcm.report.draft_types import Abstention
 from medcm.report.text import report_text_for_training, split_sections
 from medcm.runtime import select_device
 
-__all__ = ["INGEST_CHUNK_IMAGES", "MAX_QUERY_CHARS", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult",
-           "SimilarCase"]
+__all__ = ["INGEST_CHUNK_IMAGES", "MAX_QUERY_CHARS", "CaseStoreLike", "Engine", "ImageMatch", "IngestResult", "Prior",
+           "SendStatus", "SimilarCase"]
 
 log = logging.getLogger(__name__)
 
 _BATCH = 32
 INGEST_CHUNK_IMAGES = 64  # images per store transaction during ingest (whole studies)
 MAX_QUERY_CHARS = 1000  # longest text search query
-
-
-@dataclass(frozen=True)
-class SimilarCase:
-    """A past case similar to the query, with the report the similarity was measured against; `percentile`
-    is its calibrated score and `weak` marks a poor match (`medcm.engine.abstention`)."""
-
-    study_uid: str
-    score: float
-    report: str
-    modality: str
-    body_part: str
-    percentile: float | None = None
-    weak: bool = False
-
-
-@dataclass(frozen=True)
-class ImageMatch:
-    """A stored image matching a query (the best-scoring image of its study)."""
-
-    sop_instance_uid: str
-    study_uid: str
-    score: float
-    modality: str
-    body_part: str
 
 
 class Engine:
@@ -107,7 +86,8 @@ class Engine:
         anatomy_prior: how image queries rank candidates (`medcm.engine.anatomy`); None: the checkpoint's
             `config.anatomy_prior`; `AnatomyPriorConfig()` turns it off (cosine order).
         abstention: when drafts abstain, and how similar cases are scored (`medcm.engine.abstention`).
-        outbox: where signed reports are sent as DICOM SR (`medcm.engine.outbox`); None: not sent.
+        outbox: where signed reports are queued as DICOM SR (`medcm.engine.outbox`); None: not sent. They are
+            sent by the thread `start_sending` starts (`medcm.engine.sender`).
     """
 
     def __init__(
@@ -136,7 +116,8 @@ class Engine:
         self._indexes = IndexCache(store, self.index_dir, index_backend)  # not used by pgvector
         self._anatomy = AnatomyRanking(store, anatomy_prior)
         self._abstainer = Abstainer(store, abstention)
-        self.outbox = outbox  # signed reports are sent through it (`medcm.engine.outbox`); None: not sent
+        self.outbox = outbox  # signed reports are queued in it (`medcm.engine.outbox`); None: not sent
+        self.sender: OutboxSender | None = None  # the thread sending the outbox (`start_sending`)
 
     @property
     def anatomy_prior(self) -> AnatomyPriorConfig:
@@ -202,18 +183,7 @@ class Engine:
         query = stored_study_vector(self.store, instances, self.model_id, visual.has_volume_encoder(checkpoint))
         if query is not None:
             return query
-        images, failed = [], []
-        for instance in instances:
-            try:
-                images.append(read_stored(instance))
-            except DicomReadError as err:
-                failed.append(" ".join(str(err).split()))
-        if failed:
-            log.warning("study %s: %d image(s) could not be read again, e.g. %s", study_uid, len(failed), failed[0])
-        if not images:
-            raise ValueError(f"study {study_uid}: no stored image can be read to search with "
-                             f"({failed[0] if failed else 'none stored'})")
-        return self.study_embedding(images)
+        return self.study_embedding(read_stored_study(study_uid, instances))
 
     # -------------------------------------------------------------------- ingest
     def ingest(
@@ -277,7 +247,7 @@ class Engine:
 
         The query's own study is left out, so a stored study never retrieves itself.
         """
-        return self._similar_cases(self.study_embedding(images), _study_uids(images), k, filters, images)
+        return self._similar_cases(self.study_embedding(images), study_uids_of(images), k, filters, images)
 
     def similar_cases_for_study(self, study_uid: str, k: int = 5,
                                 filters: Mapping[str, str] | None = None) -> list[SimilarCase]:
@@ -292,7 +262,7 @@ class Engine:
                         source: QuerySource) -> tuple[list[SimilarCase], Abstention]:
         """The similar cases with their calibrated scores, and whether a draft abstains (`medcm.engine.abstention`)."""
         checkpoint, pool = self._require_checkpoint(), self._anatomy.pool_size(k, self.checkpoint)
-        hits = self.index(REPORT).search(query, k=pool, filters=_clean_filters(filters), exclude=self._own(study_uids))
+        hits = self.index(REPORT).search(query, k=pool, filters=clean_filters(filters), exclude=self._own(study_uids))
         hits = self._anatomy.rank(hits, checkpoint, query, source, per_image=False)[:k]
         return self._abstainer.check(self.index(REPORT), query, self._own(study_uids), source, self.model_id,
                                      [self._similar_case(hit) for hit in hits], checkpoint.model.region_head())
@@ -319,11 +289,11 @@ class Engine:
     ) -> list[ImageMatch]:
         """Stored images most like the query study (image → images), one per study, best first."""
         query = self.study_embedding(images)
-        own, checkpoint = self._own(_study_uids(images)), self._require_checkpoint()
+        own, checkpoint = self._own(study_uids_of(images)), self._require_checkpoint()
         hits = self.index(IMAGE).search(query, k=self._anatomy.pool_size(k, checkpoint) + len(own),
-                                        filters=_clean_filters(filters), group_by="study_uid")
+                                        filters=clean_filters(filters), group_by="study_uid")
         hits = [hit for hit in hits if hit.meta.get("study_uid") not in own]
-        return [_image_match(hit) for hit in self._anatomy.rank(hits, checkpoint, query, images, per_image=True)[:k]]
+        return [image_match(hit) for hit in self._anatomy.rank(hits, checkpoint, query, images, per_image=True)[:k]]
 
     def search_text(self, query: str, k: int = 5, filters: Mapping[str, str] | None = None) -> list[ImageMatch]:
         """Stored images matching a phrase such as "pleural effusion" (text → images), one per study."""
@@ -332,8 +302,8 @@ class Engine:
         if len(query) > MAX_QUERY_CHARS:  # a 10 MB query cost 15 s and 836 MB (issue 18)
             raise ValueError(f"text search: the query is {len(query)} characters; expected at most {MAX_QUERY_CHARS}")
         vector = self.embed_texts([query])[0]
-        hits = self.index(IMAGE).search(vector, k=k, filters=_clean_filters(filters), group_by="study_uid")
-        return [_image_match(hit) for hit in hits]
+        hits = self.index(IMAGE).search(vector, k=k, filters=clean_filters(filters), group_by="study_uid")
+        return [image_match(hit) for hit in hits]
 
     def sentence_heatmap(self, study_uid: str, sentence: str) -> SentenceHeatmap:
         """Where in a stored study's image `sentence` is seen (`medcm.engine.grounding.study_heatmap`)."""
@@ -343,7 +313,7 @@ class Engine:
     def draft(self, images: list[DicomImage], filters: Mapping[str, str] | None = None) -> Draft:
         """Draft findings for the query study from its most similar cases' reports (always unverified)."""
         query = self.study_embedding(images)  # one image forward pass serves retrieval and sentence scoring
-        return self._draft(query, _study_uids(images), filters, images)
+        return self._draft(query, study_uids_of(images), filters, images)
 
     def draft_for_study(self, study_uid: str, filters: Mapping[str, str] | None = None, save: bool = False,
                         user: str = "system") -> Draft:
@@ -391,7 +361,8 @@ class Engine:
 
     def sign(self, study_uid: str, text: str, signer: str) -> Any:
         """Sign the final report of a stored study (scrubbed: `scrubbed_report`); the signed case joins the
-        retrieval pool at once."""
+        retrieval pool at once. With an outbox, its SR is queued on disk and sent in the background
+        (`start_sending`): signing never waits for the network."""
         text = scrubbed_report(self.store, study_uid, text, self.deid)
         embedding = None  # embedded first: the store writes the signature and its vector in one transaction
         if self.checkpoint is not None:
@@ -400,25 +371,34 @@ class Engine:
         report = self.store.sign_report(study_uid, text, list(split_sections(text).sections), signer, embedding)
         if embedding is not None:
             self._indexes.drop(REPORT)
-        if self.outbox is not None:
-            send_signed(self.store, self.outbox, study_uid, report, signer)
+        if self.outbox is not None and queue_signed(self.store, self.outbox, study_uid, report, signer):
+            if self.sender is not None:  # queued on disk: sent in the background, never while the signer waits
+                self.sender.wake()
         return report
 
+    # ------------------------------------------------------- sending, priors
+    def start_sending(self) -> OutboxSender | None:
+        """Start the background thread that sends the outbox (`medcm.engine.sender.OutboxSender`); None
+        without an outbox. Stop it with `stop_sending`."""
+        if self.outbox is not None and self.sender is None:
+            self.sender = OutboxSender(self.outbox, self.store).start()
+        return self.sender
 
-def _study_uids(images: list[DicomImage]) -> set[str]:
-    return {image.meta.study_uid for image in images}
+    def stop_sending(self, timeout: float | None = None) -> None:
+        """Stop the sending thread (an attempt in progress finishes); what is pending stays queued."""
+        if self.sender is not None:
+            self.sender.stop(timeout)
+            self.sender = None
 
+    def send_status(self, study_uid: str) -> list[SendStatus]:
+        """Where the study's signed reports stand with each destination ("pending", "failed" with the last
+        error and next try, "sent"), newest version first; empty without an outbox or before signing."""
+        return send_status(self.outbox, study_uid)
 
-def _clean_filters(filters: Mapping[str, str] | None) -> dict[str, str] | None:
-    cleaned = {key: value for key, value in (filters or {}).items() if value}
-    return cleaned or None
+    def priors(self, study_uid: str) -> list[Prior]:
+        """The same patient's other stored studies, newest first (`medcm.engine.priors.study_priors`).
 
-
-def _image_match(hit: Hit) -> ImageMatch:
-    return ImageMatch(
-        sop_instance_uid=hit.key,
-        study_uid=hit.meta.get("study_uid", ""),
-        score=hit.score,
-        modality=hit.meta.get("modality", ""),
-        body_part=hit.meta.get("body_part", ""),
-    )
+        Raises:
+            StoreError: unknown study.
+        """
+        return study_priors(self.store, study_uid)

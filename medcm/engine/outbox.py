@@ -7,8 +7,10 @@ An item is the SR's file `<folder>/pending/<destination>/<study>-v<version>.dcm`
 (destination, study, version, attempts, last error, created). Both are written atomically, the sidecar
 first, so a crash leaves either a whole item or nothing that is listed. A delivered item (C-STORE status
 0x0000, or a STOW-RS answer listing the SR as stored) moves to `<folder>/sent/`; anything else keeps it
-pending with one more attempt and the error:
-a report is never dropped, only retried (`send_pending`, `medcm outbox --retry`).
+pending with one more attempt, the error and the time of its next try (`RetryPolicy`: exponential backoff,
+capped): a report is never dropped, only retried (`medcm.engine.sender.OutboxSender` in the background,
+`send_pending` and `medcm outbox --retry` at once). Sends are serialised per outbox folder, across
+processes too (a lock file), so the app's sender and `medcm outbox --retry` never send one item twice at once.
 """
 
 from __future__ import annotations
@@ -18,20 +20,20 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import pydicom
 
-from medcm.dicom.sr import export_report
 from medcm.fileio import write_bytes_atomic
 
-__all__ = ["Destination", "Outbox", "PendingItem", "SendOutcome", "StowDestination", "parse_destination",
-           "send_signed"]
+__all__ = ["DELIVERED", "QUEUED", "Destination", "Outbox", "PendingItem", "RetryPolicy", "SendOutcome",
+           "StowDestination", "parse_destination"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,31 @@ def _sidecar_destination(dest: AnyDestination) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed item is tried again: `first_delay_s` after the first failure, doubling (`factor`) after
+    each further one, never more than `max_delay_s` apart."""
+
+    first_delay_s: float = 10.0
+    max_delay_s: float = 600.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.first_delay_s <= self.max_delay_s) or self.factor < 1:
+            raise ValueError(f"RetryPolicy: got first_delay_s={self.first_delay_s}, max_delay_s={self.max_delay_s}, "
+                             f"factor={self.factor}; expected 0 <= first_delay_s <= max_delay_s and factor >= 1")
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt (1 for the first)."""
+        exponent = max(attempts - 1, 0)
+        if exponent > 64:  # factor ** exponent would overflow long after reaching the cap
+            return self.max_delay_s
+        return min(self.first_delay_s * self.factor ** exponent, self.max_delay_s)
+
+
+@dataclass(frozen=True)
 class PendingItem:
-    """An SR waiting for its destination."""
+    """An SR waiting for its destination (`next_try`: ISO time of the next background try, None: at once;
+    `user`: who signed it, named in the audit trail's "send" events)."""
 
     path: Path
     destination: AnyDestination
@@ -127,6 +152,20 @@ class PendingItem:
     attempts: int
     last_error: str | None
     created: str
+    next_try: str | None = None
+    user: str | None = None
+
+    def due(self, now: datetime) -> bool:
+        """Whether the background sender may try it at `now` (aware UTC); an unreadable next try is due."""
+        return self.seconds_to_next_try(now) <= 0
+
+    def seconds_to_next_try(self, now: datetime) -> float:
+        """Seconds from `now` (aware UTC) to its next try: 0 or less when due (no or an unreadable next try)."""
+        try:
+            when = datetime.fromisoformat(self.next_try) if self.next_try else None
+        except (TypeError, ValueError):  # a sidecar edited by hand: try it rather than stall its destination
+            return 0.0
+        return 0.0 if when is None or when.tzinfo is None else (when - now).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -150,18 +189,27 @@ class Outbox:
             destination it was queued for, configured now or not.
         calling_ae: this sender's AE title.
         timeout: seconds for connecting and for each DICOM message.
+        retry: when a failed item is tried again by the background sender (`RetryPolicy`).
     """
 
     def __init__(self, folder: str | os.PathLike, destinations: Sequence[AnyDestination], calling_ae: str = "MEDCM",
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, retry: RetryPolicy = RetryPolicy()) -> None:
         self.folder = Path(folder)
         self.destinations = tuple(destinations)
         self.calling_ae = calling_ae
         self.timeout = timeout
-        self._lock = threading.Lock()  # several app sessions may sign at once: one send pass at a time
+        self.retry = retry
+        self._lock = threading.Lock()  # the sender thread and `send_pending`: one send at a time
 
-    def enqueue(self, sr_bytes: bytes, study_uid: str, version: int) -> list[Path]:
-        """Queue one SR for every destination; an item already pending or sent is kept, not duplicated.
+    def enqueue(self, sr_bytes: bytes, study_uid: str, version: int, user: str | None = None) -> list[Path]:
+        """Queue one SR for every destination, durably (synced files); an item already pending or sent is kept,
+        not duplicated. Nothing is sent here (`medcm.engine.sender`, `send_pending` send).
+
+        Args:
+            sr_bytes: the DICOM SR file.
+            study_uid: its study.
+            version: the report version it holds.
+            user: who signed it, named in the audit trail's "send" events.
 
         Returns:
             Each destination's item: the pending file, or the sent one when it was delivered before.
@@ -175,8 +223,7 @@ class Outbox:
                 continue
             pending.parent.mkdir(parents=True, exist_ok=True)
             sidecar = {**_sidecar_destination(dest), "study_uid": study_uid, "version": int(version), "attempts": 0,
-                       "last_error": None,
-                       "created": _now()}
+                       "last_error": None, "next_try": None, "user": user, "created": _now()}
             write_bytes_atomic(pending.with_suffix(".json"), json.dumps(sidecar, indent=2).encode("utf-8"))
             write_bytes_atomic(pending, sr_bytes)
             paths.append(pending)
@@ -190,10 +237,28 @@ class Outbox:
             items = [item for item in items if item.destination in set(destinations)]
         return sorted(items, key=lambda item: (item.created, str(item.path)))
 
+    def sent(self, study_uid: str | None = None) -> list[PendingItem]:
+        """The delivered items (only those of `study_uid` when given), oldest first; `attempts` counts the last."""
+        pattern = "*/*.dcm" if study_uid is None else f"*/{_UNSAFE.sub('_', study_uid)}-v*.dcm"
+        items = [_item(path) for path in sorted((self.folder / "sent").glob(pattern)) if not path.name.startswith(".")]
+        return sorted(items, key=lambda item: (item.created, str(item.path)))
+
     def send_pending(self, destinations: Sequence[AnyDestination] | None = None) -> list[SendOutcome]:
-        """Try every pending item once (only those to `destinations` when given); never raises for a failed send."""
-        with self._lock:
-            return [self._send(item) for item in self.pending(destinations)]
+        """Try every pending item once now, whatever its next try (only those to `destinations` when given);
+        never raises for a failed send."""
+        outcomes = [self.send_item(item) for item in self.pending(destinations)]
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def send_item(self, item: PendingItem) -> SendOutcome | None:
+        """Try one pending item now: delivered, or kept pending with its error and next try.
+
+        Returns:
+            What the attempt did; None when the item is no longer pending (another sender delivered it).
+        """
+        with self._lock, _folder_lock(self.folder):
+            if not item.path.is_file():
+                return None
+            return self._send(_item(item.path))  # read again: another process may have tried it meanwhile
 
     def _pending_dir(self, dest: AnyDestination) -> Path:
         return self.folder / "pending" / dest.slug
@@ -205,6 +270,8 @@ class Outbox:
         sidecar["attempts"] = item.attempts + 1
         sidecar["last_attempt"] = _now()
         sidecar["last_error"] = error
+        wait = self.retry.delay(item.attempts + 1)
+        sidecar["next_try"] = None if error is None else _later(wait)
         if error is None:
             sent = self.folder / "sent" / item.path.parent.name / item.path.name
             sent.parent.mkdir(parents=True, exist_ok=True)
@@ -213,8 +280,8 @@ class Outbox:
             sidecar_path.unlink(missing_ok=True)
             return SendOutcome(item.destination, item.study_uid, item.version, DELIVERED, None, sent)
         write_bytes_atomic(sidecar_path, json.dumps(sidecar, indent=2).encode("utf-8"))
-        log.warning("report of study %s v%d not delivered to %s (attempt %d): %s", item.study_uid, item.version,
-                    item.destination, item.attempts + 1, error)
+        log.warning("report of study %s v%d not delivered to %s (attempt %d, next in %.0f s): %s", item.study_uid,
+                    item.version, item.destination, item.attempts + 1, wait, error)
         return SendOutcome(item.destination, item.study_uid, item.version, QUEUED, error, item.path)
 
     def _store(self, item: PendingItem) -> str | None:
@@ -281,14 +348,15 @@ def _item(path: Path) -> PendingItem:
         host, _, port = rest.rpartition("_")
         dest = Destination(ae, host, int(port) if port.isdigit() else 0)
     return PendingItem(path, dest, sidecar.get("study_uid", study), int(sidecar.get("version", version or 0)),
-                       int(sidecar.get("attempts", 0)), sidecar.get("last_error"), sidecar.get("created", ""))
+                       int(sidecar.get("attempts", 0)), sidecar.get("last_error"), sidecar.get("created", ""),
+                       sidecar.get("next_try"), sidecar.get("user"))
 
 
 def _read_sidecar(item: PendingItem) -> dict:
     sidecar = _read_sidecar_file(item.path.with_suffix(".json"))
     dest = item.destination
     sidecar.update(**_sidecar_destination(dest), study_uid=item.study_uid, version=item.version,
-                   created=item.created or _now())
+                   created=item.created or _now(), user=item.user)
     return sidecar
 
 
@@ -301,30 +369,25 @@ def _read_sidecar_file(path: Path) -> dict:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")  # orders items queued in one second
 
 
-def send_signed(store: Any, outbox: Outbox, study_uid: str, report: Any, user: str) -> None:
-    """Queue a signed version's SR in `outbox`, send what is pending, and audit each outcome ("send").
+def _later(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
 
-    Args:
-        store: the case store (`get_study`, `log_event`).
-        outbox: where it goes.
-        study_uid: the signed study.
-        report: the signed version (`db.store.ReportView`).
-        user: the signer, recorded in the audit trail.
 
-    Never raises: the signature is already stored, and an item that was not delivered stays queued
-    (`medcm outbox --retry` sends it later).
-    """
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold `<folder>/.send.lock` exclusively (POSIX `flock`; on other systems, this process's lock only)."""
     try:
-        sr = export_report(store.get_study(study_uid), report, "sr")
-        outbox.enqueue(sr, study_uid, report.version)
-        for outcome in outbox.send_pending():
-            detail = {"destination": str(outcome.destination), "version": outcome.version, "status": outcome.status}
-            if outcome.error:
-                detail["error"] = outcome.error
-            store.log_event("send", user, outcome.study_uid, detail)
-    except Exception as err:  # noqa: BLE001 - sending is best effort; the signature stands
-        log.warning("signed report of study %s v%s not sent: %s: %s", study_uid, report.version,
-                    type(err).__name__, err)
+        import fcntl
+    except ImportError:  # Windows: no cross-process lock
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".send.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -66,7 +66,8 @@ def may_replace_with_machine_draft(latest: Any | None) -> bool:
 
 
 def save_machine_draft(store: ReportStoreLike, study_uid: str, text: str, user: str) -> Any | None:
-    """Keep a drafted text in the store, so the worklist shows the study as "drafted".
+    """Keep a drafted text in the store, for the app to open for editing; the study stays "new" in the worklist
+    until a person saves a draft or signs (`db.versions`).
 
     Saved only over nothing or over an earlier machine draft (`may_replace_with_machine_draft`);
     signing later adds a new version as usual. The version's author is `DRAFT_AUTHOR` (the model

@@ -9,6 +9,7 @@ gave at ingest: every series has at least one, and with a 2D-only checkpoint eve
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -18,7 +19,9 @@ from medcm.dicom.read import DicomImage, DicomReadError, read_instance
 from medcm.dicom.volume import VOLUME_MODALITIES
 from medcm.engine.embed import series_study_vector
 
-__all__ = ["StoredInstanceLike", "StudyVectorStoreLike", "read_stored", "stored_study_vector"]
+__all__ = ["StoredInstanceLike", "StudyVectorStoreLike", "read_stored", "read_stored_study", "stored_study_vector"]
+
+log = logging.getLogger(__name__)
 
 
 class StoredInstanceLike(Protocol):
@@ -48,6 +51,26 @@ def read_stored(instance: StoredInstanceLike) -> DicomImage:
         raise DicomReadError(instance.path, f"changed since it was stored (SOPInstanceUID "
                                             f"{instance.sop_instance_uid}); expected the stored file")
     return image
+
+
+def read_stored_study(study_uid: str, instances: Sequence[StoredInstanceLike]) -> list[DicomImage]:
+    """A stored study's images read again (`read_stored`); unreadable ones are skipped with one warning.
+
+    Raises:
+        ValueError: none of them can be read (the message names the first failure).
+    """
+    images, failed = [], []
+    for instance in instances:
+        try:
+            images.append(read_stored(instance))
+        except DicomReadError as err:
+            failed.append(" ".join(str(err).split()))
+    if failed:
+        log.warning("study %s: %d image(s) could not be read again, e.g. %s", study_uid, len(failed), failed[0])
+    if not images:
+        raise ValueError(f"study {study_uid}: no stored image can be read to search with "
+                         f"({failed[0] if failed else 'none stored'})")
+    return images
 
 
 def stored_study_vector(store: StudyVectorStoreLike, instances: Sequence[Any], model_id: str,

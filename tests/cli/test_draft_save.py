@@ -45,7 +45,8 @@ def test_draft_save_ingests_the_file_and_keeps_a_machine_draft(stored, synthetic
     study_uid = out["study_uid"]
     with CaseStore(f"sqlite:///{db}") as store:
         study = store.get_study(study_uid)
-        assert len(study.instances) == 1 and study.status == "drafted"
+        assert len(study.instances) == 1 and study.status == "new"  # the model's draft changes no status
+        assert store.latest_report(study_uid).source == "draft"
         copy = study.instances[0].path  # a de-identified copy, as the app stores uploads
         assert copy.startswith(str(root / "cases.db.files")) and study_uid != _file_study_uid(upload / "image.dcm")
         latest = store.latest_report(study_uid)

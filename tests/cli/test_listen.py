@@ -69,3 +69,40 @@ def test_listen_receives_a_study_and_stops_on_sigterm(tmp_path):
         (study,) = cases.list_studies()
         assert study.patient_id.startswith("ANON-") and len(cases.get_study(study.study_uid).instances) == 1
     assert (tmp_path / "cases.db.spool").is_dir() and not list((tmp_path / "cases.db.spool").rglob("*.dcm"))
+
+
+def test_listen_sends_what_waits_in_the_outbox_in_the_background_and_stops(tmp_path):
+    """A report queued earlier (e.g. signed just before a crash) leaves with `listen --send-to`'s sender thread."""
+    from medcm.engine.outbox import Outbox
+    from pacs_peers import StorageSCP  # tests/pacs_peers.py
+
+    scp = StorageSCP().start()
+    try:
+        sr = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))  # any file: the SCP records it
+        sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+        sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+        outbox = Outbox(tmp_path / "cases.db.outbox", [scp.destination])
+        outbox.enqueue((tmp_path / "sr.dcm").read_bytes(), "1.2.3", 1, user="dr_a")
+        db, log = tmp_path / "cases.db", tmp_path / "listen.log"
+        with log.open("w") as out:
+            process = subprocess.Popen([sys.executable, "-m", "medcm", "listen", "--db", str(db), "--port",
+                                        str(_free_port()), "--send-to", str(scp.destination)],
+                                       stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            _wait_for(log, "medcm listen: AE MEDCM", process)
+            deadline = time.monotonic() + 60
+            while outbox.pending() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    finally:
+        scp.stop()
+    assert len(scp.received) == 1 and outbox.pending() == [], log.read_text()
+    assert "medcm listen: stopped" in log.read_text()
+    with CaseStore(f"sqlite:///{db}") as cases:
+        (event,) = cases.events("1.2.3", kind="send")
+    assert event["user"] == "dr_a" and event["detail"]["status"] == "delivered"

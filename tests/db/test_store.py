@@ -195,11 +195,12 @@ def test_report_versions_keep_their_authors_through_drafts_signing_and_amendment
 
     v2 = filled.save_draft(STUDY_A, "draft one", [("FINDINGS", "draft one")], author="medcm")
     assert (v2.version, v2.status, v2.source) == (2, "draft", "draft")
-    assert filled.get_study(STUDY_A).status == "drafted"
+    assert filled.get_study(STUDY_A).status == "signed"  # the model's draft changes no status
     redraft = filled.save_draft(STUDY_A, "draft one b", [], author="medcm")  # the model over its own draft
     assert (redraft.id, redraft.version) == (v2.id, 2)
     v3 = filled.save_draft(STUDY_A, "edit one", [("FINDINGS", "edit one")], author="dr.a", source="edit")
     assert (v3.version, v3.author, v3.source) == (3, "dr.a", "edit")  # the machine's text stays version 2
+    assert filled.get_study(STUDY_A).status == "drafted"  # a person's draft
     v3b = filled.save_draft(STUDY_A, "edit two", [], author="dr.a", source="edit")
     assert (v3b.id, v3b.version, v3b.text) == (v3.id, 3, "edit two")  # their own draft: updated in place
 
@@ -284,6 +285,77 @@ def test_a_study_without_a_report_signs_version_one(store):
     assert store.get_study(STUDY_B).status == "new" and store.latest_report(STUDY_B) is None
     report = store.sign_report(STUDY_B, "FINDINGS: Clear.", [("FINDINGS", "Clear.")], signer="dr.b")
     assert (report.version, report.status) == (1, "signed")
+
+
+def test_a_machine_draft_leaves_a_study_new_until_a_person_drafts_or_signs(store):
+    store.ingest(archive())
+    draft = store.save_draft(STUDY_B, "FINDINGS: Suggested.", [("FINDINGS", "Suggested.")], author="medcm-draft",
+                             user="dicom:PACS")
+    assert store.get_study(STUDY_B).status == "new"  # stored and retrievable, but nobody has worked on it
+    assert store.latest_report(STUDY_B) == draft and (draft.source, draft.status) == ("draft", "draft")
+    assert {study.study_uid for study in store.list_studies(status="new")} == {STUDY_A, STUDY_B}
+    assert store.list_studies(status="drafted") == []
+    store.save_draft(STUDY_B, "FINDINGS: Suggested again.", [], author="medcm-draft")  # the model re-drafts
+    assert store.get_study(STUDY_B).status == "new"
+    store.save_draft(STUDY_B, "FINDINGS: Checked.", [], author="dr.b", source="edit")
+    assert store.get_study(STUDY_B).status == "drafted"
+    store.sign_report(STUDY_B, "FINDINGS: Checked.", [], signer="dr.b")
+    assert store.get_study(STUDY_B).status == "signed"
+
+
+def _machine_drafted_at_0003(url: str) -> None:
+    """A store at revision 0003 whose code marked a study "drafted" for the model's draft: study 9.1 has only a
+    machine draft, 9.2 a person's draft under it, 9.3 a person's draft on top, 9.4 a signed version under one."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+        versions = {"9.1": [("draft", "draft")], "9.2": [("draft", "edit"), ("draft", "draft")],
+                    "9.3": [("draft", "draft"), ("draft", "edit")], "9.4": [("signed", "sign"), ("draft", "draft")]}
+        for study_id, (uid, rows) in enumerate(versions.items(), start=1):
+            conn.execute(text("INSERT INTO studies (id, study_uid, patient_id, study_date, description, created_at,"
+                              " status) VALUES (:id, :uid, NULL, '', '', '2026-01-01 10:00:00.000000', 'drafted')"),
+                         {"id": study_id, "uid": uid})
+            for version, (status, source) in enumerate(rows, start=1):
+                conn.execute(text(
+                    "INSERT INTO reports (study_id, version, text, sections_json, status, author, created_at,"
+                    " signed_at, signed_by, source) VALUES (:study, :version, :text, '[]', :status, 'someone',"
+                    " '2026-01-01 10:00:00.000000', NULL, NULL, :source)"),
+                    {"study": study_id, "version": version, "text": f"v{version}", "status": status, "source": source})
+    engine.dispose()
+
+
+def test_migration_0005_sets_machine_drafted_studies_back_to_what_a_person_did(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _machine_drafted_at_0003(url)
+    with CaseStore(url) as store:  # opening migrates to the head
+        assert {uid: store.get_study(uid).status for uid in ("9.1", "9.2", "9.3", "9.4")} == {
+            "9.1": "new", "9.2": "drafted", "9.3": "drafted", "9.4": "signed"}
+        assert store.latest_report("9.1").source == "draft"  # the draft itself stays
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0003")
+        rows = dict(conn.execute(text("SELECT study_uid, status FROM studies")).tuples().all())
+    engine.dispose()
+    assert rows == {"9.1": "drafted", "9.2": "drafted", "9.3": "drafted", "9.4": "drafted"}
+
+
+# ----------------------------------------------------------------- priors
+def test_prior_studies_are_the_same_patients_other_studies_newest_first(store):
+    store.ingest([*archive(), instance("1.6", "2.0", "2.0.1", "PSEUDO-1", "CR", "CHEST"),
+                  instance("1.7", "3.0", "3.0.1", "", "CR", "CHEST")])
+    store.ingest([], [ReportInput("2.0", "FINDINGS: Earlier.", [])])
+    store.save_draft("2.0", "FINDINGS: A newer draft.", [], author="dr.a", source="edit")
+    with store._engine.begin() as conn:  # study dates as ingest stores them (de-identified: shifted)
+        conn.execute(text("UPDATE studies SET study_date = '20240131' WHERE study_uid = :a"), {"a": STUDY_A})
+        conn.execute(text("UPDATE studies SET study_date = '20230105' WHERE study_uid = '2.0'"))
+    (prior,) = [(study.study_uid, study.study_date, study.status, study.modalities, report.text, report.version)
+                for study, report in store.prior_studies(STUDY_A)]
+    assert prior == ("2.0", "20230105", "drafted", ("CR",), "FINDINGS: Earlier.", 1)  # the latest *signed* one
+    assert [(study.study_uid, report) for study, report in store.prior_studies("2.0")][0][0] == STUDY_A
+    assert store.prior_studies(STUDY_B) == []  # PSEUDO-2 has one study
+    assert store.prior_studies("3.0") == []  # no patient id: no priors
+    with pytest.raises(StoreError, match="not in the store"):
+        store.prior_studies("4.0")
 
 
 # ----------------------------------------------------------------- events

@@ -3,7 +3,7 @@
 Orthanc C-STOREs a study to medcm's receiver, and DCMTK's storescu sends one: each is stored, de-identified,
 embedded and drafted. Signing sends the SR to Orthanc, which then holds it VERIFIED in the study, and DCMTK's
 dsrdump reads the copy fetched back. `medcm fetch` pulls a study from Orthanc's DICOMweb by UID. With Orthanc
-killed, a signed report waits in the outbox (C-STORE and STOW-RS destinations), and `medcm outbox --retry`
+killed, a signed report waits in the outbox (C-STORE and STOW-RS destinations) while the background sender fails, and `medcm outbox --retry`
 delivers it once Orthanc is back on the same ports. Skipped only where Orthanc is not installed.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -25,6 +26,7 @@ from medcm.dicom.deid import DeidConfig
 from medcm.engine.facade import Engine
 from medcm.engine.outbox import DELIVERED, Outbox, StowDestination
 from medcm.engine.receiver import Receiver
+from medcm.engine.sender import OutboxSender
 from pacs_peers import ORTHANC_DICOMWEB_PLUGIN, Orthanc, free_port, orthanc_or_skip  # tests/pacs_peers.py
 
 KEY = b"orthanc-test-key-0123456789"
@@ -75,7 +77,8 @@ def check_stored(engine: Engine, study_uid: str, original: pydicom.Dataset) -> N
     stored = pydicom.dcmread(instance.path)
     assert str(stored.get("PatientName", "")) != str(original.PatientName) and "PLANT" not in str(stored)
     assert engine.store.image_embeddings([instance.sop_instance_uid], engine.model_id)
-    assert study.status == "drafted" and engine.store.latest_report(study_uid).text
+    assert study.status == "new" and engine.store.latest_report(study_uid).source == "draft"  # the model's draft
+    assert engine.store.latest_report(study_uid).text
 
 
 def test_orthanc_sends_a_study_to_the_receiver(pacs):
@@ -115,7 +118,15 @@ def test_a_signed_report_reaches_orthanc_as_a_verified_sr(pacs, tmp_path):
     orthanc, engine, _, folder = pacs
     path, _ = ct_study(folder / "to-sign", "PLANTSIGN^GIVEN")
     study_uid = engine.ingest([path]).studies[0]
-    engine.sign(study_uid, REPORT, "dr_a")
+    engine.start_sending()  # as `medcm serve --send-to` does: the SR leaves in the background
+    try:
+        engine.sign(study_uid, REPORT, "dr_a")
+        deadline = time.monotonic() + 60
+        while engine.outbox.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        engine.stop_sending()
+    assert [status.state for status in engine.send_status(study_uid)] == ["sent"]
     (sr,) = orthanc_srs(orthanc, study_uid)
     assert sr["VerificationFlag"] == "VERIFIED" and sr["StudyInstanceUID"] == study_uid
     assert sr["ContentSequence"]  # the report's text items
@@ -157,6 +168,9 @@ def test_a_report_signed_while_orthanc_is_down_is_delivered_by_outbox_retry(pacs
     orthanc.stop()
     try:
         engine.sign(study_uid, REPORT, "dr_b")
+        pending = engine.outbox.pending()
+        assert len(pending) == len(destinations) and all(item.attempts == 0 for item in pending)
+        OutboxSender(engine.outbox, engine.store).run_once()  # the background sender's pass, while Orthanc is down
         pending = engine.outbox.pending()
         assert len(pending) == len(destinations) and all(item.attempts == 1 and item.last_error for item in pending)
         assert {event["detail"]["status"] for event in engine.store.events(study_uid, kind="send")} == {"queued"}

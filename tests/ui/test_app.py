@@ -114,7 +114,8 @@ def test_draft_is_unverified_and_every_sentence_names_stored_sources(served, cas
     for sentence in result["sentences"]:
         assert sentence["section"] in ("FINDINGS", "IMPRESSION") and sentence["text"] in result["text"]
         assert sentence["sources"] and all(src["case_id"] in stored for src in sentence["sources"])
-    assert served.store.get_study(result["study_uid"]).status == "drafted"
+    assert served.store.get_study(result["study_uid"]).status == "new"  # the model's draft: nobody worked on it yet
+    assert served.store.latest_report(result["study_uid"]).source == "draft"  # stored, for the app to open
     assert (result["abstained"], result["reason"], result["abstention"]["abstained"]) == (False, "", False)
     assert result["abstention"]["nearest_similarity"] >= result["abstention"]["threshold"]
     assert {c["study_uid"] for c in result["similar_cases"]} == set(result["source_cases"])
@@ -515,7 +516,7 @@ def test_a_volume_with_a_missing_slice_is_shown_with_a_warning_naming_the_series
 
 def test_upload_then_similar_cases_then_draft_embeds_the_study_once(served, cases, monkeypatch):
     """Similar cases and the draft reuse the vectors ingest stored: one embedding pass, one image forward."""
-    import medcm.engine.facade as facade
+    import medcm.engine.stored as stored
 
     engine, calls = served.engine, {"embed_visual": 0, "encode_image": 0, "read_stored": 0}
 
@@ -528,7 +529,7 @@ def test_upload_then_similar_cases_then_draft_embeds_the_study_once(served, case
     monkeypatch.setattr(engine, "embed_visual", counting("embed_visual", engine.embed_visual))
     model = engine.checkpoint.model
     monkeypatch.setattr(model, "encode_image", counting("encode_image", model.encode_image))
-    monkeypatch.setattr(facade, "read_stored", counting("read_stored", facade.read_stored))  # the fallback's re-read
+    monkeypatch.setattr(stored, "read_stored", counting("read_stored", stored.read_stored))  # the fallback's re-read
     h = served.handlers
     study = h.on_upload([_dev(cases, 28)], "default", CLINICIAN)[0]
     found, _, _ = h.on_similar(study, CLINICIAN)
