@@ -39,8 +39,9 @@ dr.v); that needs the clinician role".
     modality or region no stored study has, or its similarity to its nearest cases is below the
     archive's own 5th percentile), `abstained` is true, `reason` says why with the numbers (e.g.
     "nothing in this archive resembles this study: nearest similarity 0.41, typical 0.78 ..."), and
-    there is no text and no sentence. The draft is also saved in the store (status "drafted") unless
-    it is empty or the study already has a signed report or a person's edit.
+    there is no text and no sentence. The draft is also saved in the store as the model's draft (the study
+    stays "new" until a clinician saves a draft) unless it is empty or the study already has a signed
+    report or a person's edit.
 
 `/sign` (study_uid, text) -> dict  (clinician)
     Signs the study's final report as the logged-in account (a signed study gets an amendment: a
