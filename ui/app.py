@@ -204,11 +204,15 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
     (review["save"].click(h.on_save, [review["study"], review["draft"]], review["signed"], **PRIVATE)
      .success(h.on_worklist, None, worklist, **PRIVATE))
     review["export"].click(h.on_export, [review["study"], review["export_format"]], review["exported"], **PRIVATE)
-    (review["sign"].click(h.on_sign, [review["study"], review["draft"]],
-                          [review["signed"], review["marker"], review["sign"]], **PRIVATE, **SIGN_QUEUE)
+    review["sign"].click(h.ask_to_sign, [review["draft"]], [review["confirm_row"], review["confirm_text"]], **PRIVATE)
+    review["cancel"].click(h.cancel_sign, None, review["confirm_row"], **PRIVATE)
+    (review["confirm"].click(h.on_sign, [review["study"], review["draft"], review["sentences"]],
+                             [review["signed"], review["marker"], review["sign"], review["provenance"],
+                              review["exported"], review["confirm_row"]], **PRIVATE, **SIGN_QUEUE)
      .success(h.on_worklist, None, worklist, **PRIVATE))
     review["draft"].input(h.enable_sign, None, review["sign"], **PRIVATE)  # edited after signing: an amendment
     review["sentences"].change(h.enable_sign, None, review["sign"], **PRIVATE)  # a new draft
+    review["sentences"].change(h.cancel_sign, None, review["confirm_row"], **PRIVATE)  # no question left open
     for trigger in (search.click, query.submit):
         trigger(h.on_text_search, [query, k], [matches, found_gallery, found], **PRIVATE, **ENGINE_QUEUE)
     for source in (found_gallery, found):

@@ -230,10 +230,10 @@ class Handlers:
         progress(0.3, desc="drafting findings from similar cases")
         draft = self.engine.draft_for_study(study.study_uid, save=True, user=login.name)
         if draft.abstention is not None and draft.abstention.abstained:  # shown where the draft would be
-            return [], "", render.provenance_rows(draft), render.abstention_markdown(draft.abstention)
+            return [], "", render.provenance_rows(draft.sentences), render.abstention_markdown(draft.abstention)
         if not draft.sentences:
             gr.Warning("no draft: the similar cases gave no usable sentence; write the findings yourself")
-        return list(draft.sentences), draft.text(), render.provenance_rows(draft), DRAFT_MARKER
+        return list(draft.sentences), draft.text(), render.provenance_rows(draft.sentences), DRAFT_MARKER
 
     @readable_errors
     def on_open_draft(self, study: ReviewStudy | None, request: gr.Request,
@@ -300,17 +300,35 @@ class Handlers:
         return render.escape_md(message)
 
     @readable_errors
-    def on_sign(self, study: ReviewStudy | None, text: str | None, request: gr.Request) -> tuple[str, str, gr.Button]:
-        """Sign the edited report as the logged-in clinician: the status line, the banner turned VERIFIED and
-        the Sign button disabled until the text changes (`enable_sign`). The worklist is refreshed by the
-        next step of the event, so a refused signature (an empty report) never blanks it."""
+    def ask_to_sign(self, text: str | None, request: gr.Request) -> tuple[gr.Column, str]:
+        """Signing asks first: the confirmation row, naming the account that signs."""
+        login = require(self.store, request, "sign")
+        if not (text or "").strip():
+            raise user_error("the report is empty: write the findings before signing")
+        return gr.Column(visible=True), render.sign_question(login.name)
+
+    @staticmethod
+    def cancel_sign() -> gr.Column:
+        """The confirmation row hidden again; nothing is signed."""
+        return gr.Column(visible=False)
+
+    @readable_errors
+    def on_sign(self, study: ReviewStudy | None, text: str | None, sentences: list[DraftSentence] | None,
+                request: gr.Request) -> tuple[str, str, gr.Button, pd.DataFrame, None, gr.Column]:
+        """Sign the edited report as the logged-in clinician (after `ask_to_sign`): the status line, the banner
+        turned VERIFIED, the Sign button disabled until the text changes (`enable_sign`), the provenance of
+        the sentences the signed text still holds, the stale export cleared and the confirmation hidden.
+        The worklist is refreshed by the next step of the event, so a refused signature (an empty report)
+        never blanks it."""
         login = require(self.store, request, "sign")
         report = sign_study(self.engine, study.study_uid if study else None, text, login.name)
         message = render.signed_message(report)
         sending = render.send_status_text(self.engine.send_status(report.study_uid))
         message += f". {sending}" if sending else ""
         gr.Info(html.escape(message))
-        return render.escape_md(message), render.verified_marker(report), gr.Button(interactive=False)
+        provenance = render.provenance_rows(sentences or [], kept_in=report.text)
+        return (render.escape_md(message), render.verified_marker(report), gr.Button(interactive=False), provenance,
+                None, gr.Column(visible=False))
 
     @staticmethod
     def enable_sign() -> gr.Button:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from db.store import CaseStore, ReportView, StoreError, StudyView, UserView
 from medcm.dicom.read import DicomImage
-from medcm.report.draft import Draft, DraftSentence
+from medcm.report.draft import DraftSentence
 from medcm.report.draft_types import Abstention
 from medcm.engine.facade import ImageMatch, SendStatus, SimilarCase
 from medcm.engine.grounding import SentenceHeatmap, overlay
@@ -115,11 +115,17 @@ def abstention_markdown(abstention: Abstention) -> str:
             "The similar cases are listed as weak matches only. Write the findings yourself.")
 
 
-def provenance_rows(draft: Draft) -> pd.DataFrame:
-    """One row per draft sentence: its number, section, text, score and source cases with scores."""
+def provenance_rows(sentences: Sequence[DraftSentence], kept_in: str | None = None) -> pd.DataFrame:
+    """One row per draft sentence: its number, section, text, score and source cases with scores.
+
+    With `kept_in` (the text as saved or signed) only the sentences that text still holds are listed, under
+    their draft numbers: a sentence the clinician deleted has no provenance in the report.
+    """
+    words = " ".join(kept_in.split()) if kept_in is not None else None
     rows = [
         (i, s.section, s.text, round(s.score, 3), ", ".join(f"{p.case_id} ({p.case_score:.3f})" for p in s.sources))
-        for i, s in enumerate(draft.sentences, start=1)
+        for i, s in enumerate(sentences, start=1)
+        if words is None or " ".join(s.text.split()) in words
     ]
     return table(rows, PROVENANCE_HEADERS)
 
@@ -227,6 +233,12 @@ def send_status_text(statuses: Sequence[SendStatus]) -> str:
             text = f"not delivered after {status.attempts} attempt(s), retried at {when} UTC ({status.last_error})"
         parts.append(f"v{status.version} to {status.destination}: {text}")
     return "; ".join(parts)
+
+
+def sign_question(name: str) -> str:
+    """The confirmation asked before a signature."""
+    return (f"**Sign this report as {escape_md(name)}?** It becomes the study's verified report, sent to the "
+            "configured destinations; a later change is an amendment.")
 
 
 def verified_marker(report: ReportView) -> str:

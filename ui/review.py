@@ -60,7 +60,7 @@ SHORTCUTS = """
 |---|---|
 | Alt + ↓ / Alt + ↑ | next / previous draft sentence and its sources |
 | Ctrl + S | save the draft |
-| Ctrl + Enter | sign the report |
+| Ctrl + Enter | sign the report (asks to confirm) |
 """
 CSS = """
 .gradio-container { max-width: 100% !important; padding-top: 4px !important; }
@@ -141,6 +141,11 @@ def _draft_section(c: dict[str, Any]) -> None:
         with gr.Row():
             c["save"] = gr.Button("Save draft", size="sm", elem_id="save-draft")
             c["sign"] = gr.Button("Sign report", variant="primary", size="sm", elem_id="sign")
+        with gr.Column(visible=False, elem_id="sign-confirm-row") as c["confirm_row"]:
+            c["confirm_text"] = gr.Markdown(elem_id="sign-question")
+            with gr.Row():
+                c["confirm"] = gr.Button("Confirm signature", variant="primary", size="sm", elem_id="sign-confirm")
+                c["cancel"] = gr.Button("Cancel", size="sm", elem_id="sign-cancel")
         c["signed"] = gr.Markdown(elem_id="signed-status")
 
 

@@ -252,19 +252,28 @@ def test_handlers_draft_then_sign_updates_the_worklist(served, cases):
     sentences, text, provenance, marker = h.on_draft(study, CLINICIAN)
     assert "UNVERIFIED DRAFT" in marker and len(provenance) == len(sentences) and text
     with pytest.raises(gr.Error, match="not logged in"):
-        h.on_sign(study, text, SimpleNamespace(username=None))  # an app launched without auth
+        h.on_sign(study, text, sentences, SimpleNamespace(username=None))  # an app launched without auth
     with pytest.raises(gr.Error, match="the report is empty"):
-        h.on_sign(study, "  ", CLINICIAN)
-    message, marker, sign_button = h.on_sign(study, text + " Edited.", CLINICIAN)
+        h.on_sign(study, "  ", sentences, CLINICIAN)
+    with pytest.raises(gr.Error, match="the report is empty"):
+        h.ask_to_sign(" ", CLINICIAN)
+    row, question = h.ask_to_sign(text, CLINICIAN)  # Sign asks first; nothing is signed yet
+    assert row.visible is True and "Sign this report as dr.c?" in question
+    assert served.store.get_study(study.study_uid).status != "signed" and h.cancel_sign().visible is False
+    deleted = sentences[0].text
+    signed_text = text.replace(deleted, "").strip() + " Edited."
+    message, marker, sign_button, kept, exported, row = h.on_sign(study, signed_text, sentences, CLINICIAN)
     assert message.startswith("Signed version ") and " by dr.c at " in message
     assert marker.startswith("### ✔ VERIFIED\nSigned version 2 by dr.c at ") and "UNVERIFIED" not in marker
     assert sign_button.interactive is False and h.enable_sign().interactive is True
+    assert deleted not in list(kept["sentence"]) and len(kept) == len(sentences) - 1  # the deleted one has no sources
+    assert list(kept["#"]) == list(range(2, len(sentences) + 1)) and exported is None and row.visible is False
     worklist = h.on_worklist(CLINICIAN)  # the event's next step: a refused signature never blanks it
     row = worklist[worklist["study uid"] == study.study_uid]
     assert list(row["status"]) == ["signed"]
     machine, latest = served.store.report_versions(study.study_uid)  # the model's draft stays its own version
     assert (machine.author, machine.status, machine.text) == ("medcm-draft", "draft", text)
-    assert (latest.source, latest.signed_by, latest.author, latest.text) == ("sign", "dr.c", "dr.c", text + " Edited.")
+    assert (latest.source, latest.signed_by, latest.author, latest.text) == ("sign", "dr.c", "dr.c", signed_text)
     trail = [(e["kind"], e["user"], e["detail"].get("screen")) for e in served.store.events(study_uid=study.study_uid)]
     assert trail == [("sign", "dr.c", None), ("draft", "dr.c", None), ("view", "dr.c", "similar cases"),
                      ("view", "dr.c", "review"), ("ingest", "dr.c", None)]
@@ -369,8 +378,9 @@ def test_handlers_refuse_roles_their_action_does_not_allow(served, cases):
     for call, action in [(lambda: h.on_upload([_dev(cases, 2)], "default", VIEWER), "upload studies"),
                          (lambda: h.on_draft(study, VIEWER), "draft reports"),
                          (lambda: h.on_save(study, "FINDINGS: x.", VIEWER), "edit reports"),
-                         (lambda: h.on_sign(study, "FINDINGS: x.", VIEWER), "sign reports"),
-                         (lambda: h.on_sign(study, "FINDINGS: x.", ADMIN), "sign reports"),
+                         (lambda: h.on_sign(study, "FINDINGS: x.", [], VIEWER), "sign reports"),
+                         (lambda: h.on_sign(study, "FINDINGS: x.", [], ADMIN), "sign reports"),
+                         (lambda: h.ask_to_sign("FINDINGS: x.", VIEWER), "sign reports"),
                          (lambda: h.on_audit("", "", CLINICIAN), "see the audit trail"),
                          (lambda: h.on_audit("", "", VIEWER), "see the audit trail")]:
         with pytest.raises(gr.Error, match=f"may not {action}"):
@@ -454,7 +464,7 @@ def test_request_handlers_keep_resolvable_request_hints():
 
     for owner, names in [(Handlers, ("on_load", "on_upload", "open_study", "render_view", "on_instance", "on_similar",
                                      "on_case_select", "on_draft", "on_open_draft", "on_source_select", "on_save",
-                                     "on_sign", "on_worklist", "on_worklist_select", "on_text_search",
+                                     "on_sign", "ask_to_sign", "on_worklist", "on_worklist_select", "on_text_search",
                                      "on_match_select", "on_audit")),
                          (Endpoints, ("search", "draft", "sign", "search_text"))]:
         for name in names:

@@ -79,7 +79,10 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
             playwright_api.expect(page.locator("#draft-marker")).to_contain_text("UNVERIFIED")
             edited = draft.input_value() + " Reviewed against prior studies."
             draft.fill(edited)
-            draft.press("Control+Enter")  # the shortcut for Sign
+            draft.press("Control+Enter")  # the shortcut for Sign: it asks first
+            playwright_api.expect(page.locator("#sign-question")).to_contain_text("Sign this report as", timeout=30_000)
+            page.screenshot(path=str(root / "sign-question.png"))
+            page.locator("#sign-confirm").click()
             playwright_api.expect(page.locator("#signed-status")).to_contain_text("Signed", timeout=60_000)
             playwright_api.expect(page.locator("#draft-marker")).to_contain_text("✔ VERIFIED", timeout=30_000)
             playwright_api.expect(page.locator("#draft-marker")).not_to_contain_text("UNVERIFIED")
