@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from medcm.checkpoint import Checkpoint, load_checkpoint
-from medcm.config import AbstentionConfig, AnatomyPriorConfig
+from medcm.config import AbstentionConfig, AnatomyPriorConfig, QuestionConfig
 from medcm.dicom.deid import DeidConfig, pseudonymous_uid
 from medcm.dicom.read import DicomImage, DicomReadError
 import medcm.engine.embed as visual
@@ -38,7 +38,9 @@ from medcm.engine.grounding import SentenceHeatmap, study_heatmap
 from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
 from medcm.engine.outbox import Outbox, send_signed
+from medcm.engine.question import QuestionBlender, set_question
 from medcm.engine.records import EmbeddingRecord
+from medcm.engine.results import ImageMatch, SimilarCase, clean_filters, image_match
 from medcm.engine.store_protocol import CaseStoreLike
 from medcm.engine.reports import save_machine_draft, scrubbed_report
 from medcm.engine.stored import read_stored, stored_study_vector
@@ -59,31 +61,6 @@ log = logging.getLogger(__name__)
 _BATCH = 32
 INGEST_CHUNK_IMAGES = 64  # images per store transaction during ingest (whole studies)
 MAX_QUERY_CHARS = 1000  # longest text search query
-
-
-@dataclass(frozen=True)
-class SimilarCase:
-    """A past case similar to the query, with the report the similarity was measured against; `percentile`
-    is its calibrated score and `weak` marks a poor match (`medcm.engine.abstention`)."""
-
-    study_uid: str
-    score: float
-    report: str
-    modality: str
-    body_part: str
-    percentile: float | None = None
-    weak: bool = False
-
-
-@dataclass(frozen=True)
-class ImageMatch:
-    """A stored image matching a query (the best-scoring image of its study)."""
-
-    sop_instance_uid: str
-    study_uid: str
-    score: float
-    modality: str
-    body_part: str
 
 
 class Engine:
@@ -108,6 +85,8 @@ class Engine:
             `config.anatomy_prior`; `AnatomyPriorConfig()` turns it off (cosine order).
         abstention: when drafts abstain, and how similar cases are scored (`medcm.engine.abstention`).
         outbox: where signed reports are sent as DICOM SR (`medcm.engine.outbox`); None: not sent.
+        question: how much a stored study's clinical question moves its report retrieval and draft
+            (`medcm.engine.question`).
     """
 
     def __init__(
@@ -123,6 +102,7 @@ class Engine:
         anatomy_prior: AnatomyPriorConfig | None = None,
         abstention: AbstentionConfig = AbstentionConfig(),
         outbox: Outbox | None = None,
+        question: QuestionConfig = QuestionConfig(),
     ) -> None:
         check_index_backend(index_backend, store)  # an unknown name or a missing FAISS fails here
         self.index_backend = index_backend
@@ -137,6 +117,7 @@ class Engine:
         self._anatomy = AnatomyRanking(store, anatomy_prior)
         self._abstainer = Abstainer(store, abstention)
         self.outbox = outbox  # signed reports are sent through it (`medcm.engine.outbox`); None: not sent
+        self._question = QuestionBlender(store, question, self.embed_texts)
 
     @property
     def anatomy_prior(self) -> AnatomyPriorConfig:
@@ -281,18 +262,26 @@ class Engine:
 
     def similar_cases_for_study(self, study_uid: str, k: int = 5,
                                 filters: Mapping[str, str] | None = None) -> list[SimilarCase]:
-        """`similar_cases` of a stored study, queried with the vectors ingest stored (`study_query`)."""
-        return self._similar_cases(self.study_query(study_uid), {study_uid}, k, filters, study_uid)
+        """`similar_cases` of a stored study, queried with the vectors ingest stored (`study_query`) blended with
+        its clinical question (`set_clinical_question`)."""
+        query = self.study_query(study_uid)
+        search = self._question.retrieval_query(study_uid, query)
+        return self._similar_cases(query, {study_uid}, k, filters, study_uid, search)
 
     def _similar_cases(self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None,
-                       source: QuerySource) -> list[SimilarCase]:
-        return self._assessed_cases(query, study_uids, k, filters, source)[0]
+                       source: QuerySource, search: np.ndarray | None = None) -> list[SimilarCase]:
+        return self._assessed_cases(query, study_uids, k, filters, source, search)[0]
 
     def _assessed_cases(self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None,
-                        source: QuerySource) -> tuple[list[SimilarCase], Abstention]:
-        """The similar cases with their calibrated scores, and whether a draft abstains (`medcm.engine.abstention`)."""
+                        source: QuerySource, search: np.ndarray | None = None) -> tuple[list[SimilarCase], Abstention]:
+        """The similar cases with their calibrated scores, and whether a draft abstains (`medcm.engine.abstention`).
+
+        `search` (default: `query`) finds the reports, e.g. the image query blended with the study's question;
+        the anatomy prior and abstention read the image query alone.
+        """
         checkpoint, pool = self._require_checkpoint(), self._anatomy.pool_size(k, self.checkpoint)
-        hits = self.index(REPORT).search(query, k=pool, filters=_clean_filters(filters), exclude=self._own(study_uids))
+        search = query if search is None else search
+        hits = self.index(REPORT).search(search, k=pool, filters=clean_filters(filters), exclude=self._own(study_uids))
         hits = self._anatomy.rank(hits, checkpoint, query, source, per_image=False)[:k]
         return self._abstainer.check(self.index(REPORT), query, self._own(study_uids), source, self.model_id,
                                      [self._similar_case(hit) for hit in hits], checkpoint.model.region_head())
@@ -321,9 +310,9 @@ class Engine:
         query = self.study_embedding(images)
         own, checkpoint = self._own(_study_uids(images)), self._require_checkpoint()
         hits = self.index(IMAGE).search(query, k=self._anatomy.pool_size(k, checkpoint) + len(own),
-                                        filters=_clean_filters(filters), group_by="study_uid")
+                                        filters=clean_filters(filters), group_by="study_uid")
         hits = [hit for hit in hits if hit.meta.get("study_uid") not in own]
-        return [_image_match(hit) for hit in self._anatomy.rank(hits, checkpoint, query, images, per_image=True)[:k]]
+        return [image_match(hit) for hit in self._anatomy.rank(hits, checkpoint, query, images, per_image=True)[:k]]
 
     def search_text(self, query: str, k: int = 5, filters: Mapping[str, str] | None = None) -> list[ImageMatch]:
         """Stored images matching a phrase such as "pleural effusion" (text → images), one per study."""
@@ -332,8 +321,8 @@ class Engine:
         if len(query) > MAX_QUERY_CHARS:  # a 10 MB query cost 15 s and 836 MB (issue 18)
             raise ValueError(f"text search: the query is {len(query)} characters; expected at most {MAX_QUERY_CHARS}")
         vector = self.embed_texts([query])[0]
-        hits = self.index(IMAGE).search(vector, k=k, filters=_clean_filters(filters), group_by="study_uid")
-        return [_image_match(hit) for hit in hits]
+        hits = self.index(IMAGE).search(vector, k=k, filters=clean_filters(filters), group_by="study_uid")
+        return [image_match(hit) for hit in hits]
 
     def sentence_heatmap(self, study_uid: str, sentence: str) -> SentenceHeatmap:
         """Where in a stored study's image `sentence` is seen (`medcm.engine.grounding.study_heatmap`)."""
@@ -359,20 +348,25 @@ class Engine:
         Raises:
             StoreError: unknown study.
         """
-        draft = self._draft(self.study_query(study_uid), {study_uid}, filters, study_uid)
+        query = self.study_query(study_uid)
+        draft = self._draft(query, {study_uid}, filters, study_uid, self._question.retrieval_query(study_uid, query))
         if save:
             save_machine_draft(self.store, study_uid, draft.text(), user)
         return draft
 
     def _draft(self, query: np.ndarray, study_uids: set[str], filters: Mapping[str, str] | None,
-               source: QuerySource) -> Draft:
-        cases, abstention = self._assessed_cases(query, study_uids, self.draft_config.top_k_cases, filters, source)
+               source: QuerySource, search: np.ndarray | None = None) -> Draft:
+        """The draft: cases found and sentences scored by `search` (default: `query`); the finding head and the
+        image scores that decide sides by the image query."""
+        search = query if search is None else search
+        cases, abstention = self._assessed_cases(query, study_uids, self.draft_config.top_k_cases, filters, source,
+                                                 search)
         if abstention.abstained:  # the archive holds nothing like the study: no sentence to copy
             return abstained_draft([case.study_uid for case in cases], abstention)
         sources = self._image_scored([SourceCase(case.study_uid, case.score, case.report)
                                       for case in cases if case.report], query)
         seen = self._require_checkpoint().model.image_findings(query)
-        return replace(draft_findings(query, sources, self.embed_texts, self.draft_config, seen), abstention=abstention)
+        return replace(draft_findings(search, sources, self.embed_texts, self.draft_config, seen), abstention=abstention)
 
     def _image_scored(self, sources: list[SourceCase], query: np.ndarray) -> list[SourceCase]:
         """Each source with its nearest stored image's cosine to the query: image-to-image neighbours
@@ -383,6 +377,18 @@ class Engine:
                                         group_by="study_uid")
         nearest = {hit.meta.get("study_uid"): hit.score for hit in hits}
         return [replace(source, image_score=nearest.get(source.case_id)) for source in sources]
+
+    def set_clinical_question(self, study_uid: str, text: str | None, user: str) -> Any:
+        """Store a study's clinical question (indication / history), scrubbed as a person's report is; "" or
+        None clears it. Its retrieval and draft blend it in from then on (`medcm.engine.question`).
+
+        Returns:
+            The study as stored (`db.store.StudyView`; `clinical_question` holds the scrubbed text).
+
+        Raises:
+            StoreError: unknown study, or over 2,000 characters or with control characters (nothing written).
+        """
+        return set_question(self.store, study_uid, text, user, self.deid)
 
     def save_edit(self, study_uid: str, text: str, author: str) -> Any:
         """Save a person's edited report of a stored study as a draft (scrubbed: `scrubbed_report`)."""
@@ -407,18 +413,3 @@ class Engine:
 
 def _study_uids(images: list[DicomImage]) -> set[str]:
     return {image.meta.study_uid for image in images}
-
-
-def _clean_filters(filters: Mapping[str, str] | None) -> dict[str, str] | None:
-    cleaned = {key: value for key, value in (filters or {}).items() if value}
-    return cleaned or None
-
-
-def _image_match(hit: Hit) -> ImageMatch:
-    return ImageMatch(
-        sop_instance_uid=hit.key,
-        study_uid=hit.meta.get("study_uid", ""),
-        score=hit.score,
-        modality=hit.meta.get("modality", ""),
-        body_part=hit.meta.get("body_part", ""),
-    )
