@@ -37,7 +37,8 @@ from medcm.eval.baselines import (
 from medcm.eval.abstention import abstention_block
 from medcm.eval.anatomy import Anatomy, case_anatomy, image_anatomy
 from medcm.eval.metrics import corpus_meteor, draft_metrics
-from medcm.config import AbstentionConfig, AnatomyPriorConfig
+from medcm.config import AbstentionConfig, AnatomyPriorConfig, QuestionConfig
+from medcm.eval.history import history_block, summary
 from medcm.index.anatomy import anatomy_bonus, prior_scores
 from medcm.eval.retrieval import DEFAULT_KS, first_hit_ranks, recall_at_k
 from medcm.eval.findings import finding_block
@@ -258,17 +259,21 @@ class DraftRun:
 
 def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
                config: DraftConfig, prior: AnatomyPriorConfig | None = None,
-               image_findings: Callable[[np.ndarray], dict[str, float] | None] | None = None) -> DraftRun:
+               image_findings: Callable[[np.ndarray], dict[str, float] | None] | None = None,
+               text_queries: dict[str, np.ndarray] | None = None) -> DraftRun:
     """Draft every query case from the pool and find the nearest pool report with findings.
 
     With `prior`, the pool's reports are ranked by cosine plus the anatomy bonus between the query
-    case's images and each pool case's images (a source keeps its cosine as its score).
+    case's images and each pool case's images (a source keeps its cosine as its score). `text_queries`
+    (case id → vector, e.g. the image query blended with the case's History, `medcm.eval.history`) replace
+    the image query where it meets report text (ranking, sentence scores), as the engine's question does.
     """
     vectors = query_vectors(queries)
     pool_findings = [reference_findings(r) for r in pool.records]
     query_cases = list(vectors)
     query_anatomy = case_anatomy(queries.anatomy(), queries.image_case, query_cases)
-    cosine = np.stack([vectors[c] for c in query_cases]) @ pool.report_emb.T if query_cases else np.zeros((0, 0))
+    texts = {c: (text_queries or {}).get(c, vectors[c]) for c in query_cases}
+    cosine = np.stack([texts[c] for c in query_cases]) @ pool.report_emb.T if query_cases else np.zeros((0, 0))
     ranking = ranking_scores(cosine, query_anatomy, pool.case_anatomy(), prior)
     image_rows = _case_rows(pool)
     run = DraftRun()
@@ -280,7 +285,7 @@ def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callabl
         sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report,
                               float(image_cosine[image_rows[i]].max()) if image_rows[i] else None) for i in top]
         seen = image_findings(vector) if image_findings else None
-        draft = draft_findings(vector, sources, embed_sentences, config, seen)
+        draft = draft_findings(texts[case], sources, embed_sentences, config, seen)
         run.findings[case], run.reports[case] = draft.section_text("FINDINGS"), draft.text()
         run.details[case] = _draft_details(draft, sources)
         run.nearest[case] = next((pool_findings[i] for i in order if pool_findings[i]), "")
@@ -292,6 +297,18 @@ def _draft_details(draft: Draft, sources: list[SourceCase]) -> dict[str, Any]:
     return {"sources": [{"case_id": s.case_id, "score": s.score} for s in sources],
             "sentences": [{"section": s.section, "text": s.text,
                            "sources": list(dict.fromkeys(p.case_id for p in s.sources))} for s in draft.sentences]}
+
+
+def scored_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
+                  config: DraftConfig, prior: AnatomyPriorConfig | None = None,
+                  image_findings: Callable[[np.ndarray], dict[str, float] | None] | None = None,
+                  text_queries: dict[str, np.ndarray] | None = None,
+                  meteor: bool = True) -> tuple[DraftRun, list[str], dict[str, float]]:
+    """`run_drafts`, the query cases it can score (those with written Findings) and their draft metrics."""
+    run = run_drafts(queries, pool, embed_sentences, config, prior, image_findings, text_queries)
+    references = {r.case_id: reference_findings(r) for r in queries.records}
+    scored = [c for c in run.findings if references.get(c)]  # cases without written Findings cannot be scored
+    return run, scored, draft_metrics([run.findings[c] for c in scored], [references[c] for c in scored], meteor)
 
 
 def draft_reports(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
@@ -317,7 +334,7 @@ def cached_sentence_embedder(checkpoint: Checkpoint, device: torch.device) -> Ca
 def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_records: list[ManifestRecord], *,
              draft_config: DraftConfig = DraftConfig(), device: torch.device | str = "cpu", seed: int = 0,
              progress: bool = False, prior: AnatomyPriorConfig | None = None,
-             abstention: AbstentionConfig = AbstentionConfig()) -> dict[str, Any]:
+             abstention: AbstentionConfig = AbstentionConfig(), question: QuestionConfig = QuestionConfig()) -> dict[str, Any]:
     """Run the whole evaluation and return the JSON-ready results (see the module doc).
 
     Args:
@@ -332,6 +349,8 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
             prior (`medcm.index.anatomy`); None ranks by cosine alone.
         abstention: the abstention settings whose similarity rule is measured (`medcm.eval.abstention`);
             with `below_percentile` 0 the trust block has no abstention.
+        question: the weight at which the "history" block blends each query's History into its query
+            (`medcm.eval.history`; no block when no query has a History).
 
     Raises:
         ValueError: the pool or the queries are empty, share case ids, or no query image is readable.
@@ -349,11 +368,9 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     retrieval = retrieval_metrics(queries, pool, prior)
 
     references = {r.case_id: reference_findings(r) for r in queries.records}
-    run = run_drafts(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config, prior,
-                     checkpoint.model.image_findings)
-    drafts = run.findings
-    scored = [c for c in drafts if references.get(c)]  # cases without written Findings cannot be scored
-    refs = [references[c] for c in scored]
+    embedder = cached_sentence_embedder(checkpoint, device)
+    run, scored, draft = scored_drafts(queries, pool, embedder, draft_config, prior, checkpoint.model.image_findings)
+    drafts, refs = run.findings, [references[c] for c in scored]
     with_findings = [(r.meta, f) for r in pool.records if (f := reference_findings(r))]
     pool_meta, pool_findings = [m for m, _ in with_findings], [f for _, f in with_findings]
     meta_of = {r.case_id: r.meta for r in queries.records}
@@ -366,7 +383,6 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
              "oracle": oracle_reports(refs, pool_findings)}
     baselines = {name: _mean_over_draws(draws[name], refs) if name in draws else draft_metrics(texts[name], refs)
                  for name in texts}
-    draft = draft_metrics([drafts[c] for c in scored], refs)
     systems = {"draft": [drafts[c] for c in scored], "draft_report": [run.reports[c] for c in scored],
                "reference": refs, **texts}
     trust = trust_block(systems, refs, "draft", {k: v for k, v in texts.items() if k not in CEILINGS}, baselines, seed=seed)
@@ -376,6 +392,10 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
         trust["grounding"] = grounded
     if abstained := abstention_block(pool, queries, abstention, checkpoint.model.region_head()):
         trust["abstention"] = abstained
+    history = history_block(queries, lambda texts: encode_texts(checkpoint, texts, device), question.weight,
+                            summary(retrieval, draft), lambda blended: retrieval_metrics(blended, pool, prior),
+                            lambda blend: scored_drafts(queries, pool, embedder, draft_config, prior,
+                                                        checkpoint.model.image_findings, blend)[2])
     return {
         "checkpoint": str(checkpoint.path),
         "model_id": checkpoint.model_id,
@@ -384,6 +404,7 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
                    "scored_drafts": len(scored), "unreadable_images": len(pool.errors) + len(queries.errors)},
         "retrieval": retrieval,
         "draft": draft,
+        **({"history": history} if history else {}),
         "baselines": baselines,
         "gap_closed": gap_closed(draft, baselines["random"], baselines["oracle"]),
         "trust": trust,
