@@ -94,7 +94,8 @@ class Patient(Base):
 
 class Study(Base):
     """A DICOM study; `status` follows its latest report version that is not the model's draft (`db.versions`):
-    none → "new", a person's draft → "drafted", a signed version → "signed"."""
+    none → "new", a person's draft → "drafted", a signed version → "signed". `clinical_question` is the
+    indication a clinician gave for it."""
 
     __tablename__ = "studies"
     __table_args__ = (CheckConstraint(_in("status", STUDY_STATUSES), name="status"),)
@@ -107,6 +108,8 @@ class Study(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     status: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    # The indication / history a clinician gave (scrubbed); None: none given (migration 0004).
+    clinical_question: Mapped[str | None] = mapped_column(Text)
 
     patient: Mapped[Patient | None] = relationship()
 

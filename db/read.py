@@ -76,7 +76,7 @@ def study_view(
     return StudyView(
         study_uid=study.study_uid, patient_id=pseudonym, study_date=study.study_date,
         description=study.description, status=study.status, modalities=modalities, body_parts=body_parts,
-        instances=instances, created_at=study.created_at,
+        instances=instances, created_at=study.created_at, clinical_question=study.clinical_question,
     )
 
 

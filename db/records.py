@@ -112,6 +112,7 @@ class StudyView:
     body_parts: tuple[str, ...]
     instances: tuple[InstanceView, ...]
     created_at: datetime
+    clinical_question: str | None = None  # the indication / history a clinician gave; None: none
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Every public method of `CaseStore` is one transaction: it is written whole or no
 is the source of truth; vector indexes are rebuilt from `embedding_matrix`, joined on plain string
 keys (SOPInstanceUID for images, StudyInstanceUID for reports). `CaseStore` is built from method
 groups: this module holds ingest, reports, studies and the audit trail; `db.embeddings` the embedding
-and pgvector methods, `db.accounts` the accounts; `db.connect.Database` opens and migrates the database.
+and pgvector methods, `db.accounts` the accounts, `db.questions` a study's clinical question;
+`db.connect.Database` opens and migrates the database.
 
 Report versions: drafts are mutable, signed versions never change. Saving a draft over a signed
 version, or signing over one (an amendment), adds a new version. A study's status follows its
@@ -29,6 +30,7 @@ from db.audit import AuditProblem, AuditReport
 from db.embeddings import EmbeddingMethods
 from db.models import STUDY_STATUSES, Embedding, Instance, Report, Series, Study, utcnow
 from db.pgvector import VectorHit
+from db.questions import MAX_QUESTION_CHARS, QuestionMethods
 from db.read import latest_report, report_view, study_or_error
 from db.records import (
     EmbeddingInput,
@@ -52,6 +54,7 @@ __all__ = [
     "IngestSummary",
     "InstanceInput",
     "InstanceView",
+    "MAX_QUESTION_CHARS",
     "PendingStudy",
     "ReportInput",
     "ReportView",
@@ -62,7 +65,7 @@ __all__ = [
 ]
 
 
-class CaseStore(EmbeddingMethods, AccountMethods):
+class CaseStore(EmbeddingMethods, AccountMethods, QuestionMethods):
     """A case store at a SQLAlchemy URL, migrated to the newest schema when opened.
 
     Args:

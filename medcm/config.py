@@ -344,6 +344,32 @@ class AbstentionConfig:
 
 
 @dataclass(frozen=True)
+class QuestionConfig:
+    """How a study's clinical question (indication / history) joins its image query (`medcm.engine.question`).
+
+    Retrieval and drafting of a study with a question search with
+    `normalize((1 - weight) * image_query + weight * text_query)`, where `text_query` is the question's
+    text embedding; the anatomy prior, the finding head, side-deciding image scores and abstention keep
+    the image query alone.
+
+    Attributes:
+        weight: the question's share of the blended query, from 0 (image only) to 1 (text only).
+            Chosen on MedPix train (pool = train_1, queries = train_2; `scripts/bench_question_weight.py`,
+            BENCHMARKS.md), never on dev: 0.1 had the best draft BLEU-4 with i→r R@10 unchanged; from 0.2
+            up retrieval fell. That checkpoint (medpix-cpu-frozen-text seed 1) was trained on all of train,
+            so its train images already retrieve their own reports (R@1 0.80 against 0.22 on dev) and the
+            tune is biased toward small weights: on dev, 0.3 lifts i→r R@1 0.218 → 0.274 and BLEU-4
+            0.0288 → 0.0305. Tune again with a checkpoint trained on train_1 alone.
+    """
+
+    weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"question: got weight {self.weight}, expected a number from 0 to 1")
+
+
+@dataclass(frozen=True)
 class MedcmConfig:
     """Everything a run needs; saved whole in each checkpoint."""
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from medcm.cli.options import abstention_config, add_draft_option, draft_config
+from medcm.config import QuestionConfig  # plain dataclasses: no torch
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -113,6 +114,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "agreement; its config's anatomy_prior) or by cosine alone (default: checkpoint)"))
     p.add_argument("--modality-weight", type=float, help="override the prior's modality weight")
     p.add_argument("--region-weight", type=float, help="override the prior's region weight")
+    p.add_argument("--question-weight", type=float, default=QuestionConfig.weight, metavar="W", help=(
+        "where the query cases carry a History (MedPix), also measure retrieval and draft with it blended into "
+        "the image query at this weight, 0 to 1 (default: %(default)s, the product's)"))
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines (default: 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -152,7 +156,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         prior = dataclasses.replace(checkpoint.config.anatomy_prior, **weights)
     results = evaluate(checkpoint, pool, queries, draft_config=dataclasses.replace(draft_config(args.draft), **overrides),
                        device=device, seed=args.seed, progress=not args.quiet, prior=prior,
-                       abstention=abstention_config(args))
+                       abstention=abstention_config(args), question=QuestionConfig(weight=args.question_weight))
     for error in results["errors"]:
         print(f"error: {error}", file=sys.stderr)
     paths = write_results(results, args.out)
@@ -160,10 +164,23 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(f"image→report R@1/5/10 {i2r['R@1']:.3f}/{i2r['R@5']:.3f}/{i2r['R@10']:.3f}; "
           f"region P@1 {_fmt_optional(results['retrieval']['region_P@1'])}; "
           f"draft BLEU-4 {draft['BLEU-4']:.4f} ROUGE-L {draft['ROUGE-L']:.4f}")
+    if "history" in results:
+        print(history_summary(results["history"]))
     if "abstention" in results["trust"]:
         print(abstention_summary(results["trust"]["abstention"]))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def history_summary(block: dict) -> str:
+    """One line of `medcm.eval.history`'s block: i→r R@1/R@10 and draft BLEU-4 / ROUGE-L without and with History."""
+
+    def arm(name: str) -> str:
+        a = block[name]
+        return (f"R@1/R@10 {a['image_to_report']['R@1']:.3f}/{a['image_to_report']['R@10']:.3f}, "
+                f"BLEU-4 {a['draft']['BLEU-4']:.4f}, ROUGE-L {a['draft']['ROUGE-L']:.4f}")
+    return (f"History ({block['queries_with_history']}/{block['queries']} queries, weight {block['weight']:g}): "
+            f"without {arm('without')}; with {arm('with')}")
 
 
 def abstention_summary(block: dict) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from medcm.checkpoint import Checkpoint, load_checkpoint
-from medcm.config import AbstentionConfig, AnatomyPriorConfig
+from medcm.config import AbstentionConfig, AnatomyPriorConfig, QuestionConfig
 from medcm.dicom.deid import DeidConfig, pseudonymous_uid
 from medcm.dicom.read import DicomImage
 import medcm.engine.embed as visual
@@ -40,6 +40,7 @@ from medcm.engine.indexes import IndexCache, check_index_backend
 from medcm.engine.ingest import IMAGE, REPORT, IngestResult, ingest_paths
 from medcm.engine.outbox import Outbox
 from medcm.engine.priors import Prior, study_priors
+from medcm.engine.question import QuestionBlender, set_question
 from medcm.engine.records import EmbeddingRecord
 from medcm.engine.store_protocol import CaseStoreLike
 from medcm.engine.reports import save_machine_draft, scrubbed_report
@@ -88,6 +89,8 @@ class Engine:
         abstention: when drafts abstain, and how similar cases are scored (`medcm.engine.abstention`).
         outbox: where signed reports are queued as DICOM SR (`medcm.engine.outbox`); None: not sent. They are
             sent by the thread `start_sending` starts (`medcm.engine.sender`).
+        question: how much a stored study's clinical question moves its report retrieval and draft
+            (`medcm.engine.question`).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Engine:
         anatomy_prior: AnatomyPriorConfig | None = None,
         abstention: AbstentionConfig = AbstentionConfig(),
         outbox: Outbox | None = None,
+        question: QuestionConfig = QuestionConfig(),
     ) -> None:
         check_index_backend(index_backend, store)  # an unknown name or a missing FAISS fails here
         self.index_backend = index_backend
@@ -118,6 +122,7 @@ class Engine:
         self._abstainer = Abstainer(store, abstention)
         self.outbox = outbox  # signed reports are queued in it (`medcm.engine.outbox`); None: not sent
         self.sender: OutboxSender | None = None  # the thread sending the outbox (`start_sending`)
+        self._question = QuestionBlender(store, question, self.embed_texts)
 
     @property
     def anatomy_prior(self) -> AnatomyPriorConfig:
@@ -251,18 +256,26 @@ class Engine:
 
     def similar_cases_for_study(self, study_uid: str, k: int = 5,
                                 filters: Mapping[str, str] | None = None) -> list[SimilarCase]:
-        """`similar_cases` of a stored study, queried with the vectors ingest stored (`study_query`)."""
-        return self._similar_cases(self.study_query(study_uid), {study_uid}, k, filters, study_uid)
+        """`similar_cases` of a stored study, queried with the vectors ingest stored (`study_query`) blended with
+        its clinical question (`set_clinical_question`)."""
+        query = self.study_query(study_uid)
+        search = self._question.retrieval_query(study_uid, query)
+        return self._similar_cases(query, {study_uid}, k, filters, study_uid, search)
 
     def _similar_cases(self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None,
-                       source: QuerySource) -> list[SimilarCase]:
-        return self._assessed_cases(query, study_uids, k, filters, source)[0]
+                       source: QuerySource, search: np.ndarray | None = None) -> list[SimilarCase]:
+        return self._assessed_cases(query, study_uids, k, filters, source, search)[0]
 
     def _assessed_cases(self, query: np.ndarray, study_uids: set[str], k: int, filters: Mapping[str, str] | None,
-                        source: QuerySource) -> tuple[list[SimilarCase], Abstention]:
-        """The similar cases with their calibrated scores, and whether a draft abstains (`medcm.engine.abstention`)."""
+                        source: QuerySource, search: np.ndarray | None = None) -> tuple[list[SimilarCase], Abstention]:
+        """The similar cases with their calibrated scores, and whether a draft abstains (`medcm.engine.abstention`).
+
+        `search` (default: `query`) finds the reports, e.g. the image query blended with the study's question;
+        the anatomy prior and abstention read the image query alone.
+        """
         checkpoint, pool = self._require_checkpoint(), self._anatomy.pool_size(k, self.checkpoint)
-        hits = self.index(REPORT).search(query, k=pool, filters=clean_filters(filters), exclude=self._own(study_uids))
+        search = query if search is None else search
+        hits = self.index(REPORT).search(search, k=pool, filters=clean_filters(filters), exclude=self._own(study_uids))
         hits = self._anatomy.rank(hits, checkpoint, query, source, per_image=False)[:k]
         return self._abstainer.check(self.index(REPORT), query, self._own(study_uids), source, self.model_id,
                                      [self._similar_case(hit) for hit in hits], checkpoint.model.region_head())
@@ -329,20 +342,25 @@ class Engine:
         Raises:
             StoreError: unknown study.
         """
-        draft = self._draft(self.study_query(study_uid), {study_uid}, filters, study_uid)
+        query = self.study_query(study_uid)
+        draft = self._draft(query, {study_uid}, filters, study_uid, self._question.retrieval_query(study_uid, query))
         if save:
             save_machine_draft(self.store, study_uid, draft.text(), user)
         return draft
 
     def _draft(self, query: np.ndarray, study_uids: set[str], filters: Mapping[str, str] | None,
-               source: QuerySource) -> Draft:
-        cases, abstention = self._assessed_cases(query, study_uids, self.draft_config.top_k_cases, filters, source)
+               source: QuerySource, search: np.ndarray | None = None) -> Draft:
+        """The draft: cases found and sentences scored by `search` (default: `query`); the finding head and the
+        image scores that decide sides by the image query."""
+        search = query if search is None else search
+        cases, abstention = self._assessed_cases(query, study_uids, self.draft_config.top_k_cases, filters, source,
+                                                 search)
         if abstention.abstained:  # the archive holds nothing like the study: no sentence to copy
             return abstained_draft([case.study_uid for case in cases], abstention)
         sources = self._image_scored([SourceCase(case.study_uid, case.score, case.report)
                                       for case in cases if case.report], query)
         seen = self._require_checkpoint().model.image_findings(query)
-        return replace(draft_findings(query, sources, self.embed_texts, self.draft_config, seen), abstention=abstention)
+        return replace(draft_findings(search, sources, self.embed_texts, self.draft_config, seen), abstention=abstention)
 
     def _image_scored(self, sources: list[SourceCase], query: np.ndarray) -> list[SourceCase]:
         """Each source with its nearest stored image's cosine to the query: image-to-image neighbours
@@ -353,6 +371,18 @@ class Engine:
                                         group_by="study_uid")
         nearest = {hit.meta.get("study_uid"): hit.score for hit in hits}
         return [replace(source, image_score=nearest.get(source.case_id)) for source in sources]
+
+    def set_clinical_question(self, study_uid: str, text: str | None, user: str) -> Any:
+        """Store a study's clinical question (indication / history), scrubbed as a person's report is; "" or
+        None clears it. Its retrieval and draft blend it in from then on (`medcm.engine.question`).
+
+        Returns:
+            The study as stored (`db.store.StudyView`; `clinical_question` holds the scrubbed text).
+
+        Raises:
+            StoreError: unknown study, or over 2,000 characters or with control characters (nothing written).
+        """
+        return set_question(self.store, study_uid, text, user, self.deid)
 
     def save_edit(self, study_uid: str, text: str, author: str) -> Any:
         """Save a person's edited report of a stored study as a draft (scrubbed: `scrubbed_report`)."""

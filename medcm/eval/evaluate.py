@@ -37,9 +37,9 @@ from medcm.eval.baselines import (
 from medcm.eval.abstention import abstention_block
 from medcm.eval.anatomy import Anatomy, case_anatomy, image_anatomy
 from medcm.eval.metrics import corpus_meteor, draft_metrics
-from medcm.config import AbstentionConfig, AnatomyPriorConfig
-from medcm.index.anatomy import anatomy_bonus, prior_scores
-from medcm.eval.retrieval import DEFAULT_KS, first_hit_ranks, recall_at_k
+from medcm.config import AbstentionConfig, AnatomyPriorConfig, QuestionConfig
+from medcm.eval.history import history_block, summary
+from medcm.eval.retrieval import CURVE_KS, ranking_scores, recall_curve, retrieval_metrics
 from medcm.eval.findings import finding_block
 from medcm.eval.grounding import grounding_block
 from medcm.eval.trust import CEILINGS, SAMPLE_COUNT, build_samples, trust_block
@@ -48,12 +48,15 @@ from medcm.report.text import findings_text, report_text_for_training
 from medcm.engine.embed import PreparedVolume, encode_inputs, has_volume_encoder, try_prepare_series
 from medcm.dicom.series import group_series
 
+__all__ = ["CURVE_KS", "RANDOM_DRAWS", "DraftRun", "EmbeddedSet", "cached_sentence_embedder", "draft_reports",
+           "embed_records", "encode_texts", "evaluate", "gap_closed", "query_vectors", "ranking_scores", "recall_curve",
+           "reference_findings", "retrieval_metrics", "run_drafts", "scored_drafts"]  # the retrieval ones: re-exported
+
 log = logging.getLogger(__name__)
 
 _IMAGE_BATCH = 32
 _TEXT_BATCH = 64
 RANDOM_DRAWS = 10  # random baselines are averaged over this many seeded draws
-CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50)
 
 
 @dataclass
@@ -166,63 +169,6 @@ def encode_texts(checkpoint: Checkpoint, texts: list[str], device: torch.device)
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, checkpoint.config.model.embed_dim), np.float32)
 
 
-def ranking_scores(similarity: np.ndarray, query: Anatomy, candidates: Anatomy, prior: AnatomyPriorConfig | None) -> np.ndarray:
-    """Scores `[Q, N]` to rank candidates by: the cosine, or with a prior the cosine plus its anatomy bonus."""
-    if prior is None or not prior.active:
-        return similarity
-    bonus = anatomy_bonus(query.modalities, candidates.modalities, query.regions, candidates.regions, prior)
-    return prior_scores(similarity, bonus, prior.candidates)
-
-
-def retrieval_metrics(queries: EmbeddedSet, pool: EmbeddedSet, prior: AnatomyPriorConfig | None = None) -> dict[str, Any]:
-    """Case-level image↔report recall within the queries; image→image region/modality precision against the pool.
-
-    With `prior`, image queries rank reports and images by cosine plus the anatomy bonus (a report
-    by its case's images' anatomy); report queries carry no anatomy and rank by cosine.
-    """
-    if not len(queries.image_case):
-        raise ValueError("no query image could be read; nothing to evaluate")
-    cosine = queries.image_emb @ queries.report_emb.T
-    own = _own_case(queries)
-    image_to_report = ranking_scores(cosine, queries.anatomy(), queries.case_anatomy(), prior)
-    out: dict[str, Any] = {
-        "image_to_report": recall_at_k(first_hit_ranks(torch.from_numpy(image_to_report), own), DEFAULT_KS),
-        "report_to_image": recall_at_k(first_hit_ranks(torch.from_numpy(cosine).t(), own.t()), DEFAULT_KS),
-    }
-    out["image_to_report_curve"] = recall_curve(queries, image_to_report)
-    similarity = ranking_scores(queries.image_emb @ pool.image_emb.T, queries.anatomy(), pool.anatomy(), prior)
-    top = np.argsort(-similarity, axis=1, kind="stable")[:, :5]
-    for key, field_name, k in (("region_P@1", "region", 1), ("region_P@5", "region", 5), ("modality_P@1", "modality", 1)):
-        out[key] = _precision_at_k(top[:, :k], queries.image_meta, pool.image_meta, field_name)
-    return out
-
-
-def _own_case(queries: EmbeddedSet) -> torch.Tensor:
-    """`[I, C]` True where report column c is image row i's own case."""
-    case_index = {c: i for i, c in enumerate(queries.case_ids)}
-    positives = torch.zeros(len(queries.image_case), len(case_index), dtype=torch.bool)
-    for row, case in enumerate(queries.image_case):
-        positives[row, case_index[case]] = True
-    return positives
-
-
-def recall_curve(queries: EmbeddedSet, scores: np.ndarray | None = None) -> dict[str, float]:
-    """Image→report case-level recall at each K of `CURVE_KS` (for the plot), by `scores` (default: cosine)."""
-    similarity = torch.from_numpy(queries.image_emb @ queries.report_emb.T if scores is None else scores)
-    ranks = first_hit_ranks(similarity, _own_case(queries))
-    return {str(k): float((ranks <= k).float().mean()) for k in CURVE_KS if k <= len(queries.case_ids)}
-
-
-def _precision_at_k(top: np.ndarray, query_meta: list[dict], pool_meta: list[dict], field_name: str) -> float | None:
-    """Mean share of the top-k pool images that share the query image's `field_name` (queries lacking it skipped)."""
-    scores = []
-    for row, meta in enumerate(query_meta):
-        want = str(meta.get(field_name) or "")
-        if want:
-            scores.append(np.mean([str(pool_meta[j].get(field_name) or "") == want for j in top[row]]))
-    return float(np.mean(scores)) if scores else None
-
-
 def query_vectors(queries: EmbeddedSet) -> dict[str, np.ndarray]:
     """One vector per query case: the normalised mean of its image embeddings (as the engine queries a study)."""
     vectors: dict[str, list[np.ndarray]] = {}
@@ -258,17 +204,21 @@ class DraftRun:
 
 def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
                config: DraftConfig, prior: AnatomyPriorConfig | None = None,
-               image_findings: Callable[[np.ndarray], dict[str, float] | None] | None = None) -> DraftRun:
+               image_findings: Callable[[np.ndarray], dict[str, float] | None] | None = None,
+               text_queries: dict[str, np.ndarray] | None = None) -> DraftRun:
     """Draft every query case from the pool and find the nearest pool report with findings.
 
     With `prior`, the pool's reports are ranked by cosine plus the anatomy bonus between the query
-    case's images and each pool case's images (a source keeps its cosine as its score).
+    case's images and each pool case's images (a source keeps its cosine as its score). `text_queries`
+    (case id → vector, e.g. the image query blended with the case's History, `medcm.eval.history`) replace
+    the image query where it meets report text (ranking, sentence scores), as the engine's question does.
     """
     vectors = query_vectors(queries)
     pool_findings = [reference_findings(r) for r in pool.records]
     query_cases = list(vectors)
     query_anatomy = case_anatomy(queries.anatomy(), queries.image_case, query_cases)
-    cosine = np.stack([vectors[c] for c in query_cases]) @ pool.report_emb.T if query_cases else np.zeros((0, 0))
+    texts = {c: (text_queries or {}).get(c, vectors[c]) for c in query_cases}
+    cosine = np.stack([texts[c] for c in query_cases]) @ pool.report_emb.T if query_cases else np.zeros((0, 0))
     ranking = ranking_scores(cosine, query_anatomy, pool.case_anatomy(), prior)
     image_rows = _case_rows(pool)
     run = DraftRun()
@@ -280,7 +230,7 @@ def run_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callabl
         sources = [SourceCase(pool.case_ids[i], float(scores[i]), pool.records[i].report,
                               float(image_cosine[image_rows[i]].max()) if image_rows[i] else None) for i in top]
         seen = image_findings(vector) if image_findings else None
-        draft = draft_findings(vector, sources, embed_sentences, config, seen)
+        draft = draft_findings(texts[case], sources, embed_sentences, config, seen)
         run.findings[case], run.reports[case] = draft.section_text("FINDINGS"), draft.text()
         run.details[case] = _draft_details(draft, sources)
         run.nearest[case] = next((pool_findings[i] for i in order if pool_findings[i]), "")
@@ -292,6 +242,18 @@ def _draft_details(draft: Draft, sources: list[SourceCase]) -> dict[str, Any]:
     return {"sources": [{"case_id": s.case_id, "score": s.score} for s in sources],
             "sentences": [{"section": s.section, "text": s.text,
                            "sources": list(dict.fromkeys(p.case_id for p in s.sources))} for s in draft.sentences]}
+
+
+def scored_drafts(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
+                  config: DraftConfig, prior: AnatomyPriorConfig | None = None,
+                  image_findings: Callable[[np.ndarray], dict[str, float] | None] | None = None,
+                  text_queries: dict[str, np.ndarray] | None = None,
+                  meteor: bool = True) -> tuple[DraftRun, list[str], dict[str, float]]:
+    """`run_drafts`, the query cases it can score (those with written Findings) and their draft metrics."""
+    run = run_drafts(queries, pool, embed_sentences, config, prior, image_findings, text_queries)
+    references = {r.case_id: reference_findings(r) for r in queries.records}
+    scored = [c for c in run.findings if references.get(c)]  # cases without written Findings cannot be scored
+    return run, scored, draft_metrics([run.findings[c] for c in scored], [references[c] for c in scored], meteor)
 
 
 def draft_reports(queries: EmbeddedSet, pool: EmbeddedSet, embed_sentences: Callable[[list[str]], np.ndarray],
@@ -317,7 +279,7 @@ def cached_sentence_embedder(checkpoint: Checkpoint, device: torch.device) -> Ca
 def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_records: list[ManifestRecord], *,
              draft_config: DraftConfig = DraftConfig(), device: torch.device | str = "cpu", seed: int = 0,
              progress: bool = False, prior: AnatomyPriorConfig | None = None,
-             abstention: AbstentionConfig = AbstentionConfig()) -> dict[str, Any]:
+             abstention: AbstentionConfig = AbstentionConfig(), question: QuestionConfig = QuestionConfig()) -> dict[str, Any]:
     """Run the whole evaluation and return the JSON-ready results (see the module doc).
 
     Args:
@@ -332,6 +294,8 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
             prior (`medcm.index.anatomy`); None ranks by cosine alone.
         abstention: the abstention settings whose similarity rule is measured (`medcm.eval.abstention`);
             with `below_percentile` 0 the trust block has no abstention.
+        question: the weight at which the "history" block blends each query's History into its query
+            (`medcm.eval.history`; no block when no query has a History).
 
     Raises:
         ValueError: the pool or the queries are empty, share case ids, or no query image is readable.
@@ -349,11 +313,9 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
     retrieval = retrieval_metrics(queries, pool, prior)
 
     references = {r.case_id: reference_findings(r) for r in queries.records}
-    run = run_drafts(queries, pool, cached_sentence_embedder(checkpoint, device), draft_config, prior,
-                     checkpoint.model.image_findings)
-    drafts = run.findings
-    scored = [c for c in drafts if references.get(c)]  # cases without written Findings cannot be scored
-    refs = [references[c] for c in scored]
+    embedder = cached_sentence_embedder(checkpoint, device)
+    run, scored, draft = scored_drafts(queries, pool, embedder, draft_config, prior, checkpoint.model.image_findings)
+    drafts, refs = run.findings, [references[c] for c in scored]
     with_findings = [(r.meta, f) for r in pool.records if (f := reference_findings(r))]
     pool_meta, pool_findings = [m for m, _ in with_findings], [f for _, f in with_findings]
     meta_of = {r.case_id: r.meta for r in queries.records}
@@ -366,7 +328,6 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
              "oracle": oracle_reports(refs, pool_findings)}
     baselines = {name: _mean_over_draws(draws[name], refs) if name in draws else draft_metrics(texts[name], refs)
                  for name in texts}
-    draft = draft_metrics([drafts[c] for c in scored], refs)
     systems = {"draft": [drafts[c] for c in scored], "draft_report": [run.reports[c] for c in scored],
                "reference": refs, **texts}
     trust = trust_block(systems, refs, "draft", {k: v for k, v in texts.items() if k not in CEILINGS}, baselines, seed=seed)
@@ -376,6 +337,10 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
         trust["grounding"] = grounded
     if abstained := abstention_block(pool, queries, abstention, checkpoint.model.region_head()):
         trust["abstention"] = abstained
+    history = history_block(queries, lambda texts: encode_texts(checkpoint, texts, device), question.weight,
+                            summary(retrieval, draft), lambda blended: retrieval_metrics(blended, pool, prior),
+                            lambda blend: scored_drafts(queries, pool, embedder, draft_config, prior,
+                                                        checkpoint.model.image_findings, blend)[2])
     return {
         "checkpoint": str(checkpoint.path),
         "model_id": checkpoint.model_id,
@@ -384,6 +349,7 @@ def evaluate(checkpoint: Checkpoint, pool_records: list[ManifestRecord], query_r
                    "scored_drafts": len(scored), "unreadable_images": len(pool.errors) + len(queries.errors)},
         "retrieval": retrieval,
         "draft": draft,
+        **({"history": history} if history else {}),
         "baselines": baselines,
         "gap_closed": gap_closed(draft, baselines["random"], baselines["oracle"]),
         "trust": trust,

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from medcm.eval.history import history_lines
 from medcm.eval.trust import samples_markdown
 
 SYSTEM = "draft (medcm)"
@@ -81,6 +82,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     gap = results.get("gap_closed", {})
     lines += ["", "Share of the random→oracle gap the draft closes: "
               + ", ".join(f"{k} {_fmt(v)}" for k, v in gap.items()), ""]
+    if results.get("history"):
+        lines += history_lines(results["history"])
     if "trust" in results:
         lines += trust_lines(results["trust"])
     return "\n".join(lines)
