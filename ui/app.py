@@ -166,7 +166,7 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
                 _audit_tab(handlers)
         _api(endpoints)
         clinical = [review["files"], review["redraft"], review["save"], review["sign"], review["export"],
-                    review["draft"], review["sign_section"]]
+                    review["question_apply"], review["draft"], review["sign_section"]]
         app.load(handlers.on_load, None, [login, worklist, audit, *clinical], **PRIVATE)
     return app
 

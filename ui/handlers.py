@@ -97,18 +97,18 @@ class Handlers:
     # ------------------------------------------------------------------- login
     @readable_errors
     def on_load(self, request: gr.Request) -> tuple[str, pd.DataFrame, gr.Tab, gr.File, gr.Button, gr.Button,
-                                                     gr.Button, gr.Button, gr.Textbox, gr.Column]:
+                                                     gr.Button, gr.Button, gr.Button, gr.Textbox, gr.Column]:
         """At page load: who is logged in, the worklist, and the controls their role may use.
 
         Returns the login line, the worklist, the Audit tab (shown to admins only), then the upload
-        box, "Draft again", "Save draft", "Sign", "Export", the report box and the whole save-and-sign
-        section (for clinicians only).
+        box, "Draft again", "Save draft", "Sign", "Export", the clinical question's button, the report box
+        and the whole save-and-sign section (for clinicians only).
         """
         login = require(self.store, request, "read")
         clinical = allowed(login.role, "sign")
         return (render.login_markdown(login.name, login.role), self._worklist(),
                 gr.Tab(visible=allowed(login.role, "audit")), gr.File(visible=clinical),
-                *(gr.Button(visible=clinical) for _ in range(4)), gr.Textbox(interactive=clinical),
+                *(gr.Button(visible=clinical) for _ in range(5)), gr.Textbox(interactive=clinical),
                 gr.Column(visible=clinical))
 
     # ------------------------------------------------------------------ viewer

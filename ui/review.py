@@ -14,6 +14,7 @@ import gradio as gr
 
 from medcm.dicom.sr import EXPORT_FORMATS
 from ui.handlers import COMPARE_HINT, DRAFT_MARKER, TOP_K, Handlers
+from ui.question import question_section, wire_question
 from ui.render import PROVENANCE_HEADERS, SIMILAR_HEADERS, table
 from ui.study import DEFAULT_PRESET, PRESETS
 from ui.viewer_route import SCRIPT_PATH
@@ -102,6 +103,7 @@ def review_tab(h: Handlers) -> dict[str, Any]:
             c["viewer_source"] = gr.HTML("", visible="hidden", elem_id="viewer-source")
             c["info"] = gr.Markdown(elem_id="study-info")
         with gr.Column(scale=9, min_width=440):
+            question_section(c)
             _draft_section(c)
             _similar_strip(c)
             _provenance_section(c)
@@ -111,6 +113,7 @@ def review_tab(h: Handlers) -> dict[str, Any]:
     with gr.Accordion("Keyboard shortcuts", open=False, elem_id="shortcuts"):
         gr.Markdown(SHORTCUTS)
     _wire(h, c)
+    wire_question(h, c, PRIVATE, ENGINE_QUEUE)
     return c
 
 

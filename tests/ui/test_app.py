@@ -279,6 +279,28 @@ def test_handlers_draft_then_sign_updates_the_worklist(served, cases):
                      ("view", "dr.c", "review"), ("ingest", "dr.c", None)]
 
 
+def test_the_clinical_question_is_stored_and_read_back_by_role(served, cases):
+    from ui.question import QuestionHandlers
+
+    q = QuestionHandlers(served.engine, served.store)
+    study = served.handlers.on_upload([_dev(cases, 17)], "default", CLINICIAN)[0]
+    assert q.on_open(study, CLINICIAN) == "" and q.on_open(None, CLINICIAN) == ""
+    stored = q.on_set(study, "  Cough for a week; pneumonia?", CLINICIAN)  # (scrubbing: tests/engine/test_question.py)
+    assert stored == "Cough for a week; pneumonia?"
+    assert served.store.get_study(study.study_uid).clinical_question == stored
+    assert q.on_open(study, VIEWER) == stored  # any reader sees it; only a clinician changes it
+    with pytest.raises(gr.Error, match="may not draft reports"):
+        q.on_set(study, "anything", VIEWER)
+    with pytest.raises(gr.Error, match="clinical_question"):
+        q.on_set(study, "x" * 2001, CLINICIAN)
+    assert served.store.get_study(study.study_uid).clinical_question == stored  # the refusal wrote nothing
+    with pytest.raises(gr.Error, match="no study is open"):
+        q.on_set(None, "x", CLINICIAN)
+    assert q.on_set(study, "  ", CLINICIAN) == "" and served.store.clinical_question(study.study_uid) is None
+    events = [e["kind"] for e in served.store.events(study_uid=study.study_uid)]
+    assert events.count("question") == 2
+
+
 def test_a_zipped_two_series_study_offers_an_instance_selector(served, cases, tmp_path):
     first, second = pydicom.dcmread(_dev(cases, 19)), pydicom.dcmread(_dev(cases, 20))
     second.StudyInstanceUID, second.SeriesInstanceUID = first.StudyInstanceUID, generate_uid()
@@ -406,7 +428,7 @@ def test_the_page_shows_the_login_and_only_an_admin_the_audit_tab(served):
     line, worklist, audit, upload, *buttons, report, section = h.on_load(CLINICIAN)
     assert "**dr.c** (clinician)" in line and len(worklist) >= N_POOL and audit.visible is False
     assert upload.visible is True and all(b.visible for b in buttons) and report.interactive is True
-    assert section.visible is True
+    assert section.visible is True and len(buttons) == 5  # draft again, save, sign, export, the question's
     line, _, audit, upload, *buttons, report, section = h.on_load(VIEWER)
     assert "(viewer)" in line and audit.visible is False
     assert upload.visible is False and not any(b.visible for b in buttons) and report.interactive is False
