@@ -112,6 +112,8 @@ class StudyView:
     body_parts: tuple[str, ...]
     instances: tuple[InstanceView, ...]
     created_at: datetime
+    patient_sex: str = ""  # "F", "M", "O" or "": as its first instance's metadata records it
+    patient_age: str = ""  # the age band at the study ("60–69 y"), "" when unknown: from the same metadata
 
 
 @dataclass(frozen=True)
