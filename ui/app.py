@@ -76,10 +76,13 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from db.store import CaseStore
+from medcm.engine.dicomweb import DicomWebServer
 from medcm.engine.facade import Engine
 from ui.api import MAX_K, Endpoints
 from ui.handlers import AUDIT_KINDS, REVIEW_TAB, TOP_K, Handlers
 from ui.login_guard import LoginPolicy, login_notice
+from ui.fetch import FetchHandlers
+from ui.priors import PriorHandlers
 from ui.render import AUDIT_HEADERS, MATCH_HEADERS, USER_HEADERS, WORKLIST_HEADERS
 from ui.review import CHECK_QUEUE, CSS, ENGINE_QUEUE, PRIVATE, SIGN_QUEUE, gallery, picture, review_tab, selectable_table
 from ui.session_guard import SessionGuard
@@ -136,7 +139,7 @@ class SecurityHeaders:
 
 
 def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
-              demo_notice: str | None = None) -> gr.Blocks:
+              demo_notice: str | None = None, dicomweb: DicomWebServer | None = None) -> gr.Blocks:
     """The review app for one engine and store; launch it with `auth=ui.auth.make_auth(store)`.
 
     Args:
@@ -144,11 +147,14 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
         store: the engine's case store.
         upload_dir: where uploads are kept as `<sha256>.dcm` / `.zip` (created when needed).
         demo_notice: a line shown at the top, e.g. "Demo data are synthetic drawings, not patients."
+        dicomweb: a PACS's DICOMweb server: clinicians get a "Fetch from PACS" field (a StudyInstanceUID) that
+            pulls a study from it and opens it like an upload. None: no such field.
 
     Returns:
         The app, not launched.
     """
     handlers = Handlers(engine, store, Path(upload_dir))
+    fetch = FetchHandlers(engine, store, dicomweb)
     endpoints = Endpoints(engine, store, Path(upload_dir))
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE, fill_width=True) as app:
         with gr.Row(equal_height=True):
@@ -158,7 +164,7 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
             login = gr.Markdown(elem_id="login")
         with gr.Tabs() as tabs:
             with gr.Tab("Review", id=REVIEW_TAB):
-                review = review_tab(handlers)
+                review = review_tab(handlers, PriorHandlers(engine, store), fetch)
                 review["tabs"] = tabs
             with gr.Tab("Worklist", id="worklist"):
                 worklist = _worklist_tab(handlers, review)
@@ -168,6 +174,7 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
         clinical = [review["files"], review["redraft"], review["save"], review["sign"], review["export"],
                     review["draft"], review["sign_section"]]
         app.load(handlers.on_load, None, [login, worklist, audit, *clinical], **PRIVATE)
+        app.load(fetch.on_load, None, review["fetch_box"], **PRIVATE)
     return app
 
 
@@ -194,7 +201,8 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
         match_report = gr.Markdown(latex_delimiters=[], elem_id="match-report")
 
     refresh.click(h.on_worklist, None, worklist, **PRIVATE)
-    review["uploaded"].then(h.on_worklist, None, worklist, **PRIVATE)
+    for event in (review["uploaded"], *review["fetch_events"]):  # a new study joins the worklist
+        event.then(h.on_worklist, None, worklist, **PRIVATE)
     worklist.select(h.on_worklist_select, None, [picked, picked_image, picked_report], **PRIVATE)
     (open_button.click(h.open_study, [picked, review["preset"]], review["shown"], **PRIVATE)
      .success(h.show_review, None, review["tabs"], **PRIVATE)

@@ -64,7 +64,7 @@ def _row_key(evt: gr.SelectData) -> object:
     return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
 
 
-def _last_cell(evt: gr.SelectData) -> object:
+def last_cell(evt: gr.SelectData) -> object:
     """The last cell of the selected table row (the worklist's and the priors' full study UID), else the row index."""
     if evt.row_value:
         return evt.row_value[-1]
@@ -364,7 +364,7 @@ class Handlers:
     def on_worklist_select(self, evt: gr.SelectData, request: gr.Request) -> tuple[str, Image.Image | None, str]:
         """A worklist study picked: remember it, show its preview and latest report."""
         login = require(self.store, request, "read")
-        study_uid = str(_last_cell(evt))
+        study_uid = str(last_cell(evt))
         report = self.store.latest_report(study_uid)
         log_view(self.store, login, study_uid, "worklist")
         return study_uid, render.study_preview(self.store, study_uid), render.report_markdown(study_uid, report)
