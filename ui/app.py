@@ -89,6 +89,8 @@ from ui.session_guard import SessionGuard
 from ui.viewer_route import ViewerRoutes
 
 TITLE = "medcm review"
+# case, patient, age, sex, date, modality, body part, description, status, report, study uid
+WORKLIST_WIDTHS = ["11%", "10%", "5%", "3%", "7%", "5%", "6%", "10%", "5%", "26%", "12%"]
 DISCLAIMER = ("Drafts are suggestions from similar past cases; "
               "a clinician reviews, edits and signs every report.")
 LOGIN_PAGE_NOTE = f"<strong>{TITLE}</strong>: {DISCLAIMER}<br><br>"  # Gradio shows `auth_message` as HTML
@@ -184,7 +186,7 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
     with gr.Row():
         refresh = gr.Button("Refresh", elem_id="worklist-refresh")
         open_button = gr.Button("Open selected study for review", elem_id="worklist-open")
-    worklist = selectable_table(WORKLIST_HEADERS, "Studies (select one)", "worklist")
+    worklist = selectable_table(WORKLIST_HEADERS, "Studies (select one)", "worklist", column_widths=WORKLIST_WIDTHS)
     with gr.Row():
         picked_image = picture("Selected study", "worklist-image")
         picked_report = gr.Markdown(latex_delimiters=[], elem_id="worklist-report")

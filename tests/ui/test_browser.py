@@ -152,6 +152,12 @@ def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(se
             page.screenshot(path=str(root / "priors.png"))
             page.locator("#prior-image").scroll_into_view_if_needed()
             page.screenshot(path=str(root / "prior-beside.png"))
+            page.get_by_role("tab", name="Worklist").click()
+            worklist = page.locator("#worklist")
+            playwright_api.expect(worklist).to_contain_text("DX · 2023-04-12 · …" + prior_uid[-6:], timeout=30_000)
+            playwright_api.expect(worklist).to_contain_text("60–69 y")
+            playwright_api.expect(worklist).to_contain_text("FINDINGS: Small right pleural effusion.")
+            page.screenshot(path=str(root / "worklist.png"))
         finally:
             browser.close()
     assert store.events(kind="view", study_uid=prior_uid)[0]["detail"] == {"screen": "prior"}
