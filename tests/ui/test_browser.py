@@ -142,7 +142,8 @@ def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(se
             playwright_api.expect(table).to_contain_text("signed")
             _wait_rendered(page)
             assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
-            table.get_by_text("2023-04-12").first.click()  # one click: the signed report, and the prior beside this study
+            page.screenshot(path=str(root / "priors-listed.png"))
+            table.get_by_text("2023-04-12").last.click()  # the visible cell (a hidden copy comes first); one click: the signed report, and the prior beside this study
             report = page.locator("#prior-report")
             playwright_api.expect(report).to_contain_text("Small right pleural effusion", timeout=30_000)
             playwright_api.expect(report).to_contain_text("signed version 1 by dr.browser")
