@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Embedding, Event, Instance, Patient, Report, Series, Study
@@ -69,15 +69,47 @@ def instance_view(i: Instance, series_uid: str, study_uid: str) -> InstanceView:
 
 def study_view(
     study: Study, pseudonym: str, tags: tuple[tuple[str, ...], tuple[str, ...]] | None,
-    instances: tuple[InstanceView, ...],
+    instances: tuple[InstanceView, ...], patient: tuple[str, str] = ("", ""),
 ) -> StudyView:
-    """The public view of a study row."""
+    """The public view of a study row; `patient` is its (sex, age band) from `patient_characteristics`."""
     modalities, body_parts = tags or ((), ())
     return StudyView(
         study_uid=study.study_uid, patient_id=pseudonym, study_date=study.study_date,
         description=study.description, status=study.status, modalities=modalities, body_parts=body_parts,
         instances=instances, created_at=study.created_at, clinical_question=study.clinical_question,
+        patient_sex=patient[0], patient_age=patient[1],
     )
+
+
+def patient_characteristics(s: Session, study_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Per study id: the patient's (sex, age band) as its first stored instance's metadata records them
+    ("patient_sex", "patient_age_band"; "" where absent, e.g. instances stored before they were recorded)."""
+    found: dict[int, tuple[str, str]] = {}
+    for start in range(0, len(study_ids), CHUNK):
+        first = (select(Series.study_id, func.min(Instance.id).label("first"))
+                 .join(Series, Instance.series_id == Series.id)
+                 .where(Series.study_id.in_(study_ids[start : start + CHUNK]))
+                 .group_by(Series.study_id).subquery())
+        rows = s.execute(select(first.c.study_id, Instance.metadata_json).join(first, Instance.id == first.c.first))
+        for study_id, meta in rows:
+            meta = meta or {}
+            found[study_id] = (str(meta.get("patient_sex") or ""), str(meta.get("patient_age_band") or ""))
+    return found
+
+
+def latest_report_texts(s: Session, study_uids: list[str]) -> dict[str, str]:
+    """Per stored study of `study_uids` that has a report: its highest version's text (any status)."""
+    found: dict[str, str] = {}
+    for start in range(0, len(study_uids), CHUNK):
+        newest = (select(Report.study_id, func.max(Report.version).label("version"))
+                  .join(Study, Report.study_id == Study.id)
+                  .where(Study.study_uid.in_(study_uids[start : start + CHUNK]))
+                  .group_by(Report.study_id).subquery())
+        rows = s.execute(select(Study.study_uid, Report.text).select_from(Report)
+                         .join(newest, (Report.study_id == newest.c.study_id) & (Report.version == newest.c.version))
+                         .join(Study, Study.id == Report.study_id))
+        found.update(dict(rows.tuples().all()))
+    return found
 
 
 def study_with_instances(s: Session, study_uid: str) -> StudyView:
@@ -91,7 +123,8 @@ def study_with_instances(s: Session, study_uid: str) -> StudyView:
     ).all()
     instances = tuple(instance_view(inst, series_uid, study_uid) for inst, series_uid in rows)
     pseudonym = study.patient.pseudonym if study.patient else ""
-    return study_view(study, pseudonym, study_tags(s, [study.id]).get(study.id), instances)
+    patient = patient_characteristics(s, [study.id]).get(study.id, ("", ""))
+    return study_view(study, pseudonym, study_tags(s, [study.id]).get(study.id), instances, patient)
 
 
 def newest_studies(s: Session, status: str | None, limit: int) -> list[StudyView]:
@@ -100,8 +133,10 @@ def newest_studies(s: Session, status: str | None, limit: int) -> list[StudyView
     if status is not None:
         query = query.where(Study.status == status)
     rows = s.execute(query.order_by(Study.created_at.desc(), Study.id.desc()).limit(limit)).all()
-    tags = study_tags(s, [study.id for study, _ in rows])
-    return [study_view(study, pseudonym or "", tags.get(study.id), ()) for study, pseudonym in rows]
+    ids = [study.id for study, _ in rows]
+    tags, patients = study_tags(s, ids), patient_characteristics(s, ids)
+    return [study_view(study, pseudonym or "", tags.get(study.id), (), patients.get(study.id, ("", "")))
+            for study, pseudonym in rows]
 
 
 def patient_priors(s: Session, study_uid: str) -> list[tuple[StudyView, ReportView | None]]:
@@ -112,11 +147,13 @@ def patient_priors(s: Session, study_uid: str) -> list[tuple[StudyView, ReportVi
         return []
     others = list(s.scalars(select(Study).where(Study.patient_id == study.patient_id, Study.id != study.id)
                             .order_by(Study.study_date.desc(), Study.created_at.desc(), Study.id.desc())))
-    tags = study_tags(s, [other.id for other in others])
+    ids = [other.id for other in others]
+    tags, patients = study_tags(s, ids), patient_characteristics(s, ids)
     found = []
     for other in others:
         signed = latest_report(s, other, signed_only=True)
-        found.append((study_view(other, study.patient.pseudonym, tags.get(other.id), ()),
+        found.append((study_view(other, study.patient.pseudonym, tags.get(other.id), (),
+                                 patients.get(other.id, ("", ""))),
                       None if signed is None else report_view(signed, other.study_uid)))
     return found
 

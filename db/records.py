@@ -113,6 +113,8 @@ class StudyView:
     instances: tuple[InstanceView, ...]
     created_at: datetime
     clinical_question: str | None = None  # the indication / history a clinician gave; None: none
+    patient_sex: str = ""  # "F", "M", "O" or "": as its first instance's metadata records it
+    patient_age: str = ""  # the age band at the study ("60–69 y"), "" when unknown: from the same metadata
 
 
 @dataclass(frozen=True)

@@ -302,6 +302,12 @@ class CaseStore(EmbeddingMethods, AccountMethods, QuestionMethods):
         with self._session() as s:
             return read.patient_priors(s, study_uid)
 
+    def latest_report_texts(self, study_uids: list[str]) -> dict[str, str]:
+        """The latest report version's text (any status) of each of `study_uids` that has one (one query
+        per 500 studies, e.g. for a worklist); studies without a report, or unknown, are absent."""
+        with self._session() as s:
+            return read.latest_report_texts(s, study_uids)
+
     def study_of_instance(self, sop_instance_uid: str) -> str:
         """The StudyInstanceUID of a stored instance. Raises StoreError for an unknown instance."""
         with self._session() as s:

@@ -76,16 +76,21 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from db.store import CaseStore
+from medcm.engine.dicomweb import DicomWebServer
 from medcm.engine.facade import Engine
 from ui.api import MAX_K, Endpoints
 from ui.handlers import AUDIT_KINDS, REVIEW_TAB, TOP_K, Handlers
 from ui.login_guard import LoginPolicy, login_notice
+from ui.fetch import FetchHandlers
+from ui.priors import PriorHandlers
 from ui.render import AUDIT_HEADERS, MATCH_HEADERS, USER_HEADERS, WORKLIST_HEADERS
 from ui.review import CHECK_QUEUE, CSS, ENGINE_QUEUE, PRIVATE, SIGN_QUEUE, gallery, picture, review_tab, selectable_table
 from ui.session_guard import SessionGuard
 from ui.viewer_route import ViewerRoutes
 
 TITLE = "medcm review"
+# case, patient, age, sex, date, modality, body part, description, status, report, study uid
+WORKLIST_WIDTHS = ["11%", "10%", "5%", "3%", "7%", "5%", "6%", "10%", "5%", "26%", "12%"]
 DISCLAIMER = ("Drafts are suggestions from similar past cases; "
               "a clinician reviews, edits and signs every report.")
 LOGIN_PAGE_NOTE = f"<strong>{TITLE}</strong>: {DISCLAIMER}<br><br>"  # Gradio shows `auth_message` as HTML
@@ -136,7 +141,7 @@ class SecurityHeaders:
 
 
 def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
-              demo_notice: str | None = None) -> gr.Blocks:
+              demo_notice: str | None = None, dicomweb: DicomWebServer | None = None) -> gr.Blocks:
     """The review app for one engine and store; launch it with `auth=ui.auth.make_auth(store)`.
 
     Args:
@@ -144,11 +149,14 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
         store: the engine's case store.
         upload_dir: where uploads are kept as `<sha256>.dcm` / `.zip` (created when needed).
         demo_notice: a line shown at the top, e.g. "Demo data are synthetic drawings, not patients."
+        dicomweb: a PACS's DICOMweb server: clinicians get a "Fetch from PACS" field (a StudyInstanceUID) that
+            pulls a study from it and opens it like an upload. None: no such field.
 
     Returns:
         The app, not launched.
     """
     handlers = Handlers(engine, store, Path(upload_dir))
+    fetch = FetchHandlers(engine, store, dicomweb)
     endpoints = Endpoints(engine, store, Path(upload_dir))
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE, fill_width=True) as app:
         with gr.Row(equal_height=True):
@@ -158,7 +166,7 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
             login = gr.Markdown(elem_id="login")
         with gr.Tabs() as tabs:
             with gr.Tab("Review", id=REVIEW_TAB):
-                review = review_tab(handlers)
+                review = review_tab(handlers, PriorHandlers(engine, store), fetch)
                 review["tabs"] = tabs
             with gr.Tab("Worklist", id="worklist"):
                 worklist = _worklist_tab(handlers, review)
@@ -168,6 +176,7 @@ def build_app(engine: Engine, store: CaseStore, *, upload_dir: str | Path,
         clinical = [review["files"], review["redraft"], review["save"], review["sign"], review["export"],
                     review["question_apply"], review["draft"], review["sign_section"]]
         app.load(handlers.on_load, None, [login, worklist, audit, *clinical], **PRIVATE)
+        app.load(fetch.on_load, None, review["fetch_box"], **PRIVATE)
     return app
 
 
@@ -177,7 +186,7 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
     with gr.Row():
         refresh = gr.Button("Refresh", elem_id="worklist-refresh")
         open_button = gr.Button("Open selected study for review", elem_id="worklist-open")
-    worklist = selectable_table(WORKLIST_HEADERS, "Studies (select one)", "worklist")
+    worklist = selectable_table(WORKLIST_HEADERS, "Studies (select one)", "worklist", column_widths=WORKLIST_WIDTHS)
     with gr.Row():
         picked_image = picture("Selected study", "worklist-image")
         picked_report = gr.Markdown(latex_delimiters=[], elem_id="worklist-report")
@@ -194,7 +203,8 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
         match_report = gr.Markdown(latex_delimiters=[], elem_id="match-report")
 
     refresh.click(h.on_worklist, None, worklist, **PRIVATE)
-    review["uploaded"].then(h.on_worklist, None, worklist, **PRIVATE)
+    for event in (review["uploaded"], *review["fetch_events"]):  # a new study joins the worklist
+        event.then(h.on_worklist, None, worklist, **PRIVATE)
     worklist.select(h.on_worklist_select, None, [picked, picked_image, picked_report], **PRIVATE)
     (open_button.click(h.open_study, [picked, review["preset"]], review["shown"], **PRIVATE)
      .success(h.show_review, None, review["tabs"], **PRIVATE)

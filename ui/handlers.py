@@ -64,6 +64,13 @@ def _row_key(evt: gr.SelectData) -> object:
     return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
 
 
+def last_cell(evt: gr.SelectData) -> object:
+    """The last cell of the selected table row (the worklist's and the priors' full study UID), else the row index."""
+    if evt.row_value:
+        return evt.row_value[-1]
+    return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+
+
 def _picked(items: list[Any], evt: gr.SelectData) -> Any | None:
     """The case a gallery (by position) or a table (by the study uid in its first cell) selection points at."""
     key = evt.index if isinstance(evt.index, int) else _row_key(evt)
@@ -151,7 +158,8 @@ class Handlers:
         first = study.images[0]
         selector = gr.Dropdown(choices=choices, value=0, visible=len(choices) > 1)
         frames = _frame_slider(first)
-        info = render.study_markdown(study_uid, len(study.images), self.store.latest_report(study_uid), notes)
+        info = render.study_markdown(self.store.get_study(study_uid), len(study.images),
+                                     self.store.latest_report(study_uid), notes)
         cleared = (None, None, COMPARE_HINT, "", None, "")
         return study, self._render(study, preset, 0, 0), selector, frames, info, *cleared
 
@@ -349,13 +357,14 @@ class Handlers:
         return self._worklist()
 
     def _worklist(self) -> pd.DataFrame:
-        return render.worklist_rows(self.store.list_studies())
+        studies = self.store.list_studies()
+        return render.worklist_rows(studies, self.store.latest_report_texts([s.study_uid for s in studies]))
 
     @readable_errors
     def on_worklist_select(self, evt: gr.SelectData, request: gr.Request) -> tuple[str, Image.Image | None, str]:
         """A worklist study picked: remember it, show its preview and latest report."""
         login = require(self.store, request, "read")
-        study_uid = str(_row_key(evt))
+        study_uid = str(last_cell(evt))
         report = self.store.latest_report(study_uid)
         log_view(self.store, login, study_uid, "worklist")
         return study_uid, render.study_preview(self.store, study_uid), render.report_markdown(study_uid, report)

@@ -16,14 +16,19 @@ from db.store import CaseStore, ReportView, StoreError, StudyView, UserView
 from medcm.dicom.read import DicomImage
 from medcm.report.draft import DraftSentence
 from medcm.report.draft_types import Abstention
-from medcm.engine.facade import ImageMatch, SendStatus, SimilarCase
+from medcm.engine.facade import ImageMatch, Prior, SendStatus, SimilarCase
 from medcm.engine.grounding import SentenceHeatmap, overlay
 
 VIEW_MAX_PX = 1024
 VIEW_MIN_PX = 512  # small images are magnified (nearest neighbour: every pixel stays a visible square)
 SIMILAR_HEADERS = ["study uid", "score", "percentile", "match", "modality", "body part", "report"]
 PROVENANCE_HEADERS = ["#", "section", "sentence", "score", "source cases (score)"]
-WORKLIST_HEADERS = ["study uid", "patient", "date", "modalities", "body parts", "status", "description"]
+# The case label first (what a reader scans), the full StudyInstanceUID last (selection reads it there).
+WORKLIST_HEADERS = ["case", "patient", "age", "sex", "date", "modality", "body part", "description", "status",
+                    "report", "study uid"]
+PRIOR_HEADERS = ["date", "modality", "description", "status", "signed report", "study uid"]
+REPORT_LINE_CHARS = 90
+UID_TAIL = 6
 MATCH_HEADERS = ["study uid", "score", "modality", "body part", "report"]
 AUDIT_HEADERS = ["time (UTC)", "kind", "user", "study uid", "detail"]
 USER_HEADERS = ["name", "role", "created (UTC)", "disabled"]
@@ -170,11 +175,44 @@ def report_markdown(study_uid: str, report: ReportView | None, score: float | No
     return f"{head}\n\n_{status}_\n\n{quoted(report.text)}"
 
 
-def worklist_rows(studies: Sequence[StudyView]) -> pd.DataFrame:
-    """study uid / patient (the pseudonym) / date / modalities / body parts / status / description, newest first."""
+def case_label(study_uid: str, modalities: Sequence[str], study_date: str) -> str:
+    """A study as a reader names it at a glance: "CT · 2003-11-13 · …7f3a2c" (modalities, date, the end
+    of the UID to tell two studies of one day apart); the full UID goes beside it (last column, hover)."""
+    parts = (", ".join(modalities), readable_date(study_date), f"…{study_uid[-UID_TAIL:]}" if study_uid else "")
+    return " · ".join(part for part in parts if part)
+
+
+def uid_label(study_uid: str, modalities: Sequence[str], study_date: str) -> str:
+    """`case_label` as Markdown: modalities and date in bold, the UID's end in a `<code>` whose hover shows
+    the full StudyInstanceUID."""
+    head = html.escape(" · ".join(p for p in (", ".join(modalities), readable_date(study_date)) if p))
+    uid = html.escape(study_uid, quote=True)
+    tail = html.escape(study_uid[-UID_TAIL:])
+    return (f"**{head}** · " if head else "") + f'<code title="StudyInstanceUID {uid}">…{tail}</code>'
+
+
+def sex_text(sex: str) -> str:
+    """Stored PatientSex as shown: "F", "M", "other" ("O"), "" unknown."""
+    return {"O": "other"}.get(sex, sex)
+
+
+def report_line(text: str | None, limit: int = REPORT_LINE_CHARS) -> str:
+    """The first non-empty line of a report, at most `limit` characters (cut at a word, with "…")."""
+    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1].rsplit(" ", 1)[0] or line[: limit - 1]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def worklist_rows(studies: Sequence[StudyView], reports: dict[str, str] | None = None) -> pd.DataFrame:
+    """case label / patient (the pseudonym) / age band / sex / date / modality / body part / description /
+    status / the latest report's first line (`reports`: study uid → text) / study uid, in the given order."""
+    reports = reports or {}
     rows = [
-        (s.study_uid, s.patient_id, readable_date(s.study_date), ", ".join(s.modalities), ", ".join(s.body_parts),
-         s.status, s.description)
+        (case_label(s.study_uid, s.modalities, s.study_date), s.patient_id, s.patient_age, sex_text(s.patient_sex),
+         readable_date(s.study_date), ", ".join(s.modalities), ", ".join(s.body_parts), s.description, s.status,
+         report_line(reports.get(s.study_uid)), s.study_uid)
         for s in studies
     ]
     return table(rows, WORKLIST_HEADERS)
@@ -247,8 +285,29 @@ def verified_marker(report: ReportView) -> str:
             "amended version.")
 
 
-def study_markdown(study_uid: str, n_images: int, report: ReportView | None, notes: Sequence[str] = ()) -> str:
-    """The line above the viewer: which study, how many images, its report status, any warnings."""
+def study_markdown(study: StudyView, n_images: int, report: ReportView | None, notes: Sequence[str] = ()) -> str:
+    """The line above the viewer: the study's label (its full UID on hover), the patient's pseudonym, age band
+    and sex where known, body part and description, how many images, its report status, any warnings."""
+    head = uid_label(study.study_uid, study.modalities, study.study_date)
+    context = [study.patient_id, study.patient_age, sex_text(study.patient_sex), ", ".join(study.body_parts),
+               study.description]
     status = "no report yet" if report is None else f"latest report: {report.status} version {report.version}"
-    text = f"**Study** `{study_uid}` — {n_images} image(s), {status}"
+    text = " · ".join([head, *(escape_md(part) for part in context if part)]) + f" — {n_images} image(s), {status}"
     return text + "".join(f"\n\n⚠ {escape_md(note)}" for note in notes)
+
+
+def prior_rows(priors: Sequence[Prior]) -> pd.DataFrame:
+    """date / modality / description / status / the signed report's first line / study uid, newest first."""
+    rows = [(p.study_date, p.modality, p.description, p.status, report_line(p.report, 60), p.study_uid)
+            for p in priors]
+    return table(rows, PRIOR_HEADERS)
+
+
+def prior_markdown(prior: Prior) -> str:
+    """A prior study's heading and its latest signed report (or that it has none)."""
+    label = uid_label(prior.study_uid, prior.modality.split(", ") if prior.modality else (), prior.study_date)
+    head = "Prior: " + label + (f" · {escape_md(prior.description)}" if prior.description else "")
+    if prior.report is None:
+        return f"{head}\n\n_no signed report (status: {prior.status})_"
+    signer = f" by {escape_md(prior.signed_by)}" if prior.signed_by else ""
+    return f"{head}\n\n_signed version {prior.report_version}{signer}_\n\n{quoted(prior.report)}"

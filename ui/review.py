@@ -2,8 +2,9 @@
 
 At 1440 × 900 the viewer (Cornerstone3D, `ui/static/viewer.js`, fed by `ui.viewer_route`) and the
 editable draft sit side by side and fully visible; the similar cases are a thumbnail strip under the
-draft, whose selection opens the side-by-side comparison; each sentence's provenance, the export, the
-server-rendered fallback image and the keyboard shortcuts are accordions.
+draft, whose selection opens the side-by-side comparison; the patient's priors (`ui.priors`), each
+sentence's provenance, the export, the server-rendered fallback image and the keyboard shortcuts are
+accordions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import gradio as gr
 from medcm.dicom.sr import EXPORT_FORMATS
 from ui.handlers import COMPARE_HINT, DRAFT_MARKER, TOP_K, Handlers
 from ui.question import question_section, wire_question
+from ui.fetch import FetchHandlers, fetch_box, wire_fetch
+from ui.priors import PriorHandlers, prior_comparison, prior_panel, wire_priors
 from ui.render import PROVENANCE_HEADERS, SIMILAR_HEADERS, table
 from ui.study import DEFAULT_PRESET, PRESETS
 from ui.viewer_route import SCRIPT_PATH
@@ -89,8 +92,9 @@ CSS = """
 """
 
 
-def review_tab(h: Handlers) -> dict[str, Any]:
-    """Viewer and draft side by side, similar cases, provenance; returns the components other tabs drive."""
+def review_tab(h: Handlers, priors: PriorHandlers, fetch: FetchHandlers) -> dict[str, Any]:
+    """Upload or fetch from the PACS, viewer and draft side by side, similar cases, the patient's priors,
+    provenance; returns the components other tabs drive."""
     c: dict[str, Any] = {"study": gr.State(None), "cases": gr.State([]), "sentences": gr.State([])}
     with gr.Row(equal_height=False):
         with gr.Column(scale=11, min_width=560):
@@ -99,6 +103,7 @@ def review_tab(h: Handlers) -> dict[str, Any]:
                                      scale=3, elem_id="upload")
                 c["instance"] = gr.Dropdown(choices=[], label="Series / instance", visible=False, scale=2,
                                             elem_id="instance")
+                fetch_box(c)
             c["viewer"] = gr.HTML(VIEWER_HTML, head=f'<script src="{SCRIPT_PATH}"></script>', elem_id="viewer")
             c["viewer_source"] = gr.HTML("", visible="hidden", elem_id="viewer-source")
             c["info"] = gr.Markdown(elem_id="study-info")
@@ -106,14 +111,18 @@ def review_tab(h: Handlers) -> dict[str, Any]:
             question_section(c)
             _draft_section(c)
             _similar_strip(c)
+            prior_panel(c)
             _provenance_section(c)
     _comparison_section(c)
+    prior_comparison(c)
     _export_section(c)
     _fallback_section(c)
     with gr.Accordion("Keyboard shortcuts", open=False, elem_id="shortcuts"):
         gr.Markdown(SHORTCUTS)
     _wire(h, c)
     wire_question(h, c, PRIVATE, ENGINE_QUEUE)
+    wire_priors(priors, c, PRIVATE)
+    wire_fetch(fetch, h, c, PRIVATE, ENGINE_QUEUE)
     return c
 
 

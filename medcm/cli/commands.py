@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medcm import __version__
 from medcm.cli.import_command import add_import_parser
-from medcm.cli.fetch_command import add_fetch_parser
+from medcm.cli.fetch_command import add_dicomweb_server_options, add_fetch_parser, dicomweb_server_from_args
 from medcm.cli.listen_command import add_listen_parser
 from medcm.cli.model_commands import add_eval, add_synth, add_train
 from medcm.cli.outbox_command import add_outbox_parser, add_send_to_option, outbox_from_args
@@ -139,6 +139,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     add_index_option(p)
     add_deid_options(p)
     add_send_to_option(p)
+    add_dicomweb_server_options(p)
     p.set_defaults(handler=_run_serve)
 
 
@@ -149,7 +150,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     url = db_url(args.db)
     serve(url, args.checkpoint, args.host, args.port, device=args.device, draft_config=draft_config(args.draft),
           deid=deid_config_from_args(args, url), files_dir=args.files, index_backend=args.index_backend,
-          abstention=abstention_config(args), outbox=outbox_from_args(args, url))
+          abstention=abstention_config(args), outbox=outbox_from_args(args, url),
+          dicomweb=dicomweb_server_from_args(args))
     return 0
 
 

@@ -7,9 +7,15 @@ import logging
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
 from medcm.cli.options import add_deid_options, open_engine
 
-__all__ = ["add_fetch_parser", "run_fetch"]
+if TYPE_CHECKING:
+    from medcm.engine.dicomweb import DicomWebServer
+
+__all__ = ["PASSWORD_ENV", "add_dicomweb_server_options", "add_fetch_parser", "dicomweb_server_from_args",
+           "run_fetch"]
 
 log = logging.getLogger(__name__)
 PASSWORD_ENV = "MEDCM_DICOMWEB_PASSWORD"
@@ -29,12 +35,38 @@ def add_fetch_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", required=True, help="database URL, or a file path for SQLite")
     p.add_argument("--checkpoint", help="model to embed and draft with (omit to store without embeddings or drafts)")
     p.add_argument("--no-draft", action="store_true", help="with --checkpoint: embed but do not draft")
-    p.add_argument("--username", help="HTTP Basic user name for the server; the password is read from "
-                   f"${PASSWORD_ENV} (never from the command line)")
+    p.add_argument("--username", help=_username_help("the server"))
     p.add_argument("--user", default="cli", help="name recorded in the audit trail (default: cli)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (for --checkpoint)")
     add_deid_options(p)
     p.set_defaults(handler=run_fetch)
+
+
+def _username_help(server: str) -> str:
+    return f"HTTP Basic user name for {server}; the password is read from ${PASSWORD_ENV} (never from the command line)"
+
+
+def add_dicomweb_server_options(p: argparse.ArgumentParser) -> None:
+    """`--dicomweb URL` and `--dicomweb-user NAME` (password: $MEDCM_DICOMWEB_PASSWORD), e.g. for `medcm serve`."""
+    p.add_argument("--dicomweb", metavar="URL",
+                   help="a PACS's DICOMweb root (e.g. http://pacs:8042/dicom-web): clinicians can fetch a study "
+                        "from it by StudyInstanceUID in the app")
+    p.add_argument("--dicomweb-user", metavar="NAME", help=_username_help("--dicomweb"))
+
+
+def dicomweb_server_from_args(args: argparse.Namespace) -> DicomWebServer | None:
+    """The server of `add_dicomweb_server_options` (None without --dicomweb), its password from the environment.
+
+    Raises:
+        ValueError: --dicomweb is not an http(s) URL, or --dicomweb-user without --dicomweb.
+    """
+    from medcm.engine.dicomweb import DicomWebServer
+
+    if not args.dicomweb:
+        if args.dicomweb_user:
+            raise ValueError(f"--dicomweb-user {args.dicomweb_user!r}: expected --dicomweb URL with it")
+        return None
+    return DicomWebServer(args.dicomweb, args.dicomweb_user, os.environ.get(PASSWORD_ENV))
 
 
 def run_fetch(args: argparse.Namespace) -> int:

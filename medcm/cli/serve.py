@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from medcm.config import AbstentionConfig
     from medcm.dicom.deid import DeidConfig
+    from medcm.engine.dicomweb import DicomWebServer
     from medcm.engine.outbox import Outbox
     from medcm.report.draft import DraftConfig
 
@@ -46,7 +47,8 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
           demo_notice: str | None = None, block: bool = True, device: str | None = None,
           draft_config: DraftConfig | None = None, deid: DeidConfig | None = None,
           files_dir: str | Path | None = None, index_backend: str = "exact",
-          abstention: AbstentionConfig | None = None, outbox: Outbox | None = None):
+          abstention: AbstentionConfig | None = None, outbox: Outbox | None = None,
+          dicomweb: DicomWebServer | None = None):
     """Open the store and the model once, then serve the review app (blocking unless `block=False`).
 
     Uploads are de-identified with `deid` (None: stored as they are) into `files_dir` (default
@@ -54,6 +56,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     "exact" or "faiss" (see `medcm.engine.facade.Engine`). `abstention` says when a draft abstains (None:
     the defaults of `AbstentionConfig`). With an `outbox`, signed reports are queued as DICOM SR and sent
     by a background thread (`medcm.engine.sender`), stopped when the server stops (or by `app.close()`).
+    With `dicomweb` (`medcm serve --dicomweb URL`), clinicians can fetch a study from that PACS in the app.
 
     Every page and call needs a login (`medcm users add`); the store's accounts are checked by
     `ui.auth.make_auth`. The same server answers STOW-RS at `POST /dicomweb/studies` (`ui.stow.StowRS`:
@@ -91,7 +94,7 @@ def serve(db_url: str, checkpoint: str | Path, host: str = "127.0.0.1", port: in
     engine = Engine(store, checkpoint=checkpoint, device=device, draft_config=draft_config or DraftConfig(),
                     deid=deid, files_dir=files_dir, index_backend=index_backend,
                     abstention=abstention or AbstentionConfig(), outbox=outbox)
-    app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice)
+    app = build_app(engine, store, upload_dir=upload_dir, demo_notice=demo_notice, dicomweb=dicomweb)
     options = launch_options()
     options["app_kwargs"]["middleware"].append(Middleware(StowRS, engine=engine, draft=True))  # inside the guards
     engine.start_sending()  # with an outbox: signed reports leave in the background

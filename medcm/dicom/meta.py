@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-__all__ = ["InstanceMeta", "attribute_floats", "instance_meta", "pixel_spacing"]
+__all__ = ["InstanceMeta", "age_band", "attribute_floats", "instance_meta", "patient_sex", "pixel_spacing"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class InstanceMeta:
     bits_stored: int
     transfer_syntax: str
     content_sha256: str = ""  # sha256 of the file's bytes: tells a re-sent copy from a changed file
+    patient_sex: str = ""  # "F", "M" or "O" (PatientSex, kept by de-identification); "" when absent or other
+    patient_age_band: str = ""  # the patient's age at the study in decades ("60–69 y"; `age_band`), "" unknown
 
 
 def instance_meta(ds: pydicom.Dataset, path: str | os.PathLike, frames: int, content_sha256: str,
@@ -89,7 +91,57 @@ def instance_meta(ds: pydicom.Dataset, path: str | os.PathLike, frames: int, con
         bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
         content_sha256=content_sha256,
+        patient_sex=patient_sex(_text(ds, "PatientSex")),
+        patient_age_band=age_band(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"), date),
     )
+
+
+def patient_sex(value: str) -> str:
+    """PatientSex as stored: "F", "M" or "O"; "" for an absent or non-standard value."""
+    value = (value or "").strip().upper()
+    return value if value in ("F", "M", "O") else ""
+
+
+def age_band(age: str, birth_date: str = "", study_date: str = "") -> str:
+    """The patient's age at the study as a band of ten years: "60–69 y"; "90+ y" from 90 on; "0–9 y" for
+    days, weeks and months; "" when unknown.
+
+    Only the band is recorded, never the exact age: a decade is what a reader needs for context, and it
+    identifies nobody, where an exact age (with the shifted study date) narrows a patient down and ages
+    of 90 and over are identifying on their own (HIPAA Safe Harbor groups them as "90 or older").
+
+    Args:
+        age: PatientAge, an AS value ("065Y", "003M", "010D"); tried first.
+        birth_date: PatientBirthDate (DA), used with `study_date` when there is no usable `age`
+            (de-identification removes it, so only files stored without de-identification have it).
+        study_date: StudyDate (DA).
+    """
+    years = _age_years(age)
+    if years is None:
+        years = _years_between(birth_date, study_date)
+    if years is None or years < 0 or years > 150:
+        return ""
+    if years >= 90:
+        return "90+ y"
+    low = years // 10 * 10
+    return f"{low}–{low + 9} y"
+
+
+def _age_years(age: str) -> int | None:
+    """Whole years of an AS value ("065Y" → 65, "018M" → 1, "010D" → 0); None when malformed."""
+    text = (age or "").strip().upper()
+    if len(text) < 2 or not text[:-1].isdigit() or text[-1] not in "DWMY":
+        return None
+    per_year = {"D": 365, "W": 52, "M": 12, "Y": 1}[text[-1]]
+    return int(text[:-1]) // per_year
+
+
+def _years_between(birth_date: str, study_date: str) -> int | None:
+    """Completed years from a DA birth date to a DA study date; None unless both are YYYYMMDD."""
+    if not all(len(d) == 8 and d.isdigit() for d in (birth_date, study_date)):
+        return None
+    born, seen = (int(birth_date[:4]), birth_date[4:]), (int(study_date[:4]), study_date[4:])
+    return seen[0] - born[0] - (seen[1] < born[1])
 
 
 def attribute_floats(value: object) -> list[float]:

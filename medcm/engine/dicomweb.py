@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from medcm.engine.receiver import ReceivedStudy, ingest_received
 if TYPE_CHECKING:
     from medcm.engine.facade import Engine
 
-__all__ = ["DicomWebError", "PulledStudy", "check_uid", "intake_folder", "pull_study"]
+__all__ = ["DicomWebError", "DicomWebServer", "PulledStudy", "check_uid", "intake_folder", "pull_study"]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 NOT_IMAGES = frozenset({"SR", "KO", "PR", "DOC"})  # series modalities that hold no image to ingest
@@ -36,6 +36,26 @@ STUDY_UID, SERIES_UID, MODALITY = "0020000D", "0020000E", "00080060"
 
 class DicomWebError(RuntimeError):
     """A DICOMweb request that failed; str() is one line naming the server, the study and the cause."""
+
+
+@dataclass(frozen=True)
+class DicomWebServer:
+    """A configured DICOMweb server to pull studies from (`pull_study`), e.g. the one `medcm serve --dicomweb`
+    gives the review app; the password never shows in its repr."""
+
+    url: str  # the server's DICOMweb root, e.g. "http://pacs:8042/dicom-web"
+    username: str | None = None  # HTTP Basic user name; None: no credentials
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.url or ""):
+            raise ValueError(f"DICOMweb server: got {self.url!r}, expected an http(s) URL of its DICOMweb root, "
+                             "e.g. http://pacs:8042/dicom-web")
+
+    def pull(self, engine: Engine, study_uid: str, *, draft: bool = False, user: str | None = None) -> PulledStudy:
+        """`pull_study` from this server with its credentials (same arguments and errors)."""
+        return pull_study(engine, self.url, study_uid, draft=draft, user=user, username=self.username,
+                          password=self.password)
 
 
 @dataclass(frozen=True)

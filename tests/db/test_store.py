@@ -358,6 +358,19 @@ def test_prior_studies_are_the_same_patients_other_studies_newest_first(store):
         store.prior_studies("4.0")
 
 
+def test_studies_carry_the_patients_sex_and_age_band_and_the_latest_report_text(store):
+    first = instance("1.1", STUDY_A, "1.2.1", "PSEUDO-1", "CT", "CHEST")
+    first.metadata.update(patient_sex="F", patient_age_band="60–69 y")
+    store.ingest([first, *archive()[1:]], reports())
+    store.save_draft(STUDY_A, "FINDINGS: Redrafted.", [], author="dr.a", source="edit")
+    views = {view.study_uid: view for view in store.list_studies()}
+    assert (views[STUDY_A].patient_sex, views[STUDY_A].patient_age) == ("F", "60–69 y")
+    assert (views[STUDY_B].patient_sex, views[STUDY_B].patient_age) == ("", "")  # not recorded
+    assert store.get_study(STUDY_A).patient_age == "60–69 y"
+    assert store.latest_report_texts([STUDY_A, STUDY_B, "9.9"]) == {STUDY_A: "FINDINGS: Redrafted.",
+                                                                    STUDY_B: REPORT_B}
+
+
 # ----------------------------------------------------------------- events
 def test_events_record_who_did_what(filled):
     filled.save_draft(STUDY_A, "draft", [], author="medcm")

@@ -94,6 +94,17 @@ def test_reingest_writes_the_same_copy_and_stores_nothing_new(tmp_path):
     assert not [p for p in copy.parent.iterdir() if p.name.startswith(".")]  # no staging file left
 
 
+def test_the_patients_sex_and_age_band_are_recorded_but_not_the_exact_age(tmp_path):
+    ds = _ct()
+    ds.PatientSex, ds.PatientAge = "F", "067Y"
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.db'}")
+    (study_uid,) = Engine(store, deid=DeidConfig(KEY)).ingest([_study(tmp_path / "in", ds)]).studies
+    meta = store.get_study(study_uid).instances[0].metadata
+    assert (meta["patient_sex"], meta["patient_age_band"]) == ("F", "60–69 y") and "067Y" not in str(meta)
+    (view,) = store.list_studies()
+    assert (view.patient_sex, view.patient_age) == ("F", "60–69 y")
+
+
 def test_same_patient_same_pseudonym_other_key_other_pseudonym(tmp_path):
     a = _study(tmp_path / "a", _ct(study_uid="1.2.826.0.1.3680043.99.1"))
     b = _study(tmp_path / "b", _ct(study_uid="1.2.826.0.1.3680043.99.2"))

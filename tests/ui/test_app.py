@@ -27,6 +27,10 @@ from medcm.engine.facade import Engine  # noqa: E402
 from ui.app import DISCLAIMER, build_app, launch_options  # noqa: E402
 from ui.auth import make_auth  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
+from ui.fetch import FetchHandlers  # noqa: E402
+from ui.priors import PriorHandlers  # noqa: E402
+from medcm.engine.dicomweb import DicomWebServer  # noqa: E402
+from pacs_peers import ORTHANC_DICOMWEB_PLUGIN, Orthanc, orthanc_or_skip  # noqa: E402  tests/pacs_peers.py
 from ui.study import ingest_upload, load_study  # noqa: E402
 
 N_POOL = 40
@@ -318,6 +322,74 @@ def test_a_zipped_two_series_study_offers_an_instance_selector(served, cases, tm
     assert not np.array_equal(np.asarray(image), np.asarray(other))
 
 
+def _of_patient(cases, i: int, patient_id: str, study_date: str, path: Path) -> str:
+    """Dev case `i` as a new study of `patient_id` on `study_date`, saved at `path`."""
+    ds = pydicom.dcmread(_dev(cases, i))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID, ds.StudyDate, ds.PatientSex, ds.PatientAge = patient_id, study_date, "F", "067Y"
+    ds.save_as(path)
+    return str(path)
+
+
+def test_a_second_study_of_a_patient_lists_the_first_as_a_prior_with_its_signed_report(served, cases, tmp_path):
+    h, priors = served.handlers, PriorHandlers(served.engine, served.store)
+    first = h.on_upload([_of_patient(cases, 21, "PAT-PRIORS", "20240105", tmp_path / "a.dcm")], "default", CLINICIAN)[0]
+    h.on_sign(first, "FINDINGS: Clear lungs. IMPRESSION: Normal.", [], CLINICIAN)
+    second, _, _, _, info, *_ = h.on_upload([_of_patient(cases, 22, "PAT-PRIORS", "20250310", tmp_path / "b.dcm")],
+                                           "default", CLINICIAN)
+    other = h.on_upload([_of_patient(cases, 23, "PAT-OTHER", "20250310", tmp_path / "c.dcm")], "default", CLINICIAN)[0]
+    assert "PAT-PRIORS · 60–69 y · F" in info and f'title="StudyInstanceUID {second.study_uid}"' in info
+    found, rows, panel, hint, query, image = priors.on_priors(second, VIEWER)
+    assert [p.study_uid for p in found] == [first.study_uid] and list(rows["study uid"]) == [first.study_uid]
+    assert (rows.iloc[0]["date"], rows.iloc[0]["status"]) == ("2024-01-05", "signed")
+    assert "1 other study of this patient" in panel.label and (query, image) == (None, None)
+    assert priors.on_priors(other, VIEWER)[0] == [] and "no other study" in priors.on_priors(other, VIEWER)[2].label
+    pick = gr.SelectData(None, {"index": [0, 1], "value": "", "row_value": list(rows.iloc[0])})
+    report, current, earlier, compare = priors.on_prior_select(found, second, pick, VIEWER)
+    assert "> FINDINGS: Clear lungs. IMPRESSION: Normal." in report and "signed version 1 by dr.c" in report
+    assert current is not None and earlier is not None and compare.open is True
+    (seen,) = served.store.events(study_uid=first.study_uid, kind="view", limit=1)
+    assert (seen["user"], seen["detail"]) == ("dr.v", {"screen": "prior"})
+    worklist = h.on_worklist(VIEWER)
+    row = worklist[worklist["study uid"] == first.study_uid].iloc[0]
+    assert (row["age"], row["sex"], row["report"]) == ("60–69 y", "F", "FINDINGS: Clear lungs. IMPRESSION: Normal.")
+    assert row["case"].startswith("DX · 2024-01-05 · …") and row["case"].endswith(first.study_uid[-6:])
+    picked = gr.SelectData(None, {"index": [0, 0], "value": "", "row_value": list(row)})
+    assert h.on_worklist_select(picked, VIEWER)[0] == first.study_uid  # the full UID of the last column
+
+
+def test_a_study_fetched_from_the_pacs_by_uid_is_stored_and_opened_like_an_upload(served, cases, tmp_path):
+    orthanc_or_skip()
+    if not ORTHANC_DICOMWEB_PLUGIN.is_file():
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
+    path = _of_patient(cases, 24, "PAT-FETCH", "20250102", tmp_path / "pacs.dcm")
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    try:
+        orthanc.upload(Path(path))
+        fetch = FetchHandlers(served.engine, served.store, DicomWebServer(orthanc.dicomweb_url))
+        assert fetch.on_load(CLINICIAN).visible is True and fetch.on_load(VIEWER).visible is False
+        assert FetchHandlers(served.engine, served.store, None).on_load(CLINICIAN).visible is False
+        with pytest.raises(gr.Error, match="role viewer may not"):
+            fetch.on_fetch("1.2.3", VIEWER)
+        with pytest.raises(gr.Error, match=r"fetch from PACS failed: StudyInstanceUID: got '1\.2\.x'"):
+            fetch.on_fetch("1.2.x", CLINICIAN)
+        with pytest.raises(gr.Error, match=f"DICOMweb {orthanc.dicomweb_url}, study 1.2.3.4: no such study"):
+            fetch.on_fetch(" 1.2.3.4 ", CLINICIAN)
+        stored = fetch.on_fetch(pydicom.dcmread(path).StudyInstanceUID, CLINICIAN)
+    finally:
+        orthanc.stop()
+    h = served.handlers
+    assert served.store.get_study(stored).patient_id == "PAT-FETCH"  # the served engine keeps ids (no deid)
+    study, image, *_, info, _, _, _, _, _, _ = h.open_study(stored, "default", CLINICIAN)
+    assert study.study_uid == stored and image is not None and "PAT-FETCH" in info
+    assert len(h.on_similar(study, CLINICIAN)[0]) == 5 and h.on_draft(study, CLINICIAN)[1]
+    (ingest,) = served.store.events(study_uid=stored, kind="ingest", limit=1)
+    assert ingest["user"] == "dr.c"
+    with pytest.raises(gr.Error, match="no PACS is configured"):
+        FetchHandlers(served.engine, served.store, None).on_fetch("1.2.3", CLINICIAN)
+
+
 def test_picking_a_similar_case_shows_it_beside_the_query(served, cases):
     h = served.handlers
     study = h.on_upload([_dev(cases, 22)], "default", CLINICIAN)[0]
@@ -336,6 +408,7 @@ def test_select_handlers_keep_resolvable_type_hints():
     # Gradio injects gr.SelectData by resolving type hints; one unresolvable name would silently break picks.
     for name in ("on_case_select", "on_source_select", "on_worklist_select", "on_match_select"):
         assert typing.get_type_hints(getattr(Handlers, name))["evt"] is gr.SelectData
+    assert typing.get_type_hints(PriorHandlers.on_prior_select)["evt"] is gr.SelectData
 
 
 # ------------------------------------------------------------------ logins and roles
@@ -488,6 +561,7 @@ def test_request_handlers_keep_resolvable_request_hints():
                                      "on_case_select", "on_draft", "on_open_draft", "on_source_select", "on_save",
                                      "on_sign", "ask_to_sign", "on_worklist", "on_worklist_select", "on_text_search",
                                      "on_match_select", "on_audit")),
+                         (PriorHandlers, ("on_priors", "on_prior_select")), (FetchHandlers, ("on_load", "on_fetch")),
                          (Endpoints, ("search", "draft", "sign", "search_text"))]:
         for name in names:
             assert typing.get_type_hints(getattr(owner, name))["request"] is gr.Request, name

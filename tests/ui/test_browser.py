@@ -4,7 +4,8 @@ Log in on Gradio's login page, upload a DICOM study, wait for the similar cases 
 draft, sign it, then check the case store: the signer is the logged-in account. The study viewer
 (Cornerstone3D, `ui/static/viewer.js`) is checked by its pixels: a CT series opens on its middle slice,
 the wheel and the arrow keys change the slice shown, dragging changes the window, and a colour
-ultrasound is shown in colour; the viewer and the draft are on screen together. Screenshots of each
+ultrasound is shown in colour; the viewer and the draft are on screen together. A study of a patient with
+an earlier signed study lists it as a prior, whose report and image one click shows. Screenshots of each
 state go to the test's temporary folder. Skips where Chromium or Playwright is missing (CI installs
 both; Playwright never downloads a browser here).
 """
@@ -53,12 +54,12 @@ def served(synthetic_manifest, trained_run, tmp_path_factory):
     app = build_app(engine, store, upload_dir=root / "uploads")
     app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                auth=make_auth(store), **launch_options())
-    yield app, store, root
+    yield app, store, root, engine
     app.close()
 
 
 def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
-    app, store, root = served
+    app, store, root, _engine = served
     query = synthetic_manifest.parent / "cases" / "dev-00004" / "image.dcm"  # a large circle, upper left
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -101,6 +102,68 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
     assert store.events(kind="login", user=LOGIN[0]) and store.events(kind="sign")[0]["user"] == LOGIN[0]
 
 
+def _of_patient(source: Path, patient_id: str, study_date: str, path: Path) -> Path:
+    """`source` as a new study of `patient_id` on `study_date` (a woman of 67), saved at `path`."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID, ds.StudyDate, ds.PatientSex, ds.PatientAge = patient_id, study_date, "F", "067Y"
+    ds.save_as(path)
+    return path
+
+
+def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(served, synthetic_manifest, tmp_path):
+    app, store, root, engine = served
+    cases = synthetic_manifest.parent / "cases"
+    prior = _of_patient(cases / "dev-00006" / "image.dcm", "PAT-BROWSER", "20230412", tmp_path / "prior.dcm")
+    (prior_uid,) = engine.ingest([prior], user="tester").studies
+    engine.sign(prior_uid, "FINDINGS: Small right pleural effusion.\nIMPRESSION: Effusion.", LOGIN[0])
+    current = _of_patient(cases / "dev-00007" / "image.dcm", "PAT-BROWSER", "20250301", tmp_path / "current.dcm")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = _logged_in_page(browser, app.local_url)
+            page.locator("#upload input[type=file]").set_input_files(str(current))
+            playwright_api.expect(page.locator("#draft-text textarea")).to_have_value(re.compile(r"^FINDINGS:"),
+                                                                                        timeout=120_000)
+            info = page.locator("#study-info")
+            playwright_api.expect(info).to_contain_text("DX · 2025-03-01")
+            playwright_api.expect(info).to_contain_text("PAT-BROWSER · 60–69 y · F")
+            assert prior_uid not in info.inner_text()  # the UIDs are on hover, not spelled out
+            assert page.locator("#study-info code").first.get_attribute("title").startswith("StudyInstanceUID ")
+            panel = page.get_by_role("button", name=re.compile("^Priors: 1 other study of this patient"))
+            playwright_api.expect(panel).to_be_visible(timeout=30_000)
+            panel.click()
+            table = page.locator("#prior-table")
+            playwright_api.expect(table).to_contain_text("2023-04-12", timeout=30_000)
+            playwright_api.expect(table).to_contain_text("signed")
+            _wait_rendered(page)
+            assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
+            page.screenshot(path=str(root / "priors-listed.png"))
+            table.get_by_text("2023-04-12").last.click()  # the visible cell (a hidden copy comes first); one click: the signed report, and the prior beside this study
+            report = page.locator("#prior-report")
+            playwright_api.expect(report).to_contain_text("Small right pleural effusion", timeout=30_000)
+            playwright_api.expect(report).to_contain_text("signed version 1 by dr.browser")
+            playwright_api.expect(page.locator("#prior-image img")).to_be_visible(timeout=30_000)
+            playwright_api.expect(page.locator("#prior-query img")).to_be_visible()
+            assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
+            page.screenshot(path=str(root / "priors.png"))
+            page.locator("#prior-image").scroll_into_view_if_needed()
+            page.screenshot(path=str(root / "prior-beside.png"))
+            page.get_by_role("tab", name="Worklist").click()
+            worklist = page.locator("#worklist")
+            playwright_api.expect(worklist).to_contain_text("DX · 2023-04-12 · …" + prior_uid[-6:], timeout=30_000)
+            playwright_api.expect(worklist).to_contain_text("60–69 y")
+            playwright_api.expect(worklist).to_contain_text("FINDINGS: Small right pleural effusion.")
+            page.screenshot(path=str(root / "worklist.png"))
+        finally:
+            browser.close()
+    assert store.events(kind="view", study_uid=prior_uid)[0]["detail"] == {"screen": "prior"}
+
+
 def _logged_in_page(browser, url: str):
     page = browser.new_page(viewport=SCREEN)
     page.goto(url)
@@ -137,7 +200,7 @@ def _differs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_viewer_scrolls_windows_and_shows_colour_in_chromium(served, tmp_path):
-    app, _store, root = served
+    app, _store, root, _engine = served
     shots = root / "viewer"
     shots.mkdir(exist_ok=True)
     series = ct_series_zip(tmp_path / "ct.zip", slices=7)
@@ -216,7 +279,7 @@ def test_viewer_scrolls_windows_and_shows_colour_in_chromium(served, tmp_path):
 
 
 def test_viewer_data_needs_a_login_and_a_stored_study(served):
-    app, store, _root = served
+    app, store, _root, _engine = served
     study_uid = next(s.study_uid for s in store.list_studies() if list(s.modalities) == ["DX"])
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)

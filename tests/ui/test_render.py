@@ -10,15 +10,76 @@ pytest.importorskip("gradio")
 
 from db.records import StudyView  # noqa: E402
 from medcm.engine.sender import SendStatus  # noqa: E402
-from ui.render import readable_date, send_status_text, worklist_rows  # noqa: E402
+from medcm.dicom.meta import age_band, patient_sex  # noqa: E402
+from medcm.engine.priors import Prior  # noqa: E402
+from ui.render import (  # noqa: E402
+    case_label,
+    prior_markdown,
+    prior_rows,
+    readable_date,
+    report_line,
+    send_status_text,
+    study_markdown,
+    worklist_rows,
+)
+
+UID = "2.25.1234567890123456789012345678907f3a2c"
+WHEN = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def test_the_worklist_shows_the_pseudonym_and_a_readable_date():
-    study = StudyView("1.2.3", "ANON-1a2b3c4d5e6f", "20031113", "CT CHEST", "new", ("CT",), ("CHEST",), (),
-                      datetime(2026, 1, 1, tzinfo=timezone.utc))
-    row = worklist_rows([study]).iloc[0]
-    assert (row["patient"], row["date"], row["modalities"]) == ("ANON-1a2b3c4d5e6f", "2003-11-13", "CT")
+def _study(**changes) -> StudyView:
+    fields = dict(study_uid=UID, patient_id="ANON-1a2b3c4d5e6f", study_date="20031113", description="CT CHEST",
+                  status="signed", modalities=("CT",), body_parts=("CHEST",), instances=(), created_at=WHEN,
+                  patient_sex="F", patient_age="60–69 y")
+    return StudyView(**{**fields, **changes})
+
+
+def test_the_worklist_shows_a_readable_label_clinical_context_and_the_uid_last():
+    report = "FINDINGS: A small left pleural effusion with adjacent atelectasis, no pneumothorax, heart size normal.\n" \
+             "IMPRESSION: Effusion."
+    frame = worklist_rows([_study(), _study(study_uid="1.2.3", patient_sex="", patient_age="")], {UID: report})
+    row = frame.iloc[0]
+    assert row["case"] == "CT · 2003-11-13 · …7f3a2c" and list(frame.columns)[-1] == "study uid"
+    assert (row["patient"], row["age"], row["sex"], row["date"], row["modality"], row["body part"]) == (
+        "ANON-1a2b3c4d5e6f", "60–69 y", "F", "2003-11-13", "CT", "CHEST")
+    assert row["study uid"] == UID and row["status"] == "signed"
+    assert row["report"].startswith("FINDINGS: A small left") and row["report"].endswith("…")
+    assert len(row["report"]) <= 90 and "IMPRESSION" not in row["report"]
+    assert (frame.iloc[1]["age"], frame.iloc[1]["sex"], frame.iloc[1]["report"]) == ("", "", "")
     assert readable_date("") == "" and readable_date("2003") == "2003"
+    assert case_label("1.2", (), "") == "…1.2" and report_line("  \n short\n") == "short"
+
+
+@pytest.mark.parametrize(("age", "birth", "date", "band"), [
+    ("065Y", "", "", "60–69 y"), ("060Y", "", "", "60–69 y"), ("009Y", "", "", "0–9 y"), ("018M", "", "", "0–9 y"),
+    ("003W", "", "", "0–9 y"), ("010D", "", "", "0–9 y"), ("089Y", "", "", "80–89 y"), ("093Y", "", "", "90+ y"),
+    ("", "19500601", "20100531", "50–59 y"), ("", "19500601", "20100601", "60–69 y"),  # from the birth date
+    ("65", "", "", ""), ("", "", "20100531", ""), ("", "", "", ""), ("999Y", "", "", ""),
+])
+def test_the_age_is_kept_as_a_band_of_ten_years(age, birth, date, band):
+    assert age_band(age, birth, date) == band
+
+
+def test_the_sex_is_one_of_the_standard_values():
+    assert [patient_sex(v) for v in ("F", " m ", "O", "", "X", "female")] == ["F", "M", "O", "", "", ""]
+
+
+def test_the_study_line_shows_the_label_with_the_uid_on_hover_and_the_patient_context():
+    line = study_markdown(_study(), 3, None, ["a warning"])
+    assert line.startswith("**CT · 2003-11-13** · <code title=\"StudyInstanceUID " + UID + "\">…7f3a2c</code>")
+    assert "ANON\\-1a2b3c4d5e6f" not in line and "ANON-1a2b3c4d5e6f · 60–69 y · F · CHEST · CT CHEST" in line
+    assert "3 image(s), no report yet" in line and line.endswith("⚠ a warning")
+    assert UID not in line.replace(f'title="StudyInstanceUID {UID}"', "")  # the bare UID only on hover
+
+
+def test_priors_list_date_modality_status_and_show_the_signed_report():
+    signed = Prior("1.2.9", "2002-01-05", "CR", "CHEST PA", "signed", "FINDINGS: Clear lungs.", 2, "dr.a")
+    unsigned = Prior("1.2.8", "", "CT", "", "new", None)
+    frame = prior_rows([signed, unsigned])
+    assert list(frame.iloc[0]) == ["2002-01-05", "CR", "CHEST PA", "signed", "FINDINGS: Clear lungs.", "1.2.9"]
+    assert "**CR · 2002-01-05**" in prior_markdown(signed) and "> FINDINGS: Clear lungs." in prior_markdown(signed)
+    assert "signed version 2 by dr.a" in prior_markdown(signed)
+    assert "no signed report (status: new)" in prior_markdown(unsigned)
 
 
 def test_the_send_status_says_queued_failed_or_sent():
