@@ -61,6 +61,7 @@ def served(synthetic_manifest, trained_run, tmp_path_factory):
 def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
     app, store, root, _engine = served
     query = synthetic_manifest.parent / "cases" / "dev-00004" / "image.dcm"  # a large circle, upper left
+    study_uid = read_images([query])[0][0].meta.study_uid
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
@@ -78,7 +79,19 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
             page.get_by_role("button", name=re.compile("^Similar cases: scores")).click()  # the table is in an accordion
             playwright_api.expect(page.locator("#similar-table")).to_contain_text("FINDINGS", timeout=30_000)
             playwright_api.expect(page.locator("#draft-marker")).to_contain_text("UNVERIFIED")
-            edited = draft.input_value() + " Reviewed against prior studies."
+            machine_text = draft.input_value()
+            page.locator("#sign").click()  # asks first; the text is then emptied: the signature is refused
+            playwright_api.expect(page.locator("#sign-question")).to_contain_text("Sign this report as", timeout=30_000)
+            draft.fill("")
+            page.locator("#sign-confirm").click()
+            playwright_api.expect(page.get_by_text("the report is empty").first).to_be_visible(timeout=30_000)
+            page.get_by_role("tab", name="Worklist").click()  # the refusal stays in its toast: the worklist is intact
+            worklist = page.locator("#worklist")
+            playwright_api.expect(worklist).to_contain_text(study_uid, timeout=30_000)
+            playwright_api.expect(worklist).not_to_contain_text("Error")
+            page.screenshot(path=str(root / "refused-sign-worklist.png"))
+            page.get_by_role("tab", name="Review").click()
+            edited = machine_text + " Reviewed against prior studies."
             draft.fill(edited)
             draft.press("Control+Enter")  # the shortcut for Sign: it asks first
             playwright_api.expect(page.locator("#sign-question")).to_contain_text("Sign this report as", timeout=30_000)
@@ -94,7 +107,6 @@ def test_upload_review_edit_and_sign_in_chromium(served, synthetic_manifest):
             playwright_api.expect(page.locator("#sign")).to_be_enabled(timeout=30_000)
         finally:
             browser.close()
-    study_uid = read_images([query])[0][0].meta.study_uid
     versions = store.report_versions(study_uid)
     machine = edited.removesuffix(" Reviewed against prior studies.")  # the model's draft stays its own version
     assert [(v.status, v.signed_by, v.text) for v in versions] == [("draft", None, machine), ("signed", LOGIN[0], edited)]
