@@ -13,8 +13,8 @@ from ui.errors import readable_errors, user_error
 from ui.handlers import Handlers
 from ui.study import ReviewStudy
 
-QUESTION_LABEL = "Clinical question / history (finds similar cases and drafts with the image)"
-QUESTION_PLACEHOLDER = "e.g. 45 y, cough and fever for a week; pneumonia?"
+QUESTION_LABEL = "Clinical question / history"
+QUESTION_PLACEHOLDER = "e.g. cough, fever; pneumonia?"
 
 
 class QuestionHandlers:
@@ -46,9 +46,10 @@ class QuestionHandlers:
 
 def question_section(c: dict[str, Any]) -> None:
     """The question box and its button (clinicians can change it; other roles read it)."""
-    with gr.Row(equal_height=True):
-        c["question"] = gr.Textbox(label=QUESTION_LABEL, placeholder=QUESTION_PLACEHOLDER, lines=1, max_lines=3,
-                                   max_length=2000, scale=4, elem_id="clinical-question")
+    with gr.Row(equal_height=True):  # one line without a frame: the viewer and the draft must stay on one screen
+        c["question"] = gr.Textbox(show_label=False, placeholder=f"{QUESTION_LABEL}: {QUESTION_PLACEHOLDER}",
+                                   lines=1, max_lines=3, max_length=2000, scale=4, container=False,
+                                   elem_id="clinical-question")
         c["question_apply"] = gr.Button("Use it: draft again", size="sm", scale=1, min_width=120,
                                         elem_id="question-apply")
 

@@ -161,6 +161,7 @@ def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(se
             playwright_api.expect(report).to_contain_text("signed version 1 by dr.browser")
             playwright_api.expect(page.locator("#prior-image img")).to_be_visible(timeout=30_000)
             playwright_api.expect(page.locator("#prior-query img")).to_be_visible()
+            page.evaluate("window.scrollTo(0, 0)")  # clicking a prior row below the fold scrolled the page down
             assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
             page.screenshot(path=str(root / "priors.png"))
             page.locator("#prior-image").scroll_into_view_if_needed()
