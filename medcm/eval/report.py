@@ -33,8 +33,8 @@ _TRUST_NAMES = {"draft": f"{SYSTEM}, FINDINGS as scored", "draft_report": f"{SYS
 def output_paths(json_path: str | Path) -> dict[str, Path]:
     """Where each output goes: the JSON itself, `.md` and `.samples.md` beside it, and the two plots."""
     json_path = Path(json_path)
-    stem = json_path.with_suffix("")
-    return {"json": json_path, "markdown": stem.with_suffix(".md"), "samples": Path(f"{stem}.samples.md"),
+    stem = json_path.with_suffix("")  # only the last suffix goes: "eval-w0.1.json" → "eval-w0.1"
+    return {"json": json_path, "markdown": Path(f"{stem}.md"), "samples": Path(f"{stem}.samples.md"),
             "recall_plot": Path(f"{stem}.recall.png"), "draft_plot": Path(f"{stem}.draft.png")}
 
 

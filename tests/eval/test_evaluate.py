@@ -383,6 +383,13 @@ def test_evaluate_rejects_shared_or_empty_case_sets(checkpoint, eval_records):
 # --- written files -----------------------------------------------------------------------------
 
 
+def test_output_names_keep_a_dotted_stem():
+    paths = output_paths("runs/eval-w0.1.json")  # a weight in the name: only ".json" is replaced
+    assert {kind: p.name for kind, p in paths.items()} == {
+        "json": "eval-w0.1.json", "markdown": "eval-w0.1.md", "samples": "eval-w0.1.samples.md",
+        "recall_plot": "eval-w0.1.recall.png", "draft_plot": "eval-w0.1.draft.png"}
+
+
 def test_write_results_writes_json_markdown_samples_and_two_pngs(results, tmp_path):
     paths = write_results(results, tmp_path / "out" / "res.json")
     assert paths == output_paths(tmp_path / "out" / "res.json")
