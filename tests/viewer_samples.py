@@ -37,13 +37,16 @@ def disc(size: int, k: int, count: int) -> np.ndarray:
     return (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
 
 
-def ct_series(folder: Path, slices: int = 7, size: int = 96) -> list[Path]:
-    """An axial CT series of `slices` files (HU: air background, a 60 HU body, a bright disc differing per slice)."""
+def ct_series(folder: Path, slices: int = 7, size: int = 96, spacing: float = 5.0, patient_id: str = "VIEWER-TEST",
+              study_date: str = "20260101") -> list[Path]:
+    """An axial CT series of `slices` files `spacing` mm apart (HU: air background, a 60 HU body, a bright disc
+    differing per slice: at the same fraction of the stack, two series show the same disc)."""
     folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
     paths = []
     for k in range(slices):
         ds = _dataset(CT_IMAGE_STORAGE, "CT", study, series)
+        ds.PatientID, ds.StudyDate = patient_id, study_date
         hu = np.full((size, size), -1000, dtype=np.int16)
         hu[size // 8: -size // 8, size // 8: -size // 8] = 60
         hu[disc(size, k, slices)] = 900
@@ -51,17 +54,18 @@ def ct_series(folder: Path, slices: int = 7, size: int = 96) -> list[Path]:
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 5.0 * k]
-        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber, ds.BodyPartExamined = [0.8, 0.8], 5.0, k + 1, "CHEST"
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, spacing * k]
+        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber, ds.BodyPartExamined = [0.8, 0.8], spacing, k + 1, "CHEST"
         ds.PixelData = hu.tobytes()
         paths.append(folder / f"slice{k:03d}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     return paths
 
 
-def ct_series_zip(path: Path, slices: int = 7, size: int = 96) -> Path:
-    """`ct_series` zipped as one study (slices written in reverse order: the viewer must sort them)."""
-    files = ct_series(path.with_suffix(""), slices, size)
+def ct_series_zip(path: Path, slices: int = 7, size: int = 96, **series) -> Path:
+    """`ct_series` (with `series`' options) zipped as one study (slices written in reverse order: the viewer
+    must sort them)."""
+    files = ct_series(path.with_suffix(""), slices, size, **series)
     with zipfile.ZipFile(path, "w") as archive:
         for file in reversed(files):
             archive.write(file, file.name)

@@ -158,7 +158,9 @@ class Handlers:
         first = study.images[0]
         selector = gr.Dropdown(choices=choices, value=0, visible=len(choices) > 1)
         frames = _frame_slider(first)
-        info = render.study_markdown(self.store.get_study(study_uid), len(study.images),
+        n_series = len({ref.series_uid for ref in study.images})
+        n_images = sum(len(ref.slices) or 1 for ref in study.images)
+        info = render.study_markdown(self.store.get_study(study_uid), n_series, n_images,
                                      self.store.latest_report(study_uid), notes)
         cleared = (None, None, COMPARE_HINT, "", None, "")
         return study, self._render(study, preset, 0, 0), selector, frames, info, *cleared

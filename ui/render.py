@@ -26,7 +26,8 @@ PROVENANCE_HEADERS = ["#", "section", "sentence", "score", "source cases (score)
 # The case label first (what a reader scans), the full StudyInstanceUID last (selection reads it there).
 WORKLIST_HEADERS = ["case", "patient", "age", "sex", "date", "modality", "body part", "description", "status",
                     "report", "study uid"]
-PRIOR_HEADERS = ["date", "modality", "description", "status", "signed report", "study uid"]
+PRIOR_HEADERS = ["date", "study", "status", "signed report", "study uid"]
+PRIOR_WIDTHS = ["15%", "21%", "10%", "42%", "12%"]
 REPORT_LINE_CHARS = 90
 UID_TAIL = 6
 MATCH_HEADERS = ["study uid", "score", "modality", "body part", "report"]
@@ -50,6 +51,15 @@ def frame_image(image: DicomImage, frame: int = 0) -> Image.Image:
 def viewer_source_html(url: str) -> str:
     """The hidden element that tells the page's viewer (`ui/static/viewer.js`) which series to open."""
     return f'<span data-src="{html.escape(url, quote=True)}"></span>'
+
+
+def compare_source_html(current: str, prior: str, current_label: str, prior_label: str) -> str:
+    """The hidden element that tells the page's linked viewers which two series to set side by side."""
+    def attr(value: str) -> str:
+        return html.escape(value, quote=True)
+
+    return (f'<span data-current="{attr(current)}" data-prior="{attr(prior)}" '
+            f'data-current-label="{attr(current_label)}" data-prior-label="{attr(prior_label)}"></span>')
 
 
 def heatmap_image(heat: SentenceHeatmap) -> Image.Image:
@@ -207,15 +217,25 @@ def report_line(text: str | None, limit: int = REPORT_LINE_CHARS) -> str:
 
 def worklist_rows(studies: Sequence[StudyView], reports: dict[str, str] | None = None) -> pd.DataFrame:
     """case label / patient (the pseudonym) / age band / sex / date / modality / body part / description /
-    status / the latest report's first line (`reports`: study uid → text) / study uid, in the given order."""
+    status / the latest report's first line (`reports`: study uid → text) / study uid, in the given order.
+
+    The report column shows what a person wrote: a signed report as it is, a saved draft marked "draft:", and
+    nothing for a "new" study (its only text, if any, is the model's unreviewed draft)."""
     reports = reports or {}
     rows = [
         (case_label(s.study_uid, s.modalities, s.study_date), s.patient_id, s.patient_age, sex_text(s.patient_sex),
          readable_date(s.study_date), ", ".join(s.modalities), ", ".join(s.body_parts), s.description, s.status,
-         report_line(reports.get(s.study_uid)), s.study_uid)
+         _worklist_report(s.status, reports.get(s.study_uid)), s.study_uid)
         for s in studies
     ]
     return table(rows, WORKLIST_HEADERS)
+
+
+def _worklist_report(status: str, text: str | None) -> str:
+    if status == "new" or not text:
+        return ""
+    line = report_line(text, REPORT_LINE_CHARS - 7)
+    return f"draft: {line}" if status == "drafted" else line
 
 
 def readable_date(value: str) -> str:
@@ -285,21 +305,27 @@ def verified_marker(report: ReportView) -> str:
             "amended version.")
 
 
-def study_markdown(study: StudyView, n_images: int, report: ReportView | None, notes: Sequence[str] = ()) -> str:
+def study_markdown(study: StudyView, n_series: int, n_images: int, report: ReportView | None,
+                   notes: Sequence[str] = ()) -> str:
     """The line above the viewer: the study's label (its full UID on hover), the patient's pseudonym, age band
-    and sex where known, body part and description, how many images, its report status, any warnings."""
+    and sex where known, body part and description, how many series and images (a CT volume's slices each
+    count), its report status, any warnings."""
     head = uid_label(study.study_uid, study.modalities, study.study_date)
     context = [study.patient_id, study.patient_age, sex_text(study.patient_sex), ", ".join(study.body_parts),
                study.description]
     status = "no report yet" if report is None else f"latest report: {report.status} version {report.version}"
-    text = " · ".join([head, *(escape_md(part) for part in context if part)]) + f" — {n_images} image(s), {status}"
+    text = " · ".join([head, *(escape_md(part) for part in context if part)]) + f" — {_count(n_series, 'series', 'series')}, {_count(n_images, 'image', 'images')}, {status}"
     return text + "".join(f"\n\n⚠ {escape_md(note)}" for note in notes)
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def prior_rows(priors: Sequence[Prior]) -> pd.DataFrame:
-    """date / modality / description / status / the signed report's first line / study uid, newest first."""
-    rows = [(p.study_date, p.modality, p.description, p.status, report_line(p.report, 60), p.study_uid)
-            for p in priors]
+    """date / study (modality · description) / status / the signed report's first line / study uid, newest first."""
+    rows = [(p.study_date, " · ".join(part for part in (p.modality, p.description) if part), p.status,
+             report_line(p.report, 60), p.study_uid) for p in priors]
     return table(rows, PRIOR_HEADERS)
 
 

@@ -17,7 +17,7 @@ from medcm.dicom.sr import EXPORT_FORMATS
 from ui.handlers import COMPARE_HINT, DRAFT_MARKER, TOP_K, Handlers
 from ui.question import question_section, wire_question
 from ui.fetch import FetchHandlers, fetch_box, wire_fetch
-from ui.priors import PriorHandlers, prior_comparison, prior_panel, wire_priors
+from ui.priors import COMPARE_CSS, PriorHandlers, prior_comparison, prior_panel, wire_priors
 from ui.render import PROVENANCE_HEADERS, SIMILAR_HEADERS, table
 from ui.study import DEFAULT_PRESET, PRESETS
 from ui.viewer_route import SCRIPT_PATH
@@ -59,6 +59,7 @@ SHORTCUTS = """
 | left drag | window / level; **0** the file's window, **1**–**5** the CT presets (CT only) |
 | right drag or Shift + drag | zoom; middle drag or Ctrl + drag: pan; **r** reset |
 | **c** or space | cine (play the frames); **f** fullscreen at native resolution, on black |
+| wheel, ↑ ↓ in "Prior beside this study" | both studies move together by the same distance in mm (untick "link scrolling" to move one) |
 
 | key | anywhere |
 |---|---|
@@ -89,7 +90,7 @@ CSS = """
 #upload { min-height: 0 !important; }
 #disclaimer, #login, #demo-notice { font-size: 13px; }
 #disclaimer p, #login p, #demo-notice p { margin: 0; }
-"""
+""" + COMPARE_CSS
 
 
 def review_tab(h: Handlers, priors: PriorHandlers, fetch: FetchHandlers) -> dict[str, Any]:

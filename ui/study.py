@@ -47,6 +47,8 @@ class ImageRef:
     label: str  # shown in the series/instance selector
     frames: int  # frames of the file, or slices of a volume series
     slices: tuple[str, ...] = ()  # a CT/MR/PT series scrolled as one volume: its slice files, in position order
+    modality: str = ""
+    slice_mm: float | None = None  # a volume's distance between neighbouring slices, when their positions are known
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,7 @@ def _volume_ref(views: list[InstanceView], files: list[StoredFile], series_numbe
     label = f"series {series_number} · {what} volume · {len(ordered)} slices"
     first = ordered[0]
     return ImageRef(first.path, first.sop_instance_uid, first.series_uid, label, len(ordered),
-                    tuple(view.path for view in ordered)), list(order.problems)
+                    tuple(view.path for view in ordered), first.modality or "", order.spacing_mm), list(order.problems)
 
 
 def _ref(view: InstanceView, series_number: int) -> ImageRef:
@@ -279,7 +281,7 @@ def _ref(view: InstanceView, series_number: int) -> ImageRef:
     label = f"series {series_number} · instance {number if number is not None else '?'} · {what}"
     if frames > 1:
         label += f" · {frames} frames"
-    return ImageRef(view.path, view.sop_instance_uid, view.series_uid, label, frames)
+    return ImageRef(view.path, view.sop_instance_uid, view.series_uid, label, frames, modality=view.modality or "")
 
 
 def window_of(preset: str | None) -> tuple[float, float] | None:

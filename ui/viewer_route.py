@@ -7,7 +7,8 @@ sessions and refused disabled accounts) that answers three paths and passes ever
   scripts/build_viewer.sh), sent as stored to browsers that take gzip, revalidated by its ETag;
 - `GET /medcm/viewer/<study_uid>/<series>`: JSON about series `<series>` of the study as the review tab lists
   it (`ui.study.load_study`): `{"frames", "start" (the middle slice or frame), "modality", "label", "kind"
-  ("slice" or "frame"), "colour", "presets": {name: [center, width]}, "frame_time_ms"}`;
+  ("slice" or "frame"), "colour", "presets": {name: [center, width]}, "frame_time_ms", "slice_mm" (a volume's
+  slice spacing, null when unknown)}`;
 - `GET /medcm/viewer/<study_uid>/<series>/<frame>`: one frame (`medcm.dicom.viewer_data.encode_frame`).
 
 Each needs a live session whose account may read studies (the same rule as the app's events,
@@ -104,7 +105,7 @@ class ViewerData:
         return {"frames": ref.frames, "start": start, "modality": frames.modality or "OT", "label": ref.label,
                 "kind": "slice" if ref.slices else "frame", "colour": frames.colour,
                 "presets": {name: list(window) for name, window in presets.items()},
-                "frame_time_ms": frames.frame_time_ms}
+                "frame_time_ms": frames.frame_time_ms, "slice_mm": ref.slice_mm}
 
     def frame_bytes(self, study_uid: str, series: int, frame: int) -> bytes:
         """One frame of a series, encoded (`encode_frame`)."""

@@ -10,7 +10,9 @@ series again as a volume.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,11 +232,14 @@ class SliceOrder:
         by_position: True when ordered along the slice normal, False when by InstanceNumber.
         problems: Warnings about the slice spacing (repeated positions, missing slices); none
             when the positions are unknown.
+        spacing_mm: The median distance between neighbouring slices along the normal; None when the
+            positions are unknown (or all repeat).
     """
 
     order: tuple[int, ...]
     by_position: bool
     problems: tuple[str, ...] = ()
+    spacing_mm: float | None = None
 
 
 def is_stored_volume(files: Sequence[StoredFile], min_slices: int = MIN_VOLUME_SLICES) -> bool:
@@ -272,7 +277,9 @@ def slice_order(files: Sequence[StoredFile], name: str) -> SliceOrder:
     positions = slice_positions(headers) if headers else None
     if positions is not None:
         order = sorted(range(len(files)), key=lambda k: positions[k])
-        return SliceOrder(tuple(order), True, tuple(spacing_problems(positions, name)))
+        gaps = [b - a for a, b in itertools.pairwise(sorted(positions)) if b - a > 1e-3]
+        spacing = float(statistics.median(gaps)) if gaps else None
+        return SliceOrder(tuple(order), True, tuple(spacing_problems(positions, name)), spacing)
 
     def by_number(k: int) -> tuple[bool, int, str]:
         number = files[k].instance_number

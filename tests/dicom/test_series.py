@@ -144,8 +144,10 @@ def test_slice_order_follows_positions_and_names_a_missing_slice(tmp_path):
     files = [StoredFile(name, "CT", 1, 1) for name in save(datasets, tmp_path / "ct")]
     order = slice_order(files, "series 1 (CT)")
     assert order.by_position and [indexes[k] for k in order.order] == [0, 1, 2, 3, 4, 5] and order.problems == ()
+    assert order.spacing_mm == pytest.approx(2.5)
     gappy = [f for f, index in zip(files, indexes) if index != 3]  # slice 3 at 7.5 mm is gone
     order = slice_order(gappy, "series 1 (CT)")
+    assert order.spacing_mm == pytest.approx(2.5)  # the median gap: one missing slice does not change it
     assert order.problems == ("series 1 (CT): gap of 5 mm after the slice at 5 mm, 2.0× the median spacing 2.5 mm: "
                               "about 1 slice(s) missing",)
 
@@ -160,5 +162,6 @@ def test_slice_order_falls_back_to_instance_numbers_from_zip_members(tmp_path):
     files = [StoredFile(f"{archive}:ct/{i}.dcm", "CT", 1, number) for i, number in enumerate(numbers)]
     order = slice_order(files, "series 1")
     assert not order.by_position and order.order == (2, 3, 0, 1) and order.problems == ()  # None last
+    assert order.spacing_mm is None
     files[0] = StoredFile(str(tmp_path / "gone.dcm"), "CT", 1, 3)  # one unreadable header: numbers again
     assert slice_order(files, "series 1").order == (2, 3, 0, 1)

@@ -340,15 +340,16 @@ def test_a_second_study_of_a_patient_lists_the_first_as_a_prior_with_its_signed_
                                            "default", CLINICIAN)
     other = h.on_upload([_of_patient(cases, 23, "PAT-OTHER", "20250310", tmp_path / "c.dcm")], "default", CLINICIAN)[0]
     assert "PAT-PRIORS · 60–69 y · F" in info and f'title="StudyInstanceUID {second.study_uid}"' in info
-    found, rows, panel, hint, query, image = priors.on_priors(second, VIEWER)
+    found, rows, panel, hint, source, compare = priors.on_priors(second, VIEWER)
     assert [p.study_uid for p in found] == [first.study_uid] and list(rows["study uid"]) == [first.study_uid]
     assert (rows.iloc[0]["date"], rows.iloc[0]["status"]) == ("2024-01-05", "signed")
-    assert "1 other study of this patient" in panel.label and (query, image) == (None, None)
+    assert "1 other study of this patient" in panel.label and source == "" and compare.open is False
     assert priors.on_priors(other, VIEWER)[0] == [] and "no other study" in priors.on_priors(other, VIEWER)[2].label
     pick = gr.SelectData(None, {"index": [0, 1], "value": "", "row_value": list(rows.iloc[0])})
-    report, current, earlier, compare = priors.on_prior_select(found, second, pick, VIEWER)
+    report, source, compare = priors.on_prior_select(found, second, 0, pick, VIEWER)
     assert "> FINDINGS: Clear lungs. IMPRESSION: Normal." in report and "signed version 1 by dr.c" in report
-    assert current is not None and earlier is not None and compare.open is True
+    assert (f'data-current="/medcm/viewer/{second.study_uid}/0" data-prior="/medcm/viewer/{first.study_uid}/0"'
+            in source and 'data-prior-label="Prior · 2024-01-05"' in source and compare.open is True)
     (seen,) = served.store.events(study_uid=first.study_uid, kind="view", limit=1)
     assert (seen["user"], seen["detail"]) == ("dr.v", {"screen": "prior"})
     worklist = h.on_worklist(VIEWER)

@@ -5,7 +5,8 @@ draft, sign it, then check the case store: the signer is the logged-in account. 
 (Cornerstone3D, `ui/static/viewer.js`) is checked by its pixels: a CT series opens on its middle slice,
 the wheel and the arrow keys change the slice shown, dragging changes the window, and a colour
 ultrasound is shown in colour; the viewer and the draft are on screen together. A study of a patient with
-an earlier signed study lists it as a prior, whose report and image one click shows. Screenshots of each
+an earlier signed study lists it as a prior, whose report and images one click shows; a prior CT opens
+beside the current one and scrolls with it (by millimetres, across different slice spacings). Screenshots of each
 state go to the test's temporary folder. Skips where Chromium or Playwright is missing (CI installs
 both; Playwright never downloads a browser here).
 """
@@ -159,12 +160,13 @@ def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(se
             report = page.locator("#prior-report")
             playwright_api.expect(report).to_contain_text("Small right pleural effusion", timeout=30_000)
             playwright_api.expect(report).to_contain_text("signed version 1 by dr.browser")
-            playwright_api.expect(page.locator("#prior-image img")).to_be_visible(timeout=30_000)
-            playwright_api.expect(page.locator("#prior-query img")).to_be_visible()
+            page.wait_for_selector('#medcm-cmp-prior[data-index="0"]', timeout=60_000)  # drawn beside this study
+            page.wait_for_selector('#medcm-cmp-current[data-index="0"]', timeout=30_000)
+            playwright_api.expect(page.locator("#medcm-cmp-prior-label")).to_contain_text("Prior · 2023-04-12 · DX")
             page.evaluate("window.scrollTo(0, 0)")  # clicking a prior row below the fold scrolled the page down
             assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
             page.screenshot(path=str(root / "priors.png"))
-            page.locator("#prior-image").scroll_into_view_if_needed()
+            page.locator("#medcm-compare").scroll_into_view_if_needed()
             page.screenshot(path=str(root / "prior-beside.png"))
             page.get_by_role("tab", name="Worklist").click()
             worklist = page.locator("#worklist")
@@ -175,6 +177,67 @@ def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(se
         finally:
             browser.close()
     assert store.events(kind="view", study_uid=prior_uid)[0]["detail"] == {"screen": "prior"}
+
+
+def test_a_prior_ct_opens_beside_this_study_and_scrolls_with_it_in_chromium(served, tmp_path):
+    app, _store, root, engine = served
+    shots = root / "compare"
+    shots.mkdir(exist_ok=True)
+    prior = ct_series_zip(tmp_path / "prior.zip", slices=13, spacing=2.5, patient_id="PAT-LINKED", study_date="20240610")
+    engine.ingest([prior], user="tester")
+    current = ct_series_zip(tmp_path / "now.zip", slices=7, spacing=5.0, patient_id="PAT-LINKED", study_date="20251120")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = _logged_in_page(browser, app.local_url)
+            page.locator("#upload input[type=file]").set_input_files(str(current))
+            _wait_rendered(page, 3)
+            panel = page.get_by_role("button", name=re.compile("^Priors: 1 other study of this patient"))
+            playwright_api.expect(panel).to_be_visible(timeout=60_000)
+            panel.click()
+            table = page.locator("#prior-table")
+            playwright_api.expect(table).to_contain_text("2024-06-10", timeout=30_000)
+            time.sleep(0.5)  # the accordion's opening
+            page.screenshot(path=str(shots / "0-priors-listed.png"))
+            table.get_by_text("2024-06-10").last.click()
+            # Both open on their middle slice, z = 15 mm: slice 4 of 7 (5 mm apart) and 7 of 13 (2.5 mm apart).
+            page.wait_for_selector('#medcm-cmp-current[data-index="3"]', timeout=60_000)
+            page.wait_for_selector('#medcm-cmp-prior[data-index="6"]', timeout=30_000)
+            playwright_api.expect(page.locator("#medcm-cmp-prior-frame")).to_have_text("Slice 7 / 13 · 2.5 mm")
+            page.locator("#medcm-compare").scroll_into_view_if_needed()
+            time.sleep(0.5)
+            page.screenshot(path=str(shots / "0-opened.png"))
+            opened = _pane(page, "prior", shots / "1-prior-opened.png")
+            assert _differs(_pane(page, "current", shots / "1-current-opened.png"), opened) < 3.0  # the same level
+
+            box = page.locator("#medcm-cmp-current").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, 120)  # this study one slice on (5 mm): the prior follows two of its slices
+            page.wait_for_selector('#medcm-cmp-current[data-index="4"]', timeout=30_000)
+            page.wait_for_selector('#medcm-cmp-prior[data-index="8"]', timeout=30_000)
+            time.sleep(0.5)
+            followed = _pane(page, "prior", shots / "2-prior-followed.png")
+            assert _differs(followed, opened) > 1.0  # another slice drawn, not only a new index
+            assert _differs(_pane(page, "current", shots / "2-current-wheeled.png"), followed) < 3.0
+            page.keyboard.press("ArrowDown")  # the keys scroll the pane last used, the other follows
+            page.wait_for_selector('#medcm-cmp-prior[data-index="10"]', timeout=30_000)
+            page.screenshot(path=str(shots / "3-linked-arrow.png"))
+
+            page.locator("#medcm-link").uncheck()  # unlinked: each pane scrolls alone
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, -120)
+            page.wait_for_selector('#medcm-cmp-current[data-index="4"]', timeout=30_000)
+            time.sleep(1.0)
+            assert page.locator("#medcm-cmp-prior").get_attribute("data-index") == "10"
+            page.screenshot(path=str(shots / "4-unlinked.png"))
+        finally:
+            browser.close()
+
+
+def _pane(page, pane: str, path: Path) -> np.ndarray:
+    """One comparison pane's pixels as shown (also saved to `path`), RGB [H, W, 3]."""
+    png = page.screenshot(clip=page.locator(f"#medcm-cmp-{pane}").bounding_box(), path=str(path))
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
 
 
 def _logged_in_page(browser, url: str):
@@ -229,7 +292,7 @@ def test_viewer_scrolls_windows_and_shows_colour_in_chromium(served, tmp_path):
             playwright_api.expect(page.locator("#draft-marker")).to_contain_text("No draft", timeout=120_000)
             assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
             assert page.locator("#medcm-presets button").all_inner_texts() == [
-                "0 file", "1 lung", "2 mediastinum", "3 bone", "4 brain", "5 abdomen"]  # CT: the HU presets
+                "0 default", "1 lung", "2 mediastinum", "3 bone", "4 brain", "5 abdomen"]  # CT: the HU presets
             middle = _canvas(page, shots / "1-middle-slice.png")
             page.screenshot(path=str(shots / "0-page.png"))
 
@@ -281,7 +344,7 @@ def test_viewer_scrolls_windows_and_shows_colour_in_chromium(served, tmp_path):
             colour = _canvas(page, shots / "7-colour-ultrasound.png")
             spread = np.abs(colour[..., 0] - colour[..., 1]).max(), np.abs(colour[..., 2] - colour[..., 1]).max()
             assert min(spread) > 100  # the red and the blue Doppler blobs are shown in colour
-            assert page.locator("#medcm-presets button").all_inner_texts() == ["0 file"]  # no CT presets for US
+            assert page.locator("#medcm-presets button").all_inner_texts() == ["0 default"]  # no CT presets for US
             page.screenshot(path=str(shots / "8-page-colour.png"))
             page.locator("#medcm-cine").click()  # cine: the frames play by themselves
             page.wait_for_selector('#medcm-viewer:not([data-index="1"])', timeout=10_000)

@@ -14,6 +14,7 @@ from medcm.dicom.meta import age_band, patient_sex  # noqa: E402
 from medcm.engine.priors import Prior  # noqa: E402
 from ui.render import (  # noqa: E402
     case_label,
+    compare_source_html,
     prior_markdown,
     prior_rows,
     readable_date,
@@ -47,6 +48,9 @@ def test_the_worklist_shows_a_readable_label_clinical_context_and_the_uid_last()
     assert len(row["report"]) <= 90 and "IMPRESSION" not in row["report"]
     assert (frame.iloc[1]["age"], frame.iloc[1]["sex"], frame.iloc[1]["report"]) == ("", "", "")
     assert readable_date("") == "" and readable_date("2003") == "2003"
+    drafted, new = _study(study_uid="1.4", status="drafted"), _study(study_uid="1.5", status="new")
+    frame = worklist_rows([drafted, new], {"1.4": "FINDINGS: Clear.", "1.5": "FINDINGS: The model's own draft."})
+    assert list(frame["report"]) == ["draft: FINDINGS: Clear.", ""]  # a model's unreviewed draft is no report
     assert case_label("1.2", (), "") == "…1.2" and report_line("  \n short\n") == "short"
 
 
@@ -65,18 +69,23 @@ def test_the_sex_is_one_of_the_standard_values():
 
 
 def test_the_study_line_shows_the_label_with_the_uid_on_hover_and_the_patient_context():
-    line = study_markdown(_study(), 3, None, ["a warning"])
+    line = study_markdown(_study(), 2, 3, None, ["a warning"])
     assert line.startswith("**CT · 2003-11-13** · <code title=\"StudyInstanceUID " + UID + "\">…7f3a2c</code>")
     assert "ANON\\-1a2b3c4d5e6f" not in line and "ANON-1a2b3c4d5e6f · 60–69 y · F · CHEST · CT CHEST" in line
-    assert "3 image(s), no report yet" in line and line.endswith("⚠ a warning")
+    assert "2 series, 3 images, no report yet" in line and line.endswith("⚠ a warning")
     assert UID not in line.replace(f'title="StudyInstanceUID {UID}"', "")  # the bare UID only on hover
+
+
+def test_the_study_line_counts_one_series_and_one_image_in_the_singular():
+    assert "— 1 series, 1 image, no report yet" in study_markdown(_study(), 1, 1, None)
 
 
 def test_priors_list_date_modality_status_and_show_the_signed_report():
     signed = Prior("1.2.9", "2002-01-05", "CR", "CHEST PA", "signed", "FINDINGS: Clear lungs.", 2, "dr.a")
     unsigned = Prior("1.2.8", "", "CT", "", "new", None)
     frame = prior_rows([signed, unsigned])
-    assert list(frame.iloc[0]) == ["2002-01-05", "CR", "CHEST PA", "signed", "FINDINGS: Clear lungs.", "1.2.9"]
+    assert list(frame.iloc[0]) == ["2002-01-05", "CR · CHEST PA", "signed", "FINDINGS: Clear lungs.", "1.2.9"]
+    assert list(frame.iloc[1]) == ["", "CT", "new", "", "1.2.8"]
     assert "**CR · 2002-01-05**" in prior_markdown(signed) and "> FINDINGS: Clear lungs." in prior_markdown(signed)
     assert "signed version 2 by dr.a" in prior_markdown(signed)
     assert "no signed report (status: new)" in prior_markdown(unsigned)
@@ -93,3 +102,9 @@ def test_the_send_status_says_queued_failed_or_sent():
     assert text == ("v2 to PACS@pacs:104: not delivered after 3 attempt(s), retried at 10:32:05 UTC (association "
                     "with PACS@pacs:104 not established (no connection)); v2 to ARCHIVE@a:104: queued, sent in the "
                     "background; v1 to PACS@pacs:104: sent")
+
+
+def test_the_comparison_source_names_both_series_with_its_labels_escaped():
+    source = compare_source_html("/medcm/viewer/1.2/0", "/medcm/viewer/1.3/2", "This study", 'Prior · "2024"<b>')
+    assert 'data-current="/medcm/viewer/1.2/0" data-prior="/medcm/viewer/1.3/2"' in source
+    assert 'data-prior-label="Prior · &quot;2024&quot;&lt;b&gt;"' in source and "<b>" not in source

@@ -14,6 +14,7 @@ import {
   Enums as ToolEnums, PanTool, StackScrollTool, ToolGroupManager, WindowLevelTool, ZoomTool, addTool,
   init as toolsInit,
 } from "@cornerstonejs/tools";
+import { compareGo, compareState, watchCompare } from "./compare.js";
 
 const ENGINE_ID = "medcm-engine";
 const VIEWPORT_ID = "medcm-viewport";
@@ -369,7 +370,7 @@ function renderToolbar(series) {
     button.type = "button";
     button.className = "medcm-btn";
     button.dataset.preset = name;
-    button.textContent = i === 0 ? "0 file" : `${i} ${name}`;
+    button.textContent = i === 0 ? "0 default" : `${i} ${name}`;
     button.title = name === "default" ? "the file's own window (key 0)" : `window ${series.presets[name].join(" / ")} (key ${i})`;
     button.addEventListener("click", () => applyPreset(name));
     bar.appendChild(button);
@@ -412,6 +413,7 @@ async function show(src) {
 }
 
 function watchSource() {
+  watchCompare();
   const node = document.querySelector("#viewer-source [data-src]");
   const src = node ? node.dataset.src : "";
   if (src && src !== state.src) {
@@ -432,4 +434,5 @@ function mount() {
 // viewer element without an engine appears.
 mount();
 new MutationObserver(mount).observe(document.documentElement, { childList: true, subtree: true });
-window.medcmViewer = { go, goTo, applyPreset, toggleCine, toggleFullscreen, resetView, state };
+window.medcmViewer = { go, goTo, applyPreset, toggleCine, toggleFullscreen, resetView, state,
+                       compare: { go: compareGo, state: compareState } };
