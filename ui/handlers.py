@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -28,7 +27,7 @@ import ui.render as render
 from ui.api import check_k, export_study, sign_study
 from ui.auth import Login, allowed, log_view, require
 from ui.errors import readable_errors, user_error
-from ui.viewer_route import viewer_url
+from ui.selection import last_cell, picked, row_key
 from ui.study import (
     ImageRef,
     ReviewStudy,
@@ -40,6 +39,7 @@ from ui.study import (
     require_for_upload,
     window_of,
 )
+from ui.viewer_route import viewer_url
 
 TOP_K = 5
 REVIEW_TAB = "review"
@@ -55,28 +55,6 @@ READ_ONLY_MARKER = "### Latest report (read-only)\nYour role can read reports; d
 AUDIT_LIMIT = 500
 AUDIT_KINDS = ("", "ingest", "view", "draft", "edit", "sign", "send", "export", "download", "download_refused", "login",
                "login_failed", "login_lockout", "login_locked", "login_throttled", "user")
-
-
-def _row_key(evt: gr.SelectData) -> object:
-    """The first cell of the selected table row (robust to the user sorting the table), else the row index."""
-    if evt.row_value:
-        return evt.row_value[0]
-    return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-
-
-def last_cell(evt: gr.SelectData) -> object:
-    """The last cell of the selected table row (the worklist's and the priors' full study UID), else the row index."""
-    if evt.row_value:
-        return evt.row_value[-1]
-    return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-
-
-def _picked(items: list[Any], evt: gr.SelectData) -> Any | None:
-    """The case a gallery (by position) or a table (by the study uid in its first cell) selection points at."""
-    key = evt.index if isinstance(evt.index, int) else _row_key(evt)
-    if isinstance(key, int):
-        return items[key] if 0 <= key < len(items) else None
-    return next((item for item in items if item.study_uid == key), None)
 
 
 def _frame_slider(ref: ImageRef) -> gr.Slider:
@@ -220,7 +198,7 @@ class Handlers:
                        request: gr.Request) -> tuple[Image.Image | None, Image.Image | None, str]:
         """A similar case picked (gallery or table): query image, its preview and its report side by side."""
         login = require(self.store, request, "read")
-        case = _picked(cases or [], evt)
+        case = picked(cases or [], evt)
         if case is None:
             return gr.skip(), gr.skip(), gr.skip()
         report = render.report_markdown(case.study_uid, self.store.latest_report(case.study_uid), case.score,
@@ -263,7 +241,7 @@ class Handlers:
         """A draft sentence picked: its source cases' reports, and the best source's preview."""
         login = require(self.store, request, "read")
         sentences = sentences or []
-        number = int(_row_key(evt) or 0)
+        number = int(row_key(evt) or 0)
         if not 1 <= number <= len(sentences):
             return gr.skip(), gr.skip()
         sentence = sentences[number - 1]
@@ -282,7 +260,7 @@ class Handlers:
         """A draft sentence picked: where in this study's image it is seen (`Engine.sentence_heatmap`)."""
         login = require(self.store, request, "read")
         sentences = sentences or []
-        number = int(_row_key(evt) or 0)
+        number = int(row_key(evt) or 0)
         if study is None or not 1 <= number <= len(sentences):
             return gr.skip()
         heat = self.engine.sentence_heatmap(study.study_uid, sentences[number - 1].text)
@@ -390,7 +368,7 @@ class Handlers:
                         request: gr.Request) -> tuple[Image.Image | None, str]:
         """A text-search match picked: its image and its report."""
         login = require(self.store, request, "read")
-        match = _picked(matches or [], evt)
+        match = picked(matches or [], evt)
         if match is None:
             return gr.skip(), gr.skip()
         log_view(self.store, login, match.study_uid, "text search match")

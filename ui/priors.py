@@ -19,7 +19,7 @@ from medcm.engine.facade import Engine, Prior
 import ui.render as render
 from ui.auth import log_view, require
 from ui.errors import readable_errors
-from ui.handlers import last_cell
+from ui.selection import last_cell
 from ui.study import ReviewStudy, load_study
 from ui.viewer_route import viewer_url
 
