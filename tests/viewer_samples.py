@@ -15,6 +15,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 US_MULTIFRAME_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
 
 
@@ -38,14 +39,15 @@ def disc(size: int, k: int, count: int) -> np.ndarray:
 
 
 def ct_series(folder: Path, slices: int = 7, size: int = 96, spacing: float = 5.0, patient_id: str = "VIEWER-TEST",
-              study_date: str = "20260101") -> list[Path]:
+              study_date: str = "20260101", modality: str = "CT") -> list[Path]:
     """An axial CT series of `slices` files `spacing` mm apart (HU: air background, a 60 HU body, a bright disc
-    differing per slice: at the same fraction of the stack, two series show the same disc)."""
+    differing per slice: at the same fraction of the stack, two series show the same disc); `modality="MR"`
+    stores the same pixels as an MR series."""
     folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
     paths = []
     for k in range(slices):
-        ds = _dataset(CT_IMAGE_STORAGE, "CT", study, series)
+        ds = _dataset(MR_IMAGE_STORAGE if modality == "MR" else CT_IMAGE_STORAGE, modality, study, series)
         ds.PatientID, ds.StudyDate = patient_id, study_date
         hu = np.full((size, size), -1000, dtype=np.int16)
         hu[size // 8: -size // 8, size // 8: -size // 8] = 60

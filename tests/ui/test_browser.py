@@ -5,7 +5,7 @@ draft, sign it, then check the case store: the signer is the logged-in account. 
 (Cornerstone3D, `ui/static/viewer.js`) is checked by its pixels: a CT series opens on its middle slice,
 the wheel and the arrow keys change the slice shown, dragging changes the window, and a colour
 ultrasound is shown in colour; the viewer and the draft are on screen together. A study of a patient with
-an earlier signed study lists it as a prior, whose report and images one click shows; a prior CT opens
+an earlier signed study lists it as a prior, whose report and images one click shows; a prior MR opens
 beside the current one and scrolls with it (by millimetres, across different slice spacings). Screenshots of each
 state go to the test's temporary folder. Skips where Chromium or Playwright is missing (CI installs
 both; Playwright never downloads a browser here).
@@ -179,13 +179,15 @@ def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(se
     assert store.events(kind="view", study_uid=prior_uid)[0]["detail"] == {"screen": "prior"}
 
 
-def test_a_prior_ct_opens_beside_this_study_and_scrolls_with_it_in_chromium(served, tmp_path):
+def test_a_prior_mr_opens_beside_this_study_and_scrolls_with_it_in_chromium(served, tmp_path):
     app, _store, root, engine = served
     shots = root / "compare"
     shots.mkdir(exist_ok=True)
-    prior = ct_series_zip(tmp_path / "prior.zip", slices=13, spacing=2.5, patient_id="PAT-LINKED", study_date="20240610")
+    # MR: the shared archive gets no CT from this test (the CT viewer test expects a CT to find none to draft from).
+    linked = {"patient_id": "PAT-LINKED", "modality": "MR"}
+    prior = ct_series_zip(tmp_path / "prior.zip", slices=13, spacing=2.5, study_date="20240610", **linked)
     engine.ingest([prior], user="tester")
-    current = ct_series_zip(tmp_path / "now.zip", slices=7, spacing=5.0, patient_id="PAT-LINKED", study_date="20251120")
+    current = ct_series_zip(tmp_path / "now.zip", slices=7, spacing=5.0, study_date="20251120", **linked)
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
