@@ -83,7 +83,7 @@ from ui.handlers import AUDIT_KINDS, REVIEW_TAB, TOP_K, Handlers
 from ui.login_guard import LoginPolicy, login_notice
 from ui.fetch import FetchHandlers
 from ui.priors import PriorHandlers
-from ui.render import AUDIT_HEADERS, MATCH_HEADERS, USER_HEADERS, WORKLIST_HEADERS
+from ui.render import AUDIT_HEADERS, MATCH_HEADERS, MATCH_WIDTHS, USER_HEADERS, WORKLIST_HEADERS
 from ui.review import CHECK_QUEUE, CSS, ENGINE_QUEUE, PRIVATE, SIGN_QUEUE, gallery, picture, review_tab, selectable_table
 from ui.session_guard import SessionGuard
 from ui.viewer_route import ViewerRoutes
@@ -197,7 +197,8 @@ def _worklist_tab(h: Handlers, review: dict[str, Any]) -> gr.Dataframe:
         k = gr.Number(value=TOP_K, minimum=1, maximum=MAX_K, precision=0, label="How many", scale=1, elem_id="text-k")
         search = gr.Button("Search", scale=1, elem_id="text-search")
     found_gallery = gallery("Matching studies (similarity · modality · body part)", "match-gallery")
-    found = selectable_table(MATCH_HEADERS, "Matches (select one to read its report)", "match-table")
+    found = selectable_table(MATCH_HEADERS, "Matches (select one to read its report)", "match-table",
+                             column_widths=MATCH_WIDTHS)
     with gr.Row():
         match_image = picture("Selected match", "match-image")
         match_report = gr.Markdown(latex_delimiters=[], elem_id="match-report")

@@ -21,7 +21,8 @@ from medcm.engine.grounding import SentenceHeatmap, overlay
 
 VIEW_MAX_PX = 1024
 VIEW_MIN_PX = 512  # small images are magnified (nearest neighbour: every pixel stays a visible square)
-SIMILAR_HEADERS = ["study uid", "score", "percentile", "match", "modality", "body part", "report"]
+SIMILAR_HEADERS = ["case", "score", "percentile", "match", "modality", "body part", "report", "study uid"]
+SIMILAR_WIDTHS = ["11%", "6%", "8%", "6%", "7%", "8%", "40%", "14%"]
 PROVENANCE_HEADERS = ["#", "section", "sentence", "score", "source cases (score)"]
 # The case label first (what a reader scans), the full StudyInstanceUID last (selection reads it there).
 WORKLIST_HEADERS = ["case", "patient", "age", "sex", "date", "modality", "body part", "description", "status",
@@ -30,7 +31,8 @@ PRIOR_HEADERS = ["date", "study", "status", "signed report", "study uid"]
 PRIOR_WIDTHS = ["15%", "21%", "10%", "42%", "12%"]
 REPORT_LINE_CHARS = 90
 UID_TAIL = 6
-MATCH_HEADERS = ["study uid", "score", "modality", "body part", "report"]
+MATCH_HEADERS = ["case", "score", "modality", "body part", "report", "study uid"]
+MATCH_WIDTHS = ["12%", "7%", "8%", "9%", "50%", "14%"]
 AUDIT_HEADERS = ["time (UTC)", "kind", "user", "study uid", "detail"]
 USER_HEADERS = ["name", "role", "created (UTC)", "disabled"]
 ROLE_NOTES = {
@@ -111,9 +113,15 @@ def percentile_text(percentile: float | None) -> str:
 
 
 def similar_rows(cases: Sequence[SimilarCase]) -> pd.DataFrame:
-    """study uid / score / percentile / match ("weak" or "") / modality / body part / report, best first."""
-    return table([(c.study_uid, round(c.score, 3), percentile_text(c.percentile), "weak" if c.weak else "",
-                   c.modality, c.body_part, c.report) for c in cases], SIMILAR_HEADERS)
+    """case label / score / percentile / match ("weak" or "") / modality / body part / report / study uid,
+    best first."""
+    return table([(_short_case(c.study_uid, c.modality), round(c.score, 3), percentile_text(c.percentile),
+                   "weak" if c.weak else "", c.modality, c.body_part, c.report, c.study_uid) for c in cases],
+                 SIMILAR_HEADERS)
+
+
+def _short_case(study_uid: str, modality: str) -> str:
+    return case_label(study_uid, [modality] if modality else (), "")
 
 
 def case_caption(score: float, modality: str, body_part: str, percentile: float | None = None,
@@ -138,7 +146,8 @@ def provenance_rows(sentences: Sequence[DraftSentence], kept_in: str | None = No
     """
     words = " ".join(kept_in.split()) if kept_in is not None else None
     rows = [
-        (i, s.section, s.text, round(s.score, 3), ", ".join(f"{p.case_id} ({p.case_score:.3f})" for p in s.sources))
+        (i, s.section, s.text, round(s.score, 3),
+         ", ".join(f"…{p.case_id[-UID_TAIL:]} ({p.case_score:.3f})" for p in s.sources))
         for i, s in enumerate(sentences, start=1)
         if words is None or " ".join(s.text.split()) in words
     ]
@@ -166,7 +175,7 @@ def sources_markdown(sentence: DraftSentence, reports: dict[str, str]) -> str:
     parts = [f"**Sources of:** {escape_md(sentence.text)}"]
     for p in sentence.sources:
         parts.append(
-            f"---\n**Case {p.case_id}** (case score {p.case_score:.3f}, sentence score {p.sentence_score:.3f})\n\n"
+            f"---\nCase {uid_label(p.case_id, (), '')} (case score {p.case_score:.3f}, sentence score {p.sentence_score:.3f})\n\n"
             f"It wrote: “{escape_md(p.original)}”\n\n{quoted(reports.get(p.case_id, '(no report)'))}"
         )
     return "\n\n".join(parts)
@@ -175,7 +184,7 @@ def sources_markdown(sentence: DraftSentence, reports: dict[str, str]) -> str:
 def report_markdown(study_uid: str, report: ReportView | None, score: float | None = None,
                     percentile: float | None = None) -> str:
     """A stored case's latest report with its status line (and its raw and calibrated score, when given)."""
-    head = f"**Case {study_uid}**" + (f" — similarity {score:.3f}" if score is not None else "")
+    head = f"Case {uid_label(study_uid, (), '')}" + (f" — similarity {score:.3f}" if score is not None else "")
     head += f" (percentile {percentile:.0f} among this archive's own best matches)" if percentile is not None else ""
     if report is None:
         return f"{head}\n\n(no report stored)"
@@ -245,8 +254,9 @@ def readable_date(value: str) -> str:
 
 
 def match_rows(matches: Sequence[ImageMatch], reports: dict[str, str]) -> pd.DataFrame:
-    """study uid / score / modality / body part / report of text-search matches."""
-    rows = [(m.study_uid, round(m.score, 3), m.modality, m.body_part, reports.get(m.study_uid, "")) for m in matches]
+    """case label / score / modality / body part / report / study uid of text-search matches."""
+    rows = [(_short_case(m.study_uid, m.modality), round(m.score, 3), m.modality, m.body_part,
+             reports.get(m.study_uid, ""), m.study_uid) for m in matches]
     return table(rows, MATCH_HEADERS)
 
 

@@ -18,7 +18,7 @@ from ui.handlers import COMPARE_HINT, DRAFT_MARKER, TOP_K, Handlers
 from ui.question import question_section, wire_question
 from ui.fetch import FetchHandlers, fetch_box, wire_fetch
 from ui.priors import COMPARE_CSS, PriorHandlers, prior_comparison, prior_panel, wire_priors
-from ui.render import PROVENANCE_HEADERS, SIMILAR_HEADERS, table
+from ui.render import PROVENANCE_HEADERS, SIMILAR_HEADERS, SIMILAR_WIDTHS, table
 from ui.study import DEFAULT_PRESET, PRESETS
 from ui.viewer_route import SCRIPT_PATH
 
@@ -194,7 +194,8 @@ def _comparison_section(c: dict[str, Any]) -> None:
     """The similar cases' table and the side-by-side comparison of the one selected."""
     with gr.Accordion("Similar cases: scores, reports and the side-by-side comparison", open=False,
                       elem_id="compare-panel") as c["compare_panel"]:
-        c["similar"] = selectable_table(SIMILAR_HEADERS, "Similar cases (select one to compare)", "similar-table")
+        c["similar"] = selectable_table(SIMILAR_HEADERS, "Similar cases (select one to compare)", "similar-table",
+                                       column_widths=SIMILAR_WIDTHS)
         with gr.Row(equal_height=True):
             c["compare_query"] = picture("This study", "compare-query")
             c["compare_case"] = picture("Selected past case", "compare-case")

@@ -22,8 +22,8 @@ def last_cell(evt: gr.SelectData) -> object:
 
 
 def picked(items: list[Any], evt: gr.SelectData) -> Any | None:
-    """The case a gallery (by position) or a table (by the study uid in its first cell) selection points at."""
-    key = evt.index if isinstance(evt.index, int) else row_key(evt)
+    """The case a gallery (by position) or a table (by the study uid in its last cell) selection points at."""
+    key = evt.index if isinstance(evt.index, int) else last_cell(evt)
     if isinstance(key, int):
         return items[key] if 0 <= key < len(items) else None
     return next((item for item in items if item.study_uid == key), None)

@@ -401,7 +401,7 @@ def test_picking_a_similar_case_shows_it_beside_the_query(served, cases):
     assert found[2].study_uid in report and "FINDINGS:" in report
     (opened,) = served.store.events(study_uid=found[2].study_uid, kind="view", limit=1)
     assert (opened["user"], opened["detail"]) == ("dr.v", {"screen": "similar case"})
-    by_row = gr.SelectData(None, {"index": [0, 3], "value": "", "row_value": [found[4].study_uid, 0.1]})
+    by_row = gr.SelectData(None, {"index": [0, 3], "value": "", "row_value": ["DX · …" + found[4].study_uid[-6:], 0.1, found[4].study_uid]})
     assert found[4].study_uid in h.on_case_select(found, study, "default", 0, 0, by_row, VIEWER)[2]
 
 

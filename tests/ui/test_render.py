@@ -12,9 +12,16 @@ from db.records import StudyView  # noqa: E402
 from medcm.engine.sender import SendStatus  # noqa: E402
 from medcm.dicom.meta import age_band, patient_sex  # noqa: E402
 from medcm.engine.priors import Prior  # noqa: E402
+from medcm.engine.results import ImageMatch, SimilarCase  # noqa: E402
+from medcm.report.draft_types import DraftSentence, Provenance  # noqa: E402
 from ui.render import (  # noqa: E402
     case_label,
     compare_source_html,
+    match_rows,
+    provenance_rows,
+    report_markdown,
+    similar_rows,
+    sources_markdown,
     prior_markdown,
     prior_rows,
     readable_date,
@@ -108,3 +115,16 @@ def test_the_comparison_source_names_both_series_with_its_labels_escaped():
     source = compare_source_html("/medcm/viewer/1.2/0", "/medcm/viewer/1.3/2", "This study", 'Prior · "2024"<b>')
     assert 'data-current="/medcm/viewer/1.2/0" data-prior="/medcm/viewer/1.3/2"' in source
     assert 'data-prior-label="Prior · &quot;2024&quot;&lt;b&gt;"' in source and "<b>" not in source
+
+
+def test_cases_are_named_by_short_labels_with_the_full_uid_last_or_on_hover():
+    similar = similar_rows([SimilarCase(UID, 0.8123, "FINDINGS: Clear.", "CT", "CHEST", 45.0, False)])
+    assert list(similar.iloc[0]) == ["CT · …7f3a2c", 0.812, "p45", "", "CT", "CHEST", "FINDINGS: Clear.", UID]
+    match = match_rows([ImageMatch("1.9", UID, 0.5, "", "")], {UID: "FINDINGS: Clear."})
+    assert list(match.iloc[0]) == ["…7f3a2c", 0.5, "", "", "FINDINGS: Clear.", UID]
+    source = Provenance(UID, 0.861, 0.9, "Clear lungs.")
+    sentence = DraftSentence("Clear lungs.", "FINDINGS", 0.9, (source,))
+    assert provenance_rows([sentence]).iloc[0]["source cases (score)"] == "…7f3a2c (0.861)"
+    hover = f'<code title="StudyInstanceUID {UID}">…7f3a2c</code>'
+    assert f"Case {hover} (case score 0.861" in sources_markdown(sentence, {UID: "FINDINGS: Clear lungs."})
+    assert report_markdown(UID, None, 0.5).startswith(f"Case {hover} — similarity 0.500")
