@@ -173,7 +173,7 @@ def _provenance_section(c: dict[str, Any]) -> None:
     with gr.Accordion("Where each sentence comes from (select one: its sources, and where it is seen)",
                       open=False, elem_id="provenance-panel") as c["provenance_panel"]:
         c["provenance"] = selectable_table(PROVENANCE_HEADERS, "Draft sentences and their source cases",
-                                           "provenance", column_widths=["5%", "13%", "44%", "8%", "30%"])
+                                           "provenance", column_widths=["4%", "15%", "49%", "9%", "23%"])
         with gr.Row():
             c["heatmap"] = picture("Where the selected sentence is seen in this study", "sentence-heatmap", 240)
             c["source_image"] = picture("Best source case", "source-image", 240)
