@@ -278,7 +278,7 @@ def _ref(view: InstanceView, series_number: int) -> ImageRef:
     frames = int(meta.get("frames") or 1)
     number = meta.get("instance_number")
     what = meta.get("series_description") or view.modality or "image"
-    label = f"series {series_number} · instance {number if number is not None else '?'} · {what}"
+    label = f"series {series_number}" + (f" · instance {number}" if number is not None else "") + f" · {what}"
     if frames > 1:
         label += f" · {frames} frames"
     return ImageRef(view.path, view.sop_instance_uid, view.series_uid, label, frames, modality=view.modality or "")
