@@ -168,7 +168,10 @@ async function show(source) {
     }
     cmp.anchor = { current: cmp.series.current.start, prior: cmp.series.prior.start };
     const root = document.getElementById("medcm-compare");
-    if (root) root.dataset.src = `${source.current}|${source.prior}`;
+    if (root) {
+      root.dataset.src = `${source.current}|${source.prior}`;
+      root.scrollIntoView({ block: "nearest" }); // the pair opens below the review screen: bring it up
+    }
   } finally {
     cmp.loading = false;
   }
