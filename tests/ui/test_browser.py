@@ -162,6 +162,7 @@ def test_a_prior_study_of_the_same_patient_is_listed_and_compared_in_chromium(se
             playwright_api.expect(report).to_contain_text("signed version 1 by dr.browser")
             page.wait_for_selector('#medcm-cmp-prior[data-index="0"]', timeout=60_000)  # drawn beside this study
             page.wait_for_selector('#medcm-cmp-current[data-index="0"]', timeout=30_000)
+            page.wait_for_selector("#medcm-compare[data-src]", timeout=30_000)  # opened (and scrolled into view)
             playwright_api.expect(page.locator("#medcm-cmp-prior-label")).to_contain_text("Prior · 2023-04-12 · DX")
             page.evaluate("window.scrollTo(0, 0)")  # clicking a prior row below the fold scrolled the page down
             assert _on_screen(page, "#medcm-viewport") and _on_screen(page, "#draft-text textarea")
